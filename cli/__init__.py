@@ -1,0 +1,1 @@
+"""The `platform` command line: parse, build a config, call a package, print."""

@@ -1,0 +1,157 @@
+"""`platform registry ...`: list, show, alias, tag, rm, gc, verify (push/pull to the Hub: see hub)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from cli.errors import handle_errors
+from registry.store import LocalRegistry, Version
+
+console = Console()
+_root = click.option(
+    "--registry",
+    "registry_root",
+    envvar="LORA_PLATFORM_REGISTRY",
+    help="Registry folder (default ~/.cache/lora-platform/registry).",
+)
+_json = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+
+
+def _summary(v: Version) -> dict[str, Any]:
+    metrics = v.lineage.get("metrics", {}).get("adapter", {})
+    return {
+        "ref": v.ref,
+        "name": v.name,
+        "version": v.version,
+        "aliases": list(v.aliases),
+        "tags": list(v.tags),
+        "base_model": v.base_model,
+        "base_sha256": v.base_sha256,
+        "created": datetime.fromtimestamp(v.created, UTC).isoformat(timespec="seconds"),
+        "parent": v.parent,
+        "metrics": metrics,
+        "path": str(v.path),
+    }
+
+
+@click.group("registry")
+def registry_group() -> None:
+    """Versioned adapter registry: references are name, name@3 or name:alias."""
+
+
+@registry_group.command("list")
+@click.argument("name", required=False)
+@_root
+@_json
+@handle_errors
+def list_cmd(name: str | None, registry_root: str | None, as_json: bool) -> None:
+    """List versions (of NAME, or of every adapter)."""
+    versions = LocalRegistry(registry_root).list_versions(name)
+    rows = [_summary(v) for v in versions]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(title=f"registry {LocalRegistry(registry_root).root}")
+    for col in ("ref", "aliases", "tags", "base model", "created", "exact_match"):
+        table.add_column(col)
+    for r in rows:
+        em = r["metrics"].get("exact_match")
+        table.add_row(
+            r["ref"],
+            ",".join(r["aliases"]),
+            ",".join(r["tags"]),
+            r["base_model"],
+            r["created"],
+            f"{em:.3f}" if em is not None else "-",
+        )
+    console.print(table)
+
+
+@registry_group.command("show")
+@click.argument("ref")
+@_root
+@_json
+@handle_errors
+def show_cmd(ref: str, registry_root: str | None, as_json: bool) -> None:
+    """Show one version with its lineage (files are verified first)."""
+    v = LocalRegistry(registry_root).get(ref)
+    data = {**_summary(v), "lineage": v.lineage}
+    if as_json:
+        click.echo(json.dumps(data, indent=2, default=str))
+        return
+    for key in ("ref", "aliases", "tags", "base_model", "base_sha256", "created", "parent", "path"):
+        console.print(f"[bold]{key:>12}[/]: {data[key]}")
+    ds = v.lineage.get("dataset", {})
+    console.print(
+        f"[bold]{'dataset':>12}[/]: {ds.get('source')} sha256 {str(ds.get('sha256'))[:12]} splits {ds.get('splits')}"
+    )
+    for side, metrics in v.lineage.get("metrics", {}).items():
+        console.print(f"[bold]{side:>12}[/]: " + ", ".join(f"{k}={val:.4f}" for k, val in metrics.items()))
+
+
+@registry_group.command("alias")
+@click.argument("ref")
+@click.argument("alias")
+@_root
+@handle_errors
+def alias_cmd(ref: str, alias: str, registry_root: str | None) -> None:
+    """Point NAME:ALIAS at the version REF names (atomic move)."""
+    v, moved = LocalRegistry(registry_root).set_alias(ref, alias)
+    console.print(f"{v.name}:{alias} -> {v.ref}" + ("" if moved else " (already)"))
+
+
+@registry_group.command("tag")
+@click.argument("ref")
+@click.argument("tag")
+@click.option("--remove", is_flag=True, help="Remove the tag instead.")
+@_root
+@handle_errors
+def tag_cmd(ref: str, tag: str, remove: bool, registry_root: str | None) -> None:
+    """Add (or remove) a free-form tag on a version."""
+    v = LocalRegistry(registry_root).tag(ref, tag, remove=remove)
+    console.print(f"{v.ref} tags: {', '.join(v.tags) or '-'}")
+
+
+@registry_group.command("rm")
+@click.argument("ref")
+@click.option("--force", is_flag=True, help="Remove even if an alias or A/B route points at it.")
+@_root
+@handle_errors
+def rm_cmd(ref: str, force: bool, registry_root: str | None) -> None:
+    """Remove one version."""
+    v = LocalRegistry(registry_root).remove(ref, force=force)
+    console.print(f"removed {v.ref}")
+
+
+@registry_group.command("gc")
+@_root
+@handle_errors
+def gc_cmd(registry_root: str | None) -> None:
+    """Remove orphaned version folders (from crashed pushes) and stale staging folders."""
+    removed = LocalRegistry(registry_root).gc()
+    console.print(f"removed {len(removed)} orphan folder(s)")
+    for p in removed:
+        console.print(f"  {p}")
+
+
+@registry_group.command("verify")
+@_root
+@_json
+@handle_errors
+def verify_cmd(registry_root: str | None, as_json: bool) -> None:
+    """Check every version's files against its manifest; exit 1 when any fails."""
+    report = LocalRegistry(registry_root).verify_all()
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        for ref, err in report.items():
+            console.print(f"{ref}: " + ("[green]ok[/]" if err is None else f"[red]{err}[/]"))
+    bad = [r for r, e in report.items() if e]
+    if bad:
+        raise click.ClickException(f"{len(bad)} version(s) failed verification: {', '.join(bad)}")

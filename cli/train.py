@@ -1,0 +1,143 @@
+"""`platform train`, `platform eval`, `platform merge`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from cli.errors import handle_errors
+
+console = Console()
+
+
+def _metrics_table(title: str, columns: dict[str, dict[str, float]]) -> Table:
+    table = Table(title=title)
+    table.add_column("metric")
+    for name in columns:
+        table.add_column(name, justify="right")
+    names = list(columns)
+    if len(names) == 2:
+        table.add_column("delta", justify="right")
+    keys = [k for k in next(iter(columns.values()))]
+    for key in keys:
+        values = [columns[n].get(key) for n in names]
+        cells = [f"{v:.4f}" if v is not None else "-" for v in values]
+        if len(names) == 2 and None not in values:
+            a, b = values
+            assert a is not None and b is not None
+            cells.append(f"{b - a:+.4f}")
+        table.add_row(key, *cells)
+    return table
+
+
+@click.command("train")
+@click.option(
+    "--config", "config_path", type=click.Path(dir_okay=False), help="YAML config (see trainer/configs/)."
+)
+@click.option(
+    "--base-model",
+    help="embedded/smollm2-135m-instruct-q4_1 (default), embedded/tiny-llama, a folder or Hub id.",
+)
+@click.option("--data", help="JSONL file or folder, sample:<name>, or hf:<dataset>.")
+@click.option("--name", help="Adapter name (registry name).")
+@click.option("--output-dir", help="Folder for run outputs (default runs/).")
+@click.option("--max-steps", type=int, help="Optimizer steps.")
+@click.option("--qlora", is_flag=True, help="4-bit NF4 QLoRA (bitsandbytes).")
+@click.option("--no-push", is_flag=True, help="Do not push the adapter to the registry.")
+@click.option("--registry", "registry_root", envvar="LORA_PLATFORM_REGISTRY", help="Registry folder.")
+@click.argument("overrides", nargs=-1)
+@handle_errors
+def train_cmd(
+    config_path: str | None,
+    base_model: str | None,
+    data: str | None,
+    name: str | None,
+    output_dir: str | None,
+    max_steps: int | None,
+    qlora: bool,
+    no_push: bool,
+    registry_root: str | None,
+    overrides: tuple[str, ...],
+) -> None:
+    """Fine-tune a LoRA adapter. OVERRIDES are key=value pairs, e.g. lora.r=8 training.lr=5e-4.
+
+    With no arguments: the embedded SmolLM2-135M-Instruct on the shipped support-tickets sample.
+    """
+    from trainer.config import load_config
+    from trainer.recipe import run
+
+    flags = {
+        "base_model": base_model,
+        "data.path": data,
+        "name": name,
+        "output_dir": output_dir,
+        "training.max_steps": max_steps,
+        "lora.quantize": "nf4" if qlora else None,
+    }
+    extra = [f"{k}={v}" for k, v in flags.items() if v is not None]
+    config = load_config(config_path, [*extra, *overrides])
+    result = run(config, console=Console(stderr=True))
+    if not no_push:
+        from trainer.publish import publish
+
+        result.registry_ref = publish(result, registry_root)
+    _print_run(result)
+
+
+def _print_run(result: Any) -> None:
+    d = result.data
+    console.print(
+        f"data: {d.source} ({d.shape}) {d.rows_read} rows, {d.duplicates_dropped} duplicates dropped, "
+        f"splits {d.splits}, leakage {d.leakage}, truncated {d.truncated}"
+    )
+    if result.metrics:
+        console.print(_metrics_table("held-out evaluation", result.metrics))
+    for s in result.samples[:2]:
+        console.print(f"[dim]prompt:[/] {s['prompt'][:200]}")
+        for key in ("base_prediction", "adapter_prediction"):
+            if key in s:
+                console.print(f"  [bold]{key.split('_')[0]:>7}[/]: {s[key][:200]}")
+        console.print(f"  [bold]expected[/]: {s['reference'][:200]}")
+    console.print(
+        f"trained in {result.train_seconds:.0f}s, total {result.total_seconds:.0f}s; run folder {result.run_dir}"
+    )
+    if result.registry_ref:
+        console.print(f"registered as [bold green]{result.registry_ref}[/]")
+
+
+@click.command("eval")
+@click.argument("refs", nargs=-1, required=True)
+@click.option("--data", required=True, help="JSONL file with held-out rows.")
+@click.option("--max-examples", type=int, default=0, help="Evaluate at most N rows (0: all).")
+@click.option("--max-new-tokens", type=int, default=64)
+@click.option("--registry", "registry_root", envvar="LORA_PLATFORM_REGISTRY", help="Registry folder.")
+@handle_errors
+def eval_cmd(
+    refs: tuple[str, ...], data: str, max_examples: int, max_new_tokens: int, registry_root: str | None
+) -> None:
+    """Evaluate adapters (registry references or adapter folders) and their base on DATA."""
+    from trainer.evaluate_cli import evaluate_refs
+
+    results = evaluate_refs(
+        list(refs), data, registry_root, max_examples=max_examples, max_new_tokens=max_new_tokens
+    )
+    console.print(_metrics_table(f"evaluation on {data}", {k: v.metrics for k, v in results.items()}))
+
+
+@click.command("merge")
+@click.argument("ref")
+@click.option(
+    "--output", required=True, type=click.Path(file_okay=False), help="Folder for the merged model."
+)
+@click.option("--registry", "registry_root", envvar="LORA_PLATFORM_REGISTRY", help="Registry folder.")
+@handle_errors
+def merge_cmd(ref: str, output: str, registry_root: str | None) -> None:
+    """Merge an adapter into its base model and save a standalone model (safetensors)."""
+    from trainer.merge import merge
+
+    path = merge(ref, Path(output), registry_root)
+    console.print(f"merged model written to {path}")

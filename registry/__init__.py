@@ -1,0 +1,1 @@
+"""Versioned adapter registry and base-model identity: the contract between trainer and serving."""

@@ -1,0 +1,87 @@
+"""Adapter folder validation: safetensors weights plus a LoRA `adapter_config.json`, nothing pickled."""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from registry.errors import InvalidAdapterError
+
+WEIGHTS = "adapter_model.safetensors"
+CONFIG = "adapter_config.json"
+PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"}
+
+
+@dataclass(frozen=True)
+class AdapterInfo:
+    """What serving needs to know before loading an adapter."""
+
+    rank: int
+    alpha: float
+    target_modules: tuple[str, ...]
+    tensor_names: tuple[str, ...]
+
+
+def read_safetensors_header(path: Path) -> dict[str, Any]:
+    """Parse the JSON header of a safetensors file without loading tensors."""
+    try:
+        with path.open("rb") as fh:
+            raw_len = fh.read(8)
+            if len(raw_len) != 8:
+                raise InvalidAdapterError(f"{path.name}: not a safetensors file (too short)")
+            (length,) = struct.unpack("<Q", raw_len)
+            size = path.stat().st_size
+            if length > min(size - 8, 100_000_000):
+                raise InvalidAdapterError(f"{path.name}: not a safetensors file (bad header length)")
+            header = json.loads(fh.read(length))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidAdapterError(f"{path.name}: corrupt safetensors header ({exc})") from exc
+    if not isinstance(header, dict):
+        raise InvalidAdapterError(f"{path.name}: corrupt safetensors header")
+    end = 8 + length
+    for name, meta in header.items():
+        if name == "__metadata__":
+            continue
+        offsets = meta.get("data_offsets") if isinstance(meta, dict) else None
+        if not offsets or len(offsets) != 2 or end + offsets[1] > size:
+            raise InvalidAdapterError(f"{path.name}: tensor {name!r} lies outside the file (truncated?)")
+    return header
+
+
+def validate_adapter(folder: Path) -> AdapterInfo:
+    """Check a folder holds a loadable LoRA adapter; raise InvalidAdapterError naming the problem."""
+    if not folder.is_dir():
+        raise InvalidAdapterError(f"{folder}: not a folder")
+    pickled = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickled:
+        raise InvalidAdapterError(
+            f"{folder}: pickle weights {pickled} are refused; save adapters as safetensors "
+            "(peft: save_pretrained(..., safe_serialization=True))"
+        )
+    cfg_path, weights = folder / CONFIG, folder / WEIGHTS
+    if not cfg_path.is_file():
+        raise InvalidAdapterError(f"{folder}: missing {CONFIG}")
+    if not weights.is_file():
+        raise InvalidAdapterError(f"{folder}: missing {WEIGHTS}")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidAdapterError(f"{folder}: {CONFIG} is not valid JSON ({exc})") from exc
+    if not isinstance(cfg, dict) or cfg.get("peft_type", "LORA") != "LORA":
+        raise InvalidAdapterError(
+            f"{folder}: {CONFIG} is not a LoRA config (peft_type {cfg.get('peft_type')!r})"
+        )
+    rank = cfg.get("r")
+    if not isinstance(rank, int) or rank < 1:
+        raise InvalidAdapterError(f"{folder}: {CONFIG} field 'r' must be a positive integer, got {rank!r}")
+    targets = cfg.get("target_modules") or []
+    if isinstance(targets, str):
+        targets = [targets]
+    header = read_safetensors_header(weights)
+    names = tuple(sorted(k for k in header if k != "__metadata__"))
+    if not names:
+        raise InvalidAdapterError(f"{folder}: {WEIGHTS} holds no tensors")
+    return AdapterInfo(rank, float(cfg.get("lora_alpha", rank)), tuple(sorted(targets)), names)

@@ -1,0 +1,31 @@
+"""Exceptions raised by the registry. Every message names the reference or path at fault."""
+
+from __future__ import annotations
+
+
+class RegistryError(Exception):
+    """Base class of every error the registry raises."""
+
+
+class BaseModelError(RegistryError):
+    """A base model cannot be found, built or identified."""
+
+
+class ReferenceError_(RegistryError):
+    """A reference (`name`, `name@3`, `name:alias`) is malformed."""
+
+
+class NotFoundError(RegistryError):
+    """A name, version or alias does not exist in the registry."""
+
+
+class IntegrityError(RegistryError):
+    """Stored files do not match their manifest (tampering, truncation, missing or extra files)."""
+
+
+class InvalidAdapterError(RegistryError):
+    """An adapter folder is not a valid safetensors LoRA adapter."""
+
+
+class ConflictError(RegistryError):
+    """The operation would break an invariant (alias in use, route points at a version, ...)."""

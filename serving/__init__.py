@@ -1,0 +1,1 @@
+"""OpenAI-compatible multi-LoRA server on an in-process vLLM engine."""

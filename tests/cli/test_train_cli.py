@@ -1,0 +1,53 @@
+"""The CLI: user mistakes become one clear message and a non-zero exit, never a traceback."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from cli.main import cli
+
+
+def test_bad_data_names_file_and_line_without_traceback(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": "a", "completion": "b"}) + "\n{oops\n")
+    result = CliRunner().invoke(cli, ["train", "--data", str(bad), "--base-model", "tiny", "--no-push"])
+    assert result.exit_code == 1
+    assert f"{bad}:2: invalid JSON" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_bad_config_lists_every_problem(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["train", "lora.r=0", "training.dtype=fp8", "--no-push"])
+    assert result.exit_code == 1
+    assert "lora.r must be >= 1" in result.output and "training.dtype must be" in result.output
+
+
+def test_unknown_base_model_is_a_clear_error() -> None:
+    result = CliRunner().invoke(cli, ["train", "--base-model", "embedded/nope", "--no-push"])
+    assert result.exit_code == 1
+    assert "unknown embedded base model 'embedded/nope'" in result.output
+
+
+def test_train_end_to_end_on_the_tiny_model_pushes_to_the_registry(tmp_path: Path) -> None:
+    args = [
+        "train",
+        "--base-model",
+        "tiny",
+        "--name",
+        "cli-tiny",
+        "--output-dir",
+        str(tmp_path / "runs"),
+        "--registry",
+        str(tmp_path / "reg"),
+        "training.max_steps=2",
+        "eval.max_examples=4",
+        "eval.max_new_tokens=4",
+    ]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert "registered as cli-tiny@1" in result.output
+    listing = CliRunner().invoke(cli, ["registry", "list", "--json", "--registry", str(tmp_path / "reg")])
+    assert [r["ref"] for r in json.loads(listing.output)] == ["cli-tiny@1"]

@@ -1,0 +1,68 @@
+"""Shared fixtures: the tiny model, a trained tiny adapter, and throwaway registries."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except ImportError:
+        has_cuda = False
+    if not has_cuda:
+        skip = pytest.mark.skip(reason="needs a CUDA GPU")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_base():  # type: ignore[no-untyped-def]
+    from registry.basemodels import resolve_base_model
+
+    return resolve_base_model("tiny")
+
+
+@pytest.fixture
+def registry_root(tmp_path: Path) -> Path:
+    return tmp_path / "registry"
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_base):  # type: ignore[no-untyped-def]
+    """A LoRA trained for a few steps on the tiny model and pushed to a session registry."""
+    from rich.console import Console
+
+    from trainer.config import load_config
+    from trainer.publish import publish
+    from trainer.recipe import run
+
+    root = tmp_path_factory.mktemp("tiny-run")
+    config = load_config(
+        None,
+        [
+            "base_model=embedded/tiny-llama",
+            "name=tiny",
+            f"output_dir={root / 'runs'}",
+            "training.max_steps=6",
+            "training.batch_size=8",
+            "training.lr=0.01",
+            "eval.max_examples=8",
+            "eval.max_new_tokens=12",
+            "data.max_seq_len=96",
+        ],
+    )
+    result = run(config, console=Console(quiet=True))
+    registry = root / "registry"
+    result.registry_ref = publish(result, str(registry))
+    return result, registry

@@ -1,0 +1,255 @@
+"""The local registry: round trip, integrity, aliases, concurrency and crash safety with real processes."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from registry.errors import (
+    ConflictError,
+    IntegrityError,
+    InvalidAdapterError,
+    NotFoundError,
+    ReferenceError_,
+    RegistryError,
+)
+from registry.refs import parse_ref
+from registry.store import LocalRegistry
+
+LINEAGE = {
+    "base_model": "embedded/tiny-llama",
+    "base_model_sha256": "ab" * 32,
+    "metrics": {"adapter": {"exact_match": 0.5}},
+}
+
+
+def make_adapter(folder: Path, seed: int = 0, size: int = 64) -> Path:
+    import torch
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(seed)
+    save_file(
+        {
+            "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": torch.randn(
+                4, size, generator=g
+            ),
+            "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight": torch.randn(
+                size, 4, generator=g
+            ),
+        },
+        str(folder / "adapter_model.safetensors"),
+    )
+    (folder / "adapter_config.json").write_text(
+        json.dumps({"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj"]})
+    )
+    return folder
+
+
+@pytest.fixture
+def adapter(tmp_path: Path) -> Path:
+    return make_adapter(tmp_path / "adapter")
+
+
+def test_push_show_load_round_trip(registry_root: Path, adapter: Path) -> None:
+    reg = LocalRegistry(registry_root)
+    v1 = reg.push("support", adapter, LINEAGE)
+    v2 = reg.push("support", adapter, LINEAGE)
+    assert (v1.ref, v2.ref, v2.parent) == ("support@1", "support@2", 1)
+    assert reg.get("support").version == 2
+    assert reg.get("support@1").version == 1
+    reg.set_alias("support@1", "prod")
+    assert reg.get("support:prod").ref == "support@1"
+    assert (reg.get("support@1").path / "adapter_model.safetensors").read_bytes() == (
+        adapter / "adapter_model.safetensors"
+    ).read_bytes()
+    assert reg.get("support@2").lineage["base_model"] == "embedded/tiny-llama"
+
+
+def test_alias_moves_are_atomic_and_idempotent(registry_root: Path, adapter: Path) -> None:
+    reg = LocalRegistry(registry_root)
+    reg.push("a", adapter, LINEAGE)
+    reg.push("a", adapter, LINEAGE)
+    before = reg.changes()
+    _, moved = reg.set_alias("a@1", "prod")
+    _, again = reg.set_alias("a@1", "prod")
+    assert (moved, again) == (True, False)
+    reg.set_alias("a@2", "prod")
+    assert reg.get("a:prod").version == 2
+    assert reg.changes() > before
+    with pytest.raises(ConflictError, match="reserved"):
+        reg.set_alias("a@1", "latest")
+
+
+@pytest.mark.parametrize(
+    "ref",
+    [
+        "../etc",
+        "a/b",
+        "A",
+        "",
+        "a@0",
+        "a@x",
+        "a:..",
+        "a:b/c",
+        "x" * 65,
+        "/abs",
+        "a@1@2",
+        "a:b:c",
+        "..",
+        "a\x00",
+    ],
+)
+def test_malformed_references_are_refused_before_touching_paths(
+    ref: str, registry_root: Path, adapter: Path
+) -> None:
+    reg = LocalRegistry(registry_root)
+    with pytest.raises(ReferenceError_):
+        parse_ref(ref)
+    with pytest.raises(RegistryError):
+        reg.get(ref)
+    with pytest.raises(RegistryError):
+        reg.push(ref, adapter, LINEAGE)
+    assert not list((registry_root / "versions").iterdir())
+
+
+def test_unknown_things_get_errors_naming_the_reference(registry_root: Path, adapter: Path) -> None:
+    reg = LocalRegistry(registry_root)
+    with pytest.raises(NotFoundError, match="no adapter named 'ghost'"):
+        reg.get("ghost")
+    reg.push("real", adapter, LINEAGE)
+    with pytest.raises(NotFoundError, match=r"real@7: version 7 of 'real' does not exist"):
+        reg.get("real@7")
+    with pytest.raises(NotFoundError, match=r"real:prod: alias 'prod'"):
+        reg.get("real:prod")
+
+
+def test_tampered_missing_and_extra_files_fail_verification(registry_root: Path, adapter: Path) -> None:
+    reg = LocalRegistry(registry_root)
+    v = reg.push("t", adapter, LINEAGE)
+    weights = v.path / "adapter_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match=r"t@1: adapter_model.safetensors does not match its sha256"):
+        reg.get("t@1")
+    v2 = reg.push("t", adapter, LINEAGE)
+    (v2.path / "evil.bin").write_bytes(b"x")
+    with pytest.raises(IntegrityError, match=r"t@2: unexpected extra file"):
+        reg.get("t@2")
+    v3 = reg.push("t", adapter, LINEAGE)
+    (v3.path / "adapter_config.json").unlink()
+    with pytest.raises(IntegrityError, match=r"t@3: missing file"):
+        reg.get("t@3")
+    report = reg.verify_all()
+    assert all(report[r] for r in ("t@1", "t@2", "t@3"))
+
+
+def test_bad_adapters_are_refused_and_nothing_is_stored(registry_root: Path, tmp_path: Path) -> None:
+    reg = LocalRegistry(registry_root)
+    pickled = make_adapter(tmp_path / "p")
+    (pickled / "adapter_model.bin").write_bytes(b"\x80\x04pickle")
+    with pytest.raises(InvalidAdapterError, match="pickle weights"):
+        reg.push("x", pickled, LINEAGE)
+    truncated = make_adapter(tmp_path / "t")
+    w = truncated / "adapter_model.safetensors"
+    w.write_bytes(w.read_bytes()[:-100])
+    with pytest.raises(InvalidAdapterError, match="truncated"):
+        reg.push("x", truncated, LINEAGE)
+    no_cfg = make_adapter(tmp_path / "n")
+    (no_cfg / "adapter_config.json").unlink()
+    with pytest.raises(InvalidAdapterError, match=r"missing adapter_config\.json"):
+        reg.push("x", no_cfg, LINEAGE)
+    with pytest.raises(RegistryError, match="lineage lacks 'base_model_sha256'"):
+        reg.push("x", make_adapter(tmp_path / "ok"), {"base_model": "m"})
+    assert reg.list_versions() == []
+    assert not list((registry_root / ".staging").iterdir())
+
+
+def test_rm_refuses_a_version_an_alias_points_at(registry_root: Path, adapter: Path) -> None:
+    reg = LocalRegistry(registry_root)
+    reg.push("r", adapter, LINEAGE)
+    reg.set_alias("r@1", "prod")
+    with pytest.raises(ConflictError, match=r"r@1 is in use by alias r:prod"):
+        reg.remove("r@1")
+    assert reg.get("r@1")
+    reg.remove("r@1", force=True)
+    with pytest.raises(NotFoundError):
+        reg.get("r@1")
+
+
+def test_a_folder_that_is_not_a_registry_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "stuff.txt").write_text("hi")
+    with pytest.raises(RegistryError, match="is not a registry"):
+        LocalRegistry(tmp_path)
+
+
+def _push_many(root: str, adapter: str, n: int, out: mp.Queue) -> None:  # type: ignore[type-arg]
+    reg = LocalRegistry(root)
+    out.put([reg.push("shared", Path(adapter), LINEAGE).version for _ in range(n)])
+
+
+def test_parallel_pushes_from_processes_get_distinct_versions(registry_root: Path, adapter: Path) -> None:
+    LocalRegistry(registry_root)
+    ctx = mp.get_context("spawn")
+    q: mp.Queue = ctx.Queue()  # type: ignore[type-arg]
+    procs = [ctx.Process(target=_push_many, args=(str(registry_root), str(adapter), 5, q)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    got = sorted(v for _ in procs for v in q.get(timeout=120))
+    for p in procs:
+        p.join(timeout=60)
+    assert got == list(range(1, 21))
+    assert all(err is None for err in LocalRegistry(registry_root).verify_all().values())
+
+
+_SLOW_PUSH = """
+import sys, time, shutil
+from pathlib import Path
+import registry.store as store
+real = shutil.copyfile
+def slow(src, dst, *a, **k):
+    time.sleep(0.2)
+    return real(src, dst, *a, **k)
+store.shutil.copyfile = slow
+reg = store.LocalRegistry(sys.argv[1])
+print("ready", flush=True)
+while True:
+    reg.push("crash", Path(sys.argv[2]), {"base_model": "m", "base_model_sha256": "s"})
+"""
+
+
+def test_killing_a_pushing_process_leaves_a_verifiable_registry(registry_root: Path, adapter: Path) -> None:
+    big = make_adapter(adapter.parent / "big", size=4096)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SLOW_PUSH, str(registry_root), str(big)],
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])},
+    )
+    assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
+    time.sleep(1.5)  # several pushes done, one in the middle of its copy
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    reg = LocalRegistry(registry_root)
+    report = reg.verify_all()
+    assert report and all(err is None for err in report.values())
+    reg.gc()
+    assert reg.push("crash", big, LINEAGE).version == len(report) + 1
+
+
+def test_gc_removes_orphans_only(registry_root: Path, adapter: Path) -> None:
+    reg = LocalRegistry(registry_root)
+    reg.push("g", adapter, LINEAGE)
+    orphan = registry_root / "versions" / "g" / "9"
+    orphan.mkdir()
+    (orphan / "junk").write_text("x")
+    assert reg.gc() == [orphan]
+    assert reg.get("g@1")

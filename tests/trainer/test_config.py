@@ -1,0 +1,52 @@
+"""Configs: every shipped YAML loads; overrides apply; all problems are reported at once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from trainer.config import load_config
+from trainer.errors import ConfigError
+
+CONFIGS = sorted((Path(__file__).parents[2] / "trainer" / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_config_loads_and_says_how_to_run_it(path: Path) -> None:
+    config = load_config(path)
+    assert config.name
+    assert f"platform train --config trainer/configs/{path.name}" in path.read_text()
+
+
+def test_overrides_are_typed() -> None:
+    c = load_config(
+        None, ["lora.r=8", "training.lr=5e-4", "lora.target_modules=q_proj,v_proj", "data.packing=true"]
+    )
+    assert (c.lora.r, c.training.lr, c.lora.target_modules, c.data.packing) == (
+        8,
+        5e-4,
+        ["q_proj", "v_proj"],
+        True,
+    )
+
+
+def test_all_problems_are_reported_at_once(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("lora:\n  r: 0\n  dropout: 2\ntraining:\n  lr: 5\n  dtype: fp8\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(cfg, ["training.bogus=1", "nokey"])
+    text = str(err.value)
+    assert str(cfg) in text
+    assert "training.bogus: unknown field 'bogus'" in text
+    assert "override 'nokey': expected key=value" in text
+    with pytest.raises(ConfigError) as err2:
+        load_config(cfg)
+    problems = err2.value.problems
+    assert any("lora.r" in p for p in problems) and any("lora.dropout" in p for p in problems)
+    assert any("training.lr" in p for p in problems) and any("training.dtype" in p for p in problems)
+
+
+def test_wrong_types_name_the_field() -> None:
+    with pytest.raises(ConfigError, match=r"training.max_steps: expected int, got 'many'"):
+        load_config(None, ["training.max_steps=many"])

@@ -1,0 +1,124 @@
+"""The whole pipeline on the tiny model: data -> train -> eval -> save -> registry -> reload."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from registry.store import LocalRegistry
+from trainer.errors import ModelError
+
+
+def test_run_writes_a_complete_safetensors_run_folder(tiny_run) -> None:  # type: ignore[no-untyped-def]
+    result, _ = tiny_run
+    files = {p.name for p in result.run_dir.iterdir()}
+    assert {"adapter", "config.yaml", "lineage.json", "metrics.json", "train_log.jsonl", "loss.png"} <= files
+    names = {p.name for p in result.adapter_dir.iterdir()}
+    assert {"adapter_model.safetensors", "adapter_config.json"} <= names
+    assert not [n for n in names if n.endswith((".bin", ".pt", ".pkl"))]  # safetensors only
+    log = [json.loads(line) for line in (result.run_dir / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "loss" in r] == list(range(1, 7))
+    assert (result.run_dir / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    assert set(result.metrics) == {"base", "adapter"}
+    for side in result.metrics.values():
+        assert {"loss", "perplexity", "exact_match", "rougeL", "bleu", "chrf"} <= set(side)
+    # training on the task lowers the held-out loss below the base model's
+    assert result.metrics["adapter"]["loss"] < result.metrics["base"]["loss"]
+
+
+def test_lineage_is_recorded_in_the_registry(tiny_run, tiny_base) -> None:  # type: ignore[no-untyped-def]
+    result, registry = tiny_run
+    v = LocalRegistry(registry).get(result.registry_ref)
+    assert v.base_model == "embedded/tiny-llama" and v.base_sha256 == tiny_base.weights_sha256
+    lin = v.lineage
+    assert lin["dataset"]["sha256"] and lin["dataset"]["splits"]["train"] > 300
+    assert lin["config"]["training"]["max_steps"] == 6
+    assert {"torch", "transformers", "peft"} <= set(lin["libraries"])
+    assert lin["chat_template_sha256"]
+    card = (v.path / "README.md").read_text()
+    assert "base_model: embedded/tiny-llama" in card and "library_name: peft" in card
+
+
+def test_reloaded_adapter_gives_the_same_outputs(tiny_run) -> None:  # type: ignore[no-untyped-def]
+    from trainer.evaluate_cli import evaluate_refs
+
+    result, registry = tiny_run
+    rows = result.run_dir / "predictions.jsonl"
+    data = rows.parent / "heldout.jsonl"
+    preds = [json.loads(line) for line in rows.read_text().splitlines()]
+    data.write_text(
+        "".join(json.dumps({"prompt": p["prompt"], "completion": p["reference"]}) + "\n" for p in preds)
+    )
+    out = evaluate_refs(
+        [result.registry_ref, "base"], str(data), str(registry), max_new_tokens=12, max_seq_len=96
+    )
+    assert out[result.registry_ref].predictions == [p["adapter_prediction"] for p in preds]
+    assert out["base"].predictions == [p["base_prediction"] for p in preds]
+
+
+def test_merged_model_generates_exactly_like_the_adapter(tiny_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from trainer.loading import attach, resolve_adapters
+    from trainer.merge import merge
+    from trainer.model import load_base, load_tokenizer
+
+    result, registry = tiny_run
+    out = merge(result.registry_ref, tmp_path / "merged", str(registry))
+    base, versions = resolve_adapters([result.registry_ref], str(registry))
+    tok = load_tokenizer(base)
+    peft_model = attach(load_base(base), versions)
+    merged = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    ids = tok.apply_chat_template(
+        [{"role": "user", "content": "Order 12345 arrived damaged"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
+    a = peft_model.generate(**ids, max_new_tokens=16, do_sample=False)
+    b = merged.generate(**ids, max_new_tokens=16, do_sample=False)
+    assert a.tolist() == b.tolist()
+
+
+def test_unknown_target_module_lists_the_models_modules(tiny_base) -> None:  # type: ignore[no-untyped-def]
+    from trainer.config import LoraSettings
+    from trainer.model import apply_lora, load_base
+
+    with pytest.raises(ModelError) as err:
+        apply_lora(load_base(tiny_base), LoraSettings(target_modules=["q_proj", "qkv"]))
+    assert "unknown module(s) ['qkv']" in str(err.value)
+    assert "down_proj, gate_proj, k_proj, o_proj, q_proj, up_proj, v_proj" in str(err.value)
+
+
+def test_qlora_trains_a_4bit_base(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from trainer.config import load_config
+    from trainer.recipe import run
+
+    cfg = Path(__file__).parents[2] / "trainer" / "configs" / "qlora-tiny.yaml"
+    result = run(load_config(cfg, [f"output_dir={tmp_path}"]), console=Console(quiet=True))
+    cfg_json = json.loads((result.adapter_dir / "adapter_config.json").read_text())
+    assert sorted(cfg_json["target_modules"]) == ["q_proj", "v_proj"]
+    assert result.lineage["config"]["lora"]["quantize"] == "nf4"
+    assert result.metrics["adapter"]["loss"] > 0
+
+
+def test_packing_and_truncation_are_counted(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from trainer.config import load_config
+    from trainer.recipe import LoRARecipe
+
+    recipe = LoRARecipe(
+        load_config(
+            None, ["base_model=embedded/tiny-llama", "data.max_seq_len=24", f"output_dir={tmp_path}"]
+        ),
+        Console(quiet=True),
+    )
+    recipe.setup()
+    assert recipe.report.truncated > 0
+    assert all(len(r.input_ids) <= 24 for r in recipe.train_rows)

@@ -1,0 +1,1 @@
+"""Fine-tuning: JSONL data -> LoRA/QLoRA adapter (transformers + peft) -> evaluation -> registry."""

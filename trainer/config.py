@@ -1,0 +1,249 @@
+"""Training configuration: typed dataclasses, loaded from YAML plus `key=value` overrides.
+
+Every field has a docstring. `validate()` collects every problem and raises once, so a user
+fixes a config in one pass. The resolved config is written next to every adapter.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from trainer.errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    path: str = "sample:support-tickets"
+    """JSONL file, a folder of JSONL files, `sample:<name>` for a shipped sample, or `hf:<dataset name>`."""
+    test_path: str | None = None
+    """Optional separate held-out file; when set, no test split is carved out of `path`."""
+    val_fraction: float = 0.05
+    """Share of rows (by hash bucket of the prompt) used for validation loss."""
+    test_fraction: float = 0.12
+    """Share of rows (by hash bucket of the prompt) held out for the final evaluation."""
+    max_seq_len: int = 256
+    """Rows longer than this (prompt + completion tokens) are truncated; the count is reported."""
+    packing: bool = False
+    """Concatenate short rows into `max_seq_len` blocks (labels stay completion-only)."""
+    dedup: bool = True
+    """Drop exact duplicates (same prompt and completion after whitespace cleaning)."""
+    drop_leaked: bool = True
+    """Drop held-out rows whose prompt also appears in the training split."""
+
+
+@dataclass
+class LoraSettings:
+    r: int = 16
+    """LoRA rank."""
+    alpha: int = 32
+    """LoRA scaling numerator (scale = alpha / r)."""
+    dropout: float = 0.0
+    """Dropout on the LoRA input."""
+    target_modules: list[str] | str = "all-linear"
+    """Module names (e.g. [q_proj, v_proj]) or `all-linear`."""
+    quantize: str | None = None
+    """`nf4` for QLoRA (4-bit NF4, double quantization, bitsandbytes); None for plain LoRA."""
+
+
+@dataclass
+class TrainingSettings:
+    epochs: float = 1.0
+    """Passes over the training split (ignored when max_steps > 0)."""
+    max_steps: int = 30
+    """Optimizer steps; 0 means use `epochs`."""
+    batch_size: int = 8
+    """Rows per device batch."""
+    grad_accum: int = 1
+    """Gradient accumulation steps."""
+    lr: float = 1e-3
+    """Peak learning rate (cosine schedule)."""
+    warmup_steps: int = 3
+    """Linear warmup steps."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    dtype: str = "fp32"
+    """`fp32` or `bf16` for the trained model."""
+    gradient_checkpointing: bool = False
+    """Trade compute for memory."""
+    eval_every: int = 0
+    """Validation loss every N steps (0: only at the end)."""
+    early_stopping_patience: int = 0
+    """Stop after N evaluations without validation-loss improvement (0: off; needs eval_every)."""
+    save_every: int = 0
+    """Checkpoint every N steps (0: no intermediate checkpoints)."""
+    resume: str | None = None
+    """Checkpoint folder to resume from, or `last`."""
+    report_to: list[str] = field(default_factory=list)
+    """Extra loggers when installed: tensorboard, wandb."""
+    seed: int = 42
+    """Seed for data order, LoRA init and dropout."""
+
+
+@dataclass
+class EvalSettings:
+    max_examples: int = 50
+    """Held-out rows evaluated by generation (0: all)."""
+    max_new_tokens: int = 48
+    """Generation budget per example."""
+    batch_size: int = 16
+    """Generation batch size."""
+    compare_base: bool = True
+    """Also evaluate the base model on the same rows."""
+
+
+@dataclass
+class TrainConfig:
+    base_model: str = "embedded/smollm2-135m-instruct-q4_1"
+    """Base model: `embedded/...` (offline), a local folder, or a Hub id (needs internet)."""
+    name: str = "support"
+    """Adapter name in the registry (and folder name under output_dir)."""
+    output_dir: str = "runs"
+    """Where run folders (adapter, logs, plots, checkpoints) are written."""
+    data: DataConfig = field(default_factory=DataConfig)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    training: TrainingSettings = field(default_factory=TrainingSettings)
+    eval: EvalSettings = field(default_factory=EvalSettings)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> None:
+        problems: list[str] = []
+        d, lo, t, e = self.data, self.lora, self.training, self.eval
+        if not 0 <= d.val_fraction < 1:
+            problems.append(f"data.val_fraction must be in [0, 1), got {d.val_fraction}")
+        if not 0 <= d.test_fraction < 1:
+            problems.append(f"data.test_fraction must be in [0, 1), got {d.test_fraction}")
+        if d.val_fraction + d.test_fraction >= 0.9:
+            problems.append("data.val_fraction + data.test_fraction must leave at least 10% for training")
+        if d.max_seq_len < 8:
+            problems.append(f"data.max_seq_len must be >= 8, got {d.max_seq_len}")
+        if lo.r < 1:
+            problems.append(f"lora.r must be >= 1, got {lo.r}")
+        if lo.alpha < 1:
+            problems.append(f"lora.alpha must be >= 1, got {lo.alpha}")
+        if not 0 <= lo.dropout < 1:
+            problems.append(f"lora.dropout must be in [0, 1), got {lo.dropout}")
+        if isinstance(lo.target_modules, str) and lo.target_modules != "all-linear":
+            problems.append(
+                f"lora.target_modules must be a list of names or 'all-linear', got {lo.target_modules!r}"
+            )
+        if lo.quantize not in (None, "nf4"):
+            problems.append(f"lora.quantize must be 'nf4' or null, got {lo.quantize!r}")
+        if t.max_steps < 0:
+            problems.append(f"training.max_steps must be >= 0, got {t.max_steps}")
+        if t.max_steps == 0 and t.epochs <= 0:
+            problems.append("training.epochs must be > 0 when training.max_steps is 0")
+        for key in ("batch_size", "grad_accum"):
+            if getattr(t, key) < 1:
+                problems.append(f"training.{key} must be >= 1, got {getattr(t, key)}")
+        if not 0 < t.lr < 1:
+            problems.append(f"training.lr must be in (0, 1), got {t.lr}")
+        if t.warmup_steps < 0:
+            problems.append(f"training.warmup_steps must be >= 0, got {t.warmup_steps}")
+        if t.dtype not in ("fp32", "bf16"):
+            problems.append(f"training.dtype must be 'fp32' or 'bf16', got {t.dtype!r}")
+        if t.early_stopping_patience and not t.eval_every:
+            problems.append("training.early_stopping_patience needs training.eval_every > 0")
+        unknown = sorted(set(t.report_to) - {"tensorboard", "wandb"})
+        if unknown:
+            problems.append(f"training.report_to: unknown logger(s) {unknown}; known: tensorboard, wandb")
+        if e.max_examples < 0 or e.max_new_tokens < 1 or e.batch_size < 1:
+            problems.append("eval.max_examples must be >= 0, eval.max_new_tokens and eval.batch_size >= 1")
+        if problems:
+            raise ConfigError(problems)
+
+
+def _set_field(obj: Any, path: list[str], raw: Any, key: str, problems: list[str]) -> None:
+    names = {f.name: f for f in dataclasses.fields(obj)}
+    head = path[0]
+    if head not in names:
+        problems.append(f"{key}: unknown field {head!r}; known: {', '.join(sorted(names))}")
+        return
+    current = getattr(obj, head)
+    if dataclasses.is_dataclass(current):
+        if len(path) == 1:
+            if not isinstance(raw, dict):
+                problems.append(f"{key}: expected a mapping of fields")
+                return
+            for sub, value in raw.items():
+                _set_field(current, [str(sub)], value, f"{key}.{sub}", problems)
+        else:
+            _set_field(current, path[1:], raw, key, problems)
+        return
+    if len(path) > 1:
+        problems.append(f"{key}: {head!r} has no sub-fields")
+        return
+    value = _coerce(raw, current, names[head].type)
+    if value is _BAD:
+        problems.append(f"{key}: expected {names[head].type}, got {raw!r}")
+        return
+    setattr(obj, head, value)
+
+
+_BAD = object()
+
+
+def _coerce(raw: Any, current: Any, annotation: Any) -> Any:
+    ann = str(annotation)
+    if raw is None:
+        return None if "None" in ann else _BAD
+    if "list[str]" in ann and isinstance(raw, str) and "," in raw:
+        return [s.strip() for s in raw.split(",") if s.strip()]
+    if "list[str]" in ann and isinstance(raw, list):
+        return [str(x) for x in raw]
+    if ann.startswith("bool"):
+        return raw if isinstance(raw, bool) else _BAD
+    if ann.startswith("int"):
+        return raw if isinstance(raw, int) and not isinstance(raw, bool) else _BAD
+    if ann.startswith("float"):
+        if isinstance(raw, str):
+            try:
+                return float(raw)
+            except ValueError:
+                return _BAD
+        return float(raw) if isinstance(raw, int | float) and not isinstance(raw, bool) else _BAD
+    if ann.startswith("str") or "str |" in ann:
+        return str(raw) if isinstance(raw, str | int | float) else _BAD
+    return raw
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """Build a config from an optional YAML file and `a.b=value` overrides, then validate it."""
+    config = TrainConfig()
+    problems: list[str] = []
+    source = "config"
+    if path is not None:
+        source = str(path)
+        try:
+            raw = yaml.safe_load(Path(path).read_text()) or {}
+        except OSError as exc:
+            raise ConfigError([f"cannot read: {exc.strerror}"], source) from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError([f"invalid YAML: {exc}"], source) from exc
+        if not isinstance(raw, dict):
+            raise ConfigError(["top level must be a mapping of fields"], source)
+        for key, value in raw.items():
+            _set_field(config, [str(key)], value, str(key), problems)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            problems.append(f"override {item!r}: expected key=value, e.g. training.max_steps=50")
+            continue
+        try:
+            value = yaml.safe_load(text) if text else ""
+        except yaml.YAMLError:
+            value = text
+        _set_field(config, key.strip().split("."), value, key.strip(), problems)
+    if problems:
+        raise ConfigError(problems, source)
+    try:
+        config.validate()
+    except ConfigError as exc:
+        raise ConfigError(exc.problems, source) from None
+    return config

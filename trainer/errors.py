@@ -1,0 +1,33 @@
+"""Exceptions raised by the trainer. Messages name the file, line or field at fault."""
+
+from __future__ import annotations
+
+
+class TrainerError(Exception):
+    """Base class of every error the trainer raises."""
+
+
+class ConfigError(TrainerError):
+    """The training config has one or more problems; all of them are listed at once."""
+
+    def __init__(self, problems: list[str], source: str = "config") -> None:
+        self.problems = problems
+        super().__init__(
+            f"{source} has {len(problems)} problem(s):\n" + "\n".join(f"  - {p}" for p in problems)
+        )
+
+
+class DataError(TrainerError):
+    """The dataset is unreadable or has bad rows; every bad row is listed with file and line."""
+
+    def __init__(self, problems: list[str], source: str) -> None:
+        self.problems = problems
+        shown = problems[:50]
+        more = f"\n  ... and {len(problems) - 50} more" if len(problems) > 50 else ""
+        super().__init__(
+            f"{source}: {len(problems)} bad row(s):\n" + "\n".join(f"  - {p}" for p in shown) + more
+        )
+
+
+class ModelError(TrainerError):
+    """The base model or the LoRA setup is unusable (unknown target module, bad dtype, ...)."""

@@ -1,0 +1,94 @@
+"""Base model loading and the LoRA / QLoRA wrapping."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from registry.basemodels import BaseModel
+from trainer.config import LoraSettings
+from trainer.errors import ModelError
+
+
+def torch_dtype(name: str) -> Any:
+    import torch
+
+    return {"fp32": torch.float32, "bf16": torch.bfloat16}[name]
+
+
+def load_tokenizer(base: BaseModel) -> Any:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(base.path)
+    if tok.chat_template is None:
+        raise ModelError(f"{base.id}: the tokenizer has no chat template; use an instruct/chat model")
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_base(base: BaseModel, dtype: str = "fp32", quantize: str | None = None) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {"dtype": torch_dtype(dtype)}
+    if quantize == "nf4":
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(  # type: ignore[no-untyped-call]
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch_dtype(dtype),
+        )
+    model = AutoModelForCausalLM.from_pretrained(base.path, **kwargs)
+    model.config.name_or_path = base.id
+    return model
+
+
+def linear_module_names(model: Any) -> list[str]:
+    """Distinct leaf names of the linear layers inside the transformer blocks (not lm_head)."""
+    import torch
+
+    names = set()
+    for full, module in model.named_modules():
+        is_linear = isinstance(module, torch.nn.Linear) or type(module).__name__ in (
+            "Linear4bit",
+            "Linear8bitLt",
+        )
+        if is_linear and "lm_head" not in full:
+            names.add(full.rsplit(".", 1)[-1])
+    return sorted(names)
+
+
+def resolve_targets(model: Any, targets: list[str] | str) -> list[str]:
+    available = linear_module_names(model)
+    if targets == "all-linear":
+        return available
+    unknown = [t for t in targets if t not in available]
+    if unknown:
+        raise ModelError(
+            f"lora.target_modules: unknown module(s) {unknown}; this model's linear modules are: "
+            f"{', '.join(available)} (or use all-linear)"
+        )
+    return list(targets)
+
+
+def apply_lora(model: Any, settings: LoraSettings, gradient_checkpointing: bool = False) -> Any:
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    targets = resolve_targets(model, settings.target_modules)
+    if settings.quantize:
+        model = prepare_model_for_kbit_training(  # type: ignore[no-untyped-call]
+            model, use_gradient_checkpointing=gradient_checkpointing
+        )
+    elif gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.enable_input_require_grads()
+    config = LoraConfig(
+        r=settings.r,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=targets,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
