@@ -9,6 +9,7 @@ import warnings
 import click
 
 from cli.registry_cmd import registry_group
+from cli.serve import serve_cmd
 from cli.train import eval_cmd, merge_cmd, train_cmd
 
 
@@ -33,6 +34,7 @@ cli.add_command(train_cmd)
 cli.add_command(eval_cmd)
 cli.add_command(merge_cmd)
 cli.add_command(registry_group)
+cli.add_command(serve_cmd)
 
 
 def main() -> None:

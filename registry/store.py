@@ -43,11 +43,19 @@ CREATE TABLE IF NOT EXISTS tags (
     name TEXT NOT NULL, version INTEGER NOT NULL, tag TEXT NOT NULL, PRIMARY KEY (name, version, tag));
 CREATE TABLE IF NOT EXISTS routes (
     name TEXT PRIMARY KEY, spec TEXT NOT NULL, updated REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS names (name TEXT PRIMARY KEY, last_version INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO meta VALUES ('changes', 0);
 """
 LATEST = "latest"
-KEEP_FILES = ("lineage.json", "metrics.json", "config.yaml", "train_log.jsonl", "loss.png")
+KEEP_FILES = (
+    "lineage.json",
+    "metrics.json",
+    "config.yaml",
+    "train_log.jsonl",
+    "loss.png",
+    "predictions.jsonl",
+)
 
 
 @dataclass(frozen=True)
@@ -167,8 +175,11 @@ class LocalRegistry:
         self, name: str, staging: Path, lineage: dict[str, Any], info: AdapterInfo, parent: int | None
     ) -> Version:
         with self._write() as db:
+            # version numbers are never reused, even after `rm`: a number names one set of weights
+            issued = db.execute("SELECT last_version FROM names WHERE name=?", (name,)).fetchone()
+            version = (issued[0] if issued else 0) + 1
+            db.execute("INSERT OR REPLACE INTO names VALUES (?, ?)", (name, version))
             row = db.execute("SELECT MAX(version) FROM versions WHERE name=?", (name,)).fetchone()
-            version = (row[0] or 0) + 1
             if parent is None and row[0]:
                 parent = row[0]
             lineage = {**lineage, "name": name, "version": version, "parent": parent}

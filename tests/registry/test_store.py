@@ -184,6 +184,8 @@ def test_rm_refuses_a_version_an_alias_points_at(registry_root: Path, adapter: P
     reg.remove("r@1", force=True)
     with pytest.raises(NotFoundError):
         reg.get("r@1")
+    # a removed number is never issued again: r@1 keeps meaning the weights it meant
+    assert reg.push("r", adapter, LINEAGE).version == 2
 
 
 def test_a_folder_that_is_not_a_registry_is_refused(tmp_path: Path) -> None:

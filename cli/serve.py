@@ -1,0 +1,43 @@
+"""`platform serve`: the OpenAI-compatible multi-LoRA server."""
+
+from __future__ import annotations
+
+import click
+from pydantic import ValidationError
+
+from cli.errors import handle_errors
+
+
+@click.command("serve")
+@click.option(
+    "--config", "config_file", type=click.Path(dir_okay=False, exists=True), help="YAML settings file."
+)
+@click.option("--base-model", help="Base model (default: the embedded SmolLM2-135M-Instruct).")
+@click.option("--registry", envvar="LORA_PLATFORM_REGISTRY", help="Registry folder.")
+@click.option("--host", help="Bind address (default 127.0.0.1).")
+@click.option("--port", type=int, help="Port (default 8000).")
+@click.option("--engine", type=click.Choice(["vllm", "peft"]), help="Inference engine (default vllm).")
+@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16"]))
+@click.option("--max-loras", type=int, help="Adapters per batch.")
+@click.option("--max-cpu-loras", type=int, help="Adapters kept loaded (LRU beyond).")
+@click.option("--max-lora-rank", type=int)
+@click.option("--max-model-len", type=int)
+@click.option("--kv-cache-gb", type=float)
+@click.option("--pin", multiple=True, help="Adapter reference to load at start and keep loaded (repeatable).")
+@click.option("--api-key", envvar="LORA_PLATFORM_API_KEY", help="Bearer key for inference routes.")
+@click.option("--admin-key", envvar="LORA_PLATFORM_ADMIN_KEY", help="Bearer key for admin routes.")
+@handle_errors
+def serve_cmd(config_file: str | None, pin: tuple[str, ...], **flags: object) -> None:
+    """Serve the base model and every registry adapter behind an OpenAI-compatible API.
+
+    A request's `model` picks the base model or an adapter: name, name@3 or name:alias.
+    """
+    from serving.server import serve
+    from serving.settings import load_settings
+
+    try:
+        settings = load_settings(config_file, pin=list(pin) or None, **flags)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise click.BadParameter(problems) from None
+    serve(settings)

@@ -1,0 +1,228 @@
+"""Adapters: resolve a request's `model` to one immutable version, validate, load, evict.
+
+Nothing unchecked reaches the engine: a bad LoRA path passed to vLLM's `generate()` kills the
+whole engine, so every version is verified (sha256 manifest), validated (safetensors, rank,
+target modules present in this base model, same base weights) and loaded with `add_adapter`
+before a request may use it. Each version gets its own integer LoRA id, never reused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from registry.adapter import read_safetensors_header, validate_adapter
+from registry.basemodels import BaseModel
+from registry.errors import IntegrityError, InvalidAdapterError, NotFoundError, ReferenceError_
+from registry.refs import parse_ref
+from registry.store import LocalRegistry, Version
+from serving.engine.base import AdapterHandle, Engine
+from serving.errors import AdapterLoadError, ModelNotFoundError
+
+UNSUPPORTED_TARGETS = {"embed_tokens", "lm_head"}
+BASE_ALIASES = {"base"}
+
+
+@dataclass
+class Loaded:
+    handle: AdapterHandle
+    version: Version
+    in_use: int = 0
+    last_used: float = field(default_factory=time.monotonic)
+    pinned: bool = False
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a request's `model` resolved to: the base model (adapter None) or one version."""
+
+    served_name: str
+    adapter: AdapterHandle | None
+
+
+def base_weight_names(base: BaseModel) -> set[str]:
+    names: set[str] = set()
+    for f in sorted(Path(base.path).glob("*.safetensors")):
+        names.update(k for k in read_safetensors_header(f) if k != "__metadata__")
+    return names
+
+
+def lora_modules(tensor_names: tuple[str, ...]) -> set[str]:
+    """`base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight` -> `model.layers.0.self_attn.q_proj`."""
+    out = set()
+    for name in tensor_names:
+        stem = name.removeprefix("base_model.model.")
+        for marker in (
+            ".lora_A",
+            ".lora_B",
+            ".lora_embedding_A",
+            ".lora_embedding_B",
+            ".lora_magnitude_vector",
+        ):
+            if marker in stem:
+                stem = stem.split(marker)[0]
+                break
+        out.add(stem)
+    return out
+
+
+class AdapterManager:
+    """Owns the engine's adapter slots: resolution cache, loading, pinning and LRU eviction."""
+
+    def __init__(
+        self,
+        registry: LocalRegistry,
+        engine: Engine,
+        base: BaseModel,
+        served_base: str,
+        max_lora_rank: int,
+        max_loaded: int,
+    ) -> None:
+        self.registry = registry
+        self.engine = engine
+        self.base = base
+        self.served_base = served_base
+        self.max_lora_rank = max_lora_rank
+        self.max_loaded = max_loaded
+        self.loaded: dict[tuple[str, int, str], Loaded] = {}
+        self._next_id = 1
+        self._locks: dict[tuple[str, int, str], asyncio.Lock] = {}
+        self._resolved: dict[str, tuple[str, int]] = {}
+        self._seen_changes = -1
+        self._base_weights: set[str] | None = None
+        self.loads = 0
+        self.evictions = 0
+
+    # -- resolution ----------------------------------------------------------------------
+    def refresh(self) -> bool:
+        """Drop cached resolutions when the registry changed; True when it did."""
+        changes = self.registry.changes()
+        if changes != self._seen_changes:
+            self._seen_changes = changes
+            self._resolved.clear()
+            return True
+        return False
+
+    def resolve(self, model: str) -> tuple[str, int] | None:
+        """(name, version) for an adapter reference, None for the base model."""
+        if model == self.served_base or model in BASE_ALIASES:
+            return None
+        if model in self._resolved:
+            return self._resolved[model]
+        try:
+            ref = parse_ref(model)
+            found = self.registry.resolve(ref)
+        except (ReferenceError_, NotFoundError) as exc:
+            raise ModelNotFoundError(
+                f"The model {model!r} does not exist: {exc}. Use {self.served_base!r} or a registry reference "
+                "(name, name@VERSION, name:ALIAS); GET /v1/models lists them."
+            ) from exc
+        self._resolved[model] = found
+        return found
+
+    # -- loading -------------------------------------------------------------------------
+    @asynccontextmanager
+    async def lease(self, model: str) -> AsyncIterator[Target]:
+        """Resolve and load `model`, hold it for the request, then release it."""
+        found = self.resolve(model)
+        if found is None:
+            yield Target(self.served_base, None)
+            return
+        loaded = await self._ensure_loaded(*found)
+        loaded.in_use += 1
+        loaded.last_used = time.monotonic()
+        try:
+            yield Target(loaded.handle.name, loaded.handle)
+        finally:
+            loaded.in_use -= 1
+            loaded.last_used = time.monotonic()
+
+    async def _ensure_loaded(self, name: str, version: int) -> Loaded:
+        v = await asyncio.to_thread(self._fetch, name, version)
+        key = (name, version, v.manifest_sha256)
+        if key in self.loaded:
+            return self.loaded[key]
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:  # concurrent first requests for one version load it once
+            if key in self.loaded:
+                return self.loaded[key]
+            await asyncio.to_thread(self._validate, v)
+            handle = AdapterHandle(self._next_id, v.ref, v.path)
+            self._next_id += 1
+            await self._make_room()
+            await self.engine.add_adapter(handle)
+            self.loads += 1
+            self.loaded[key] = Loaded(handle, v)
+            return self.loaded[key]
+
+    def _fetch(self, name: str, version: int) -> Version:
+        try:
+            return self.registry.get(f"{name}@{version}", verify_files=True)
+        except NotFoundError as exc:
+            raise ModelNotFoundError(str(exc)) from exc
+        except IntegrityError as exc:
+            raise AdapterLoadError(f"{name}@{version} failed its integrity check: {exc}") from exc
+
+    def _validate(self, v: Version) -> None:
+        if v.base_sha256 != self.base.weights_sha256:
+            raise AdapterLoadError(
+                f"{v.ref} was trained on {v.base_model} (weights sha256 {v.base_sha256[:12]}...), but this server "
+                f"runs {self.base.id} (sha256 {self.base.short_sha}...): adapter for another base model"
+            )
+        try:
+            info = validate_adapter(v.path)
+        except InvalidAdapterError as exc:
+            raise AdapterLoadError(f"{v.ref}: {exc}") from exc
+        if info.rank > self.max_lora_rank:
+            raise AdapterLoadError(
+                f"{v.ref}: LoRA rank {info.rank} exceeds this server's max_lora_rank {self.max_lora_rank}"
+            )
+        bad = sorted(set(info.target_modules) & UNSUPPORTED_TARGETS)
+        if bad:
+            raise AdapterLoadError(f"{v.ref}: target modules {bad} are not supported by the engine")
+        if self._base_weights is None:
+            self._base_weights = base_weight_names(self.base)
+        missing = sorted(
+            m for m in lora_modules(info.tensor_names) if f"{m}.weight" not in self._base_weights
+        )
+        if missing:
+            raise AdapterLoadError(f"{v.ref}: adapter modules not in the base model: {missing[:5]}")
+        cfg = json.loads((v.path / "adapter_config.json").read_text())
+        if cfg.get("use_dora"):
+            raise AdapterLoadError(f"{v.ref}: DoRA adapters are not supported by the engine")
+
+    async def _make_room(self) -> None:
+        while len(self.loaded) >= self.max_loaded:
+            idle = [(k, v) for k, v in self.loaded.items() if v.in_use == 0 and not v.pinned]
+            if not idle:
+                return  # every slot busy: load anyway; the engine queues by its own max_loras
+            key, victim = min(idle, key=lambda kv: kv[1].last_used)
+            del self.loaded[key]
+            await self.engine.remove_adapter(victim.handle)
+            self.evictions += 1
+
+    async def pin(self, model: str) -> Version:
+        found = self.resolve(model)
+        if found is None:
+            raise ModelNotFoundError(f"{model!r} is the base model; only adapters can be pinned")
+        loaded = await self._ensure_loaded(*found)
+        loaded.pinned = True
+        return loaded.version
+
+    # -- listing -------------------------------------------------------------------------
+    def servable(self) -> list[dict[str, Any]]:
+        """Every version and alias whose base weights match this server's base model."""
+        versions = [v for v in self.registry.list_versions() if v.base_sha256 == self.base.weights_sha256]
+        out = [{"id": v.ref, "created": int(v.created)} for v in versions]
+        latest: dict[str, Version] = {}
+        for v in versions:
+            latest[v.name] = v
+            out += [{"id": f"{v.name}:{a}", "created": int(v.created), "version": v.ref} for a in v.aliases]
+        out += [{"id": n, "created": int(v.created), "version": v.ref} for n, v in latest.items()]
+        return out

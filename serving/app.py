@@ -1,0 +1,145 @@
+"""The FastAPI application: `create_app()` builds it, the lifespan starts and stops the engine."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from registry.basemodels import resolve_base_model
+from registry.errors import RegistryError
+from registry.store import LocalRegistry
+from serving.adapters import AdapterManager
+from serving.engine.base import Engine
+from serving.errors import ServingError
+from serving.routes import health, openai
+from serving.settings import ServeSettings
+from serving.state import ServerState
+
+log = logging.getLogger("lora_platform.serving")
+
+
+def context_length(model_dir: Path) -> int:
+    """The model's own maximum context (config.json max_position_embeddings)."""
+    config = json.loads((model_dir / "config.json").read_text())
+    return int(config.get("max_position_embeddings") or 2048)
+
+
+def make_engine(settings: ServeSettings, base: Any) -> Engine:
+    if settings.engine == "peft":
+        from serving.engine.peft import PeftEngine
+
+        return PeftEngine(settings, base)
+    from serving.engine.vllm import VLLMEngine
+
+    return VLLMEngine(settings, base)
+
+
+async def _watch_registry(state: ServerState) -> None:
+    """Poll the registry's change counter so new versions and alias moves apply within a second."""
+    while True:
+        try:
+            if state.adapters.refresh():
+                state.metrics.loaded_adapters.set(len(state.adapters.loaded))
+        except Exception:  # a transient SQLite error must not stop the watcher
+            log.exception("registry refresh failed")
+        await asyncio.sleep(state.settings.refresh_interval_s)
+
+
+def create_app(settings: ServeSettings | None = None) -> FastAPI:
+    settings = settings or ServeSettings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        base = resolve_base_model(settings.base_model)
+        registry = LocalRegistry(settings.registry)
+        model_len = context_length(base.path)
+        effective = settings.model_copy(
+            update={"max_model_len": min(settings.max_model_len or model_len, model_len)}
+        )
+        app.state.settings = effective
+        engine = make_engine(effective, base)
+        await engine.start()
+        served = settings.served_model_name or base.id
+        adapters = AdapterManager(
+            registry, engine, base, served, settings.max_lora_rank, settings.max_cpu_loras
+        )
+        state = ServerState(effective, base, registry, engine, adapters)
+        app.state.server = state
+        for ref in settings.pin:
+            await adapters.pin(ref)
+        adapters.refresh()
+        state.tasks.append(asyncio.create_task(_watch_registry(state)))
+        state.ready = True
+        try:
+            yield
+        finally:
+            state.ready = False
+            for task in state.tasks:
+                task.cancel()
+            await engine.shutdown()
+
+    app = FastAPI(title="lora-platform", version="0.1.0", lifespan=lifespan)
+    app.state.settings = settings
+    install_error_handlers(app)
+    app.include_router(openai.router)
+    app.include_router(health.router)
+    return app
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ServingError)
+    async def _serving(request: Request, exc: ServingError) -> JSONResponse:
+        return JSONResponse(exc.envelope(), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(RegistryError)
+    async def _registry(request: Request, exc: RegistryError) -> JSONResponse:
+        body = {"error": {"message": str(exc), "type": "invalid_request_error", "param": None, "code": None}}
+        return JSONResponse(body, status_code=400)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        first = errors[0] if errors else {}
+        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+        param = ".".join(loc) or None
+        message = "; ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body')}: {e.get('msg')}" for e in errors
+        )
+        body = {
+            "error": {
+                "message": message or "invalid request",
+                "type": "invalid_request_error",
+                "param": param,
+                "code": None,
+            }
+        }
+        return JSONResponse(body, status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
+        body = {"error": {"message": str(exc.detail), "type": kind, "param": None, "code": None}}
+        return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        body = {
+            "error": {
+                "message": f"internal error: {type(exc).__name__}",
+                "type": "server_error",
+                "param": None,
+                "code": None,
+            }
+        }
+        return JSONResponse(body, status_code=500)

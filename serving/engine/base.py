@@ -1,0 +1,92 @@
+"""The engine interface the server talks to. Routes never see vLLM or transformers."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class AdapterHandle:
+    """A registry version as an engine sees it: a stable integer id, a name and a folder."""
+
+    lora_id: int
+    name: str
+    """The version reference, e.g. `support@3`."""
+    path: Path
+
+
+@dataclass(frozen=True)
+class GenParams:
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    n: int = 1
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    logprobs: int | None = None
+    """None: no logprobs; k >= 0: the sampled token's logprob and the top k alternatives."""
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+
+
+@dataclass
+class TokenLogprob:
+    token: str
+    logprob: float
+    top: list[tuple[str, float]] = field(default_factory=list)
+
+
+@dataclass
+class Delta:
+    """New output of one choice since the previous delta."""
+
+    index: int
+    text: str
+    token_ids: list[int]
+    finish_reason: str | None = None
+    logprobs: list[TokenLogprob] | None = None
+
+
+class Engine(abc.ABC):
+    """An inference engine that serves one base model and any number of LoRA adapters."""
+
+    name: str = "engine"
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Load the base model; raise on failure."""
+
+    @abc.abstractmethod
+    async def shutdown(self) -> None:
+        """Release the model and any worker processes."""
+
+    @property
+    @abc.abstractmethod
+    def tokenizer(self) -> Any:
+        """The base model's (transformers) tokenizer, with its chat template."""
+
+    @abc.abstractmethod
+    async def add_adapter(self, adapter: AdapterHandle) -> None:
+        """Load an adapter; raise on a bad adapter while the engine keeps serving."""
+
+    @abc.abstractmethod
+    async def remove_adapter(self, adapter: AdapterHandle) -> None:
+        """Unload an adapter (requests using it must have finished)."""
+
+    @abc.abstractmethod
+    def generate(
+        self, request_id: str, prompt_ids: list[int], params: GenParams, adapter: AdapterHandle | None
+    ) -> AsyncGenerator[list[Delta], None]:
+        """Stream deltas for every choice; closing the iterator aborts the request."""
+
+    @abc.abstractmethod
+    async def check_health(self) -> None:
+        """Raise serving.errors.EngineDeadError when the engine cannot serve."""
+
+    def running(self) -> int:
+        """Requests the engine is working on now."""
+        return 0

@@ -1,0 +1,144 @@
+"""vLLM engine: `AsyncLLM` in this process (its engine core in a child process), LoRA enabled.
+
+The only module of the project that imports vllm. Prompts go in as token ids rendered by
+our tokenizer, so both engines see identical inputs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncGenerator
+from typing import Any
+
+from registry.basemodels import BaseModel
+from serving.engine.base import AdapterHandle, Delta, Engine, GenParams, TokenLogprob
+from serving.errors import AdapterLoadError, BadRequestError, EngineDeadError
+from serving.settings import ServeSettings
+
+
+class VLLMEngine(Engine):
+    name = "vllm"
+
+    def __init__(self, settings: ServeSettings, base: BaseModel) -> None:
+        self.settings = settings
+        self.base = base
+        self.llm: Any = None
+        self._tokenizer: Any = None
+        self._running = 0
+
+    async def start(self) -> None:
+        from transformers import AutoTokenizer
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(self.settings.kv_cache_gb))))
+        self._tokenizer = AutoTokenizer.from_pretrained(self.base.path)
+        s = self.settings
+        args = AsyncEngineArgs(
+            model=str(self.base.path),
+            served_model_name=[s.served_model_name or self.base.id],
+            dtype=s.dtype,
+            enable_lora=True,
+            max_loras=s.max_loras,
+            max_cpu_loras=max(s.max_cpu_loras, s.max_loras),
+            max_lora_rank=s.max_lora_rank,
+            max_model_len=s.max_model_len or 2048,
+            max_num_seqs=s.max_num_seqs,
+            kv_cache_memory_bytes=int(s.kv_cache_gb * (1 << 30)),
+            enforce_eager=True,
+            seed=0,
+            trust_remote_code=False,
+        )
+        self.llm = AsyncLLM.from_engine_args(args)
+
+    async def shutdown(self) -> None:
+        if self.llm is not None:
+            self.llm.shutdown()
+            self.llm = None
+
+    @property
+    def tokenizer(self) -> Any:
+        return self._tokenizer
+
+    async def add_adapter(self, adapter: AdapterHandle) -> None:
+        from vllm.lora.request import LoRARequest
+
+        try:
+            await self.llm.add_lora(LoRARequest(adapter.name, adapter.lora_id, str(adapter.path)))
+        except Exception as exc:  # vLLM raises ValueError/RuntimeError with the reason
+            self._raise_if_dead(exc)
+            raise AdapterLoadError(f"{adapter.name}: vLLM refused the adapter: {exc}") from exc
+
+    async def remove_adapter(self, adapter: AdapterHandle) -> None:
+        await self.llm.remove_lora(adapter.lora_id)
+
+    async def generate(
+        self, request_id: str, prompt_ids: list[int], params: GenParams, adapter: AdapterHandle | None
+    ) -> AsyncGenerator[list[Delta], None]:
+        from vllm import SamplingParams
+        from vllm.lora.request import LoRARequest
+        from vllm.sampling_params import RequestOutputKind
+
+        sp = SamplingParams(
+            n=params.n,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            max_tokens=params.max_tokens,
+            stop=list(params.stop) or None,
+            seed=params.seed,
+            logprobs=params.logprobs,
+            presence_penalty=params.presence_penalty,
+            frequency_penalty=params.frequency_penalty,
+            output_kind=RequestOutputKind.DELTA,
+        )
+        lora = LoRARequest(adapter.name, adapter.lora_id, str(adapter.path)) if adapter else None
+        self._running += 1
+        try:
+            stream = self.llm.generate({"prompt_token_ids": prompt_ids}, sp, request_id, lora_request=lora)
+            async for out in stream:
+                yield [self._delta(o) for o in out.outputs]
+        except ValueError as exc:
+            raise BadRequestError(str(exc)) from exc
+        except Exception as exc:
+            self._raise_if_dead(exc)
+            raise
+        finally:
+            self._running -= 1
+
+    def _delta(self, o: Any) -> Delta:
+        logprobs = None
+        if o.logprobs is not None:
+            logprobs = []
+            for token_id, step in zip(o.token_ids, o.logprobs, strict=False):
+                chosen = step.get(token_id)
+                top = sorted(step.items(), key=lambda kv: kv[1].rank or 0)
+                logprobs.append(
+                    TokenLogprob(
+                        token=self._token_text(token_id, chosen),
+                        logprob=float(chosen.logprob) if chosen else float("-inf"),
+                        top=[(self._token_text(t, lp), float(lp.logprob)) for t, lp in top],
+                    )
+                )
+        return Delta(o.index, o.text, list(o.token_ids), o.finish_reason, logprobs)
+
+    def _token_text(self, token_id: int, lp: Any) -> str:
+        if lp is not None and lp.decoded_token is not None:
+            return str(lp.decoded_token)
+        return str(self._tokenizer.decode([token_id]))
+
+    async def check_health(self) -> None:
+        if self.llm is None or self.llm.errored:
+            raise EngineDeadError("the vLLM engine is not running")
+        try:
+            await self.llm.check_health()
+        except Exception as exc:
+            raise EngineDeadError(f"the vLLM engine is dead: {exc}") from exc
+
+    def _raise_if_dead(self, exc: Exception) -> None:
+        from vllm.v1.engine.exceptions import EngineDeadError as VLLMDead
+
+        if isinstance(exc, VLLMDead) or (self.llm is not None and self.llm.errored):
+            raise EngineDeadError(f"the vLLM engine died: {exc}") from exc
+
+    def running(self) -> int:
+        return self._running

@@ -1,0 +1,37 @@
+"""/health (engine alive), /ready (model and pinned adapters warm), /metrics (Prometheus)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+
+from serving.deps import get_state
+from serving.errors import ServingError
+
+router = APIRouter()
+
+
+@router.get("/health")
+async def health(request: Request) -> JSONResponse:
+    try:
+        state = get_state(request)
+        await state.engine.check_health()
+    except ServingError as exc:
+        return JSONResponse(exc.envelope(), status_code=503)
+    return JSONResponse({"status": "ok", "engine": state.engine.name})
+
+
+@router.get("/ready")
+async def ready(request: Request) -> JSONResponse:
+    state = getattr(request.app.state, "server", None)
+    if state is None or not state.ready or state.draining:
+        return JSONResponse({"status": "not ready"}, status_code=503)
+    pinned = [v.handle.name for v in state.adapters.loaded.values() if v.pinned]
+    return JSONResponse({"status": "ready", "base_model": state.served_base, "pinned": pinned})
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    state = get_state(request)
+    state.metrics.loaded_adapters.set(len(state.adapters.loaded))
+    return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")

@@ -1,0 +1,62 @@
+"""Server settings: flags, `LORA_PLATFORM_*` environment variables, or a YAML config file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServeSettings(BaseSettings):
+    """Everything `platform serve` can be told. Flags > config file > environment > defaults."""
+
+    model_config = SettingsConfigDict(env_prefix="LORA_PLATFORM_", extra="forbid")
+
+    base_model: str = "embedded/smollm2-135m-instruct-q4_1"
+    """Base model: embedded id, local folder or Hub id. Loaded once."""
+    registry: str | None = None
+    """Registry folder (default ~/.cache/lora-platform/registry)."""
+    host: str = "127.0.0.1"
+    port: int = 8000
+    engine: Literal["vllm", "peft"] = "vllm"
+    """`vllm` (AsyncLLM in-process) or `peft` (transformers + peft reference engine)."""
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """Engine dtype; float32 for exact comparisons with the PEFT reference."""
+    max_loras: int = Field(4, ge=1)
+    """Adapters in one batch (vLLM GPU/CPU slots)."""
+    max_cpu_loras: int = Field(16, ge=1)
+    """Adapters kept loaded; colder ones are evicted LRU."""
+    max_lora_rank: Literal[1, 8, 16, 32, 64, 128, 256, 320, 512] = 64
+    """Largest LoRA rank accepted (vLLM's allowed values); larger adapters are refused."""
+    max_model_len: int | None = Field(None, ge=16)
+    """Context length (prompt + completion); default and ceiling: the model's own."""
+    max_num_seqs: int = Field(64, ge=1)
+    kv_cache_gb: float = Field(1.0, gt=0)
+    """CPU KV cache size in GiB (vLLM's CPU memory check needs it set)."""
+    max_tokens_cap: int = Field(1024, ge=1)
+    """Largest max_tokens a request may ask for."""
+    max_n: int = Field(8, ge=1)
+    max_queue: int = Field(256, ge=1)
+    """Requests admitted at once; beyond it a fast 429 with Retry-After."""
+    pin: list[str] = Field(default_factory=list)
+    """Adapter references loaded at start and never evicted (/ready waits for them)."""
+    api_key: str | None = None
+    """Bearer key for inference routes (none: open)."""
+    admin_key: str | None = None
+    """Bearer key for admin routes (none: admin routes are disabled)."""
+    refresh_interval_s: float = Field(0.2, gt=0)
+    """How often the registry's change counter is polled (new versions, alias moves)."""
+    served_model_name: str | None = None
+    """Name of the base model in the API (default: the base model id)."""
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> ServeSettings:
+    """Settings from an optional YAML file, the environment, and explicit overrides (flags)."""
+    values: dict[str, Any] = {}
+    if config_file:
+        values.update(yaml.safe_load(Path(config_file).read_text()) or {})
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return ServeSettings(**values)

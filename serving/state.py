@@ -1,0 +1,49 @@
+"""What a running server holds: settings, base model, engine, adapters, metrics, admission."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+from registry.basemodels import BaseModel
+from registry.store import LocalRegistry
+from serving.adapters import AdapterManager
+from serving.engine.base import Engine
+from serving.errors import OverloadedError, UnavailableError
+from serving.metrics import Metrics
+from serving.settings import ServeSettings
+
+
+@dataclass
+class ServerState:
+    settings: ServeSettings
+    base: BaseModel
+    registry: LocalRegistry
+    engine: Engine
+    adapters: AdapterManager
+    metrics: Metrics = field(default_factory=Metrics)
+    admitted: int = 0
+    ready: bool = False
+    draining: bool = False
+    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+
+    @property
+    def served_base(self) -> str:
+        return self.adapters.served_base
+
+    def admit(self) -> None:
+        """Take a request slot or fail fast (before tokenization or any other costly work)."""
+        if self.draining:
+            raise UnavailableError("the server is shutting down", headers={"Retry-After": "1"})
+        if self.admitted >= self.settings.max_queue:
+            raise OverloadedError(
+                f"server overloaded: {self.admitted} requests in flight (max_queue={self.settings.max_queue})",
+                headers={"Retry-After": "1"},
+            )
+        self.admitted += 1
+        self.metrics.in_flight.set(self.admitted)
+
+    def release(self) -> None:
+        self.admitted -= 1
+        self.metrics.in_flight.set(self.admitted)
