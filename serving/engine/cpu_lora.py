@@ -17,6 +17,8 @@ import os
 from typing import Any
 
 ENV_DISABLE = "LORA_PLATFORM_STOCK_CPU_LORA"
+ENV_MARKER = "LORA_PLATFORM_PLUGIN_MARKER"
+"""When set, register() appends its process id to this file (tests check the engine process)."""
 _ACTIVE = False
 
 
@@ -190,6 +192,10 @@ def register() -> None:
             if hasattr(module, name):
                 setattr(module, name, fn)
     _ACTIVE = True
+    marker = os.environ.get(ENV_MARKER)
+    if marker:
+        with open(marker, "a") as fh:
+            fh.write(f"{os.getpid()}\n")
 
 
 def is_active() -> bool:

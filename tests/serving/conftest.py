@@ -1,0 +1,158 @@
+"""One real `platform serve` (vLLM, tiny model, float32) per test session, with trained adapters."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from registry.store import LocalRegistry
+
+START_TIMEOUT_S = 240
+
+
+@dataclass
+class Server:
+    url: str
+    registry: Path
+    proc: subprocess.Popen[bytes]
+    log: Path
+    plugin_marker: Path
+
+    def client(self, **kw: object):  # type: ignore[no-untyped-def]
+        import openai
+
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key="unused", max_retries=0, timeout=120, **kw)  # type: ignore[arg-type]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def train_tiny(registry: Path, out: Path, name: str, data: str, seed: int, steps: int = 8) -> str:
+    from rich.console import Console
+
+    from trainer.config import load_config
+    from trainer.publish import publish
+    from trainer.recipe import run
+
+    config = load_config(
+        None,
+        [
+            "base_model=embedded/tiny-llama",
+            f"name={name}",
+            f"output_dir={out}",
+            f"data.path={data}",
+            f"training.max_steps={steps}",
+            "training.lr=0.01",
+            f"training.seed={seed}",
+            "eval.max_examples=2",
+            "eval.max_new_tokens=4",
+            "eval.compare_base=false",
+            "data.max_seq_len=96",
+            "lora.r=8",
+            "lora.alpha=16",
+        ],
+    )
+    return publish(run(config, console=Console(quiet=True)), str(registry))
+
+
+def random_adapter(folder: Path, rank: int, targets: list[str]) -> Path:
+    """A LoRA with random (non-zero) B on the tiny model, built by peft: a valid adapter of any rank."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from registry.basemodels import resolve_base_model
+    from trainer.model import load_base
+
+    torch.manual_seed(rank)
+    model = get_peft_model(
+        load_base(resolve_base_model("tiny")), LoraConfig(r=rank, lora_alpha=rank, target_modules=targets)
+    )
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    model.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def adapters(tmp_path_factory: pytest.TempPathFactory, tiny_base) -> tuple[Path, dict[str, str]]:  # type: ignore[no-untyped-def]
+    root = tmp_path_factory.mktemp("serving")
+    registry = root / "registry"
+    refs = {
+        "support": train_tiny(registry, root / "runs", "support", "sample:support-tickets", seed=1),
+        "contact": train_tiny(registry, root / "runs", "contact", "sample:contact-json", seed=2),
+    }
+    LocalRegistry(registry).set_alias(refs["support"], "prod")
+    return registry, refs
+
+
+@pytest.fixture(scope="session")
+def server(
+    adapters: tuple[Path, dict[str, str]], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    registry, _ = adapters
+    root = tmp_path_factory.mktemp("server")
+    port = free_port()
+    log = root / "server.log"
+    marker = root / "plugin-pids"
+    env = {**os.environ, "LORA_PLATFORM_PLUGIN_MARKER": str(marker), "VLLM_LOGGING_LEVEL": "WARNING"}
+    platform = shutil.which("platform", path=str(Path(sys.executable).parent)) or "platform"
+    cmd = [
+        platform,
+        "serve",
+        "--base-model",
+        "tiny",
+        "--registry",
+        str(registry),
+        "--port",
+        str(port),
+        "--dtype",
+        "float32",
+        "--max-loras",
+        "2",
+        "--max-cpu-loras",
+        "4",
+        "--max-lora-rank",
+        "16",
+        "--kv-cache-gb",
+        "1",
+        "--pin",
+        "support:prod",
+    ]
+    with log.open("wb") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"platform serve exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
+        try:
+            if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    else:
+        proc.kill()
+        raise RuntimeError(f"platform serve not ready after {START_TIMEOUT_S}s:\n{log.read_text()[-4000:]}")
+    yield Server(url, registry, proc, log, marker)
+    proc.terminate()
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=30)
