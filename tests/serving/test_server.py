@@ -42,7 +42,7 @@ def reference(adapters: tuple[Path, dict[str, str]], tiny_base):  # type: ignore
     from serving.engine.peft import PeftEngine
     from serving.settings import ServeSettings
 
-    registry, refs = adapters
+    registry, _refs = adapters
     engine = PeftEngine(ServeSettings(base_model="tiny", dtype="float32"), tiny_base)
     manager = AdapterManager(LocalRegistry(registry), engine, tiny_base, EMBEDDED_TINY, 64, 16)
     asyncio.run(engine.start())
@@ -174,7 +174,7 @@ def test_the_cpu_lora_plugin_runs_in_the_engine_process(server: Server) -> None:
 
 
 def test_a_new_version_and_an_alias_move_are_served_without_restart(server: Server, adapters) -> None:  # type: ignore[no-untyped-def]
-    registry, refs = adapters
+    registry, _refs = adapters
     client = server.client()
     reg = LocalRegistry(registry)
     src = reg.get("support@1")
