@@ -26,7 +26,7 @@ $(STAMP): $(REQS)
 	@touch $(STAMP)
 
 demo: setup
-	$(BIN)/platform train
+	$(BIN)/platform demo
 
 test: setup
 	$(BIN)/pytest

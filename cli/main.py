@@ -8,6 +8,7 @@ import warnings
 
 import click
 
+from cli.demo import demo_cmd
 from cli.registry_cmd import registry_group
 from cli.serve import serve_cmd
 from cli.train import eval_cmd, merge_cmd, train_cmd
@@ -18,6 +19,7 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     warnings.filterwarnings("ignore", message=".*pin_memory.*")
     # bitsandbytes warns that an optional Hub kernel is absent; we never fetch it.
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
@@ -35,6 +37,7 @@ cli.add_command(eval_cmd)
 cli.add_command(merge_cmd)
 cli.add_command(registry_group)
 cli.add_command(serve_cmd)
+cli.add_command(demo_cmd)
 
 
 def main() -> None:

@@ -85,10 +85,10 @@ def train_cmd(
         from trainer.publish import publish
 
         result.registry_ref = publish(result, registry_root)
-    _print_run(result)
+    print_run(result)
 
 
-def _print_run(result: Any) -> None:
+def print_run(result: Any) -> None:
     d = result.data
     console.print(
         f"data: {d.source} ({d.shape}) {d.rows_read} rows, {d.duplicates_dropped} duplicates dropped, "
