@@ -8,6 +8,7 @@ import warnings
 
 import click
 
+from cli.ab import ab_group
 from cli.demo import demo_cmd
 from cli.registry_cmd import registry_group
 from cli.serve import serve_cmd
@@ -38,6 +39,7 @@ cli.add_command(merge_cmd)
 cli.add_command(registry_group)
 cli.add_command(serve_cmd)
 cli.add_command(demo_cmd)
+cli.add_command(ab_group)
 
 
 def main() -> None:

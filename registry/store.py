@@ -153,6 +153,7 @@ class LocalRegistry:
     ) -> Version:
         """Store a new immutable version of `name`; returns it (with its version number)."""
         check_name(name)
+        self._check_route_collision(name)
         info = validate_adapter(Path(adapter_dir))
         for key in ("base_model", "base_model_sha256"):
             if not lineage.get(key):
@@ -170,6 +171,13 @@ class LocalRegistry:
             return self._commit(name, staging, lineage, info, parent)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+    def _check_route_collision(self, name: str) -> None:
+        rows = self._read("SELECT spec FROM routes WHERE name=?", (name,))
+        if rows and any(not v["ref"].startswith(f"{name}@") for v in json.loads(rows[0][0])["variants"]):
+            raise ConflictError(
+                f"{name!r} is the name of an A/B route over other adapters; choose another adapter name"
+            )
 
     def _commit(
         self, name: str, staging: Path, lineage: dict[str, Any], info: AdapterInfo, parent: int | None

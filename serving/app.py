@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from registry.basemodels import resolve_base_model
 from registry.errors import RegistryError
+from registry.evidence import EvidenceWriter, evidence_path
 from registry.store import LocalRegistry
 from serving.adapters import AdapterManager
 from serving.engine.base import Engine
@@ -48,8 +49,7 @@ async def _watch_registry(state: ServerState) -> None:
     """Poll the registry's change counter so new versions and alias moves apply within a second."""
     while True:
         try:
-            if state.adapters.refresh():
-                state.metrics.loaded_adapters.set(len(state.adapters.loaded))
+            state.refresh()
         except Exception:  # a transient SQLite error must not stop the watcher
             log.exception("registry refresh failed")
         await asyncio.sleep(state.settings.refresh_interval_s)
@@ -73,11 +73,12 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         adapters = AdapterManager(
             registry, engine, base, served, settings.max_lora_rank, settings.max_cpu_loras
         )
-        state = ServerState(effective, base, registry, engine, adapters)
+        evidence = EvidenceWriter(evidence_path(registry.root))
+        state = ServerState(effective, base, registry, engine, adapters, evidence)
         app.state.server = state
         for ref in settings.pin:
             await adapters.pin(ref)
-        adapters.refresh()
+        state.refresh()
         state.tasks.append(asyncio.create_task(_watch_registry(state)))
         state.ready = True
         try:
@@ -86,6 +87,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
             state.ready = False
             for task in state.tasks:
                 task.cancel()
+            evidence.close()
             await engine.shutdown()
 
     app = FastAPI(title="lora-platform", version="0.1.0", lifespan=lifespan)

@@ -63,6 +63,13 @@ class ModelNotFoundError(ServingError):
         super().__init__(message, param="model", code="model_not_found")
 
 
+class NotFoundError(ServingError):
+    """Something other than a model was not found, e.g. feedback for an unknown completion (404)."""
+
+    status = 404
+    type = "invalid_request_error"
+
+
 class AdapterLoadError(ServingError):
     """The adapter exists but cannot be served on this engine (rank, targets, base model) (422)."""
 

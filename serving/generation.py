@@ -36,6 +36,7 @@ class Job:
     id: str
     route: str = ""
     variant: str = ""
+    user_hash: str | None = None
     extra_headers: dict[str, str] = field(default_factory=dict)
 
 

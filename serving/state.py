@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from registry.basemodels import BaseModel
+from registry.evidence import EvidenceWriter
+from registry.routes import Route, list_routes
 from registry.store import LocalRegistry
 from serving.adapters import AdapterManager
 from serving.engine.base import Engine
@@ -22,6 +24,8 @@ class ServerState:
     registry: LocalRegistry
     engine: Engine
     adapters: AdapterManager
+    evidence: EvidenceWriter | None = None
+    routes: dict[str, Route] = field(default_factory=dict)
     metrics: Metrics = field(default_factory=Metrics)
     admitted: int = 0
     ready: bool = False
@@ -31,6 +35,12 @@ class ServerState:
     @property
     def served_base(self) -> str:
         return self.adapters.served_base
+
+    def refresh(self) -> None:
+        """Pick up registry changes: new versions, alias moves, A/B route changes."""
+        if self.adapters.refresh():
+            self.routes = {r.name: r for r in list_routes(self.registry)}
+            self.metrics.loaded_adapters.set(len(self.adapters.loaded))
 
     def admit(self) -> None:
         """Take a request slot or fail fast (before tokenization or any other costly work)."""

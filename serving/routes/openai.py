@@ -1,15 +1,17 @@
-"""OpenAI-compatible routes: /v1/models, /v1/completions, /v1/chat/completions."""
+"""OpenAI-compatible routes: /v1/models, /v1/completions, /v1/chat/completions, /v1/feedback."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from serving.ab import apply_route, record
 from serving.deps import State, require_api_key
+from serving.errors import BadRequestError, NotFoundError
 from serving.generation import build_job, complete
-from serving.protocol import ChatCompletionRequest, CompletionRequest
+from serving.protocol import ChatCompletionRequest, CompletionRequest, FeedbackRequest
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
 
@@ -34,35 +36,73 @@ async def list_models(state: State) -> dict[str, Any]:
             "parent": state.served_base,
         }
         for m in state.adapters.servable()
+        if m["id"] not in state.routes
     ]
-    return {"object": "list", "data": [base, *adapters]}
+    routes = [
+        {
+            "id": r.name,
+            "object": "model",
+            "created": int(r.created),
+            "owned_by": "lora-platform",
+            "root": r.name,
+            "parent": state.served_base,
+            "variants": [{"ref": v.ref, "weight": v.weight} for v in r.variants],
+        }
+        for r in state.routes.values()
+    ]
+    return {"object": "list", "data": [base, *adapters, *routes]}
 
 
 @router.post("/chat/completions", response_model=None)
-async def chat_completions(req: ChatCompletionRequest, state: State) -> JSONResponse | StreamingResponse:
-    return await _run(state, req)
+async def chat_completions(
+    req: ChatCompletionRequest, request: Request, state: State
+) -> JSONResponse | StreamingResponse:
+    return await _run(state, req, request)
 
 
 @router.post("/completions", response_model=None)
-async def completions(req: CompletionRequest, state: State) -> JSONResponse | StreamingResponse:
-    return await _run(state, req)
+async def completions(
+    req: CompletionRequest, request: Request, state: State
+) -> JSONResponse | StreamingResponse:
+    return await _run(state, req, request)
+
+
+@router.post("/feedback")
+async def feedback(body: FeedbackRequest, state: State) -> dict[str, Any]:
+    """Attribute a score (a number, or thumbs up/down) to the variant that answered a completion."""
+    if body.score is None and body.thumbs is None:
+        raise BadRequestError("give a score (number) or thumbs ('up' or 'down')", param="score")
+    assert state.evidence is not None
+    found = state.evidence.lookup(body.id)
+    if found is None:
+        raise NotFoundError(
+            f"no routed completion with id {body.id!r} (feedback applies to A/B routes)", param="id"
+        )
+    route, variant = found
+    thumbs = None if body.thumbs is None else int(body.thumbs == "up")
+    state.evidence.feedback(body.id, route, variant, body.score, thumbs, body.comment)
+    return {"id": body.id, "route": route, "variant": variant, "recorded": True}
 
 
 async def _run(
-    state: State, req: ChatCompletionRequest | CompletionRequest
+    state: State, req: ChatCompletionRequest | CompletionRequest, request: Request
 ) -> JSONResponse | StreamingResponse:
     state.admit()
     released = False
 
-    def release(*_: Any) -> None:
+    def done(job: Any, served: str, tracker: Any, status: str) -> None:
         nonlocal released
+        record(state, job, served, tracker, status)
         if not released:
             released = True
             state.release()
 
     try:
         job = build_job(state, req, req.model)
-        return await complete(state, job, on_done=release)
+        apply_route(state, job, req.user or request.headers.get("x-user-id"))
+        return await complete(state, job, on_done=done)
     except BaseException:
-        release()
+        if not released:
+            released = True
+            state.release()
         raise

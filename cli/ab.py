@@ -1,0 +1,205 @@
+"""`platform ab ...`: A/B routes between adapter versions, and their report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from cli.errors import handle_errors
+from registry.routes import Route
+
+console = Console()
+_root = click.option("--registry", "registry_root", envvar="LORA_PLATFORM_REGISTRY", help="Registry folder.")
+_variant = click.option(
+    "--variant", "variants", multiple=True, required=True, help="REF=WEIGHT, e.g. support@3=90."
+)
+
+
+def _show(route: Route) -> None:
+    shadow = f"  shadow {route.shadow} ({route.shadow_share:.0%})" if route.shadow else ""
+    total = route.total
+    parts = ", ".join(f"{v.ref} {v.weight / total:.0%}" for v in route.variants)
+    console.print(f"{route.name}: {parts}{shadow}")
+
+
+def _registry(root: str | None):  # type: ignore[no-untyped-def]
+    from registry.store import LocalRegistry
+
+    return LocalRegistry(root)
+
+
+@click.group("ab")
+def ab_group() -> None:
+    """A/B routes: a public model name split between adapter versions, sticky per user."""
+
+
+@ab_group.command("start")
+@click.argument("name")
+@_variant
+@click.option("--shadow", help="Candidate version that gets copies of requests (answers only logged).")
+@click.option("--shadow-share", type=float, default=0.1, show_default=True)
+@_root
+@handle_errors
+def start_cmd(
+    name: str, variants: tuple[str, ...], shadow: str | None, shadow_share: float, registry_root: str | None
+) -> None:
+    """Start route NAME, e.g. `platform ab start support --variant support@3=90 --variant support@4=10`."""
+    from registry.routes import parse_variant, start_route
+
+    _show(
+        start_route(
+            _registry(registry_root), name, [parse_variant(v) for v in variants], shadow, shadow_share
+        )
+    )
+
+
+@ab_group.command("set")
+@click.argument("name")
+@_variant
+@click.option("--shadow")
+@click.option("--shadow-share", type=float)
+@_root
+@handle_errors
+def set_cmd(
+    name: str,
+    variants: tuple[str, ...],
+    shadow: str | None,
+    shadow_share: float | None,
+    registry_root: str | None,
+) -> None:
+    """Change the weights of route NAME (servers apply it within a second)."""
+    from registry.routes import parse_variant, set_weights
+
+    _show(
+        set_weights(
+            _registry(registry_root), name, [parse_variant(v) for v in variants], shadow, shadow_share
+        )
+    )
+
+
+@ab_group.command("stop")
+@click.argument("name")
+@_root
+@handle_errors
+def stop_cmd(name: str, registry_root: str | None) -> None:
+    """End route NAME (its evidence stays for the report)."""
+    from registry.routes import stop_route
+
+    stop_route(_registry(registry_root), name)
+    console.print(f"stopped {name}")
+
+
+@ab_group.command("promote")
+@click.argument("name")
+@click.argument("ref")
+@click.option("--alias", default="prod", show_default=True)
+@_root
+@handle_errors
+def promote_cmd(name: str, ref: str, alias: str, registry_root: str | None) -> None:
+    """Move REF's alias (default prod) to REF and end route NAME, atomically."""
+    from registry.routes import promote
+
+    moved = promote(_registry(registry_root), name, ref, alias)
+    console.print(f"{moved} -> {ref}; route {name} ended")
+
+
+@ab_group.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@_root
+@handle_errors
+def list_cmd(as_json: bool, registry_root: str | None) -> None:
+    """List active routes."""
+    from registry.routes import list_routes
+
+    routes = list_routes(_registry(registry_root))
+    if as_json:
+        click.echo(json.dumps([{"name": r.name, **r.spec()} for r in routes], indent=2))
+        return
+    for r in routes:
+        _show(r)
+
+
+@ab_group.command("show")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True)
+@_root
+@handle_errors
+def show_cmd(name: str, as_json: bool, registry_root: str | None) -> None:
+    """Show route NAME and its weight history."""
+    from registry.routes import get_route
+
+    route = get_route(_registry(registry_root), name)
+    if as_json:
+        click.echo(json.dumps({"name": route.name, **route.spec()}, indent=2))
+        return
+    _show(route)
+    for h in route.history:
+        console.print(f"  earlier: {h['variants']}")
+
+
+@ab_group.command("report")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--png", type=click.Path(dir_okay=False), help="Write a chart here.")
+@_root
+@handle_errors
+def report_cmd(name: str, as_json: bool, png: str | None, registry_root: str | None) -> None:
+    """Per-variant requests, errors, latency/TTFT p50/p95, tokens, feedback with 95% CIs, tests, verdict."""
+    from registry.abreport import build_report, plot
+
+    report = build_report(registry_root, name)
+    if png:
+        plot(report, Path(png))
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    table = Table(title=f"A/B route {name}" + ("" if report["active"] else " (ended)"))
+    for col in (
+        "variant",
+        "requests",
+        "errors",
+        "lat p50",
+        "lat p95",
+        "ttft p50",
+        "ttft p95",
+        "tokens out",
+        "feedback",
+        "score (95% CI)",
+        "thumbs up (95% CI)",
+    ):
+        table.add_column(col)
+
+    def f(x: float | None, unit: str = "s") -> str:
+        return "-" if x is None else f"{x:.3f}{unit}"
+
+    def ci(e: dict[str, float] | None) -> str:
+        return "-" if e is None else f"{e['mean']:.3f} [{e['low']:.3f}, {e['high']:.3f}]"
+
+    for v, s in report["variants"].items():
+        table.add_row(
+            v,
+            str(s["requests"]),
+            str(s["errors"]),
+            f(s["latency_p50_s"]),
+            f(s["latency_p95_s"]),
+            f(s["ttft_p50_s"]),
+            f(s["ttft_p95_s"]),
+            str(s["completion_tokens"]),
+            str(s["feedback"]),
+            ci(s["score"]),
+            ci(s["thumbs_up_rate"]),
+        )
+    console.print(table)
+    for c in report["comparisons"]:
+        for metric in ("thumbs_up", "score", "latency", "error_rate"):
+            t = c[metric]
+            if t:
+                console.print(
+                    f"{c['variant']} vs {c['control']} {metric}: diff {t['difference']:+.4g}, "
+                    f"p={t['p_value']:.3g} ({t['name']})"
+                )
+    console.print(f"[bold]verdict:[/] {report['verdict']}")

@@ -1,0 +1,84 @@
+"""A/B routing on the request path: pick the variant, log the evidence, run the shadow copy."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from registry.evidence import RequestRecord
+from serving.generation import Job
+from serving.routing import choose, key_hash, shadow_sampled
+from serving.state import ServerState
+
+log = logging.getLogger("lora_platform.ab")
+
+
+def apply_route(state: ServerState, job: Job, sticky_key: str | None) -> None:
+    """When `job.model` names an A/B route, point the job at the chosen variant."""
+    route = state.routes.get(job.model)
+    if route is None or "@" in job.model or ":" in job.model:
+        return
+    variant = choose(route, sticky_key)
+    job.route, job.variant, job.model = route.name, variant.ref, variant.ref
+    job.user_hash = key_hash(sticky_key)
+    if shadow_sampled(route, job.id) and route.shadow:
+        state.tasks.append(asyncio.create_task(_shadow(state, job, route.shadow)))
+        state.tasks[:] = [t for t in state.tasks if not t.done()]
+
+
+def record(state: ServerState, job: Job, served: str, tracker: Any, status: str) -> None:
+    """on_done hook: one evidence row per routed request (enqueued, written off the hot path)."""
+    if job.route and state.evidence is not None:
+        state.evidence.record(
+            RequestRecord(
+                job.id,
+                time.time(),
+                job.route,
+                served,
+                job.user_hash,
+                tracker.latency,
+                tracker.ttft,
+                len(job.prompt_ids),
+                tracker.completion_tokens,
+                status,
+            )
+        )
+
+
+async def _shadow(state: ServerState, job: Job, shadow_ref: str) -> None:
+    """Run a copy of the request on the shadow version; log its answer, never return it."""
+    start = time.monotonic()
+    first: float | None = None
+    text, tokens, status = "", 0, "error"
+    try:
+        async with state.adapters.lease(shadow_ref) as target:
+            async for deltas in state.engine.generate(
+                f"{job.id}-shadow", job.prompt_ids, job.params, target.adapter
+            ):
+                first = first or time.monotonic()
+                text += "".join(d.text for d in deltas if d.index == 0)
+                tokens += sum(len(d.token_ids) for d in deltas)
+            status = "ok"
+            served = target.served_name
+    except Exception as exc:  # a failing shadow must never affect the real request
+        log.warning("shadow request on %s failed: %s", shadow_ref, exc)
+        served = shadow_ref
+    if state.evidence is not None:
+        state.evidence.record(
+            RequestRecord(
+                f"{job.id}-shadow",
+                time.time(),
+                job.route,
+                served,
+                job.user_hash,
+                time.monotonic() - start,
+                None if first is None else first - start,
+                len(job.prompt_ids),
+                tokens,
+                status,
+                1,
+                text,
+            )
+        )
