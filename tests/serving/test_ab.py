@@ -83,7 +83,7 @@ def test_weight_changes_apply_within_a_second(server: Server, ab) -> None:  # ty
 
 
 def test_evidence_and_feedback_are_attributed_to_the_variant(server: Server, ab) -> None:  # type: ignore[no-untyped-def]
-    reg, v1, v2 = ab
+    reg, _v1, _v2 = ab
     client = server.client()
     model, _, cid = ask(client, "fb-user")
     r = httpx.post(f"{server.url}/v1/feedback", json={"id": cid, "thumbs": "up"})
@@ -116,7 +116,7 @@ def test_shadow_copies_are_logged_never_returned(server: Server, ab) -> None:  #
 
 
 def test_promote_under_load_has_zero_failed_requests(server: Server, ab, adapters) -> None:  # type: ignore[no-untyped-def]
-    reg, v1, v2 = ab
+    reg, _v1, v2 = ab
     client = server.client()
     failures: list[BaseException] = []
     served: list[str] = []
