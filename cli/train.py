@@ -111,21 +111,49 @@ def print_run(result: Any) -> None:
 
 @click.command("eval")
 @click.argument("refs", nargs=-1, required=True)
-@click.option("--data", required=True, help="JSONL file with held-out rows.")
+@click.option("--data", required=True, help="JSONL file (or sample:<name>) with held-out rows.")
 @click.option("--max-examples", type=int, default=0, help="Evaluate at most N rows (0: all).")
 @click.option("--max-new-tokens", type=int, default=64)
+@click.option(
+    "--server", help="Generate through a running `platform serve` at this URL instead of in-process."
+)
+@click.option("--report-dir", type=click.Path(file_okay=False), help="Write comparison.md/.json/.png here.")
 @click.option("--registry", "registry_root", envvar="LORA_PLATFORM_REGISTRY", help="Registry folder.")
 @handle_errors
 def eval_cmd(
-    refs: tuple[str, ...], data: str, max_examples: int, max_new_tokens: int, registry_root: str | None
+    refs: tuple[str, ...],
+    data: str,
+    max_examples: int,
+    max_new_tokens: int,
+    server: str | None,
+    report_dir: str | None,
+    registry_root: str | None,
 ) -> None:
-    """Evaluate adapters (registry references or adapter folders) and their base on DATA."""
+    """Evaluate versions (name, name@3, name:alias, or `base`) on the same rows and compare them.
+
+    Each version after the first is compared with the first: per-example win/tie/loss and a
+    95% paired-bootstrap interval on the difference of exact match and ROUGE-L.
+    """
+    from trainer.compare import compare, write_report
     from trainer.evaluate_cli import evaluate_refs
 
-    results = evaluate_refs(
-        list(refs), data, registry_root, max_examples=max_examples, max_new_tokens=max_new_tokens
+    results, examples = evaluate_refs(
+        list(refs),
+        data,
+        registry_root,
+        max_examples=max_examples,
+        max_new_tokens=max_new_tokens,
+        server=server,
     )
     console.print(_metrics_table(f"evaluation on {data}", {k: v.metrics for k, v in results.items()}))
+    comparisons = compare(results, examples)
+    for c in comparisons:
+        console.print(
+            f"{c.ref} vs {c.against} on {c.metric}: win {c.wins} / tie {c.ties} / loss {c.losses}, "
+            f"difference {c.difference:+.4f} [{c.low:+.4f}, {c.high:+.4f}]"
+        )
+    if report_dir:
+        console.print(f"report: {write_report(Path(report_dir), data, results, comparisons, examples)}")
 
 
 @click.command("merge")

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from trainer.data import load_examples
+from trainer.data import Example, load_examples
 from trainer.evaluate import EvalResult, base_only, evaluate_model
-from trainer.loading import BASE, attach, resolve_adapters
-from trainer.model import load_base, load_tokenizer
 
 
 def evaluate_refs(
@@ -17,20 +15,28 @@ def evaluate_refs(
     max_new_tokens: int = 64,
     max_seq_len: int = 512,
     batch_size: int = 16,
-) -> dict[str, EvalResult]:
+    server: str | None = None,
+) -> tuple[dict[str, EvalResult], list[Example]]:
     examples, _, _ = load_examples(data)
     if max_examples:
         examples = examples[:max_examples]
+    if server:
+        from trainer.compare import via_server
+
+        return {r: via_server(server, r, examples, max_new_tokens) for r in refs}, examples
+    from trainer.loading import BASE, attach, resolve_adapters
+    from trainer.model import load_base, load_tokenizer
+
     base, versions = resolve_adapters(refs, registry_root)
     tokenizer = load_tokenizer(base)
     model = attach(load_base(base), versions)
     kwargs = {"max_seq_len": max_seq_len, "max_new_tokens": max_new_tokens, "batch_size": batch_size}
     results: dict[str, EvalResult] = {}
-    for _ref, v in zip(refs, versions, strict=True):
+    for v in versions:
         if v is None:
             with base_only(model):
                 results[BASE] = evaluate_model(model, tokenizer, examples, **kwargs)
         else:
             model.set_adapter(v.ref)
             results[v.ref] = evaluate_model(model, tokenizer, examples, **kwargs)
-    return results
+    return results, examples

@@ -305,3 +305,16 @@ def test_unused_adapters_are_evicted_lru_and_reloaded_on_demand(
     again = [chat(client, r, PROMPTS[1]).choices[0].message.content for r in refs]
     assert first == again == [first[0]] * 5  # same weights under five names, evicted and reloaded
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_offline_comparison_through_the_running_server(server: Server) -> None:
+    from click.testing import CliRunner
+
+    from cli.main import cli
+
+    out = CliRunner().invoke(
+        cli, ["eval", "base", "support@1", "--data", "sample:support-tickets", "--max-examples", "3", "--max-new-tokens",
+              "8", "--server", server.url],
+    )
+    assert out.exit_code == 0, out.output
+    assert "support@1 vs base on rougeL: win" in out.output

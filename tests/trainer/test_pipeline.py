@@ -51,7 +51,7 @@ def test_reloaded_adapter_gives_the_same_outputs(tiny_run) -> None:  # type: ign
     data.write_text(
         "".join(json.dumps({"prompt": p["prompt"], "completion": p["reference"]}) + "\n" for p in preds)
     )
-    out = evaluate_refs(
+    out, _ = evaluate_refs(
         [result.registry_ref, "base"], str(data), str(registry), max_new_tokens=12, max_seq_len=96
     )
     assert out[result.registry_ref].predictions == [p["adapter_prediction"] for p in preds]
@@ -122,3 +122,41 @@ def test_packing_and_truncation_are_counted(tmp_path: Path) -> None:
     recipe.setup()
     assert recipe.report.truncated > 0
     assert all(len(r.input_ids) <= 24 for r in recipe.train_rows)
+
+
+def test_offline_comparison_ranks_the_trained_adapter_above_the_base(tiny_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from click.testing import CliRunner
+
+    from cli.main import cli
+
+    result, registry = tiny_run
+    data = tmp_path / "test.jsonl"
+    preds = [json.loads(line) for line in (result.run_dir / "predictions.jsonl").read_text().splitlines()]
+    data.write_text(
+        "".join(json.dumps({"prompt": p["prompt"], "completion": p["reference"]}) + "\n" for p in preds)
+    )
+    out = CliRunner().invoke(
+        cli,
+        [
+            "eval",
+            "base",
+            result.registry_ref,
+            "--data",
+            str(data),
+            "--max-new-tokens",
+            "12",
+            "--registry",
+            str(registry),
+            "--report-dir",
+            str(tmp_path / "report"),
+        ],
+    )
+    assert out.exit_code == 0, out.output
+    report = json.loads((tmp_path / "report" / "comparison.json").read_text())
+    rouge = next(c for c in report["comparisons"] if c["metric"] == "rougeL")
+    assert (rouge["ref"], rouge["against"]) == (result.registry_ref, "base")
+    assert rouge["difference"] > 0 and rouge["wins"] > rouge["losses"]
+    assert rouge["low"] <= rouge["difference"] <= rouge["high"]
+    assert report["metrics"][result.registry_ref]["rougeL"] > report["metrics"]["base"]["rougeL"]
+    assert (tmp_path / "report" / "comparison.md").read_text().startswith("# Offline comparison")
+    assert (tmp_path / "report" / "comparison.png").read_bytes()[:4] == b"\x89PNG"
