@@ -165,6 +165,127 @@ def sgmv_expand_slice(
     )
 
 
+def _plan(indices: Any) -> list[tuple[int, Any]]:
+    """Rows of each adapter slot present in `indices`, built once per engine step."""
+    return _groups(indices)
+
+
+def make_wrapper_class() -> type:
+    """A PunicaWrapperCPU whose per-step plan is built once in update_metadata.
+
+    `add_lora_linear` runs, per slice and per adapter present, one product into a small
+    shrink result and one in-place `addmm_` into the output slice, in the activations'
+    dtype; `add_lora_logits` and `add_lora_embedding` skip slots whose adapter has no such
+    weights (all zeros), and every method returns at once on a batch without adapters.
+    """
+    from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
+
+    class PlannedPunicaWrapperCPU(PunicaWrapperCPU):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._token_plan: list[tuple[int, Any]] = []
+            self._sampler_plan: list[tuple[int, Any]] = []
+            self._ids: list[Any] = []
+            self._empty: dict[tuple[int, int], bool] = {}
+
+        def update_metadata(
+            self, mapping: Any, lora_index_to_id: list[Any], max_loras: int, vocab_size: int, **kwargs: Any
+        ) -> None:
+            super().update_metadata(mapping, lora_index_to_id, max_loras, vocab_size, **kwargs)
+            self._token_plan = _plan(self.token_lora_indices)
+            self._sampler_plan = _plan(self.sampler_indices)
+            if list(lora_index_to_id) != self._ids:  # slots changed: forget which weights are empty
+                self._ids = list(lora_index_to_id)
+                self._empty.clear()
+
+        def _is_empty(self, weights: Any, slot: int) -> bool:
+            key = (id(weights), slot)
+            if key not in self._empty:
+                self._empty[key] = not bool(weights[slot].any())
+            return self._empty[key]
+
+        def add_lora_linear(
+            self,
+            y: Any,
+            x: Any,
+            lora_a_stacked: tuple[Any, ...],
+            lora_b_stacked: tuple[Any, ...],
+            scale: float,
+            output_slices: tuple[int, ...],
+            *,
+            buffer: Any = None,
+            **kwargs: Any,
+        ) -> None:
+            plan = self._token_plan
+            if not plan:
+                return
+            x2 = x.view(-1, x.shape[-1])
+            y2 = y.view(-1, y.shape[-1])
+            tokens = y2.shape[0]
+            x2 = x2[:tokens]
+            offset = 0
+            for a_all, b_all, size in zip(lora_a_stacked, lora_b_stacked, output_slices, strict=True):
+                target = y2[:, offset : offset + size]
+                for slot, rows in plan:
+                    a = _weights(a_all, slot)
+                    b = _weights(b_all, slot)[:size]
+                    if rows is None:
+                        h = x2.to(a.dtype) @ a.t()
+                        target.addmm_(h.to(target.dtype), b.t().to(target.dtype), alpha=scale)
+                    else:
+                        h = x2.index_select(0, rows).to(a.dtype) @ a.t()
+                        upd = (h @ b.t()).to(target.dtype)
+                        target.index_add_(0, rows, upd, alpha=scale)
+                offset += size
+
+        def add_lora_logits(
+            self,
+            y: Any,
+            x: Any,
+            lora_a_stacked: Any,
+            lora_b_stacked: Any,
+            scale: float,
+            *,
+            buffer: Any = None,
+            **kwargs: Any,
+        ) -> None:
+            plan = [(s, r) for s, r in self._sampler_plan if not self._is_empty(lora_b_stacked, s)]
+            if not plan:
+                return
+            y2 = y.view(-1, y.shape[-1])
+            x2 = x.view(-1, x.shape[-1])
+            for slot, rows in plan:
+                a = _weights(lora_a_stacked, slot)
+                b = _weights(lora_b_stacked, slot)
+                xs = x2 if rows is None else x2.index_select(0, rows)
+                upd = ((xs.to(a.dtype) @ a.t()) @ b.t()).to(y2.dtype)
+                width = min(upd.shape[1], y2.shape[1])
+                if rows is None:
+                    y2[:, :width].add_(upd[:, :width], alpha=scale)
+                else:
+                    y2[:, :width].index_add_(0, rows, upd[:, :width], alpha=scale)
+
+        def add_lora_embedding(
+            self, y: Any, x: Any, lora_b_stacked: Any, add_inputs: bool = True, **kwargs: Any
+        ) -> None:
+            plan = [(s, r) for s, r in self._token_plan if not self._is_empty(lora_b_stacked, s)]
+            if not plan:
+                return
+            y2 = y.view(-1, y.shape[-1])
+            x2 = x.view(-1, x.shape[-1])
+            for slot, rows in plan:
+                b = _weights(lora_b_stacked, slot)
+                xs = x2 if rows is None else x2.index_select(0, rows)
+                upd = (xs.to(b.dtype) @ b.t()).to(y2.dtype)
+                width = min(upd.shape[1], y2.shape[1])
+                if rows is None:
+                    y2[:, :width].add_(upd[:, :width])
+                else:
+                    y2[:, :width].index_add_(0, rows, upd[:, :width])
+
+    return PlannedPunicaWrapperCPU
+
+
 OPS = {
     "bgmv_shrink": bgmv_shrink,
     "bgmv_expand": bgmv_expand,
@@ -191,6 +312,11 @@ def register() -> None:
         for name, fn in OPS.items():
             if hasattr(module, name):
                 setattr(module, name, fn)
+    punica_cpu = importlib.import_module("vllm.lora.punica_wrapper.punica_cpu")
+    if not getattr(punica_cpu.PunicaWrapperCPU, "_lora_platform", False):
+        wrapper = make_wrapper_class()
+        wrapper._lora_platform = True  # type: ignore[attr-defined]
+        punica_cpu.PunicaWrapperCPU = wrapper  # type: ignore[attr-defined]
     _ACTIVE = True
     marker = os.environ.get(ENV_MARKER)
     if marker:

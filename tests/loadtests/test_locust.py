@@ -1,0 +1,46 @@
+"""Load tests: a short, bounded Locust run against the session's real server, and the benchmark in reduced mode."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from loadtests.common import read_stats, run_locust, summarize
+from tests.serving.conftest import Server
+
+ROOT = Path(__file__).parents[2]
+
+
+@pytest.mark.parametrize("scenario", ["uniform", "powerlaw"])
+def test_short_locust_run_has_no_failures_and_records_ttft_and_tpot(server: Server, tmp_path: Path, scenario: str) -> None:
+    env = {"LOADTEST_SCENARIO": scenario, "LOADTEST_MODELS": "support@1,contact@1,support:prod",
+           "LOADTEST_MAX_TOKENS": "8", "LOADTEST_STREAM": "0.7"}
+    done = run_locust(server.url, users=3, seconds=5, prefix=tmp_path / "run", env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = read_stats(tmp_path / "run")
+    summary = summarize(rows)
+    assert summary["requests"] > 5 and summary["failures"] == 0
+    assert {"E2E", "TTFT", "TPOT"} <= set(summary["kinds"])
+    assert summary["kinds"]["TTFT"]["p50_ms"] <= summary["kinds"]["E2E"]["p99_ms"]
+    assert any(r["Name"].endswith("(cold)") for r in rows if r["Type"] == "E2E")
+    assert (tmp_path / "run.html").is_file()
+
+
+@pytest.mark.slow
+def test_benchmark_reduced_mode_writes_ratios(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, str(ROOT / "loadtests" / "bench.py"), "--reduced", "--out-dir", str(tmp_path),
+                           "--port", "8470"], capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    report = json.loads((tmp_path / "bench-reduced.json").read_text())
+    assert set(report["servers"]) == {"ours", "vllm", "peft"}
+    for server in report["servers"].values():
+        for label in ("base", "1 adapter", "2 adapters"):
+            assert server[label]["failures"] == 0 and server[label]["requests"] > 0
+    assert "throughput ours/vllm base" in report["ratios"] and "throughput ours/peft base" in report["ratios"]
+    cold = report["servers"]["ours"]["cold_vs_warm"]
+    assert cold["cold_ms"] > 0 and cold["warm_ms"] > 0
+    assert (tmp_path / "bench-reduced.png").read_bytes()[:4] == b"\x89PNG"
