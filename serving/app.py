@@ -101,6 +101,9 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServingError)
     async def _serving(request: Request, exc: ServingError) -> JSONResponse:
+        state = getattr(request.app.state, "server", None)
+        if state is not None:  # errors before generation: labelled by type (and status code)
+            state.metrics.errors.labels("", f"{exc.type}:{exc.status}").inc()
         return JSONResponse(exc.envelope(), status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(RegistryError)

@@ -187,6 +187,8 @@ class _Tracker:
     def finish(self, status: str) -> None:
         m, labels = self.state.metrics, (self.served, self.job.route, self.job.variant)
         m.requests.labels(*labels, status).inc()
+        if status != "ok":
+            m.errors.labels(self.served, status).inc()
         m.tokens.labels(*labels, "prompt").inc(len(self.job.prompt_ids))
         m.tokens.labels(*labels, "completion").inc(self.completion_tokens)
         m.latency.labels(*labels).observe(time.monotonic() - self.start)

@@ -1,4 +1,4 @@
-"""The main job on the embedded SmolLM2-135M-Instruct: a bare `platform train` must visibly work."""
+"""The main job on the embedded SmolLM2-135M-Instruct: train, then serve and ask, as `make demo` does."""
 
 from __future__ import annotations
 
@@ -12,9 +12,7 @@ from cli.main import cli
 
 
 @pytest.mark.slow
-def test_default_train_beats_the_base_model_by_30_points(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_default_train_then_serve_the_new_adapter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     reg = tmp_path / "registry"
     result = CliRunner().invoke(cli, ["train", "--registry", str(reg)])
@@ -27,3 +25,21 @@ def test_default_train_beats_the_base_model_by_30_points(
     assert shown["base_model"] == "embedded/smollm2-135m-instruct-q4_1"
     assert metrics["adapter"]["exact_match"] - metrics["base"]["exact_match"] >= 0.30
     assert metrics["adapter"]["rougeL"] > metrics["base"]["rougeL"]
+
+    # the same adapter served by vLLM answers held-out prompts the way it was evaluated
+    from serving.demo import side_by_side
+    from serving.settings import load_settings
+
+    predictions = [
+        json.loads(line) for line in (Path(shown["path"]) / "predictions.jsonl").read_text().splitlines()
+    ]
+    rows = side_by_side(
+        load_settings(None, registry=str(reg), port=0, max_model_len=1024),
+        "support@1",
+        [p["prompt"] for p in predictions[:4]],
+        max_tokens=32,
+    )
+    assert all(r["adapter_model"] == "support@1" for r in rows)
+    hits = sum(r["adapter"].strip() == p["reference"] for r, p in zip(rows, predictions, strict=False))
+    assert hits >= 3, rows
+    assert not any(r["base"].strip() == p["reference"] for r, p in zip(rows, predictions, strict=False))

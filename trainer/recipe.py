@@ -183,11 +183,7 @@ class LoRARecipe:
             callbacks=callbacks,
         )
         trainer.remove_callback(PrinterCallback)
-        resume: str | bool | None = t.resume
-        if t.resume == "last":
-            resume = True
-        elif t.resume and not Path(t.resume).is_dir():
-            raise TrainerError(f"training.resume: {t.resume} is not a checkpoint folder")
+        resume = self._resume_checkpoint(t.resume)
         start = time.monotonic()
         trainer.train(resume_from_checkpoint=resume)
         self.train_seconds = time.monotonic() - start
@@ -200,6 +196,25 @@ class LoRARecipe:
                 )
         self.steps = trainer.state.global_step
         return self.train_seconds
+
+    def _resume_checkpoint(self, resume: str | None) -> str | None:
+        """`last`: the newest checkpoint of an earlier run of this name; else a checkpoint folder."""
+        if not resume:
+            return None
+        if resume == "last":
+            pattern = f"{self.config.name}-*/checkpoints/checkpoint-*"
+            found = sorted(Path(self.config.output_dir).glob(pattern), key=lambda p: p.stat().st_mtime)
+            if not found:
+                raise TrainerError(
+                    f"training.resume=last: no checkpoint under {self.config.output_dir}/{pattern}; "
+                    "train with training.save_every=N first"
+                )
+            return str(found[-1])
+        if not (Path(resume) / "trainer_state.json").is_file():
+            raise TrainerError(
+                f"training.resume: {resume} is not a checkpoint folder (no trainer_state.json)"
+            )
+        return resume
 
     # -- evaluate ------------------------------------------------------------------------
     def evaluate(self) -> dict[str, EvalResult]:

@@ -10,15 +10,21 @@ from pathlib import Path
 import pytest
 
 from loadtests.common import read_stats, run_locust, summarize
-from tests.serving.conftest import Server
+from tests.serving.fixtures import Server
 
 ROOT = Path(__file__).parents[2]
 
 
 @pytest.mark.parametrize("scenario", ["uniform", "powerlaw"])
-def test_short_locust_run_has_no_failures_and_records_ttft_and_tpot(server: Server, tmp_path: Path, scenario: str) -> None:
-    env = {"LOADTEST_SCENARIO": scenario, "LOADTEST_MODELS": "support@1,contact@1,support:prod",
-           "LOADTEST_MAX_TOKENS": "8", "LOADTEST_STREAM": "0.7"}
+def test_short_locust_run_has_no_failures_and_records_ttft_and_tpot(
+    server: Server, tmp_path: Path, scenario: str
+) -> None:
+    env = {
+        "LOADTEST_SCENARIO": scenario,
+        "LOADTEST_MODELS": "support@1,contact@1,support:prod",
+        "LOADTEST_MAX_TOKENS": "8",
+        "LOADTEST_STREAM": "0.7",
+    }
     done = run_locust(server.url, users=3, seconds=5, prefix=tmp_path / "run", env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     rows = read_stats(tmp_path / "run")
@@ -32,8 +38,20 @@ def test_short_locust_run_has_no_failures_and_records_ttft_and_tpot(server: Serv
 
 @pytest.mark.slow
 def test_benchmark_reduced_mode_writes_ratios(tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, str(ROOT / "loadtests" / "bench.py"), "--reduced", "--out-dir", str(tmp_path),
-                           "--port", "8470"], capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "loadtests" / "bench.py"),
+            "--reduced",
+            "--out-dir",
+            str(tmp_path),
+            "--port",
+            "8470",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     report = json.loads((tmp_path / "bench-reduced.json").read_text())
     assert set(report["servers"]) == {"ours", "vllm", "peft"}

@@ -14,7 +14,7 @@ import pytest
 from registry.evidence import load
 from registry.routes import promote, set_weights, start_route
 from registry.store import LocalRegistry
-from tests.serving.conftest import Server
+from tests.serving.fixtures import Server
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import pytest
 
 from registry.basemodels import EMBEDDED_TINY
 from registry.store import LocalRegistry
-from tests.serving.conftest import Server, random_adapter
+from tests.serving.fixtures import Server, random_adapter
 
 PROMPTS = [
     "Turn this customer message into a ticket line.\n\nHi, my router has not arrived. Order 55555.",
@@ -290,6 +290,14 @@ def test_health_ready_and_metrics(server: Server) -> None:
     text = httpx.get(server.url + "/metrics").text
     assert 'lora_requests_total{model="contact@1",route="",status="ok",variant=""}' in text
     assert "lora_ttft_seconds_bucket" in text and "lora_loaded_adapters" in text
+    httpx.post(
+        server.url + "/v1/chat/completions",
+        json={"model": "ghost", "messages": [{"role": "user", "content": "x"}]},
+    )
+    assert (
+        'lora_errors_total{model="",type="invalid_request_error:404"}'
+        in httpx.get(server.url + "/metrics").text
+    )
 
 
 def test_unused_adapters_are_evicted_lru_and_reloaded_on_demand(
@@ -313,8 +321,20 @@ def test_offline_comparison_through_the_running_server(server: Server) -> None:
     from cli.main import cli
 
     out = CliRunner().invoke(
-        cli, ["eval", "base", "support@1", "--data", "sample:support-tickets", "--max-examples", "3", "--max-new-tokens",
-              "8", "--server", server.url],
+        cli,
+        [
+            "eval",
+            "base",
+            "support@1",
+            "--data",
+            "sample:support-tickets",
+            "--max-examples",
+            "3",
+            "--max-new-tokens",
+            "8",
+            "--server",
+            server.url,
+        ],
     )
     assert out.exit_code == 0, out.output
     assert "support@1 vs base on rougeL: win" in out.output

@@ -160,3 +160,55 @@ def test_offline_comparison_ranks_the_trained_adapter_above_the_base(tiny_run, t
     assert report["metrics"][result.registry_ref]["rougeL"] > report["metrics"]["base"]["rougeL"]
     assert (tmp_path / "report" / "comparison.md").read_text().startswith("# Offline comparison")
     assert (tmp_path / "report" / "comparison.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_checkpoints_resume_and_early_stopping(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from trainer.config import load_config
+    from trainer.errors import TrainerError
+    from trainer.recipe import run
+
+    common = [
+        "base_model=embedded/tiny-llama",
+        "name=ck",
+        f"output_dir={tmp_path}",
+        "eval.max_examples=2",
+        "eval.max_new_tokens=2",
+        "eval.compare_base=false",
+        "data.max_seq_len=64",
+        "training.batch_size=4",
+    ]
+    first = run(
+        load_config(None, [*common, "training.max_steps=4", "training.save_every=2"]), Console(quiet=True)
+    )
+    assert sorted(p.name for p in (first.run_dir / "checkpoints").iterdir()) == [
+        "checkpoint-2",
+        "checkpoint-4",
+    ]
+    resumed = run(
+        load_config(None, [*common, "training.max_steps=6", "training.resume=last"]), Console(quiet=True)
+    )
+    steps = [
+        json.loads(line)["step"]
+        for line in (resumed.run_dir / "train_log.jsonl").read_text().splitlines()
+        if "loss" in json.loads(line)
+    ]
+    assert steps == [5, 6]  # picked up after step 4
+    with pytest.raises(TrainerError, match="not a checkpoint folder"):
+        run(load_config(None, [*common, f"training.resume={tmp_path}"]), Console(quiet=True))
+    stopped = run(
+        load_config(
+            None,
+            [
+                *common,
+                "training.max_steps=40",
+                "training.lr=0.5",
+                "training.eval_every=1",
+                "training.early_stopping_patience=1",
+                "name=es",
+            ],
+        ),
+        Console(quiet=True),
+    )
+    assert stopped.lineage["training"]["steps"] < 40  # validation loss stopped improving

@@ -1,4 +1,4 @@
-"""One real `platform serve` (vLLM, tiny model, float32) per test session, with trained adapters."""
+"""Fixtures: one real `platform serve` (vLLM, tiny model, float32) per test session, with trained adapters."""
 
 from __future__ import annotations
 
