@@ -155,3 +155,30 @@ def verify_cmd(registry_root: str | None, as_json: bool) -> None:
     bad = [r for r, e in report.items() if e]
     if bad:
         raise click.ClickException(f"{len(bad)} version(s) failed verification: {', '.join(bad)}")
+
+
+@registry_group.command("push")
+@click.argument("ref")
+@click.option("--to", "target", required=True, help="hf://ORG/REPO[@BRANCH]")
+@click.option("--public", is_flag=True, help="Create the Hub repo public (default private).")
+@_root
+@handle_errors
+def push_cmd(ref: str, target: str, public: bool, registry_root: str | None) -> None:
+    """Upload one version to the Hugging Face Hub as one commit (tagged vN and with its aliases)."""
+    from registry.hub import push
+
+    oid = push(LocalRegistry(registry_root), ref, target, private=not public)
+    console.print(f"pushed {ref} to {target} (commit {oid[:12]})")
+
+
+@registry_group.command("pull")
+@click.argument("source")
+@click.option("--as", "name", required=True, help="Local adapter name for the new version.")
+@_root
+@handle_errors
+def pull_cmd(source: str, name: str, registry_root: str | None) -> None:
+    """Import hf://ORG/REPO[@REVISION] as a new local version, verifying every file's sha256."""
+    from registry.hub import pull
+
+    v = pull(LocalRegistry(registry_root), source, name)
+    console.print(f"pulled {source} as {v.ref}")

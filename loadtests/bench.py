@@ -106,8 +106,6 @@ def server_commands(
             "--enable-lora",
             "--max-loras",
             str(len(adapters)),
-            "--max-model-len",
-            "2048",
             "--enforce-eager",
             "--lora-modules",
             *modules,
@@ -193,7 +191,7 @@ def ratios(results: dict[str, Any]) -> dict[str, float]:
             out[f"throughput ours/peft {label}"] = round(
                 tput("ours", label) / max(tput("peft", label), 1e-9), 2
             )
-    for label in ("1 adapter", "8 adapters"):
+    for label in list(SCENARIOS)[1:]:
         out[f"ours {label}/base"] = round(tput("ours", label) / max(tput("ours", "base"), 1e-9), 3)
     return out
 

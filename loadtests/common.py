@@ -83,7 +83,13 @@ def server_process(
     with log.open("wb") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
     try:
-        yield wait_ready(url, proc, timeout_s, ready_path)
+        try:
+            started = wait_ready(url, proc, timeout_s, ready_path)
+        except RuntimeError as exc:
+            raise RuntimeError(
+                f"{exc}; {' '.join(cmd[:4])} ... log tail:\n{log.read_text()[-3000:]}"
+            ) from None
+        yield started
     finally:
         proc.terminate()
         try:

@@ -1,0 +1,133 @@
+"""Hugging Face Hub transport: one registry version <-> one Hub commit, through `huggingface_hub`.
+
+    push: `platform registry push support@3 --to hf://org/repo`  -> one commit holding the version's
+          files (adapter, manifest, lineage, model card), tagged `v3` and with one tag per alias.
+    pull: `platform registry pull hf://org/repo[@revision] --as support` -> a new local version,
+          every file checked against the pulled manifest before it is stored, lineage kept.
+
+The token comes from the usual places (`HF_TOKEN`, `huggingface-cli login`); `HF_ENDPOINT`
+points the client at another Hub (tests use a local fake of the Hub's HTTP side).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from registry.errors import IntegrityError, RegistryError
+from registry.manifest import MANIFEST, verify
+from registry.store import KEEP_FILES, LocalRegistry, Version
+
+_HF_RE = re.compile(r"^hf://(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<rev>[\w./-]+))?$")
+ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
+
+
+class HubError(RegistryError):
+    """The Hub refused or failed an upload or download."""
+
+
+@dataclass(frozen=True)
+class HubRef:
+    repo_id: str
+    revision: str | None = None
+
+    def __str__(self) -> str:
+        return f"hf://{self.repo_id}" + (f"@{self.revision}" if self.revision else "")
+
+
+def parse_hub_ref(text: str) -> HubRef:
+    m = _HF_RE.match(text.strip())
+    if not m:
+        raise RegistryError(
+            f"malformed Hub reference {text!r}: expected hf://ORG/REPO or hf://ORG/REPO@REVISION"
+        )
+    return HubRef(m["repo"], m["rev"])
+
+
+def _api(token: str | None) -> Any:
+    from huggingface_hub import HfApi
+
+    return HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None, token=token)
+
+
+def push(
+    registry: LocalRegistry, ref: str, target: str, token: str | None = None, private: bool = True
+) -> str:
+    """Upload one verified version as one commit; returns the commit id."""
+    from huggingface_hub import CommitOperationAdd
+
+    hub = parse_hub_ref(target)
+    v = registry.get(ref)  # verifies every file first
+    api = _api(token)
+    files = sorted(p for p in v.path.iterdir() if p.is_file())
+    try:
+        api.create_repo(hub.repo_id, private=private, exist_ok=True)
+        commit = api.create_commit(
+            hub.repo_id,
+            operations=[CommitOperationAdd(path_in_repo=p.name, path_or_fileobj=str(p)) for p in files],
+            commit_message=f"{v.ref} (lora-platform)",
+            commit_description=f"base model {v.base_model} sha256 {v.base_sha256}",
+            revision=hub.revision,
+        )
+        _retag(api, hub.repo_id, f"v{v.version}", commit.oid)
+        for alias in v.aliases:
+            _retag(api, hub.repo_id, alias, commit.oid)
+    except RegistryError:
+        raise
+    except Exception as exc:  # huggingface_hub raises HTTP, auth and network errors of many types
+        raise HubError(f"push {v.ref} to {hub}: {type(exc).__name__}: {exc}") from exc
+    return str(commit.oid)
+
+
+def _retag(api: Any, repo_id: str, tag: str, oid: str) -> None:
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        api.delete_tag(repo_id, tag=tag)
+    except HfHubHTTPError:
+        pass  # no such tag yet
+    api.create_tag(repo_id, tag=tag, revision=oid)
+
+
+def pull(registry: LocalRegistry, source: str, name: str, token: str | None = None) -> Version:
+    """Download a Hub version, verify it against its manifest, store it as a new local version."""
+    from huggingface_hub import snapshot_download
+
+    hub = parse_hub_ref(source)
+    with tempfile.TemporaryDirectory(prefix="lora-pull-") as tmp:
+        try:
+            folder = Path(
+                snapshot_download(
+                    hub.repo_id,
+                    revision=hub.revision,
+                    local_dir=tmp,
+                    token=token,
+                    endpoint=os.environ.get("HF_ENDPOINT") or None,
+                )
+            )
+        except Exception as exc:
+            raise HubError(f"pull {hub}: {type(exc).__name__}: {exc}") from exc
+        for junk in (folder / ".cache", folder / ".gitattributes"):
+            if junk.is_dir():
+                import shutil
+
+                shutil.rmtree(junk)
+            elif junk.exists():
+                junk.unlink()
+        if not (folder / MANIFEST).is_file():
+            raise IntegrityError(
+                f"{hub}: no {MANIFEST}; not a lora-platform version (push with `platform registry push`)"
+            )
+        verify(folder, None, str(hub))
+        lineage_file = folder / "lineage.json"
+        lineage: dict[str, Any] = json.loads(lineage_file.read_text()) if lineage_file.is_file() else {}
+        origin = {k: lineage.get(k) for k in ("name", "version", "parent")}
+        lineage = {k: val for k, val in lineage.items() if k not in ("name", "version", "parent")}
+        lineage["pulled_from"] = {"hub": str(hub), **origin}
+        extra = {f: folder / f for f in KEEP_FILES if f != "lineage.json" and (folder / f).is_file()}
+        return registry.push(name, folder, lineage, extra_files=extra)
