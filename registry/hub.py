@@ -11,6 +11,7 @@ points the client at another Hub (tests use a local fake of the Hub's HTTP side)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -87,10 +88,8 @@ def push(
 def _retag(api: Any, repo_id: str, tag: str, oid: str) -> None:
     from huggingface_hub.errors import HfHubHTTPError
 
-    try:
+    with contextlib.suppress(HfHubHTTPError):  # no such tag yet
         api.delete_tag(repo_id, tag=tag)
-    except HfHubHTTPError:
-        pass  # no such tag yet
     api.create_tag(repo_id, tag=tag, revision=oid)
 
 
