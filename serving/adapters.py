@@ -207,6 +207,38 @@ class AdapterManager:
             await self.engine.remove_adapter(victim.handle)
             self.evictions += 1
 
+    async def unload(self, model: str) -> bool:
+        """Unload every loaded copy of the version `model` names; False when none was loaded.
+
+        Requests in flight keep their version: an adapter in use is unloaded once they finish
+        (it is unpinned at once, so the LRU takes it when it is idle)."""
+        found = self.resolve(model)
+        if found is None:
+            raise ModelNotFoundError(f"{model!r} is the base model; only adapters can be unloaded")
+        keys = [k for k in self.loaded if k[:2] == found]
+        for key in keys:
+            loaded = self.loaded[key]
+            loaded.pinned = False
+            lock = self._locks.setdefault(key, asyncio.Lock())
+            async with lock:
+                if loaded.in_use == 0 and key in self.loaded:
+                    del self.loaded[key]
+                    await self.engine.remove_adapter(loaded.handle)
+        return bool(keys)
+
+    def describe(self) -> list[dict[str, Any]]:
+        now = time.monotonic()
+        return [
+            {
+                "model": v.handle.name,
+                "lora_id": v.handle.lora_id,
+                "in_use": v.in_use,
+                "pinned": v.pinned,
+                "idle_s": round(now - v.last_used, 3),
+            }
+            for v in self.loaded.values()
+        ]
+
     async def pin(self, model: str) -> Version:
         found = self.resolve(model)
         if found is None:

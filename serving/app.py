@@ -16,13 +16,13 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from registry.basemodels import resolve_base_model
-from registry.errors import RegistryError
+from registry.errors import ConflictError, NotFoundError, RegistryError
 from registry.evidence import EvidenceWriter, evidence_path
 from registry.store import LocalRegistry
 from serving.adapters import AdapterManager
 from serving.engine.base import Engine
-from serving.errors import ServingError
-from serving.routes import health, openai
+from serving.errors import EngineDeadError, ServingError
+from serving.routes import admin, health, openai
 from serving.settings import ServeSettings
 from serving.state import ServerState
 
@@ -45,13 +45,24 @@ def make_engine(settings: ServeSettings, base: Any) -> Engine:
     return VLLMEngine(settings, base)
 
 
-async def _watch_registry(state: ServerState) -> None:
-    """Poll the registry's change counter so new versions and alias moves apply within a second."""
+async def _watch(state: ServerState, app: FastAPI) -> None:
+    """Poll the registry's change counter (new versions, alias moves, routes apply within a
+    second) and the engine's health (a dead engine stops the server, which exits non-zero)."""
     while True:
         try:
             state.refresh()
         except Exception:  # a transient SQLite error must not stop the watcher
             log.exception("registry refresh failed")
+        try:
+            await state.engine.check_health()
+        except EngineDeadError:
+            log.error("the inference engine is dead; stopping the server")
+            state.engine_dead = True
+            state.ready = False
+            server = getattr(app.state, "uvicorn_server", None)
+            if server is not None:
+                server.should_exit = True
+            return
         await asyncio.sleep(state.settings.refresh_interval_s)
 
 
@@ -79,7 +90,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         for ref in settings.pin:
             await adapters.pin(ref)
         state.refresh()
-        state.tasks.append(asyncio.create_task(_watch_registry(state)))
+        state.tasks.append(asyncio.create_task(_watch(state, app)))
         state.ready = True
         try:
             yield
@@ -92,10 +103,36 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
 
     app = FastAPI(title="lora-platform", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     install_error_handlers(app)
     app.include_router(openai.router)
     app.include_router(health.router)
+    app.include_router(admin.router)
     return app
+
+
+class BodyLimit:
+    """Refuse bodies over `max_bytes` with 413 before anything reads them (pure ASGI)."""
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            length = dict(scope.get("headers") or []).get(b"content-length")
+            if length is not None and length.isdigit() and int(length) > self.max_bytes:
+                body = {
+                    "error": {
+                        "message": f"request body over {self.max_bytes} bytes",
+                        "type": "invalid_request_error",
+                        "param": None,
+                        "code": "request_too_large",
+                    }
+                }
+                await JSONResponse(body, status_code=413)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -108,8 +145,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RegistryError)
     async def _registry(request: Request, exc: RegistryError) -> JSONResponse:
+        status = 404 if isinstance(exc, NotFoundError) else 409 if isinstance(exc, ConflictError) else 400
         body = {"error": {"message": str(exc), "type": "invalid_request_error", "param": None, "code": None}}
-        return JSONResponse(body, status_code=400)
+        return JSONResponse(body, status_code=status)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -6,6 +6,8 @@ life (an in-flight request keeps its version), usage, metrics and OpenAI's respo
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -13,14 +15,22 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
+from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from serving.engine.base import Delta, GenParams, TokenLogprob
-from serving.errors import BadRequestError, ServingError
+from serving.errors import BadRequestError, ServingError, UnavailableError
 from serving.protocol import ChatCompletionRequest, CompletionRequest, new_id, now
 from serving.state import ServerState
 
 DEFAULT_MAX_TOKENS = 256
+
+
+class ClientGone(ServingError):
+    """The client closed the connection; nobody reads the answer (nginx's 499)."""
+
+    status = 499
+    type = "client_closed_request"
 
 
 @dataclass
@@ -204,7 +214,9 @@ class _Tracker:
         return time.monotonic() - self.start
 
 
-async def complete(state: ServerState, job: Job, on_done: Any = None) -> JSONResponse | StreamingResponse:
+async def complete(
+    state: ServerState, job: Job, on_done: Any = None, request: Request | None = None
+) -> JSONResponse | StreamingResponse:
     """Run a job; the adapter lease and the admission slot are held until the last byte."""
     stack = AsyncExitStack()
     try:
@@ -224,18 +236,36 @@ async def complete(state: ServerState, job: Job, on_done: Any = None) -> JSONRes
 
     if job.stream:
         return StreamingResponse(
-            _sse(job, target.served_name, engine_stream, tracker, done),
+            _sse(job, target.served_name, engine_stream, tracker, done, lambda: state.drain_expired),
             media_type="text/event-stream",
             headers=headers,
         )
     status = "error"
     try:
-        body = await _collect(job, target.served_name, engine_stream, tracker)
+        body = await _until_disconnect(_collect(job, target.served_name, engine_stream, tracker), request)
         status = "ok"
     finally:
-        await engine_stream.aclose()
+        await engine_stream.aclose()  # aborts the engine request if it is still running
         await done(status)
     return JSONResponse(body, headers=headers)
+
+
+async def _until_disconnect(work: Any, request: Request | None, poll_s: float = 0.25) -> Any:
+    """Await `work`, cancelling it when the client goes away (non-streaming requests)."""
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=poll_s)
+            if done:
+                return task.result()
+            if request is not None and await request.is_disconnected():
+                task.cancel()
+                raise ClientGone("the client disconnected")
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
 
 
 async def _collect(
@@ -280,7 +310,12 @@ def _event(data: dict[str, Any] | str) -> str:
 
 
 async def _sse(
-    job: Job, served: str, stream: AsyncGenerator[list[Delta], None], tracker: _Tracker, done: Any
+    job: Job,
+    served: str,
+    stream: AsyncGenerator[list[Delta], None],
+    tracker: _Tracker,
+    done: Any,
+    expired: Any,
 ) -> AsyncIterator[str]:
     created = now()
     obj = "chat.completion.chunk" if job.chat else "text_completion"
@@ -314,6 +349,8 @@ async def _sse(
             )
         offsets = [0] * job.params.n
         async for deltas in stream:
+            if expired():
+                raise UnavailableError("the server is shutting down: the drain timeout ended this stream")
             tracker.saw(deltas)
             out = []
             for d in deltas:

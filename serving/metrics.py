@@ -38,6 +38,9 @@ class Metrics:
         self.in_flight = Gauge(
             "lora_requests_in_flight", "Requests admitted and not finished", registry=self.registry
         )
+        self.engine_running = Gauge(
+            "lora_engine_requests", "Requests the engine is working on", registry=self.registry
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

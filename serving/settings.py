@@ -39,6 +39,10 @@ class ServeSettings(BaseSettings):
     max_tokens_cap: int = Field(1024, ge=1)
     """Largest max_tokens a request may ask for."""
     max_n: int = Field(8, ge=1)
+    max_body_bytes: int = Field(4 << 20, ge=1024)
+    """Largest request body accepted (413 beyond)."""
+    drain_timeout_s: float = Field(30.0, ge=0)
+    """On SIGTERM: how long running requests may finish before streams end with an error event."""
     max_queue: int = Field(256, ge=1)
     """Requests admitted at once; beyond it a fast 429 with Retry-After."""
     pin: list[str] = Field(default_factory=list)

@@ -30,6 +30,8 @@ class ServerState:
     admitted: int = 0
     ready: bool = False
     draining: bool = False
+    drain_expired: bool = False
+    engine_dead: bool = False
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
 
     @property

@@ -141,4 +141,7 @@ class VLLMEngine(Engine):
             raise EngineDeadError(f"the vLLM engine died: {exc}") from exc
 
     def running(self) -> int:
-        return self._running
+        """Requests vLLM has not finished (aborted ones leave at once)."""
+        if self.llm is None:
+            return 0
+        return int(self.llm.get_num_unfinished_requests())

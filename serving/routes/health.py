@@ -34,4 +34,5 @@ async def ready(request: Request) -> JSONResponse:
 async def metrics(request: Request) -> Response:
     state = get_state(request)
     state.metrics.loaded_adapters.set(len(state.adapters.loaded))
+    state.metrics.engine_running.set(state.engine.running())
     return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")

@@ -100,7 +100,7 @@ async def _run(
     try:
         job = build_job(state, req, req.model)
         apply_route(state, job, req.user or request.headers.get("x-user-id"))
-        return await complete(state, job, on_done=done)
+        return await complete(state, job, on_done=done, request=request)
     except BaseException:
         if not released:
             released = True

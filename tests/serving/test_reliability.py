@@ -1,0 +1,279 @@
+"""Reliability and security against real servers: disconnects, overload, caps, keys, drain, crashes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from registry.store import LocalRegistry
+from tests.serving.fixtures import Server, free_port
+
+ROOT = Path(__file__).parents[2]
+
+
+def metric(server_url: str, name: str) -> float:
+    total = 0.0
+    for line in httpx.get(server_url + "/metrics").text.splitlines():
+        if line.startswith(name) and not line.startswith("#"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def wait_until(pred, timeout: float) -> float:  # type: ignore[no-untyped-def]
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if pred():
+            return time.monotonic() - start
+        time.sleep(0.05)
+    raise AssertionError(f"not within {timeout}s")
+
+
+LONG = {
+    "model": "support@1",
+    "messages": [{"role": "user", "content": "hi"}],
+    "max_tokens": 480,
+    "temperature": 1.0,
+    "seed": 1,
+}
+
+
+def test_a_client_that_disconnects_mid_stream_gets_its_request_aborted(server: Server) -> None:
+    tokens_before = metric(server.url, 'lora_tokens_total{kind="completion",model="support@1"')
+    with httpx.stream(
+        "POST", server.url + "/v1/chat/completions", json={**LONG, "stream": True}, timeout=30
+    ) as r:
+        lines = r.iter_lines()
+        next(lines)  # the role chunk
+        next(lines)
+    took = wait_until(lambda: metric(server.url, "lora_engine_requests") == 0, 5)
+    assert took < 1.5
+    produced = metric(server.url, 'lora_tokens_total{kind="completion",model="support@1"') - tokens_before
+    assert produced < 480  # aborted, not run to the end
+
+
+def test_a_client_that_disconnects_mid_request_gets_its_request_aborted(server: Server) -> None:
+    with socket.create_connection(("127.0.0.1", int(server.url.rsplit(":", 1)[1]))) as sock:
+        body = httpx.Request("POST", server.url + "/v1/chat/completions", json=LONG)
+        raw = (
+            f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body.read())}\r\n\r\n"
+        ).encode() + body.read()
+        sock.sendall(raw)
+        wait_until(lambda: metric(server.url, "lora_engine_requests") >= 1, 5)
+    took = wait_until(lambda: metric(server.url, "lora_engine_requests") == 0, 5)
+    assert took < 1.5
+
+
+def test_body_size_cap_and_the_worker_keeps_serving(server: Server) -> None:
+    r = httpx.post(
+        server.url + "/v1/completions", content=b"x" * (5 << 20), headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+    ok = httpx.post(
+        server.url + "/v1/completions", json={"model": "support@1", "prompt": "hi", "max_tokens": 2}
+    )
+    assert ok.status_code == 200
+
+
+def test_admin_routes_are_off_without_an_admin_key(server: Server) -> None:
+    r = httpx.post(server.url + "/admin/adapters/load", json={"model": "support@1"})
+    assert r.status_code == 403 and "admin" in r.json()["error"]["message"]
+
+
+def test_reading_server_survives_a_writer_killed_mid_push(server: Server, adapters, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from tests.registry.test_store import _SLOW_PUSH
+
+    registry, _ = adapters
+    src = LocalRegistry(registry).get("contact@1")
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def traffic() -> None:
+        while not stop.is_set():
+            r = httpx.post(
+                server.url + "/v1/chat/completions",
+                timeout=60,
+                json={"model": "crash", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
+            )
+            if r.status_code not in (200, 404):  # 404 until the first version lands
+                failures.append(r.text)
+
+    threads = [threading.Thread(target=traffic) for _ in range(2)]
+    for t in threads:
+        t.start()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            _SLOW_PUSH.replace(
+                '{"base_model": "m", "base_model_sha256": "s"}', "__import__('json').loads(sys.argv[3])"
+            ),
+            str(registry),
+            str(src.path),
+            __import__("json").dumps(src.lineage),
+        ],
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
+    time.sleep(2.0)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    time.sleep(0.5)
+    stop.set()
+    for t in threads:
+        t.join(timeout=60)
+    assert not failures
+    report = LocalRegistry(registry).verify_all()
+    assert all(err is None for err in report.values())
+    assert (
+        httpx.post(
+            server.url + "/v1/chat/completions",
+            timeout=60,
+            json={"model": "crash", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
+        ).status_code
+        == 200
+    )
+
+
+# -- a second server on the PEFT engine: keys, overload, drain (fast to start, killed by the tests) --
+
+
+@pytest.fixture
+def peft_server(adapters, tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:  # type: ignore[no-untyped-def]
+    registry, _ = adapters
+    port = free_port()
+    env = {**os.environ, "LORA_PLATFORM_MAX_QUEUE": "2", "LORA_PLATFORM_DRAIN_TIMEOUT_S": "20"}
+    platform = str(Path(sys.executable).parent / "platform")
+    log = (tmp_path / "peft.log").open("wb")
+    proc = subprocess.Popen(
+        [
+            platform,
+            "serve",
+            "--engine",
+            "peft",
+            "--base-model",
+            "tiny",
+            "--registry",
+            str(registry),
+            "--port",
+            str(port),
+            "--api-key",
+            "inference-key",
+            "--admin-key",
+            "admin-key",
+            "--dtype",
+            "float32",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_until(lambda: _ready(url), 120)
+    yield url, proc
+    if proc.poll() is None:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(url + "/ready", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+INF = {"Authorization": "Bearer inference-key"}
+ADM = {"Authorization": "Bearer admin-key"}
+HI = {"model": "support@1", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+
+
+def test_api_and_admin_keys(peft_server) -> None:  # type: ignore[no-untyped-def]
+    url, _ = peft_server
+    assert httpx.get(url + "/v1/models").status_code == 401
+    assert httpx.get(url + "/v1/models", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert httpx.post(url + "/v1/chat/completions", json=HI, headers=INF).status_code == 200
+    assert httpx.get(url + "/admin/adapters", headers=INF).status_code == 403
+    r = httpx.post(url + "/admin/adapters/load", json={"model": "contact@1", "pin": True}, headers=ADM)
+    assert r.status_code == 200 and r.json()["pinned"]
+    assert any(
+        a["model"] == "contact@1" and a["pinned"]
+        for a in httpx.get(url + "/admin/adapters", headers=ADM).json()["loaded"]
+    )
+    for path in ("/tmp/x", "../../etc", "hf://org/repo"):
+        assert httpx.post(url + "/admin/adapters/load", json={"model": path}, headers=ADM).status_code == 404
+    assert httpx.post(url + "/admin/adapters/unload", json={"model": "contact@1"}, headers=ADM).json()[
+        "unloaded"
+    ]
+    assert not httpx.post(url + "/admin/adapters/unload", json={"model": "contact@1"}, headers=ADM).json()[
+        "unloaded"
+    ]
+
+
+def test_overload_gets_a_fast_429_with_retry_after(peft_server) -> None:  # type: ignore[no-untyped-def]
+    url, _ = peft_server
+    slow = {**HI, "max_tokens": 300, "temperature": 1.0}
+
+    def call(_: int) -> tuple[int, float, str | None]:
+        t = time.monotonic()
+        r = httpx.post(url + "/v1/chat/completions", json=slow, headers=INF, timeout=120)
+        return r.status_code, time.monotonic() - t, r.headers.get("retry-after")
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(call, range(8)))
+    refused = [r for r in results if r[0] == 429]
+    assert refused and all(r[2] == "1" and r[1] < 1.0 for r in refused)
+    assert sum(r[0] == 200 for r in results) >= 2
+
+
+def test_sigterm_drains_running_requests_refuses_new_ones_and_exits_0(peft_server) -> None:  # type: ignore[no-untyped-def]
+    url, proc = peft_server
+    slow = {**HI, "max_tokens": 300, "temperature": 1.0}
+    with ThreadPoolExecutor(2) as pool:
+        running = pool.submit(
+            lambda: httpx.post(url + "/v1/chat/completions", json=slow, headers=INF, timeout=120)
+        )
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.2)
+        refused = httpx.post(url + "/v1/chat/completions", json=HI, headers=INF, timeout=30)
+        assert refused.status_code == 503 and refused.headers.get("retry-after") == "1"
+        assert running.result().status_code == 200
+    assert proc.wait(timeout=60) == 0
+
+
+@pytest.mark.slow
+def test_a_dead_engine_turns_health_503_and_the_process_exits_non_zero(adapters, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import psutil
+
+    registry, _ = adapters
+    port = free_port()
+    platform = str(Path(sys.executable).parent / "platform")
+    proc = subprocess.Popen(
+        [platform, "serve", "--base-model", "tiny", "--registry", str(registry), "--port", str(port)],
+        stdout=(tmp_path / "log").open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: _ready(url), 240)
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert children, "vLLM runs its engine core in a child process"
+        for child in children:
+            child.kill()
+        assert proc.wait(timeout=60) == 3
+    finally:
+        if proc.poll() is None:
+            proc.kill()
