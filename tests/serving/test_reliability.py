@@ -57,6 +57,7 @@ def test_a_client_that_disconnects_mid_stream_gets_its_request_aborted(server: S
         next(lines)  # the role chunk
         next(lines)
     took = wait_until(lambda: metric(server.url, "lora_engine_requests") == 0, 5)
+    print(f"\nstream abort after disconnect: {took:.2f}s")
     assert took < 1.5
     produced = metric(server.url, 'lora_tokens_total{kind="completion",model="support@1"') - tokens_before
     assert produced < 480  # aborted, not run to the end
@@ -72,6 +73,7 @@ def test_a_client_that_disconnects_mid_request_gets_its_request_aborted(server: 
         sock.sendall(raw)
         wait_until(lambda: metric(server.url, "lora_engine_requests") >= 1, 5)
     took = wait_until(lambda: metric(server.url, "lora_engine_requests") == 0, 5)
+    print(f"\nnon-stream abort after disconnect: {took:.2f}s")
     assert took < 1.5
 
 
@@ -234,6 +236,9 @@ def test_overload_gets_a_fast_429_with_retry_after(peft_server) -> None:  # type
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(call, range(8)))
     refused = [r for r in results if r[0] == 429]
+    print(
+        f"\noverload: {len(refused)}/8 refused with 429, slowest refusal {max(r[1] for r in refused) * 1000:.0f} ms"
+    )
     assert refused and all(r[2] == "1" and r[1] < 1.0 for r in refused)
     assert sum(r[0] == 200 for r in results) >= 2
 
@@ -273,7 +278,9 @@ def test_a_dead_engine_turns_health_503_and_the_process_exits_non_zero(adapters,
         assert children, "vLLM runs its engine core in a child process"
         for child in children:
             child.kill()
+        killed = time.monotonic()
         assert proc.wait(timeout=60) == 3
+        print(f"\ndead engine: process exited 3 after {time.monotonic() - killed:.1f}s")
     finally:
         if proc.poll() is None:
             proc.kill()
