@@ -185,24 +185,64 @@ def make_wrapper_class() -> type:
             super().__init__(*args, **kwargs)
             self._token_plan: list[tuple[int, Any]] = []
             self._sampler_plan: list[tuple[int, Any]] = []
+            self._segments: tuple[Any, Any, int, int] | None = None
+            self._masks: dict[Any, Any] = {}
             self._ids: list[Any] = []
             self._empty: dict[tuple[int, int], bool] = {}
+            self._fused: dict[tuple[int, tuple[int, ...]], tuple[Any, Any]] = {}
 
         def update_metadata(
             self, mapping: Any, lora_index_to_id: list[Any], max_loras: int, vocab_size: int, **kwargs: Any
         ) -> None:
+            import torch
+
             super().update_metadata(mapping, lora_index_to_id, max_loras, vocab_size, **kwargs)
             self._token_plan = _plan(self.token_lora_indices)
             self._sampler_plan = _plan(self.sampler_indices)
-            if list(lora_index_to_id) != self._ids:  # slots changed: forget which weights are empty
+            self._segments, self._masks = None, {}
+            if len(self._token_plan) > 1 or (self._token_plan and self._token_plan[0][1] is not None):
+                # rows of each adapter padded to one length: one gather, two bmm, one index_add per layer
+                width = max(len(rows) for _, rows in self._token_plan)
+                gather = torch.zeros(len(self._token_plan), width, dtype=torch.long)
+                mask = torch.zeros(len(self._token_plan), width, 1, dtype=torch.bool)
+                for i, (_, rows) in enumerate(self._token_plan):
+                    gather[i, : len(rows)] = rows
+                    mask[i, : len(rows)] = True
+                self._segments = (gather.view(-1), mask, len(self._token_plan), width)
+            if list(lora_index_to_id) != self._ids:  # slots changed: forget derived weights
                 self._ids = list(lora_index_to_id)
                 self._empty.clear()
+                self._fused.clear()
 
         def _is_empty(self, weights: Any, slot: int) -> bool:
             key = (id(weights), slot)
             if key not in self._empty:
                 self._empty[key] = not bool(weights[slot].any())
             return self._empty[key]
+
+        def _fused_weights(
+            self,
+            a_stacked: tuple[Any, ...],
+            b_stacked: tuple[Any, ...],
+            slots: tuple[int, ...],
+            sizes: tuple[int, ...],
+        ) -> tuple[Any, Any]:
+            """Per slot: A of every slice stacked [S, sum r, in]; B block-diagonal [S, sum out, sum r]."""
+            import torch
+
+            key = (id(a_stacked[0]), slots)
+            if key not in self._fused:
+                a = torch.stack([torch.cat([_weights(w, s) for w in a_stacked], 0) for s in slots])
+                ranks = [w.shape[-1] for w in b_stacked]
+                b = torch.zeros(len(slots), sum(sizes), sum(ranks), dtype=b_stacked[0].dtype)
+                out = col = 0
+                for w, size, rank in zip(b_stacked, sizes, ranks, strict=True):
+                    for i, s in enumerate(slots):
+                        b[i, out : out + size, col : col + rank] = _weights(w, s)[:size]
+                    out += size
+                    col += rank
+                self._fused[key] = (a.contiguous(), b.transpose(1, 2).contiguous())
+            return self._fused[key]
 
         def add_lora_linear(
             self,
@@ -216,27 +256,30 @@ def make_wrapper_class() -> type:
             buffer: Any = None,
             **kwargs: Any,
         ) -> None:
+            import torch
+
             plan = self._token_plan
             if not plan:
-                return
+                return  # no adapter in this batch: no LoRA work at all
             x2 = x.view(-1, x.shape[-1])
             y2 = y.view(-1, y.shape[-1])
-            tokens = y2.shape[0]
-            x2 = x2[:tokens]
-            offset = 0
-            for a_all, b_all, size in zip(lora_a_stacked, lora_b_stacked, output_slices, strict=True):
-                target = y2[:, offset : offset + size]
-                for slot, rows in plan:
-                    a = _weights(a_all, slot)
-                    b = _weights(b_all, slot)[:size]
-                    if rows is None:
-                        h = x2.to(a.dtype) @ a.t()
-                        target.addmm_(h.to(target.dtype), b.t().to(target.dtype), alpha=scale)
-                    else:
-                        h = x2.index_select(0, rows).to(a.dtype) @ a.t()
-                        upd = (h @ b.t()).to(target.dtype)
-                        target.index_add_(0, rows, upd, alpha=scale)
-                offset += size
+            x2 = x2[: y2.shape[0]]
+            width = sum(output_slices)
+            a, b_t = self._fused_weights(
+                lora_a_stacked, lora_b_stacked, tuple(s for s, _ in plan), tuple(output_slices)
+            )
+            target = y2[:, :width]
+            if self._segments is None:  # the whole batch on one adapter
+                h = x2.to(a.dtype) @ a[0].t()
+                target.addmm_(h.to(target.dtype), b_t[0].to(target.dtype), alpha=scale)
+                return
+            gather, mask, slots, rows = self._segments
+            if x2.dtype not in self._masks:
+                self._masks[x2.dtype] = mask.to(x2.dtype)
+            xs = x2.index_select(0, gather).view(slots, rows, -1) * self._masks[x2.dtype]
+            h = torch.bmm(xs.to(a.dtype), a.transpose(1, 2))
+            out = torch.bmm(h, b_t).view(slots * rows, width)
+            target.index_add_(0, gather, out.to(target.dtype), alpha=scale)
 
         def add_lora_logits(
             self,
