@@ -184,6 +184,7 @@ def make_wrapper_class() -> type:
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self._token_plan: list[tuple[int, Any]] = []
+            self._slots: tuple[int, ...] = ()
             self._sampler_plan: list[tuple[int, Any]] = []
             self._segments: tuple[Any, Any, int, int] | None = None
             self._masks: dict[Any, Any] = {}
@@ -198,6 +199,7 @@ def make_wrapper_class() -> type:
 
             super().update_metadata(mapping, lora_index_to_id, max_loras, vocab_size, **kwargs)
             self._token_plan = _plan(self.token_lora_indices)
+            self._slots = tuple(s for s, _ in self._token_plan)
             self._sampler_plan = _plan(self.sampler_indices)
             self._segments, self._masks = None, {}
             if len(self._token_plan) > 1 or (self._token_plan and self._token_plan[0][1] is not None):
@@ -227,7 +229,7 @@ def make_wrapper_class() -> type:
             slots: tuple[int, ...],
             sizes: tuple[int, ...],
         ) -> tuple[Any, Any]:
-            """Per slot: A of every slice stacked [S, sum r, in]; B block-diagonal [S, sum out, sum r]."""
+            """Per slot: A of every slice stacked, B block-diagonal, both transposed for x @ A_t @ B_t."""
             import torch
 
             key = (id(a_stacked[0]), slots)
@@ -241,7 +243,8 @@ def make_wrapper_class() -> type:
                         b[i, out : out + size, col : col + rank] = _weights(w, s)[:size]
                     out += size
                     col += rank
-                self._fused[key] = (a.contiguous(), b.transpose(1, 2).contiguous())
+                # both stored as the right-hand operand of a contiguous matmul: [S, in, sum r], [S, sum r, out]
+                self._fused[key] = (a.transpose(1, 2).contiguous(), b.transpose(1, 2).contiguous())
             return self._fused[key]
 
         def add_lora_linear(
@@ -265,19 +268,17 @@ def make_wrapper_class() -> type:
             y2 = y.view(-1, y.shape[-1])
             x2 = x2[: y2.shape[0]]
             width = sum(output_slices)
-            a, b_t = self._fused_weights(
-                lora_a_stacked, lora_b_stacked, tuple(s for s, _ in plan), tuple(output_slices)
-            )
+            a_t, b_t = self._fused_weights(lora_a_stacked, lora_b_stacked, self._slots, tuple(output_slices))
             target = y2[:, :width]
             if self._segments is None:  # the whole batch on one adapter
-                h = x2.to(a.dtype) @ a[0].t()
+                h = x2.to(a_t.dtype) @ a_t[0]
                 target.addmm_(h.to(target.dtype), b_t[0].to(target.dtype), alpha=scale)
                 return
             gather, mask, slots, rows = self._segments
             if x2.dtype not in self._masks:
                 self._masks[x2.dtype] = mask.to(x2.dtype)
             xs = x2.index_select(0, gather).view(slots, rows, -1) * self._masks[x2.dtype]
-            h = torch.bmm(xs.to(a.dtype), a.transpose(1, 2))
+            h = torch.bmm(xs.to(a_t.dtype), a_t)
             out = torch.bmm(h, b_t).view(slots * rows, width)
             target.index_add_(0, gather, out.to(target.dtype), alpha=scale)
 
