@@ -28,27 +28,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from loadtests.common import make_adapters  # noqa: E402
+
 PROMPT = "Summarize in one line: the customer says the order arrived late and the box was damaged."
-
-
-def make_adapters(base_path: Path, n: int, rank: int, out: Path) -> list[Path]:
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    paths = []
-    for i in range(n):
-        model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
-        torch.manual_seed(100 + i)
-        lora = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules="all-linear"))
-        with torch.no_grad():
-            for name, p in lora.named_parameters():
-                if "lora_B" in name:
-                    p.normal_(0, 0.01)
-        path = out / f"adapter{i}"
-        lora.save_pretrained(path, safe_serialization=True)
-        paths.append(path)
-    return paths
 
 
 async def run_config(
