@@ -90,9 +90,9 @@ class AdapterManager:
         self.served_base = served_base
         self.max_lora_rank = max_lora_rank
         self.max_loaded = max_loaded
-        self.loaded: dict[tuple[str, int, str], Loaded] = {}
+        self.loaded: dict[tuple[str, int], Loaded] = {}
         self._next_id = 1
-        self._locks: dict[tuple[str, int, str], asyncio.Lock] = {}
+        self._locks: dict[tuple[str, int], asyncio.Lock] = {}
         self._resolved: dict[str, tuple[str, int]] = {}
         self._seen_changes = -1
         self._base_weights: set[str] | None = None
@@ -144,14 +144,16 @@ class AdapterManager:
             loaded.last_used = time.monotonic()
 
     async def _ensure_loaded(self, name: str, version: int) -> Loaded:
-        v = await asyncio.to_thread(self._fetch, name, version)
-        key = (name, version, v.manifest_sha256)
+        # a version number names one set of weights forever (the registry never reuses numbers),
+        # so a loaded version is served without touching its files again
+        key = (name, version)
         if key in self.loaded:
             return self.loaded[key]
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:  # concurrent first requests for one version load it once
             if key in self.loaded:
                 return self.loaded[key]
+            v = await asyncio.to_thread(self._fetch, name, version)  # sha256 of every file, once per load
             await asyncio.to_thread(self._validate, v)
             handle = AdapterHandle(self._next_id, v.ref, v.path)
             self._next_id += 1
@@ -215,7 +217,7 @@ class AdapterManager:
         found = self.resolve(model)
         if found is None:
             raise ModelNotFoundError(f"{model!r} is the base model; only adapters can be unloaded")
-        keys = [k for k in self.loaded if k[:2] == found]
+        keys = [k for k in self.loaded if k == found]
         for key in keys:
             loaded = self.loaded[key]
             loaded.pinned = False
