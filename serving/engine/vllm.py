@@ -24,7 +24,6 @@ class VLLMEngine(Engine):
         self.base = base
         self.llm: Any = None
         self._tokenizer: Any = None
-        self._running = 0
 
     async def start(self) -> None:
         from transformers import AutoTokenizer
@@ -92,7 +91,6 @@ class VLLMEngine(Engine):
             output_kind=RequestOutputKind.DELTA,
         )
         lora = LoRARequest(adapter.name, adapter.lora_id, str(adapter.path)) if adapter else None
-        self._running += 1
         try:
             stream = self.llm.generate({"prompt_token_ids": prompt_ids}, sp, request_id, lora_request=lora)
             async for out in stream:
@@ -102,8 +100,6 @@ class VLLMEngine(Engine):
         except Exception as exc:
             self._raise_if_dead(exc)
             raise
-        finally:
-            self._running -= 1
 
     def _delta(self, o: Any) -> Delta:
         logprobs = None
