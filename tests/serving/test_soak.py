@@ -30,7 +30,9 @@ def test_500_push_and_serve_cycles_keep_memory_and_disk_flat(
     reg = LocalRegistry(registry)
     src = reg.get("contact@1")
     samples: list[tuple[int, float]] = []
-    staging_before = set((registry / ".staging").iterdir())  # a writer killed by another test may have left one
+    staging_before = set(
+        (registry / ".staging").iterdir()
+    )  # a writer killed by another test may have left one
     disk_start = sum(f.stat().st_size for f in (registry / "versions").rglob("*") if f.is_file())
     start = time.monotonic()
     with httpx.Client(base_url=server.url, timeout=60) as client:
