@@ -7,6 +7,10 @@ an adapter applied. These ops group rows by slot instead: one matrix product per
 adapter in the batch, rows with -1 untouched, no per-token weight copies, and a fast path
 when the whole batch uses one slot. Same signatures as the stock ops.
 
+On top of the ops, `PunicaWrapperCPU` is replaced by a subclass (make_wrapper_class) that
+builds the batch's plan once per step and runs each LoRA layer as two matrix products per
+adapter present (slices fused), or two `bmm` over padded row segments for several adapters.
+
 `register()` runs in every vLLM process (the engine core and its workers load general
 plugins), so the patch is active wherever the model runs.
 """
