@@ -22,6 +22,8 @@ from typing import Any
 
 ENV_DISABLE = "LORA_PLATFORM_STOCK_CPU_LORA"
 ENV_MARKER = "LORA_PLATFORM_PLUGIN_MARKER"
+ENV_NO_ONEDNN = "LORA_PLATFORM_NO_ONEDNN_LORA"
+"""Set to 1 to compute single-adapter LoRA with aten products instead of vLLM's oneDNN GEMM."""
 """When set, register() appends its process id to this file (tests check the engine process)."""
 _ACTIVE = False
 
@@ -195,6 +197,7 @@ def make_wrapper_class() -> type:
             self._ids: list[Any] = []
             self._empty: dict[tuple[int, int], bool] = {}
             self._fused: dict[tuple[int, tuple[int, ...]], tuple[Any, Any]] = {}
+            self._dnnl: dict[tuple[int, tuple[int, ...]], tuple[Any, Any] | None] = {}
 
         def update_metadata(
             self, mapping: Any, lora_index_to_id: list[Any], max_loras: int, vocab_size: int, **kwargs: Any
@@ -219,6 +222,7 @@ def make_wrapper_class() -> type:
                 self._ids = list(lora_index_to_id)
                 self._empty.clear()
                 self._fused.clear()
+                self._dnnl.clear()
 
         def _is_empty(self, weights: Any, slot: int) -> bool:
             key = (id(weights), slot)
@@ -251,6 +255,29 @@ def make_wrapper_class() -> type:
                 self._fused[key] = (a.transpose(1, 2).contiguous(), b.transpose(1, 2).contiguous())
             return self._fused[key]
 
+        def _onednn(self, a_stacked: tuple[Any, ...], a_t: Any, b_t: Any, x: Any) -> tuple[Any, Any] | None:
+            """oneDNN handlers for one adapter's fused A and B, for half-precision activations only
+            (float32 keeps aten's products, whose results the exact PEFT comparisons rely on)."""
+            import torch
+
+            if (
+                x.dtype not in (torch.bfloat16, torch.float16)
+                or a_t.dtype != x.dtype
+                or os.environ.get(ENV_NO_ONEDNN)
+            ):
+                return None
+            key = (id(a_stacked[0]), self._slots)
+            if key not in self._dnnl:
+                try:
+                    from vllm import _custom_ops as ops
+
+                    if not ops._supports_onednn:
+                        raise RuntimeError("oneDNN not built")
+                    self._dnnl[key] = (ops.create_onednn_mm(a_t[0], 32), ops.create_onednn_mm(b_t[0], 32))
+                except (RuntimeError, AttributeError, ImportError):
+                    self._dnnl[key] = None
+            return self._dnnl[key]
+
         def add_lora_linear(
             self,
             y: Any,
@@ -275,6 +302,15 @@ def make_wrapper_class() -> type:
             a_t, b_t = self._fused_weights(lora_a_stacked, lora_b_stacked, self._slots, tuple(output_slices))
             target = y2[:, :width]
             if self._segments is None:  # the whole batch on one adapter
+                dnnl = self._onednn(lora_a_stacked, a_t, b_t, x2)
+                if dnnl is not None:  # vLLM's oneDNN GEMM: ~2x faster than aten on these small bf16 shapes
+                    from vllm import _custom_ops as ops
+
+                    target.add_(
+                        ops.onednn_mm(dnnl[1], ops.onednn_mm(dnnl[0], x2.contiguous(), None), None),
+                        alpha=scale,
+                    )
+                    return
                 h = x2.to(a_t.dtype) @ a_t[0]
                 target.addmm_(h.to(target.dtype), b_t[0].to(target.dtype), alpha=scale)
                 return
