@@ -91,6 +91,19 @@ def template_sha256(tokenizer: Any) -> str:
     return hashlib.sha256((tokenizer.chat_template or "").encode()).hexdigest()
 
 
+def _new_run_dir(parent: Path, stem: str) -> Path:
+    """A fresh run folder: two runs started in the same second get `-2`, `-3`, ... suffixes."""
+    parent.mkdir(parents=True, exist_ok=True)
+    for i in range(1, 1000):
+        path = parent / (stem if i == 1 else f"{stem}-{i}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise TrainerError(f"{parent}: too many runs named {stem}")
+
+
 class LoRARecipe:
     """setup() loads data, tokenizer and model; train() fits; evaluate(); save() writes the run."""
 
@@ -122,8 +135,7 @@ class LoRARecipe:
         torch.manual_seed(c.training.seed)
         self.model = apply_lora(model, c.lora, c.training.gradient_checkpointing)
         stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-        self.run_dir = Path(c.output_dir) / f"{c.name}-{stamp}"
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.run_dir = _new_run_dir(Path(c.output_dir), f"{c.name}-{stamp}")
 
     def _encode(self, examples: list[Example], count_truncated: bool = False) -> list[Encoded]:
         rows = [encode(self.tokenizer, ex, self.config.data.max_seq_len) for ex in examples]
