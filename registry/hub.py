@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,8 +114,6 @@ def pull(registry: LocalRegistry, source: str, name: str, token: str | None = No
             raise HubError(f"pull {hub}: {type(exc).__name__}: {exc}") from exc
         for junk in (folder / ".cache", folder / ".gitattributes"):
             if junk.is_dir():
-                import shutil
-
                 shutil.rmtree(junk)
             elif junk.exists():
                 junk.unlink()

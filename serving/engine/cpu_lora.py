@@ -171,11 +171,6 @@ def sgmv_expand_slice(
     )
 
 
-def _plan(indices: Any) -> list[tuple[int, Any]]:
-    """Rows of each adapter slot present in `indices`, built once per engine step."""
-    return _groups(indices)
-
-
 def make_wrapper_class() -> type:
     """A PunicaWrapperCPU whose per-step plan is built once in update_metadata.
 
@@ -205,9 +200,9 @@ def make_wrapper_class() -> type:
             import torch
 
             super().update_metadata(mapping, lora_index_to_id, max_loras, vocab_size, **kwargs)
-            self._token_plan = _plan(self.token_lora_indices)
+            self._token_plan = _groups(self.token_lora_indices)
             self._slots = tuple(s for s, _ in self._token_plan)
-            self._sampler_plan = _plan(self.sampler_indices)
+            self._sampler_plan = _groups(self.sampler_indices)
             self._segments, self._masks = None, {}
             if len(self._token_plan) > 1 or (self._token_plan and self._token_plan[0][1] is not None):
                 # rows of each adapter padded to one length: one gather, two bmm, one index_add per layer

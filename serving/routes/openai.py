@@ -90,19 +90,20 @@ async def _run(
     state.admit()
     released = False
 
-    def done(job: Any, served: str, tracker: Any, status: str) -> None:
+    def release() -> None:  # the admission slot is given back exactly once
         nonlocal released
-        record(state, job, served, tracker, status)
         if not released:
             released = True
             state.release()
+
+    def done(job: Any, served: str, tracker: Any, status: str) -> None:
+        record(state, job, served, tracker, status)
+        release()
 
     try:
         job = build_job(state, req, req.model)
         apply_route(state, job, req.user or request.headers.get("x-user-id"))
         return await complete(state, job, on_done=done, request=request)
     except BaseException:
-        if not released:
-            released = True
-            state.release()
+        release()
         raise

@@ -7,14 +7,13 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 
+from loadtests.common import stop_process, wait_ready
 from registry.store import LocalRegistry
 
 START_TIMEOUT_S = 240
@@ -136,23 +135,10 @@ def server(
     with log.open("wb") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"platform serve exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
-        try:
-            if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    else:
-        proc.kill()
-        raise RuntimeError(f"platform serve not ready after {START_TIMEOUT_S}s:\n{log.read_text()[-4000:]}")
-    yield Server(url, registry, proc, log, marker)
-    proc.terminate()
     try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=30)
+        wait_ready(url, proc, START_TIMEOUT_S, "/ready")
+    except RuntimeError as exc:
+        stop_process(proc)
+        raise RuntimeError(f"platform serve: {exc}:\n{log.read_text()[-4000:]}") from None
+    yield Server(url, registry, proc, log, marker)
+    stop_process(proc)
