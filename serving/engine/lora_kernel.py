@@ -1,0 +1,221 @@
+"""The compiled fused LoRA op (lora_bf16.c): build, load, pack weights, call.
+
+One C call per LoRA layer and step computes every slice's shrink and expand for every adapter row
+of the batch with AVX512-BF16 dot products, accumulating into the output in place. The library is
+built by `make setup` (`python -m serving.engine.lora_kernel`) into
+`$LORA_PLATFORM_HOME/kernels/`, named by the source's sha256, and built on first use when missing.
+Machines without AVX512-BF16 or without a C compiler keep the torch path of cpu_lora.py; so does
+`LORA_PLATFORM_NO_FUSED_LORA=1`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+ENV_DISABLE = "LORA_PLATFORM_NO_FUSED_LORA"
+ENV_NO_AMX = "LORA_PLATFORM_NO_AMX_LORA"
+SOURCE = Path(__file__).with_name("lora_bf16.c")
+FLAGS = [
+    "-O3",
+    "-mavx512f",
+    "-mavx512bw",
+    "-mavx512vl",
+    "-mavx512bf16",
+    "-mamx-tile",
+    "-mamx-bf16",
+    "-fopenmp",
+    "-shared",
+    "-fPIC",
+]
+MAX_RANKS = 1024
+"""slices x rank of one layer, as compiled (MAXRT)."""
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def cpu_supported() -> bool:
+    """True on a CPU with AVX512-BF16 (Linux /proc/cpuinfo)."""
+    return {"avx512_bf16", "avx512bw", "avx512vl"} <= _cpu_flags()
+
+
+def cpu_has_amx() -> bool:
+    return {"amx_tile", "amx_bf16"} <= _cpu_flags()
+
+
+def library_path() -> Path:
+    from registry.basemodels import home
+
+    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode()).hexdigest()[:16]
+    return home() / "kernels" / f"lora_bf16-{digest}.so"
+
+
+def build() -> Path:
+    """Compile the library if it is not there yet; atomic (a temp file renamed into place)."""
+    out = library_path()
+    if out.exists():
+        return out
+    cc = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
+    if not cc:
+        raise RuntimeError("no C compiler (gcc or cc) on PATH")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".so.tmp")
+    os.close(fd)
+    try:
+        proc = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{cc} failed on {SOURCE.name}: {proc.stderr.strip()[-2000:]}")
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out
+
+
+class Kernel:
+    """The library's two entry points: AVX512-BF16, and AMX where the CPU and the OS allow it."""
+
+    def __init__(self, lib: Any) -> None:
+        p, i64 = ctypes.c_void_p, ctypes.c_int64
+        argtypes = [p, i64, p, i64, p, p, i64, p, i64, p, i64, i64, i64, i64, p, p, ctypes.c_float]
+        self.avx512 = lib.lora_bf16_fused
+        self.amx = lib.lora_bf16_fused_amx
+        for fn in (self.avx512, self.amx):
+            fn.argtypes = argtypes
+            fn.restype = ctypes.c_int
+        self.use_amx = cpu_has_amx() and os.environ.get(ENV_NO_AMX) != "1" and lib.lora_amx_init() == 0
+
+    @property
+    def name(self) -> str:
+        """What bf16 LoRA layers run on: 'amx' or 'avx512'."""
+        return "amx" if self.use_amx else "avx512"
+
+    def pick(self, rank: int) -> Any:
+        return self.amx if self.use_amx and (rank <= 32 or rank % 32 == 0) else self.avx512
+
+
+@cache
+def load() -> Kernel | None:
+    """The compiled kernel, or None (with the reason logged once) where it cannot run."""
+    if os.environ.get(ENV_DISABLE) == "1":
+        return None
+    if not cpu_supported():
+        log.info("fused LoRA op off: this CPU has no AVX512-BF16")
+        return None
+    try:
+        lib = ctypes.CDLL(str(build()))
+    except (OSError, RuntimeError) as exc:
+        log.warning("fused LoRA op off: %s", exc)
+        return None
+    return Kernel(lib)
+
+
+class PackedLayer:
+    """One LoRA layer's stacked weights (every slot), packed for the kernel.
+
+    a_stacked[i]: [slots, 1, R, K]; b_stacked[i]: [slots, 1, n_i, R] (vLLM's layout).
+    """
+
+    def __init__(self, a_stacked: tuple[Any, ...], b_stacked: tuple[Any, ...], sizes: tuple[int, ...]):
+        import torch
+
+        slots, _, rank, k = a_stacked[0].shape
+        r = rank + rank % 2  # the kernel takes pairs of ranks
+        s = len(a_stacked)
+        rt = -(-s * r // 16) * 16
+        k2 = -(-k // 32) * 16  # K padded to 32 (one AMX tile of bf16)
+        a = torch.zeros(slots, 2 * k2, rt, dtype=torch.bfloat16)
+        for i, w in enumerate(a_stacked):
+            a[:, :k, i * r : i * r + rank] = w[:, 0].transpose(1, 2)
+        # [slots, K2, 2, RT] -> [slots, K2, RT, 2]
+        self.a = a.view(slots, k2, 2, rt).transpose(2, 3).contiguous()
+        blocks = []
+        for w, n in zip(b_stacked, sizes, strict=True):
+            npad = -(-n // 16) * 16
+            b = torch.zeros(slots, r, npad, dtype=torch.bfloat16)
+            b[:, :rank, :n] = w[:, 0, :n].transpose(1, 2)
+            blocks.append(b.view(slots, r // 2, 2, npad).transpose(2, 3).reshape(slots, -1))
+        self.b = torch.cat(blocks, 1).contiguous()
+        self.k, self.r, self.s = k, r, s
+        self.offs = torch.tensor([sum(sizes[:i]) for i in range(s)], dtype=torch.int64)
+        self.sizes = torch.tensor(sizes, dtype=torch.int64)
+        self.ok = s * r <= MAX_RANKS
+
+
+class Rows:
+    """One step's adapter rows, grouped by slot: int32 row indices and their slots."""
+
+    def __init__(self, rows: Any, slots: Any) -> None:
+        self.rows, self.slots = rows, slots  # kept alive: the kernel reads their memory
+        self.end = int(rows.max()) + 1 if rows.numel() else 0
+        self.args = (rows.data_ptr(), slots.data_ptr(), rows.numel())
+
+
+def bind(kernel: Kernel, layer: PackedLayer) -> Any | None:
+    """A call `f(x, y, rows, scale) -> bool` for this layer, arguments that never change bound once
+    (per-call Python is a few microseconds); None when the layer's shape is outside the kernel."""
+    if not layer.ok:
+        return None
+    fn = kernel.pick(layer.r)
+    tail = (
+        layer.a.data_ptr(),
+        layer.a[0].numel(),
+        layer.b.data_ptr(),
+        layer.b[0].numel(),
+        layer.k,
+        layer.r,
+        layer.s,
+        layer.offs.data_ptr(),
+        layer.sizes.data_ptr(),
+    )
+    k = layer.k
+
+    def call(x: Any, y: Any, rows: Rows, scale: float) -> bool:
+        if x.shape[-1] != k or x.stride(-1) != 1 or y.stride(-1) != 1 or rows.end > y.shape[0]:
+            return False
+        _ = layer  # keeps the packed weights alive as long as the call
+        rc: int = fn(x.data_ptr(), x.stride(0), y.data_ptr(), y.stride(0), *rows.args, *tail, scale)
+        return rc == 0
+
+    return call
+
+
+def run(kernel: Kernel, layer: PackedLayer, x: Any, y: Any, rows: Any, slots: Any, scale: float) -> bool:
+    """y[rows] += LoRA(x[rows]) in place (rows: int32 grouped by slot); False when the call cannot be
+    made, and the caller falls back to torch."""
+    call = bind(kernel, layer)
+    return call is not None and call(x, y, Rows(rows, slots), scale)
+
+
+def main() -> None:
+    """`python -m serving.engine.lora_kernel`: build the library (make setup runs this)."""
+    if not cpu_supported():
+        print("lora_kernel: this CPU has no AVX512-BF16; the fused LoRA op will stay off (torch path)")
+        return
+    try:
+        print(f"lora_kernel: {build()}")
+    except RuntimeError as exc:
+        print(f"lora_kernel: not built ({exc}); the torch path will be used")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""The compiled fused LoRA op (serving/engine/lora_bf16.c) against a float32 reference.
+
+The engine uses it for bf16 models (the embedded SmolLM2 default); the slow main-job test serves a
+trained adapter through it end to end. Here: every layer shape the engine hands it, one adapter and
+several mixed with base rows, both the AMX and the AVX512-BF16 variants.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from serving.engine import lora_kernel
+
+pytestmark = pytest.mark.skipif(not lora_kernel.cpu_supported(), reason="CPU without AVX512-BF16")
+
+# (K, rank, output slices): SmolLM2's qkv / o / gate_up / down, then odd sizes and large ranks
+SHAPES = [
+    (576, 16, (576, 192, 192)),
+    (576, 16, (576,)),
+    (576, 16, (1536, 1536)),
+    (1536, 16, (576,)),
+    (577, 8, (33,)),
+    (64, 64, (100, 50)),
+    (96, 32, (40, 24, 24)),
+]
+
+
+def variants() -> list[str]:
+    kernel = lora_kernel.load()
+    assert kernel is not None, "a CPU with AVX512-BF16 and gcc must get the compiled op"
+    return ["amx", "avx512"] if kernel.use_amx else ["avx512"]
+
+
+def reference(x, y, a_stacked, b_stacked, sizes, indices, scale):  # type: ignore[no-untyped-def]
+    out = y.float().clone()
+    col = 0
+    for a, b, n in zip(a_stacked, b_stacked, sizes, strict=True):
+        for row, slot in enumerate(indices.tolist()):
+            if slot >= 0:
+                h = x[row].float() @ a[slot, 0].float().t()
+                out[row, col : col + n] += scale * (h @ b[slot, 0, :n].float().t())
+        col += n
+    return out
+
+
+def fused(variant: str, x, y, a_stacked, b_stacked, sizes, indices, scale):  # type: ignore[no-untyped-def]
+    kernel = lora_kernel.load()
+    assert kernel is not None
+    kernel.use_amx = variant == "amx"
+    order = torch.argsort(indices, stable=True)
+    order = order[indices[order] >= 0]
+    out = y.clone()
+    layer = lora_kernel.PackedLayer(a_stacked, b_stacked, sizes)
+    ok = lora_kernel.run(kernel, layer, x, out, order.int(), indices[order].int(), scale)
+    assert ok
+    return out
+
+
+@pytest.fixture(autouse=True)
+def restore_variant():  # type: ignore[no-untyped-def]
+    kernel = lora_kernel.load()
+    saved = kernel.use_amx if kernel else False
+    yield
+    if kernel:
+        kernel.use_amx = saved
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"K{s[0]}-r{s[1]}-{'x'.join(map(str, s[2]))}")
+@pytest.mark.parametrize("batch", ["one-adapter", "mixed-with-base", "single-row"])
+def test_fused_lora_matches_the_float32_reference(shape, batch) -> None:  # type: ignore[no-untyped-def]
+    k, rank, sizes = shape
+    gen = torch.Generator().manual_seed(k + rank)
+    slots = 4
+    a_stacked = tuple(torch.randn(slots, 1, rank, k, generator=gen).bfloat16() * 0.05 for _ in sizes)
+    b_stacked = tuple(torch.randn(slots, 1, n + 5, rank, generator=gen).bfloat16() * 0.05 for n in sizes)
+    rows = {"one-adapter": 40, "mixed-with-base": 37, "single-row": 1}[batch]
+    x = torch.randn(rows, k, generator=gen).bfloat16()
+    y = torch.randn(rows, sum(sizes), generator=gen).bfloat16()
+    if batch == "mixed-with-base":
+        indices = torch.randint(-1, slots, (rows,), generator=gen)
+    else:
+        indices = torch.full((rows,), 2)
+    want = reference(x, y, a_stacked, b_stacked, sizes, indices, 0.5)
+    for variant in variants():
+        got = fused(variant, x, y, a_stacked, b_stacked, sizes, indices, 0.5)
+        torch.testing.assert_close(got.float(), want, rtol=2e-2, atol=2e-2, msg=variant)
+        base_rows = indices < 0
+        assert torch.equal(got[base_rows], y[base_rows]), "rows without an adapter must stay untouched"
+
+
+def test_rows_of_other_requests_are_left_alone_when_the_batch_is_strided() -> None:
+    """Output columns outside the layer's slices (a wider, strided y) are never written."""
+    gen = torch.Generator().manual_seed(0)
+    a_stacked = (torch.randn(2, 1, 16, 64, generator=gen).bfloat16() * 0.05,)
+    b_stacked = (torch.randn(2, 1, 48, 16, generator=gen).bfloat16() * 0.05,)
+    wide = torch.randn(20, 80, generator=gen).bfloat16()
+    x = torch.randn(20, 64, generator=gen).bfloat16()
+    indices = torch.ones(20, dtype=torch.long)
+    want = reference(x, wide[:, :48], a_stacked, b_stacked, (48,), indices, 1.0)
+    for variant in variants():
+        got = wide.clone()
+        kernel = lora_kernel.load()
+        assert kernel is not None
+        kernel.use_amx = variant == "amx"
+        layer = lora_kernel.PackedLayer(a_stacked, b_stacked, (48,))
+        assert lora_kernel.run(kernel, layer, x, got[:, :48], torch.arange(20).int(), indices.int(), 1.0)
+        torch.testing.assert_close(got[:, :48].float(), want, rtol=2e-2, atol=2e-2)
+        assert torch.equal(got[:, 48:], wide[:, 48:])
+
+
+def test_the_install_step_builds_the_library_once(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    env = {"LORA_PLATFORM_HOME": str(tmp_path)}
+    cmd = [sys.executable, "-m", "serving.engine.lora_kernel"]
+    first = subprocess.run(cmd, env={**env, "PATH": "/usr/bin:/bin"}, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    built = list((tmp_path / "kernels").glob("lora_bf16-*.so"))
+    assert len(built) == 1 and str(built[0]) in first.stdout
+    mtime = built[0].stat().st_mtime_ns
+    again = subprocess.run(cmd, env={**env, "PATH": "/usr/bin:/bin"}, capture_output=True, text=True)
+    assert again.returncode == 0 and built[0].stat().st_mtime_ns == mtime  # not rebuilt
+    assert not list((tmp_path / "kernels").glob("*.tmp"))
