@@ -1,15 +1,20 @@
 """Engine-level multi-LoRA throughput: base vs adapters, our CPU LoRA ops vs vLLM's stock ops.
 
     python loadtests/bench_lora.py                       # SmolLM2, 64 requests x 32 tokens, r=16
-    python loadtests/bench_lora.py --base-model tiny --requests 16 --tokens 8   # seconds, for CI
+    python loadtests/bench_lora.py --base-model tiny --requests 16 --tokens 8 --rounds 1   # seconds
 
-Runs one vLLM AsyncLLM per configuration, one after another, in this process:
-  ours   - LoRA enabled, the project's CPU LoRA ops (serving/engine/cpu_lora.py)
+Starts one vLLM AsyncLLM per configuration, all at once in this process (each engine core is its
+own process, idle while another measures):
+  ours   - LoRA enabled, the project's CPU LoRA ops (serving/engine/cpu_lora.py; for bf16 the
+           compiled op of lora_kernel.py)
   stock  - LoRA enabled, vLLM's own CPU LoRA ops (LORA_PLATFORM_STOCK_CPU_LORA=1)
   nolora - LoRA disabled (base requests only)
-and, in each, the scenarios base / 1 adapter / N adapters mixed / base + N adapters mixed, all
-requests in flight at once, `ignore_eos` so every request makes exactly --tokens tokens.
-Writes JSON under loadtests/results/ and prints ratios to base. Figures are ratios from one run.
+and measures, in each, the scenarios base / 1 adapter / N adapters mixed / base + N adapters
+mixed, all requests in flight at once, `ignore_eos` so every request makes exactly --tokens
+tokens. Scenarios of every engine are interleaved and repeated --rounds times (stock: once, it is
+slow); each figure is the median over rounds, so a slow moment of the shared machine hits one
+round of one scenario, not a whole configuration. Writes JSON under loadtests/results/ and prints
+ratios to base.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import asyncio
 import json
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -33,60 +39,97 @@ from loadtests.common import make_adapters  # noqa: E402
 PROMPT = "Summarize in one line: the customer says the order arrived late and the box was damaged."
 
 
-async def run_config(
-    label: str, base_path: Path, adapters: list[Path], args: argparse.Namespace, lora: bool, stock: bool
-) -> dict[str, Any]:
-    from vllm import SamplingParams
-    from vllm.engine.arg_utils import AsyncEngineArgs
-    from vllm.lora.request import LoRARequest
-    from vllm.v1.engine.async_llm import AsyncLLM
+SCENARIOS = ("base", "one_adapter", "n_adapters_mixed", "base_plus_n_mixed")
 
-    os.environ["LORA_PLATFORM_STOCK_CPU_LORA"] = "1" if stock else "0"
-    t0 = time.monotonic()
-    engine = AsyncLLM.from_engine_args(
-        AsyncEngineArgs(
-            model=str(base_path),
-            dtype=args.dtype,
-            enable_lora=lora,
-            max_loras=max(1, len(adapters)),
-            max_lora_rank=args.rank if lora else 16,
-            max_model_len=512,
-            max_num_seqs=max(64, args.requests),
-            kv_cache_memory_bytes=2 << 30,
-            enforce_eager=True,
-            seed=0,
+
+class Bench:
+    """One engine configuration and its scenario measurements."""
+
+    def __init__(self, label: str, base_path: Path, adapters: list[Path], args: argparse.Namespace):
+        self.label, self.base_path, self.args = label, base_path, args
+        self.lora = label != "nolora"
+        self.adapters = adapters if self.lora else []
+        self.engine: Any = None
+        self.requests: list[Any] = []
+        self.samples: dict[str, list[dict[str, float]]] = {}
+        self.start_s = 0.0
+        self.counter = 0
+
+    async def start(self) -> None:
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.lora.request import LoRARequest
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        # read by the plugin in the engine-core process, which is spawned here
+        os.environ["LORA_PLATFORM_STOCK_CPU_LORA"] = "1" if self.label == "stock" else "0"
+        t0 = time.monotonic()
+        self.engine = AsyncLLM.from_engine_args(
+            AsyncEngineArgs(
+                model=str(self.base_path),
+                dtype=self.args.dtype,
+                enable_lora=self.lora,
+                max_loras=max(1, len(self.adapters)),
+                max_lora_rank=self.args.rank if self.lora else 16,
+                max_model_len=512,
+                max_num_seqs=max(64, self.args.requests),
+                kv_cache_memory_bytes=2 << 30,
+                enforce_eager=True,
+                seed=0,
+            )
         )
-    )
-    start_s = time.monotonic() - t0
-    reqs = [LoRARequest(f"a{i}", i + 1, str(p)) for i, p in enumerate(adapters)]
-    for r in reqs if lora else []:
-        await engine.add_lora(r)
-    sp = SamplingParams(max_tokens=args.tokens, temperature=0, ignore_eos=True)
-    counter = 0
+        self.start_s = time.monotonic() - t0
+        self.requests = [LoRARequest(f"a{i}", i + 1, str(p)) for i, p in enumerate(self.adapters)]
+        for r in self.requests:
+            await self.engine.add_lora(r)
 
-    async def one(lr: Any) -> int:
-        nonlocal counter
-        counter += 1
+    def scenarios(self) -> tuple[str, ...]:
+        return SCENARIOS if self.lora else SCENARIOS[:1]
+
+    def loras(self, scenario: str) -> list[Any]:
+        return {
+            "base": [None],
+            "one_adapter": self.requests[:1],
+            "n_adapters_mixed": self.requests,
+            "base_plus_n_mixed": [None, *self.requests],
+        }[scenario]
+
+    async def one(self, lora: Any) -> int:
+        from vllm import SamplingParams
+
+        sp = SamplingParams(max_tokens=self.args.tokens, temperature=0, ignore_eos=True)
+        self.counter += 1
         last = None
-        async for out in engine.generate({"prompt": PROMPT}, sp, f"{label}-{counter}", lora_request=lr):
+        async for out in self.engine.generate(
+            {"prompt": PROMPT}, sp, f"{self.label}-{self.counter}", lora_request=lora
+        ):
             last = out
         return len(last.outputs[0].token_ids) if last else 0
 
-    async def scenario(loras: list[Any]) -> dict[str, float]:
-        await asyncio.gather(*[one(loras[i % len(loras)]) for i in range(min(8, args.requests))])  # warm-up
+    async def measure(self, scenario: str) -> None:
+        loras = self.loras(scenario)
+        n = self.args.requests
+        await asyncio.gather(*[self.one(loras[i % len(loras)]) for i in range(min(8, n))])  # warm-up
         t = time.monotonic()
-        tokens = sum(await asyncio.gather(*[one(loras[i % len(loras)]) for i in range(args.requests)]))
+        tokens = sum(await asyncio.gather(*[self.one(loras[i % len(loras)]) for i in range(n)]))
         dt = time.monotonic() - t
-        return {"tokens": tokens, "seconds": round(dt, 3), "tokens_per_s": round(tokens / dt, 1)}
+        sample = {"tokens": tokens, "seconds": round(dt, 3), "tokens_per_s": round(tokens / dt, 1)}
+        self.samples.setdefault(scenario, []).append(sample)
 
-    results = {"start_s": round(start_s, 1), "base": await scenario([None])}
-    if lora:
-        results["one_adapter"] = await scenario(reqs[:1])
-        results["n_adapters_mixed"] = await scenario(reqs)
-        results["base_plus_n_mixed"] = await scenario([None, *reqs])
-    engine.shutdown()
-    await asyncio.sleep(1)
-    return results
+    def results(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"start_s": round(self.start_s, 1)}
+        for scenario, samples in self.samples.items():
+            rates = [s["tokens_per_s"] for s in samples]
+            out[scenario] = {
+                "tokens_per_s": round(statistics.median(rates), 1),
+                "rounds": rates,
+                "tokens": samples[0]["tokens"],
+            }
+        return out
+
+    def shutdown(self) -> None:
+        if self.engine is not None:
+            self.engine.shutdown()
+            self.engine = None  # its __del__ runs now, not at interpreter exit
 
 
 def machine() -> dict[str, Any]:
@@ -112,6 +155,8 @@ async def main() -> None:
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--configs", default="ours,stock,nolora")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved repeats; figures are medians")
+    parser.add_argument("--stock-rounds", type=int, default=1, help="repeats for the (slow) stock ops")
     parser.add_argument("--out", default=str(ROOT / "loadtests" / "results" / "bench_lora.json"))
     args = parser.parse_args()
 
@@ -121,12 +166,24 @@ async def main() -> None:
     report: dict[str, Any] = {"base_model": base.id, "args": vars(args), "machine": machine(), "configs": {}}
     with tempfile.TemporaryDirectory() as tmp:
         adapters = make_adapters(base.path, args.adapters, args.rank, Path(tmp))
-        for label in args.configs.split(","):
-            lora = label != "nolora"
-            report["configs"][label] = await run_config(
-                label, base.path, adapters, args, lora, stock=label == "stock"
-            )
-            print(label, json.dumps(report["configs"][label]), flush=True)
+        benches = [Bench(label, base.path, adapters, args) for label in args.configs.split(",")]
+        try:
+            for bench in benches:
+                await bench.start()
+            for round_ in range(args.rounds):
+                for bench in benches:
+                    if bench.label == "stock" and round_ >= args.stock_rounds:
+                        continue
+                    for scenario in bench.scenarios():
+                        await bench.measure(scenario)
+                print(f"round {round_ + 1}/{args.rounds} done", flush=True)
+        finally:
+            for bench in benches:
+                bench.shutdown()
+            await asyncio.sleep(1)
+        for bench in benches:
+            report["configs"][bench.label] = bench.results()
+            print(bench.label, json.dumps(report["configs"][bench.label]), flush=True)
     configs = report["configs"]
     ratios: dict[str, float] = {}
     for label, res in configs.items():

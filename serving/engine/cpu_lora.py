@@ -286,26 +286,17 @@ def make_wrapper_class() -> type:
                     self._dnnl[key] = None
             return self._dnnl[key]
 
-        def _fused_op(
-            self,
-            a_stacked: tuple[Any, ...],
-            b_stacked: tuple[Any, ...],
-            sizes: tuple[int, ...],
-            x: Any,
-            y: Any,
-            scale: float,
-        ) -> bool:
-            """The compiled kernel (lora_kernel.py): one call for every slice and adapter row."""
-            key = id(a_stacked[0])
-            call = self._packed.get(key, False)
-            if call is False:
-                kernel = lora_kernel.load()
-                call = self._packed[key] = (
-                    None
-                    if kernel is None or a_stacked[0].dtype != x.dtype
-                    else lora_kernel.bind(kernel, lora_kernel.PackedLayer(a_stacked, b_stacked, tuple(sizes)))
-                )
-            return call is not None and call(x, y, self._rows, scale)
+        def _bind(
+            self, a_stacked: tuple[Any, ...], b_stacked: tuple[Any, ...], sizes: tuple[int, ...], x: Any
+        ) -> Any:
+            """This layer's compiled-kernel call (lora_kernel.py), or False where the torch path runs."""
+            kernel = lora_kernel.load()
+            call = False
+            if kernel is not None and a_stacked[0].dtype == x.dtype == lora_kernel.bfloat16():
+                layer = lora_kernel.PackedLayer(a_stacked, b_stacked, tuple(sizes))
+                call = lora_kernel.bind(kernel, layer) or False
+            self._packed[id(a_stacked)] = call
+            return call
 
         def add_lora_linear(
             self,
@@ -319,18 +310,19 @@ def make_wrapper_class() -> type:
             buffer: Any = None,
             **kwargs: Any,
         ) -> None:
+            if not self._token_plan:
+                return  # no adapter in this batch: no LoRA work at all
+            # bf16 on AVX512-BF16/AMX CPUs: one compiled call for every slice and adapter row
+            call = self._packed.get(id(lora_a_stacked))
+            if call is None:
+                call = self._bind(lora_a_stacked, lora_b_stacked, output_slices, x)
+            if call and call(x, y, self._rows, scale):
+                return
             import torch
 
-            plan = self._token_plan
-            if not plan:
-                return  # no adapter in this batch: no LoRA work at all
             x2 = x.view(-1, x.shape[-1])
             y2 = y.view(-1, y.shape[-1])
             x2 = x2[: y2.shape[0]]
-            if x2.dtype == torch.bfloat16 and self._fused_op(
-                lora_a_stacked, lora_b_stacked, output_slices, x2, y2, scale
-            ):
-                return
             width = sum(output_slices)
             a_t, b_t = self._fused_weights(lora_a_stacked, lora_b_stacked, self._slots, tuple(output_slices))
             target = y2[:, :width]

@@ -161,6 +161,12 @@ class PackedLayer:
         self.ok = s * r <= MAX_RANKS
 
 
+def bfloat16() -> Any:
+    import torch
+
+    return torch.bfloat16
+
+
 class Rows:
     """One step's adapter rows, grouped by slot: int32 row indices and their slots."""
 
@@ -188,9 +194,13 @@ def bind(kernel: Kernel, layer: PackedLayer) -> Any | None:
         layer.sizes.data_ptr(),
     )
     k = layer.k
+    bf16 = bfloat16()
 
     def call(x: Any, y: Any, rows: Rows, scale: float) -> bool:
-        if x.shape[-1] != k or x.stride(-1) != 1 or y.stride(-1) != 1 or rows.end > y.shape[0]:
+        # 2-D bf16 rows with unit column stride; anything else goes back to the torch path
+        if x.dtype is not bf16 or y.dtype is not bf16 or x.dim() != 2 or y.dim() != 2:
+            return False
+        if x.shape[1] != k or x.stride(1) != 1 or y.stride(1) != 1 or rows.end > min(x.shape[0], y.shape[0]):
             return False
         _ = layer  # keeps the packed weights alive as long as the call
         rc: int = fn(x.data_ptr(), x.stride(0), y.data_ptr(), y.stride(0), *rows.args, *tail, scale)
@@ -207,14 +217,15 @@ def run(kernel: Kernel, layer: PackedLayer, x: Any, y: Any, rows: Any, slots: An
 
 
 def main() -> None:
-    """`python -m serving.engine.lora_kernel`: build the library (make setup runs this)."""
-    if not cpu_supported():
-        print("lora_kernel: this CPU has no AVX512-BF16; the fused LoRA op will stay off (torch path)")
-        return
+    """`python -m serving.engine.lora_kernel`: build the library (make setup runs this). Compiling
+    needs no AVX512 (an image can be built on any x86 machine); running it does."""
     try:
-        print(f"lora_kernel: {build()}")
+        path = build()
     except RuntimeError as exc:
-        print(f"lora_kernel: not built ({exc}); the torch path will be used")
+        print(f"lora_kernel: not built ({exc}); bf16 LoRA will take the torch path")
+        return
+    usable = "amx" if cpu_supported() and cpu_has_amx() else "avx512" if cpu_supported() else "torch path"
+    print(f"lora_kernel: {path} (this CPU: {usable})")
 
 
 if __name__ == "__main__":
