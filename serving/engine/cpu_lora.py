@@ -196,6 +196,7 @@ def make_wrapper_class() -> type:
             self._fused: dict[tuple[int, tuple[int, ...]], tuple[Any, Any]] = {}
             self._dnnl: dict[tuple[int, tuple[int, ...]], tuple[Any, Any] | None] = {}
             self._packed: dict[int, Any] = {}
+            self._layers: list[Any] = []
             self._rows: Any = None
 
         def update_metadata(
@@ -226,11 +227,14 @@ def make_wrapper_class() -> type:
                     mask[i, : len(rows)] = True
                 self._segments = (gather.view(-1), mask, len(self._token_plan), width)
             if list(lora_index_to_id) != self._ids:  # slots changed: forget derived weights
-                self._ids = list(lora_index_to_id)
+                ids = list(lora_index_to_id)
+                changed = [i for i, v in enumerate(ids) if i >= len(self._ids) or self._ids[i] != v]
+                self._ids = ids
                 self._empty.clear()
                 self._fused.clear()
                 self._dnnl.clear()
-                self._packed.clear()
+                for layer in self._layers:  # the compiled op's packing: only the changed slots
+                    layer.repack(changed)
 
         def _is_empty(self, weights: Any, slot: int) -> bool:
             key = (id(weights), slot)
@@ -295,6 +299,8 @@ def make_wrapper_class() -> type:
             if kernel is not None and a_stacked[0].dtype == x.dtype == lora_kernel.bfloat16():
                 layer = lora_kernel.PackedLayer(a_stacked, b_stacked, tuple(sizes))
                 call = lora_kernel.bind(kernel, layer) or False
+                if call:
+                    self._layers.append(layer)
             self._packed[id(a_stacked)] = call
             return call
 

@@ -132,33 +132,49 @@ def load() -> Kernel | None:
 class PackedLayer:
     """One LoRA layer's stacked weights (every slot), packed for the kernel.
 
-    a_stacked[i]: [slots, 1, R, K]; b_stacked[i]: [slots, 1, n_i, R] (vLLM's layout).
+    a_stacked[i]: [slots, 1, R, K]; b_stacked[i]: [slots, 1, n_i, R] (vLLM's layout). The packed
+    buffers never move (the bound call holds their addresses); `repack(slots)` refreshes the slots
+    whose adapter changed, in place.
     """
 
     def __init__(self, a_stacked: tuple[Any, ...], b_stacked: tuple[Any, ...], sizes: tuple[int, ...]):
         import torch
 
-        slots, _, rank, k = a_stacked[0].shape
-        r = rank + rank % 2  # the kernel takes pairs of ranks
+        slots, _, self.rank, k = a_stacked[0].shape
+        self.a_stacked, self.b_stacked, self.n = a_stacked, b_stacked, tuple(sizes)
+        r = self.rank + self.rank % 2  # the kernel takes pairs of ranks
         s = len(a_stacked)
-        rt = -(-s * r // 16) * 16
-        k2 = -(-k // 32) * 16  # K padded to 32 (one AMX tile of bf16)
-        a = torch.zeros(slots, 2 * k2, rt, dtype=torch.bfloat16)
-        for i, w in enumerate(a_stacked):
-            a[:, :k, i * r : i * r + rank] = w[:, 0].transpose(1, 2)
-        # [slots, K2, 2, RT] -> [slots, K2, RT, 2]
-        self.a = a.view(slots, k2, 2, rt).transpose(2, 3).contiguous()
-        blocks = []
-        for w, n in zip(b_stacked, sizes, strict=True):
-            npad = -(-n // 16) * 16
-            b = torch.zeros(slots, r, npad, dtype=torch.bfloat16)
-            b[:, :rank, :n] = w[:, 0, :n].transpose(1, 2)
-            blocks.append(b.view(slots, r // 2, 2, npad).transpose(2, 3).reshape(slots, -1))
-        self.b = torch.cat(blocks, 1).contiguous()
+        self.rt = -(-s * r // 16) * 16
+        self.k2 = -(-k // 32) * 16  # K padded to 32 (one AMX tile of bf16)
+        self.npad = tuple(-(-n // 16) * 16 for n in sizes)
+        self.a = torch.zeros(slots, self.k2 * self.rt * 2, dtype=torch.bfloat16)
+        self.b = torch.zeros(slots, r * sum(self.npad), dtype=torch.bfloat16)
         self.k, self.r, self.s = k, r, s
         self.offs = torch.tensor([sum(sizes[:i]) for i in range(s)], dtype=torch.int64)
         self.sizes = torch.tensor(sizes, dtype=torch.int64)
         self.ok = s * r <= MAX_RANKS
+        self.repack(range(slots))
+
+    def repack(self, slots: Any) -> None:
+        import torch
+
+        slots = list(slots)
+        if not slots:
+            return
+        idx = torch.tensor(slots)
+        k, r, rank, rt, k2 = self.k, self.r, self.rank, self.rt, self.k2
+        a = torch.zeros(len(slots), 2 * k2, rt, dtype=torch.bfloat16)
+        for i, w in enumerate(self.a_stacked):
+            a[:, :k, i * r : i * r + rank] = w[idx, 0].transpose(1, 2)
+        # [n, 2*K2, RT] -> [n, K2, RT, 2]: pairs of K next to each other, as VDPBF16PS and AMX read
+        self.a[idx] = a.view(len(slots), k2, 2, rt).transpose(2, 3).reshape(len(slots), -1)
+        blocks = []
+        for w, n, npad in zip(self.b_stacked, self.n, self.npad, strict=True):
+            b = torch.zeros(len(slots), r, npad, dtype=torch.bfloat16)
+            b[:, :rank, :n] = w[idx, 0, :n].transpose(1, 2)
+            # [n, r, npad] -> [n, r/2, npad, 2]
+            blocks.append(b.view(len(slots), r // 2, 2, npad).transpose(2, 3).reshape(len(slots), -1))
+        self.b[idx] = torch.cat(blocks, 1)
 
 
 def bfloat16() -> Any:

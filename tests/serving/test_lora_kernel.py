@@ -7,6 +7,7 @@ several mixed with base rows, both the AMX and the AVX512-BF16 variants.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -123,3 +124,39 @@ def test_the_install_step_builds_the_library_once(tmp_path, monkeypatch) -> None
     again = subprocess.run(cmd, env={**env, "PATH": "/usr/bin:/bin"}, capture_output=True, text=True)
     assert again.returncode == 0 and built[0].stat().st_mtime_ns == mtime  # not rebuilt
     assert not list((tmp_path / "kernels").glob("*.tmp"))
+
+
+def test_repacking_one_slot_equals_packing_from_scratch() -> None:
+    gen = torch.Generator().manual_seed(3)
+    a_stacked = tuple(torch.randn(3, 1, 8, 64, generator=gen).bfloat16() for _ in range(2))
+    b_stacked = tuple(torch.randn(3, 1, 40, 8, generator=gen).bfloat16() for _ in range(2))
+    layer = lora_kernel.PackedLayer(a_stacked, b_stacked, (40, 40))
+    a_addr, b_addr = layer.a.data_ptr(), layer.b.data_ptr()
+    for w in (*a_stacked, *b_stacked):  # a new adapter lands in slot 1
+        w[1].normal_(generator=gen)
+    layer.repack([1])
+    fresh = lora_kernel.PackedLayer(a_stacked, b_stacked, (40, 40))
+    assert torch.equal(layer.a, fresh.a) and torch.equal(layer.b, fresh.b)
+    assert (layer.a.data_ptr(), layer.b.data_ptr()) == (a_addr, b_addr), "bound calls hold these addresses"
+
+
+@pytest.mark.slow
+def test_a_bf16_engine_serves_adapters_through_the_compiled_op(tmp_path, tiny_base) -> None:  # type: ignore[no-untyped-def]
+    """Adapters taking turns in one slot: each comes back with its own outputs (slots are re-packed)."""
+    from tests.serving.fixtures import random_adapter
+
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    first = random_adapter(tmp_path / "a", 8, targets)
+    second = random_adapter(tmp_path / "b", 4, targets)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.serving.bf16_engine", str(tiny_base.path), str(first), str(second)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+    out = json.loads(lines[-1].removeprefix("RESULT "))
+    assert out["plugin"] and out["kernel"] in {"amx", "avx512"}
+    assert out["a"] != out["base"] and out["b"] != out["a"], "adapters must change the outputs"
+    assert out["a_again"] == out["a"], "an adapter back in a re-used slot must give its own outputs"

@@ -1,0 +1,54 @@
+"""Run by test_lora_kernel.py in a subprocess: a bf16 vLLM engine (in-process engine core) on the
+tiny model with one LoRA slot, so adapters take turns in the same slot. Prints JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # engine core in this process: the kernel is visible
+
+
+def main() -> None:
+    from vllm import LLM, SamplingParams
+    from vllm.lora.request import LoRARequest
+
+    from serving.engine import cpu_lora, lora_kernel
+
+    base, first, second = sys.argv[1:4]
+    llm = LLM(
+        model=base,
+        dtype="bfloat16",
+        enable_lora=True,
+        max_loras=1,
+        max_cpu_loras=1,
+        max_lora_rank=8,
+        max_model_len=256,
+        max_num_seqs=8,
+        kv_cache_memory_bytes=256 << 20,
+        enforce_eager=True,
+        seed=0,
+    )
+    sp = SamplingParams(max_tokens=12, temperature=0)
+    prompts = ["The order arrived late", "Reset my password", "Where is my refund?", "Hello there"]
+
+    def gen(lora: LoRARequest | None) -> list[list[int]]:
+        outs = llm.generate(prompts, sp, lora_request=lora, use_tqdm=False)
+        return [list(o.outputs[0].token_ids) for o in outs]
+
+    a, b = LoRARequest("a", 1, first), LoRARequest("b", 2, second)
+    kernel = lora_kernel.load()
+    result = {
+        "plugin": cpu_lora.is_active(),
+        "kernel": kernel.name if kernel else None,
+        "base": gen(None),
+        "a": gen(a),
+        "b": gen(b),  # b evicts a from the only slot
+        "a_again": gen(a),  # and a comes back into it
+    }
+    print("RESULT " + json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
