@@ -19,6 +19,7 @@
  * Built with: gcc -O3 -mavx512f -mavx512bw -mavx512vl -mavx512bf16 -mamx-tile -mamx-bf16 -shared -fPIC
  */
 #include <immintrin.h>
+#include <omp.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -182,6 +183,11 @@ typedef struct {
     uint8_t rows[16];
 } tilecfg_t;
 
+static int lora_threads = 0; /* 0: the OpenMP pool's size */
+
+/* Threads for one call (1: the calling thread only); LORA_PLATFORM_LORA_THREADS sets it. */
+void lora_set_threads(int n) { lora_threads = n; }
+
 /* Ask the kernel for AMX state (once per process; oneDNN may have done it already). 0 = usable. */
 int lora_amx_init(void) {
     return (int)syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA);
@@ -310,7 +316,7 @@ int lora_bf16_fused_amx(const bf16_t *x, int64_t sx, bf16_t *y, int64_t sy, cons
     }
     starts[nb] = n_rows;
     int failed = 0;
-#pragma omp parallel if (nb > 1)
+#pragma omp parallel if (nb > 1 && lora_threads != 1) num_threads(lora_threads > 0 ? lora_threads : omp_get_max_threads())
     {
         bf16_t *xb = aligned_alloc(64, (size_t)(16 * Kp * 2));
         if (!xb) {

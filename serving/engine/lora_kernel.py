@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 
 ENV_DISABLE = "LORA_PLATFORM_NO_FUSED_LORA"
 ENV_NO_AMX = "LORA_PLATFORM_NO_AMX_LORA"
+ENV_THREADS = "LORA_PLATFORM_LORA_THREADS"
+"""Threads per kernel call: unset or 0 = the engine's OpenMP pool, 1 = the calling thread only."""
 SOURCE = Path(__file__).with_name("lora_bf16.c")
 FLAGS = [
     "-O3",
@@ -103,6 +105,7 @@ class Kernel:
             fn.argtypes = argtypes
             fn.restype = ctypes.c_int
         self.use_amx = cpu_has_amx() and os.environ.get(ENV_NO_AMX) != "1" and lib.lora_amx_init() == 0
+        lib.lora_set_threads(int(os.environ.get(ENV_THREADS) or 0))
 
     @property
     def name(self) -> str:
