@@ -315,26 +315,28 @@ int lora_bf16_fused_amx(const bf16_t *x, int64_t sx, bf16_t *y, int64_t sy, cons
         i = j;
     }
     starts[nb] = n_rows;
-    int failed = 0;
-#pragma omp parallel if (nb > 1 && lora_threads != 1) num_threads(lora_threads > 0 ? lora_threads : omp_get_max_threads())
-    {
-        bf16_t *xb = aligned_alloc(64, (size_t)(16 * Kp * 2));
-        if (!xb) {
-#pragma omp atomic write
-            failed = 1;
-        } else {
-            amx_config(kc);
-#pragma omp for schedule(static)
-            for (int64_t bi = 0; bi < nb; bi++) {
-                const int64_t i = starts[bi];
-                const int32_t slot = slots[i];
-                amx_block(x, sx, y, sy, rows + i, (int)(starts[bi + 1] - i), ap + (int64_t)slot * a_stride,
-                          bp + (int64_t)slot * b_stride, K, Kp, R, RT, S, kc, offs, sizes, scale, xb);
-            }
-            _tile_release();
-            free(xb);
-        }
+    /* scratch for every thread, allocated before any row is touched: a failure changes nothing */
+    const int nt = lora_threads > 0 ? lora_threads : omp_get_max_threads();
+    const size_t scratch = (size_t)(16 * Kp * 2);
+    bf16_t *xbs = aligned_alloc(64, scratch * (size_t)nt);
+    if (!xbs) {
+        free(starts);
+        return -1;
     }
+#pragma omp parallel if (nb > 1 && nt > 1) num_threads(nt)
+    {
+        bf16_t *xb = xbs + (size_t)omp_get_thread_num() * (scratch / sizeof(bf16_t));
+        amx_config(kc);
+#pragma omp for schedule(static)
+        for (int64_t bi = 0; bi < nb; bi++) {
+            const int64_t i = starts[bi];
+            const int32_t slot = slots[i];
+            amx_block(x, sx, y, sy, rows + i, (int)(starts[bi + 1] - i), ap + (int64_t)slot * a_stride,
+                      bp + (int64_t)slot * b_stride, K, Kp, R, RT, S, kc, offs, sizes, scale, xb);
+        }
+        _tile_release();
+    }
+    free(xbs);
     free(starts);
-    return failed ? -1 : 0;
+    return 0;
 }

@@ -1,7 +1,8 @@
 """The compiled fused LoRA op (lora_bf16.c): build, load, pack weights, call.
 
 One C call per LoRA layer and step computes every slice's shrink and expand for every adapter row
-of the batch with AVX512-BF16 dot products, accumulating into the output in place. The library is
+of the batch with AMX-BF16 tiles (AVX512-BF16 dot products on CPUs without AMX), accumulating into
+the output in place. The library is
 built by `make setup` (`python -m serving.engine.lora_kernel`) into
 `$LORA_PLATFORM_HOME/kernels/`, named by the source's sha256, and built on first use when missing.
 Machines without AVX512-BF16 or without a C compiler keep the torch path of cpu_lora.py; so does
