@@ -8,8 +8,10 @@ adapter in the batch, rows with -1 untouched, no per-token weight copies, and a 
 when the whole batch uses one slot. Same signatures as the stock ops.
 
 On top of the ops, `PunicaWrapperCPU` is replaced by a subclass (make_wrapper_class) that
-builds the batch's plan once per step and runs each LoRA layer as two matrix products per
-adapter present (slices fused), or two `bmm` over padded row segments for several adapters.
+builds the batch's plan once per step and runs each LoRA layer, for bf16, as one call into the
+compiled op of lora_kernel.py (every slice and adapter row at once); otherwise as two matrix
+products per adapter present (slices fused), or two `bmm` over padded row segments for several
+adapters.
 
 `register()` runs in every vLLM process (the engine core and its workers load general
 plugins), so the patch is active wherever the model runs.
