@@ -141,8 +141,19 @@ def test_repacking_one_slot_equals_packing_from_scratch() -> None:
 
 
 @pytest.mark.slow
-def test_a_bf16_engine_serves_adapters_through_the_compiled_op(tmp_path, tiny_base) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize(
+    ("env", "path"),
+    [
+        ({}, "default"),
+        ({"LORA_PLATFORM_NO_AMX_LORA": "1"}, "avx512"),
+        ({"LORA_PLATFORM_NO_FUSED_LORA": "1"}, None),
+    ],
+    ids=["compiled-default", "compiled-avx512", "torch-path"],
+)
+def test_a_bf16_engine_serves_adapters_through_the_compiled_op(tmp_path, tiny_base, env, path) -> None:  # type: ignore[no-untyped-def]
     """Adapters taking turns in one slot: each comes back with its own outputs (slots are re-packed)."""
+    import os
+
     from tests.serving.fixtures import random_adapter
 
     targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -153,10 +164,15 @@ def test_a_bf16_engine_serves_adapters_through_the_compiled_op(tmp_path, tiny_ba
         capture_output=True,
         text=True,
         timeout=300,
+        env={**os.environ, **env},
     )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stderr[-3000:]
     out = json.loads(lines[-1].removeprefix("RESULT "))
-    assert out["plugin"] and out["kernel"] in {"amx", "avx512"}
+    assert out["plugin"]
+    if path is None:
+        assert out["kernel"] is None
+    else:
+        assert out["kernel"] in ({"amx", "avx512"} if path == "default" else {path})
     assert out["a"] != out["base"] and out["b"] != out["a"], "adapters must change the outputs"
     assert out["a_again"] == out["a"], "an adapter back in a re-used slot must give its own outputs"
