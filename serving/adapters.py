@@ -210,23 +210,22 @@ class AdapterManager:
             self.evictions += 1
 
     async def unload(self, model: str) -> bool:
-        """Unload every loaded copy of the version `model` names; False when none was loaded.
+        """Unload the version `model` names; False when it was not loaded.
 
         Requests in flight keep their version: an adapter in use is unloaded once they finish
         (it is unpinned at once, so the LRU takes it when it is idle)."""
-        found = self.resolve(model)
-        if found is None:
+        key = self.resolve(model)
+        if key is None:
             raise ModelNotFoundError(f"{model!r} is the base model; only adapters can be unloaded")
-        keys = [k for k in self.loaded if k == found]
-        for key in keys:
-            loaded = self.loaded[key]
-            loaded.pinned = False
-            lock = self._locks.setdefault(key, asyncio.Lock())
-            async with lock:
-                if loaded.in_use == 0 and key in self.loaded:
-                    del self.loaded[key]
-                    await self.engine.remove_adapter(loaded.handle)
-        return bool(keys)
+        loaded = self.loaded.get(key)
+        if loaded is None:
+            return False
+        loaded.pinned = False
+        async with self._locks.setdefault(key, asyncio.Lock()):
+            if loaded.in_use == 0 and key in self.loaded:
+                del self.loaded[key]
+                await self.engine.remove_adapter(loaded.handle)
+        return True
 
     def describe(self) -> list[dict[str, Any]]:
         now = time.monotonic()
