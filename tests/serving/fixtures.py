@@ -3,20 +3,29 @@
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
-import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from loadtests.common import stop_process, wait_ready
+from loadtests.common import platform_cmd, stop_process, wait_ready
 from registry.store import LocalRegistry
 
 START_TIMEOUT_S = 240
+
+
+def wait_until(pred, timeout: float = 1.0) -> float:  # type: ignore[no-untyped-def]
+    """Seconds until `pred()` holds, polled every 50 ms; AssertionError after `timeout`."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if pred():
+            return time.monotonic() - start
+        time.sleep(0.05)
+    raise AssertionError(f"condition not met within {timeout}s")
 
 
 @dataclass
@@ -109,9 +118,8 @@ def server(
     log = root / "server.log"
     marker = root / "plugin-pids"
     env = {**os.environ, "LORA_PLATFORM_PLUGIN_MARKER": str(marker), "VLLM_LOGGING_LEVEL": "WARNING"}
-    platform = shutil.which("platform", path=str(Path(sys.executable).parent)) or "platform"
     cmd = [
-        platform,
+        platform_cmd(),
         "serve",
         "--base-model",
         "tiny",

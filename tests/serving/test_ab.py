@@ -14,7 +14,7 @@ import pytest
 from registry.evidence import load
 from registry.routes import promote, set_weights, start_route
 from registry.store import LocalRegistry
-from tests.serving.fixtures import Server
+from tests.serving.fixtures import Server, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -40,21 +40,12 @@ def ask(client: openai.OpenAI, user: str | None, model: str = "abtest") -> tuple
     return out.model, raw.headers["x-adapter-version"], out.id
 
 
-def wait_for(pred, timeout: float = 1.0) -> float:  # type: ignore[no-untyped-def]
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if pred():
-            return time.monotonic() - start
-        time.sleep(0.05)
-    raise AssertionError(f"condition not met within {timeout}s")
-
-
 def test_a_route_applies_live_and_users_stick(server: Server, ab) -> None:  # type: ignore[no-untyped-def]
     reg, v1, v2 = ab
     client = server.client()
     assert ask(client, "u0")[0] == v2  # before the route: plain name = latest version
     start_route(reg, "abtest", [(v1, 50), (v2, 50)])
-    wait_for(lambda: "abtest" in {m.id for m in client.models.list().data if getattr(m, "variants", None)})
+    wait_until(lambda: "abtest" in {m.id for m in client.models.list().data if getattr(m, "variants", None)})
     seen = Counter()
     for i in range(40):
         user = f"user-{i}"
@@ -76,9 +67,9 @@ def test_weight_changes_apply_within_a_second(server: Server, ab) -> None:  # ty
     reg, v1, v2 = ab
     client = server.client()
     set_weights(reg, "abtest", [(v1, 0), (v2, 100)])
-    wait_for(lambda: all(ask(client, f"w{i}")[0] == v2 for i in range(5)))
+    wait_until(lambda: all(ask(client, f"w{i}")[0] == v2 for i in range(5)))
     set_weights(reg, "abtest", [(v1, 100), (v2, 0)])
-    wait_for(lambda: all(ask(client, f"w{i}")[0] == v1 for i in range(5)))
+    wait_until(lambda: all(ask(client, f"w{i}")[0] == v1 for i in range(5)))
     set_weights(reg, "abtest", [(v1, 50), (v2, 50)])
 
 
@@ -105,7 +96,7 @@ def test_shadow_copies_are_logged_never_returned(server: Server, ab) -> None:  #
     reg, v1, v2 = ab
     client = server.client()
     set_weights(reg, "abtest", [(v1, 100), (v2, 0)], shadow=v2, shadow_share=1.0)
-    wait_for(lambda: ask(client, "s0")[0] == v1)
+    wait_until(lambda: ask(client, "s0")[0] == v1)
     ids = [ask(client, f"s{i}")[2] for i in range(3)]
     time.sleep(1.0)
     reqs, _ = load(reg.root / "evidence.sqlite", "abtest")

@@ -16,8 +16,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from loadtests.common import platform_cmd
 from registry.store import LocalRegistry
-from tests.serving.fixtures import Server, free_port
+from tests.serving.fixtures import Server, free_port, wait_until
 
 ROOT = Path(__file__).parents[2]
 
@@ -28,15 +29,6 @@ def metric(server_url: str, name: str) -> float:
         if line.startswith(name) and not line.startswith("#"):
             total += float(line.rsplit(" ", 1)[1])
     return total
-
-
-def wait_until(pred, timeout: float) -> float:  # type: ignore[no-untyped-def]
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if pred():
-            return time.monotonic() - start
-        time.sleep(0.05)
-    raise AssertionError(f"not within {timeout}s")
 
 
 LONG = {
@@ -157,11 +149,10 @@ def peft_server(adapters, tmp_path: Path) -> Iterator[tuple[str, subprocess.Pope
     registry, _ = adapters
     port = free_port()
     env = {**os.environ, "LORA_PLATFORM_MAX_QUEUE": "2", "LORA_PLATFORM_DRAIN_TIMEOUT_S": "20"}
-    platform = str(Path(sys.executable).parent / "platform")
     log = (tmp_path / "peft.log").open("wb")
     proc = subprocess.Popen(
         [
-            platform,
+            platform_cmd(),
             "serve",
             "--engine",
             "peft",
@@ -265,9 +256,8 @@ def test_a_dead_engine_turns_health_503_and_the_process_exits_non_zero(adapters,
 
     registry, _ = adapters
     port = free_port()
-    platform = str(Path(sys.executable).parent / "platform")
     proc = subprocess.Popen(
-        [platform, "serve", "--base-model", "tiny", "--registry", str(registry), "--port", str(port)],
+        [platform_cmd(), "serve", "--base-model", "tiny", "--registry", str(registry), "--port", str(port)],
         stdout=(tmp_path / "log").open("wb"),
         stderr=subprocess.STDOUT,
     )
