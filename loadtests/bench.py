@@ -49,33 +49,14 @@ def server_commands(
     kind: str, base: Any, registry: Path, adapters: dict[str, Path], port: int, args: argparse.Namespace
 ) -> tuple[list[str], dict[str, str], str]:
     common = ["--max-lora-rank", str(args.rank)]
-    if kind == "ours":
+    if kind in ("ours", "peft"):
+        # ours batches every adapter in vLLM; peft is the naive one-request-at-a-time engine
+        engine = ["--engine", "peft"] if kind == "peft" else ["--max-loras", str(len(adapters))]
         return (
             [
                 platform_cmd(),
                 "serve",
-                "--base-model",
-                args.base_model,
-                "--registry",
-                str(registry),
-                "--port",
-                str(port),
-                "--max-loras",
-                str(len(adapters)),
-                "--max-cpu-loras",
-                str(len(adapters) + 4),
-                *common,
-            ],
-            {},
-            "/ready",
-        )
-    if kind == "peft":
-        return (
-            [
-                platform_cmd(),
-                "serve",
-                "--engine",
-                "peft",
+                *engine,
                 "--base-model",
                 args.base_model,
                 "--registry",
