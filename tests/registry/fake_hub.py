@@ -81,6 +81,12 @@ def make_app(repos: dict[str, Repo], base_url: list[str]) -> FastAPI:
             return JSONResponse({"error": "model card metadata lacks base_model"}, status_code=400)
         return {"warnings": []}
 
+    def at(org: str, name: str, revision: str) -> tuple[Repo, str] | None:
+        """The repo and the commit a revision (branch, tag or sha) names, None if either is missing."""
+        repo = repos.get(f"{org}/{name}")
+        oid = repo.resolve(revision) if repo else None
+        return None if repo is None or oid is None else (repo, oid)
+
     @app.post("/api/models/{org}/{name}/preupload/{revision}")
     async def preupload(org: str, name: str, revision: str, request: Request) -> Any:
         if f"{org}/{name}" not in repos:
@@ -113,10 +119,10 @@ def make_app(repos: dict[str, Repo], base_url: list[str]) -> FastAPI:
     async def tag(org: str, name: str, revision: str, request: Request) -> Any:
         if not authorized(request):
             return unauthorized()
-        repo = repos.get(f"{org}/{name}")
-        oid = repo.resolve(revision) if repo else None
-        if repo is None or oid is None:
+        found = at(org, name, revision)
+        if found is None:
             return not_found("revision")
+        repo, oid = found
         repo.tags[(await request.json())["tag"]] = oid
         return {}
 
@@ -130,10 +136,10 @@ def make_app(repos: dict[str, Repo], base_url: list[str]) -> FastAPI:
 
     @app.get("/api/models/{org}/{name}/revision/{revision:path}")
     async def info(org: str, name: str, revision: str) -> Any:
-        repo = repos.get(f"{org}/{name}")
-        oid = repo.resolve(revision) if repo else None
-        if repo is None or oid is None:
+        found = at(org, name, revision)
+        if found is None:
             return not_found("revision")
+        repo, oid = found
         files = repo.commits[oid]
         return {
             "id": f"{org}/{name}",
@@ -144,10 +150,10 @@ def make_app(repos: dict[str, Repo], base_url: list[str]) -> FastAPI:
 
     @app.get("/api/models/{org}/{name}/tree/{revision:path}")
     async def tree(org: str, name: str, revision: str) -> Any:
-        repo = repos.get(f"{org}/{name}")
-        oid = repo.resolve(revision) if repo else None
-        if repo is None or oid is None:
+        found = at(org, name, revision)
+        if found is None:
             return not_found("revision")
+        repo, oid = found
         return [
             {"type": "file", "path": f, "size": len(b), "oid": hashlib.sha1(b).hexdigest()}
             for f, b in sorted(repo.commits[oid].items())
@@ -155,12 +161,12 @@ def make_app(repos: dict[str, Repo], base_url: list[str]) -> FastAPI:
 
     @app.api_route("/{org}/{name}/resolve/{revision}/{filename:path}", methods=["GET", "HEAD"])
     async def resolve(org: str, name: str, revision: str, filename: str, request: Request) -> Any:
-        repo = repos.get(f"{org}/{name}")
-        oid = repo.resolve(revision) if repo else None
-        if repo is None or oid is None or filename not in repo.commits[oid]:
+        found = at(org, name, revision)
+        if found is None or filename not in found[0].commits[found[1]]:
             return JSONResponse(
                 {"error": "not found"}, status_code=404, headers={"X-Error-Code": "EntryNotFound"}
             )
+        repo, oid = found
         data = repo.commits[oid][filename]
         headers = {
             "X-Repo-Commit": oid,
