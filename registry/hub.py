@@ -26,7 +26,6 @@ from registry.manifest import MANIFEST, verify
 from registry.store import KEEP_FILES, LocalRegistry, Version
 
 _HF_RE = re.compile(r"^hf://(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<rev>[\w./-]+))?$")
-ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
 
 
 class HubError(RegistryError):
@@ -51,10 +50,14 @@ def parse_hub_ref(text: str) -> HubRef:
     return HubRef(m["repo"], m["rev"])
 
 
+def _endpoint() -> str | None:
+    return os.environ.get("HF_ENDPOINT") or None
+
+
 def _api(token: str | None) -> Any:
     from huggingface_hub import HfApi
 
-    return HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None, token=token)
+    return HfApi(endpoint=_endpoint(), token=token)
 
 
 def push(
@@ -107,7 +110,7 @@ def pull(registry: LocalRegistry, source: str, name: str, token: str | None = No
                     revision=hub.revision,
                     local_dir=tmp,
                     token=token,
-                    endpoint=os.environ.get("HF_ENDPOINT") or None,
+                    endpoint=_endpoint(),
                 )
             )
         except Exception as exc:
