@@ -72,6 +72,15 @@ def bgmv_shrink(
             out.index_copy_(0, rows, y)
 
 
+def _add_rows(target: Any, update: Any, rows: Any, alpha: float = 1.0) -> None:
+    """target[rows] += alpha * update over their common columns (every row when rows is None)."""
+    width = min(update.shape[1], target.shape[1])
+    if rows is None:
+        target[:, :width].add_(update[:, :width], alpha=alpha)
+    else:
+        target[:, :width].index_add_(0, rows, update[:, :width], alpha=alpha)
+
+
 def _expand_into(inputs: Any, lora_b_weights: Any, target: Any, indices: Any, add_inputs: bool) -> None:
     tokens = target.shape[0]
     groups = _groups(indices[:tokens])
@@ -82,13 +91,10 @@ def _expand_into(inputs: Any, lora_b_weights: Any, target: Any, indices: Any, ad
         w = _weights(lora_b_weights, slot)[:width].to(target.dtype)
         x = inputs[:tokens] if rows is None else inputs.index_select(0, rows)
         y = x.to(target.dtype) @ w.t()
-        if rows is None:
-            if add_inputs:
-                target[:, : y.shape[1]] += y
-            else:
-                target[:, : y.shape[1]] = y
-        elif add_inputs:
-            target[:, : y.shape[1]].index_add_(0, rows, y)
+        if add_inputs:
+            _add_rows(target, y, rows)
+        elif rows is None:
+            target[:, : y.shape[1]] = y
         else:
             target[:, : y.shape[1]].index_copy_(0, rows, y)
 
@@ -204,30 +210,13 @@ def make_wrapper_class() -> type:
         def update_metadata(
             self, mapping: Any, lora_index_to_id: list[Any], max_loras: int, vocab_size: int, **kwargs: Any
         ) -> None:
-            import torch
-
             super().update_metadata(mapping, lora_index_to_id, max_loras, vocab_size, **kwargs)
             self._token_plan = _groups(self.token_lora_indices)
             self._slots = tuple(s for s, _ in self._token_plan)
             self._sampler_plan = _groups(self.sampler_indices)
-            self._segments, self._masks = None, {}
-            self._rows = None
-            if self._token_plan:  # adapter rows grouped by slot, for the fused op
-                idx = self.token_lora_indices
-                order = torch.argsort(idx, stable=True)
-                order = order[idx[order] >= 0]
-                self._rows = lora_kernel.Rows(
-                    order.to(torch.int32).contiguous(), idx[order].to(torch.int32).contiguous()
-                )
-            if len(self._token_plan) > 1 or (self._token_plan and self._token_plan[0][1] is not None):
-                # rows of each adapter padded to one length: one gather, two bmm, one index_add per layer
-                width = max(len(rows) for _, rows in self._token_plan)
-                gather = torch.zeros(len(self._token_plan), width, dtype=torch.long)
-                mask = torch.zeros(len(self._token_plan), width, 1, dtype=torch.bool)
-                for i, (_, rows) in enumerate(self._token_plan):
-                    gather[i, : len(rows)] = rows
-                    mask[i, : len(rows)] = True
-                self._segments = (gather.view(-1), mask, len(self._token_plan), width)
+            # built on first use in this step: the compiled op needs only the rows, the torch path only
+            # the segments
+            self._segments, self._masks, self._rows = None, {}, None
             if list(lora_index_to_id) != self._ids:  # slots changed: forget derived weights
                 ids = list(lora_index_to_id)
                 changed = [i for i, v in enumerate(ids) if i >= len(self._ids) or self._ids[i] != v]
@@ -237,6 +226,33 @@ def make_wrapper_class() -> type:
                 self._dnnl.clear()
                 for layer in self._layers:  # the compiled op's packing: only the changed slots
                     layer.repack(changed)
+
+        def _kernel_rows(self) -> Any:
+            """This step's adapter rows grouped by slot, as the compiled op takes them."""
+            if self._rows is None:
+                import torch
+
+                idx = self.token_lora_indices
+                order = torch.argsort(idx, stable=True)
+                order = order[idx[order] >= 0]
+                self._rows = lora_kernel.Rows(
+                    order.to(torch.int32).contiguous(), idx[order].to(torch.int32).contiguous()
+                )
+            return self._rows
+
+        def _segment_plan(self) -> tuple[Any, Any, int, int]:
+            """Rows of each adapter padded to one length: one gather, two bmm, one index_add per layer."""
+            if self._segments is None:
+                import torch
+
+                width = max(len(rows) for _, rows in self._token_plan)
+                gather = torch.zeros(len(self._token_plan), width, dtype=torch.long)
+                mask = torch.zeros(len(self._token_plan), width, 1, dtype=torch.bool)
+                for i, (_, rows) in enumerate(self._token_plan):
+                    gather[i, : len(rows)] = rows
+                    mask[i, : len(rows)] = True
+                self._segments = (gather.view(-1), mask, len(self._token_plan), width)
+            return self._segments
 
         def _is_empty(self, weights: Any, slot: int) -> bool:
             key = (id(weights), slot)
@@ -324,7 +340,7 @@ def make_wrapper_class() -> type:
             call = self._packed.get(id(lora_a_stacked))
             if call is None:
                 call = self._bind(lora_a_stacked, lora_b_stacked, output_slices, x)
-            if call and call(x, y, self._rows, scale):
+            if call and call(x, y, self._rows or self._kernel_rows(), scale):
                 return
             import torch
 
@@ -334,7 +350,7 @@ def make_wrapper_class() -> type:
             width = sum(output_slices)
             a_t, b_t = self._fused_weights(lora_a_stacked, lora_b_stacked, self._slots, tuple(output_slices))
             target = y2[:, :width]
-            if self._segments is None:  # the whole batch on one adapter
+            if self._token_plan[0][1] is None:  # the whole batch on one adapter
                 dnnl = self._onednn(lora_a_stacked, a_t, b_t, x2)
                 if dnnl is not None:  # vLLM's oneDNN GEMM: ~2x faster than aten on these small bf16 shapes
                     from vllm import _custom_ops as ops
@@ -347,7 +363,7 @@ def make_wrapper_class() -> type:
                 h = x2.to(a_t.dtype) @ a_t[0]
                 target.addmm_(h.to(target.dtype), b_t[0].to(target.dtype), alpha=scale)
                 return
-            gather, mask, slots, rows = self._segments
+            gather, mask, slots, rows = self._segment_plan()
             if x2.dtype not in self._masks:
                 self._masks[x2.dtype] = mask.to(x2.dtype)
             xs = x2.index_select(0, gather).view(slots, rows, -1) * self._masks[x2.dtype]
@@ -375,12 +391,7 @@ def make_wrapper_class() -> type:
                 a = _weights(lora_a_stacked, slot)
                 b = _weights(lora_b_stacked, slot)
                 xs = x2 if rows is None else x2.index_select(0, rows)
-                upd = ((xs.to(a.dtype) @ a.t()) @ b.t()).to(y2.dtype)
-                width = min(upd.shape[1], y2.shape[1])
-                if rows is None:
-                    y2[:, :width].add_(upd[:, :width], alpha=scale)
-                else:
-                    y2[:, :width].index_add_(0, rows, upd[:, :width], alpha=scale)
+                _add_rows(y2, ((xs.to(a.dtype) @ a.t()) @ b.t()).to(y2.dtype), rows, scale)
 
         def add_lora_embedding(
             self, y: Any, x: Any, lora_b_stacked: Any, add_inputs: bool = True, **kwargs: Any
@@ -393,12 +404,7 @@ def make_wrapper_class() -> type:
             for slot, rows in plan:
                 b = _weights(lora_b_stacked, slot)
                 xs = x2 if rows is None else x2.index_select(0, rows)
-                upd = (xs.to(b.dtype) @ b.t()).to(y2.dtype)
-                width = min(upd.shape[1], y2.shape[1])
-                if rows is None:
-                    y2[:, :width].add_(upd[:, :width])
-                else:
-                    y2[:, :width].index_add_(0, rows, upd[:, :width])
+                _add_rows(y2, (xs.to(b.dtype) @ b.t()).to(y2.dtype), rows)
 
     return PlannedPunicaWrapperCPU
 
