@@ -18,6 +18,21 @@ from registry.store import LocalRegistry
 START_TIMEOUT_S = 240
 
 
+def serve_cmd(registry: Path, port: int, *extra: str) -> list[str]:
+    """`platform serve` on the tiny model, the registry and a port, plus `extra` flags."""
+    return [
+        platform_cmd(),
+        "serve",
+        "--base-model",
+        "tiny",
+        "--registry",
+        str(registry),
+        "--port",
+        str(port),
+        *extra,
+    ]
+
+
 def wait_until(pred, timeout: float = 1.0) -> float:  # type: ignore[no-untyped-def]
     """Seconds until `pred()` holds, polled every 50 ms; AssertionError after `timeout`."""
     start = time.monotonic()
@@ -118,15 +133,9 @@ def server(
     log = root / "server.log"
     marker = root / "plugin-pids"
     env = {**os.environ, "LORA_PLATFORM_PLUGIN_MARKER": str(marker), "VLLM_LOGGING_LEVEL": "WARNING"}
-    cmd = [
-        platform_cmd(),
-        "serve",
-        "--base-model",
-        "tiny",
-        "--registry",
-        str(registry),
-        "--port",
-        str(port),
+    cmd = serve_cmd(
+        registry,
+        port,
         "--dtype",
         "float32",
         "--max-loras",
@@ -139,7 +148,7 @@ def server(
         "1",
         "--pin",
         "support:prod",
-    ]
+    )
     with log.open("wb") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"

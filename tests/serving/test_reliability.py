@@ -16,9 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from loadtests.common import platform_cmd
 from registry.store import LocalRegistry
-from tests.serving.fixtures import Server, free_port, wait_until
+from tests.serving.fixtures import Server, free_port, serve_cmd, wait_until
 
 ROOT = Path(__file__).parents[2]
 
@@ -151,24 +150,18 @@ def peft_server(adapters, tmp_path: Path) -> Iterator[tuple[str, subprocess.Pope
     env = {**os.environ, "LORA_PLATFORM_MAX_QUEUE": "2", "LORA_PLATFORM_DRAIN_TIMEOUT_S": "20"}
     log = (tmp_path / "peft.log").open("wb")
     proc = subprocess.Popen(
-        [
-            platform_cmd(),
-            "serve",
+        serve_cmd(
+            registry,
+            port,
             "--engine",
             "peft",
-            "--base-model",
-            "tiny",
-            "--registry",
-            str(registry),
-            "--port",
-            str(port),
             "--api-key",
             "inference-key",
             "--admin-key",
             "admin-key",
             "--dtype",
             "float32",
-        ],
+        ),
         stdout=log,
         stderr=subprocess.STDOUT,
         env=env,
@@ -257,7 +250,7 @@ def test_a_dead_engine_turns_health_503_and_the_process_exits_non_zero(adapters,
     registry, _ = adapters
     port = free_port()
     proc = subprocess.Popen(
-        [platform_cmd(), "serve", "--base-model", "tiny", "--registry", str(registry), "--port", str(port)],
+        serve_cmd(registry, port),
         stdout=(tmp_path / "log").open("wb"),
         stderr=subprocess.STDOUT,
     )
