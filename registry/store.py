@@ -80,7 +80,7 @@ class Version:
 
 
 def default_root() -> Path:
-    from registry.basemodels import home
+    from registry.paths import home
 
     return Path(os.environ.get("LORA_PLATFORM_REGISTRY") or home() / "registry")
 
