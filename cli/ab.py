@@ -149,7 +149,7 @@ def show_cmd(name: str, as_json: bool, registry_root: str | None) -> None:
 @handle_errors
 def report_cmd(name: str, as_json: bool, png: str | None, registry_root: str | None) -> None:
     """Per-variant requests, errors, latency/TTFT p50/p95, tokens, feedback with 95% CIs, tests, verdict."""
-    from registry.abreport import build_report, plot
+    from serving.experiments.report import build_report, plot
 
     report = build_report(registry_root, name)
     if png:

@@ -29,3 +29,7 @@ class InvalidAdapterError(RegistryError):
 
 class ConflictError(RegistryError):
     """The operation would break an invariant (alias in use, route points at a version, ...)."""
+
+
+class StorageError(RegistryError):
+    """The catalog or evidence database cannot be read or written (locked, read-only, disk full, gone)."""

@@ -7,7 +7,7 @@ import logging
 import time
 from typing import Any
 
-from registry.evidence import RequestRecord
+from registry.evidence_store import RequestRecord
 from serving.generation import Job
 from serving.routing import choose, key_hash, shadow_sampled
 from serving.state import ServerState

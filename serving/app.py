@@ -17,11 +17,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from registry.basemodels import resolve_base_model
 from registry.errors import ConflictError, NotFoundError, RegistryError
-from registry.evidence import EvidenceWriter, evidence_path
 from registry.store import LocalRegistry
 from serving.adapters import AdapterManager
 from serving.engine.base import Engine
 from serving.errors import EngineDeadError, ServingError
+from serving.experiments.evidence import EvidenceWriter, evidence_path
 from serving.routes import admin, health, openai
 from serving.settings import ServeSettings
 from serving.state import ServerState

@@ -7,12 +7,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from registry.basemodels import BaseModel
-from registry.evidence import EvidenceWriter
 from registry.routes import Route, list_routes
 from registry.store import LocalRegistry
 from serving.adapters import AdapterManager
 from serving.engine.base import Engine
 from serving.errors import OverloadedError, UnavailableError
+from serving.experiments.evidence import EvidenceWriter
 from serving.metrics import Metrics
 from serving.settings import ServeSettings
 

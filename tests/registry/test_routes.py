@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from cli.main import cli
 from registry.errors import ConflictError, NotFoundError, RegistryError
-from registry.evidence import EvidenceWriter, RequestRecord, evidence_path
+from registry.evidence_store import RequestRecord, evidence_path
 from registry.routes import (
     get_route,
     list_routes,
@@ -22,6 +22,7 @@ from registry.routes import (
     stop_route,
 )
 from registry.store import LocalRegistry
+from serving.experiments.evidence import EvidenceWriter
 from tests.registry.test_store import LINEAGE, make_adapter
 
 

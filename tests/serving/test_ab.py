@@ -11,7 +11,7 @@ import httpx
 import openai
 import pytest
 
-from registry.evidence import load
+from registry.evidence_store import load
 from registry.routes import promote, set_weights, start_route
 from registry.store import LocalRegistry
 from tests.serving.fixtures import Server, wait_until

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from registry import abstats
+from serving.experiments import stats as abstats
 
 
 def test_two_proportion_z_test_hand_computed() -> None:

@@ -6,18 +6,18 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from registry import abstats
 from registry.errors import NotFoundError
-from registry.evidence import evidence_path, load
+from registry.evidence_store import EvidenceStore, evidence_path
 from registry.routes import get_route
 from registry.store import LocalRegistry
+from serving.experiments import stats
 
 MIN_FEEDBACK = 30
 MIN_REQUESTS = 100
 ALPHA = 0.05
 
 
-def _est(e: abstats.Estimate | None) -> dict[str, float] | None:
+def _est(e: stats.Estimate | None) -> dict[str, float] | None:
     return None if e is None else asdict(e)
 
 
@@ -31,15 +31,15 @@ def _variant_stats(reqs: list[dict[str, Any]], fb: list[dict[str, Any]]) -> dict
         "requests": len(reqs),
         "errors": len(reqs) - len(ok),
         "error_rate": (len(reqs) - len(ok)) / len(reqs) if reqs else None,
-        "latency_p50_s": abstats.percentile(lat, 50),
-        "latency_p95_s": abstats.percentile(lat, 95),
-        "ttft_p50_s": abstats.percentile(ttft, 50),
-        "ttft_p95_s": abstats.percentile(ttft, 95),
+        "latency_p50_s": stats.percentile(lat, 50),
+        "latency_p95_s": stats.percentile(lat, 95),
+        "ttft_p50_s": stats.percentile(ttft, 50),
+        "ttft_p95_s": stats.percentile(ttft, 95),
         "prompt_tokens": sum(r["prompt_tokens"] or 0 for r in reqs),
         "completion_tokens": sum(r["completion_tokens"] or 0 for r in reqs),
         "feedback": len(fb),
-        "score": _est(abstats.mean_ci(scores)),
-        "thumbs_up_rate": _est(abstats.proportion_ci(sum(thumbs), len(thumbs))),
+        "score": _est(stats.mean_ci(scores)),
+        "thumbs_up_rate": _est(stats.proportion_ci(sum(thumbs), len(thumbs))),
         "_lat": lat,
         "_scores": scores,
         "_thumbs": thumbs,
@@ -47,13 +47,13 @@ def _variant_stats(reqs: list[dict[str, Any]], fb: list[dict[str, Any]]) -> dict
     }
 
 
-def _test(t: abstats.Test | None) -> dict[str, Any] | None:
+def _test(t: stats.Test | None) -> dict[str, Any] | None:
     return None if t is None else {**asdict(t), "significant": t.p_value < ALPHA}
 
 
 def build_report(registry_root: str | Path | None, route: str) -> dict[str, Any]:
     reg = LocalRegistry(registry_root)
-    reqs, fb = load(evidence_path(reg.root), route)
+    reqs, fb = EvidenceStore(evidence_path(reg.root)).load(route)
     try:
         current = get_route(reg, route)
         order = [v.ref for v in current.variants]
@@ -83,14 +83,14 @@ def build_report(registry_root: str | Path | None, route: str) -> dict[str, Any]
                 "control": control,
                 "variant": v,
                 "thumbs_up": _test(
-                    abstats.two_proportion_z(
+                    stats.two_proportion_z(
                         sum(a["_thumbs"]), len(a["_thumbs"]), sum(b["_thumbs"]), len(b["_thumbs"])
                     )
                 ),
-                "score": _test(abstats.welch_z(a["_scores"], b["_scores"])),
-                "latency": _test(abstats.mann_whitney(a["_lat"], b["_lat"])),
+                "score": _test(stats.welch_z(a["_scores"], b["_scores"])),
+                "latency": _test(stats.mann_whitney(a["_lat"], b["_lat"])),
                 "error_rate": _test(
-                    abstats.two_proportion_z(a["errors"], a["requests"], b["errors"], b["requests"])
+                    stats.two_proportion_z(a["errors"], a["requests"], b["errors"], b["requests"])
                 ),
             }
         )
@@ -141,19 +141,19 @@ def plot(report: dict[str, Any], out: Path) -> Path:
     import matplotlib.pyplot as plt
 
     names = list(report["variants"])
-    stats = [report["variants"][n] for n in names]
+    rows = [report["variants"][n] for n in names]
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.5), dpi=100)
-    axes[0].bar(names, [s["requests"] for s in stats])
+    axes[0].bar(names, [s["requests"] for s in rows])
     axes[0].set_title("requests")
-    p50 = [s["latency_p50_s"] or 0 for s in stats]
-    p95 = [s["latency_p95_s"] or 0 for s in stats]
+    p50 = [s["latency_p50_s"] or 0 for s in rows]
+    p95 = [s["latency_p95_s"] or 0 for s in rows]
     x = range(len(names))
     axes[1].bar([i - 0.2 for i in x], p50, width=0.4, label="p50")
     axes[1].bar([i + 0.2 for i in x], p95, width=0.4, label="p95")
     axes[1].set_xticks(list(x), names)
     axes[1].set_title("latency (s)")
     axes[1].legend()
-    rates = [s["thumbs_up_rate"] or s["score"] for s in stats]
+    rates = [s["thumbs_up_rate"] or s["score"] for s in rows]
     means = [r["mean"] if r else 0 for r in rates]
     errs = [
         [r["mean"] - r["low"] if r else 0 for r in rates],
