@@ -1,19 +1,22 @@
 """A/B routes: a public model name mapped to weighted adapter versions, stored in the catalog.
 
-Routes live in the registry's SQLite database, so the CLI changes them while servers run and
-every server (several replicas included) sees the change through the change counter.
+Routes are catalog state (`Catalog.route/routes/put_route/delete_route`), so the CLI changes
+them while servers run and every server (several replicas included) sees the change through the
+change counter. This module owns what a route means (validation, history, promotion); the
+catalog owns how it is stored.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from registry.errors import ConflictError, NotFoundError, RegistryError
 from registry.refs import check_name
-from registry.store import LocalRegistry
+
+if TYPE_CHECKING:
+    from registry.store import LocalRegistry
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,23 @@ class Route:
             "created": self.created,
             "history": list(self.history),
         }
+
+    @classmethod
+    def from_spec(cls, name: str, spec: dict[str, Any], updated: float) -> Route:
+        """The inverse of `spec()` (the catalog stores the spec and the update time)."""
+        return cls(
+            name=name,
+            variants=tuple(Variant(v["ref"], float(v["weight"])) for v in spec["variants"]),
+            shadow=spec.get("shadow"),
+            shadow_share=float(spec.get("shadow_share", 0.0)),
+            created=float(spec.get("created", updated)),
+            updated=updated,
+            history=tuple(spec.get("history", [])),
+        )
+
+    def points_at(self, ref: str) -> bool:
+        """Whether a variant is the version `ref` (`name@N`)."""
+        return ref in {v.ref for v in self.variants}
 
 
 def parse_variant(text: str) -> tuple[str, float]:
@@ -93,28 +113,15 @@ def _validate(
     return tuple(Variant(v.ref, w) for v, w in resolved), (shadow_v.ref if shadow_v else None)
 
 
-def _row_to_route(name: str, spec: str, updated: float) -> Route:
-    data = json.loads(spec)
-    return Route(
-        name=name,
-        variants=tuple(Variant(v["ref"], float(v["weight"])) for v in data["variants"]),
-        shadow=data.get("shadow"),
-        shadow_share=float(data.get("shadow_share", 0.0)),
-        created=float(data.get("created", updated)),
-        updated=updated,
-        history=tuple(data.get("history", [])),
-    )
-
-
 def get_route(reg: LocalRegistry, name: str) -> Route:
-    rows = reg._read("SELECT name, spec, updated FROM routes WHERE name=?", (check_name(name, "route name"),))
-    if not rows:
+    route = reg.catalog.route(check_name(name, "route name"))
+    if route is None:
         raise NotFoundError(f"no A/B route named {name!r}")
-    return _row_to_route(*rows[0])
+    return route
 
 
 def list_routes(reg: LocalRegistry) -> list[Route]:
-    return [_row_to_route(*r) for r in reg._read("SELECT name, spec, updated FROM routes ORDER BY name")]
+    return reg.catalog.routes()
 
 
 def start_route(
@@ -127,12 +134,12 @@ def start_route(
     checked, shadow_ref = _validate(reg, name, variants, shadow, shadow_share)
     now = time.time()
     route = Route(name, checked, shadow_ref, shadow_share if shadow_ref else 0.0, now, now)
-    with reg._write() as db:
-        if db.execute("SELECT 1 FROM routes WHERE name=?", (name,)).fetchone():
+    with reg.catalog.write() as tx:
+        if tx.route(name) is not None:
             raise ConflictError(
                 f"A/B route {name!r} already exists: change it with `platform ab set` or stop it first"
             )
-        db.execute("INSERT INTO routes VALUES (?,?,?)", (name, json.dumps(route.spec()), now))
+        tx.put_route(route)
     return route
 
 
@@ -149,15 +156,17 @@ def set_weights(
     now = time.time()
     history = (*old.history, {"variants": [asdict(v) for v in old.variants], "until": now})
     route = Route(name, checked, shadow_ref, share if shadow_ref else 0.0, old.created, now, history)
-    with reg._write() as db:
-        db.execute("UPDATE routes SET spec=?, updated=? WHERE name=?", (json.dumps(route.spec()), now, name))
+    with reg.catalog.write() as tx:
+        if tx.route(name) is None:
+            raise NotFoundError(f"no A/B route named {name!r}")
+        tx.put_route(route)
     return route
 
 
 def stop_route(reg: LocalRegistry, name: str) -> Route:
     route = get_route(reg, name)
-    with reg._write() as db:
-        db.execute("DELETE FROM routes WHERE name=?", (name,))
+    with reg.catalog.write() as tx:
+        tx.delete_route(name)
     return route
 
 
@@ -169,7 +178,7 @@ def promote(reg: LocalRegistry, name: str, ref: str, alias: str = "prod") -> str
         raise RegistryError(
             f"{v.ref} is not a variant of route {name!r} ({', '.join(x.ref for x in route.variants)})"
         )
-    with reg._write() as db:
-        db.execute("INSERT OR REPLACE INTO aliases VALUES (?,?,?,?)", (v.name, alias, v.version, time.time()))
-        db.execute("DELETE FROM routes WHERE name=?", (name,))
+    with reg.catalog.write() as tx:
+        tx.set_alias(v.name, alias, v.version)
+        tx.delete_route(name)
     return f"{v.name}:{alias}"
