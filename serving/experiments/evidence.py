@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import queue
 import threading
-import time
 from collections import OrderedDict
 from pathlib import Path
 
@@ -78,13 +77,6 @@ class EvidenceWriter:
                 self.store.insert_requests(pending)
                 pending = []
         self.store.close()
-
-    def flush(self, timeout_s: float = 10) -> None:
-        """Wait until everything queued so far is written (tests, shutdown)."""
-        deadline = time.monotonic() + timeout_s
-        while not self._queue.empty() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        time.sleep(self.flush_interval_s * 2)
 
     def close(self) -> None:
         self._queue.put(None)
