@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from serving.experiments.evidence import EvidenceCounters
+
 _LAT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 
@@ -41,6 +43,8 @@ class Metrics:
         self.engine_running = Gauge(
             "lora_engine_requests", "Requests the engine is working on", registry=self.registry
         )
+        self.evidence = EvidenceCounters()
+        self.registry.register(self.evidence)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

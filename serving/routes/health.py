@@ -1,6 +1,10 @@
-"""/health (engine alive), /ready (model and pinned adapters warm), /metrics (Prometheus)."""
+"""/health (engine alive; "degraded" while A/B evidence is not being written), /ready (model and pinned
+adapters warm), /metrics (Prometheus)."""
 
 from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
@@ -18,7 +22,13 @@ async def health(request: Request) -> JSONResponse:
         await state.engine.check_health()
     except ServingError as exc:
         return JSONResponse(exc.envelope(), status_code=503)
-    return JSONResponse({"status": "ok", "engine": state.engine.name})
+    body: dict[str, Any] = {"status": "ok", "engine": state.engine.name}
+    if state.evidence is not None:
+        evidence = state.evidence.stats()
+        body["evidence"] = asdict(evidence)
+        if not evidence.writing:
+            body["status"] = "degraded"
+    return JSONResponse(body)
 
 
 @router.get("/ready")
@@ -35,4 +45,5 @@ async def metrics(request: Request) -> Response:
     state = get_state(request)
     state.metrics.loaded_adapters.set(len(state.adapters.loaded))
     state.metrics.engine_running.set(state.engine.running())
+    state.metrics.evidence.observe(state.evidence.stats() if state.evidence is not None else None)
     return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
