@@ -129,15 +129,46 @@ def rm_cmd(ref: str, force: bool, registry_root: str | None) -> None:
     console.print(f"removed {v.ref}")
 
 
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    """`10m`, `2h`, `0s`, `1d`, or a number of seconds."""
+    if value is None:
+        return None
+    text = value.strip().lower()
+    number, unit = (text[:-1], text[-1]) if text[-1:] in _UNITS else (text, "s")
+    try:
+        seconds = float(number) * _UNITS[unit]
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a duration; use e.g. 0s, 10m, 2h, 1d") from None
+    if seconds < 0 or seconds != seconds:
+        raise click.BadParameter(f"{value!r}: a duration must be >= 0")
+    return seconds
+
+
 @registry_group.command("gc")
+@click.option(
+    "--older-than",
+    callback=_duration,
+    metavar="DURATION",
+    help="Also remove staging folders idle this long (e.g. 0s, 10m, 2h); default 1h. "
+    "Younger ones may be pushes still running: use 0s only when no push is.",
+)
 @_root
 @handle_errors
-def gc_cmd(registry_root: str | None) -> None:
-    """Remove orphaned version folders (from crashed pushes) and stale staging folders."""
-    removed = LocalRegistry(registry_root).gc()
-    console.print(f"removed {len(removed)} orphan folder(s)")
-    for p in removed:
-        console.print(f"  {p}")
+def gc_cmd(older_than: float | None, registry_root: str | None) -> None:
+    """Remove orphaned version folders (from crashed pushes) and abandoned staging folders."""
+    from registry.store import STAGING_GRACE_S
+
+    report = LocalRegistry(registry_root).gc(STAGING_GRACE_S if older_than is None else older_than)
+    click.echo(f"removed {len(report.removed)} folder(s)")
+    for path, why in report.removed:
+        click.echo(f"  {path}: {why}")
+    if report.kept:
+        click.echo(f"kept {len(report.kept)} staging folder(s) (pass --older-than to remove them)")
+        for path, why in report.kept:
+            click.echo(f"  {path}: {why}")
 
 
 @registry_group.command("verify")

@@ -21,7 +21,7 @@ import os
 import shutil
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,18 @@ KEEP_FILES = (
     "loss.png",
     "predictions.jsonl",
 )
+
+
+STAGING_GRACE_S = 3600.0
+"""`gc` keeps staging folders changed more recently than this: they may be pushes still copying."""
+
+
+@dataclass
+class GcReport:
+    """What `gc` removed and what it kept, each with the reason."""
+
+    removed: list[tuple[Path, str]] = field(default_factory=list)
+    kept: list[tuple[Path, str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -263,22 +275,38 @@ class LocalRegistry:
         shutil.rmtree(v.path, ignore_errors=True)
         return v
 
-    def gc(self) -> list[Path]:
-        """Remove version folders with no catalog row and stale staging folders."""
-        known = {(v.name, v.version) for v in self.list_versions()}
-        removed = []
-        for name_dir in sorted((self.root / "versions").iterdir()):
-            for vdir in sorted(name_dir.iterdir()) if name_dir.is_dir() else []:
-                if not vdir.name.isdigit() or (name_dir.name, int(vdir.name)) not in known:
-                    shutil.rmtree(vdir, ignore_errors=True)
-                    removed.append(vdir)
-            if name_dir.is_dir() and not any(name_dir.iterdir()):
-                name_dir.rmdir()
-        for stale in (self.root / ".staging").iterdir():
-            if time.time() - stale.stat().st_mtime > 3600:
-                shutil.rmtree(stale, ignore_errors=True)
-                removed.append(stale)
-        return removed
+    def gc(self, older_than_s: float = STAGING_GRACE_S) -> GcReport:
+        """Remove version folders that no catalog row names, and abandoned staging folders.
+
+        A version folder without a row is left by a push killed between its rename and its commit,
+        or by `rm`; it is removed at once (the scan holds the catalog's write lock, so no push can be
+        between the two steps meanwhile). A staging folder is a push still copying, or one that was
+        killed: they look the same, so one is removed only when nothing in it changed for
+        `older_than_s` seconds; younger ones are kept and reported.
+        """
+        report = GcReport()
+        with self.catalog.write():
+            known = {(v.name, v.version) for v in self.catalog.versions()}
+            for name_dir in sorted((self.root / "versions").iterdir()):
+                for vdir in sorted(name_dir.iterdir()) if name_dir.is_dir() else []:
+                    if not vdir.name.isdigit() or (name_dir.name, int(vdir.name)) not in known:
+                        shutil.rmtree(vdir, ignore_errors=True)
+                        report.removed.append((vdir, "version folder that no catalog row names"))
+                if name_dir.is_dir() and not any(name_dir.iterdir()):
+                    name_dir.rmdir()
+        for staging in sorted((self.root / ".staging").iterdir()):
+            try:
+                idle = time.time() - _newest_mtime(staging)
+            except FileNotFoundError:  # the push committed (renamed it) meanwhile
+                continue
+            if idle >= older_than_s:
+                shutil.rmtree(staging, ignore_errors=True)
+                report.removed.append((staging, f"staging folder of a push idle for {_ago(idle)}"))
+            else:
+                report.kept.append(
+                    (staging, f"staging folder changed {_ago(idle)} ago: may be a push in progress")
+                )
+        return report
 
     def verify_all(self) -> dict[str, str | None]:
         """Verify every version; map each ref to None (ok) or the integrity error."""
@@ -290,6 +318,22 @@ class LocalRegistry:
             except IntegrityError as exc:
                 report[v.ref] = str(exc)
         return report
+
+
+def _newest_mtime(path: Path) -> float:
+    """The latest modification time of a folder and the files directly in it (a copy touches both)."""
+    times = [path.lstat().st_mtime]
+    if path.is_dir():
+        times += [p.lstat().st_mtime for p in path.iterdir()]
+    return max(times)
+
+
+def _ago(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
 
 
 def _fsync_dir(path: Path) -> None:

@@ -12,7 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from cli.main import cli
 from registry.errors import (
     ConflictError,
     IntegrityError,
@@ -23,6 +25,7 @@ from registry.errors import (
 )
 from registry.refs import parse_ref
 from registry.store import LocalRegistry
+from tests.serving.fixtures import wait_until
 
 LINEAGE = {
     "base_model": "embedded/tiny-llama",
@@ -253,5 +256,51 @@ def test_gc_removes_orphans_only(registry_root: Path, adapter: Path) -> None:
     orphan = registry_root / "versions" / "g" / "9"
     orphan.mkdir()
     (orphan / "junk").write_text("x")
-    assert reg.gc() == [orphan]
+    assert [path for path, _ in reg.gc().removed] == [orphan]
     assert reg.get("g@1")
+
+
+def test_gc_keeps_a_fresh_staging_folder_and_removes_killed_pushes_when_told(
+    registry_root: Path, adapter: Path
+) -> None:
+    """A push killed with SIGKILL leaves its staging folder: kept while it may still be running
+    (younger than 1h), removed with --older-than 0s, or by default once it is old."""
+    big = make_adapter(adapter.parent / "big", size=4096)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SLOW_PUSH, str(registry_root), str(big)],
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])},
+    )
+    staging = registry_root / ".staging"
+    assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
+    wait_until(lambda: any(staging.iterdir()), 30)  # a push is copying (each file takes 0.2 s)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    killed = sorted(staging.iterdir())
+    assert killed
+    old = registry_root / ".staging" / "an-old-killed-push"
+    old.mkdir()
+    (old / "adapter_model.safetensors").write_bytes(b"partial")
+    two_hours_ago = time.time() - 7200
+    for path in (old / "adapter_model.safetensors", old):
+        os.utime(path, (two_hours_ago, two_hours_ago))
+
+    def gc(*args: str) -> str:
+        out = CliRunner().invoke(cli, ["registry", "gc", "--registry", str(registry_root), *args])
+        assert out.exit_code == 0, out.output
+        return out.output
+
+    first = gc()
+    assert (
+        "removed 1 folder(s)" in first
+        and "an-old-killed-push: staging folder of a push idle for 2.0h" in first
+    )
+    assert f"kept {len(killed)} staging folder(s)" in first and "may be a push in progress" in first
+    assert sorted(staging.iterdir()) == killed
+    second = gc("--older-than", "0s")
+    assert f"removed {len(killed)} folder(s)" in second and not list(staging.iterdir())
+    assert all(err is None for err in LocalRegistry(registry_root).verify_all().values())
+    bad = CliRunner().invoke(
+        cli, ["registry", "gc", "--registry", str(registry_root), "--older-than", "soon"]
+    )
+    assert bad.exit_code == 2 and "not a duration" in bad.output
