@@ -33,3 +33,7 @@ class ConflictError(RegistryError):
 
 class StorageError(RegistryError):
     """The catalog or evidence database cannot be read or written (locked, read-only, disk full, gone)."""
+
+
+class UnavailableError(StorageError):
+    """The catalog database cannot be reached right now; retry later (servers answer 503)."""

@@ -16,7 +16,7 @@ from registry.errors import ConflictError, NotFoundError, RegistryError
 from registry.refs import check_name
 
 if TYPE_CHECKING:
-    from registry.store import LocalRegistry
+    from registry.store import Registry
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,7 @@ def parse_variant(text: str) -> tuple[str, float]:
 
 
 def _validate(
-    reg: LocalRegistry, name: str, variants: list[tuple[str, float]], shadow: str | None, shadow_share: float
+    reg: Registry, name: str, variants: list[tuple[str, float]], shadow: str | None, shadow_share: float
 ) -> tuple[tuple[Variant, ...], str | None]:
     check_name(name, "route name")
     if not variants:
@@ -113,19 +113,19 @@ def _validate(
     return tuple(Variant(v.ref, w) for v, w in resolved), (shadow_v.ref if shadow_v else None)
 
 
-def get_route(reg: LocalRegistry, name: str) -> Route:
+def get_route(reg: Registry, name: str) -> Route:
     route = reg.catalog.route(check_name(name, "route name"))
     if route is None:
         raise NotFoundError(f"no A/B route named {name!r}")
     return route
 
 
-def list_routes(reg: LocalRegistry) -> list[Route]:
+def list_routes(reg: Registry) -> list[Route]:
     return reg.catalog.routes()
 
 
 def start_route(
-    reg: LocalRegistry,
+    reg: Registry,
     name: str,
     variants: list[tuple[str, float]],
     shadow: str | None = None,
@@ -144,7 +144,7 @@ def start_route(
 
 
 def set_weights(
-    reg: LocalRegistry,
+    reg: Registry,
     name: str,
     variants: list[tuple[str, float]],
     shadow: str | None = None,
@@ -163,14 +163,14 @@ def set_weights(
     return route
 
 
-def stop_route(reg: LocalRegistry, name: str) -> Route:
+def stop_route(reg: Registry, name: str) -> Route:
     route = get_route(reg, name)
     with reg.catalog.write() as tx:
         tx.delete_route(name)
     return route
 
 
-def promote(reg: LocalRegistry, name: str, ref: str, alias: str = "prod") -> str:
+def promote(reg: Registry, name: str, ref: str, alias: str = "prod") -> str:
     """Point `<adapter>:<alias>` at `ref` and end the route, in one transaction."""
     route = get_route(reg, name)
     v = reg.get(ref, verify_files=False)

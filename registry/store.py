@@ -1,17 +1,19 @@
-"""The local registry: a SQLite catalog (WAL) plus one immutable folder per version.
+"""The registry: a catalog database plus one immutable folder of files per version.
 
-Layout of a registry root:
-    catalog.sqlite                       names, versions, aliases, tags, routes, change counter
-    versions/<name>/<n>/                 adapter files, lineage.json, README.md, manifest.json
-    .staging/                            pushes in progress (never read)
+Two backends, one code path (`registry.db`, `registry.sql_catalog`: SQLAlchemy Core):
+- a folder (the default):
+      catalog.sqlite          versions, aliases, tags, routes, change counter, A/B evidence
+      versions/<name>/<n>/    adapter files, lineage.json, README.md, manifest.json
+      .staging/               pushes in progress (never read)
+- a shared registry: the catalog in PostgreSQL (`postgresql://...`) and the files in an
+  artifact store (a shared folder or an fsspec URL: `registry.artifacts`).
 
-Catalog state goes through `registry.catalog.Catalog` (here `SqliteCatalog`); this class owns
-the version folders and the rules that tie the two together.
-
-A push copies into `.staging`, writes the manifest, fsyncs, and then, inside one write
-transaction, renames the folder into place and inserts the catalog row. A crash leaves either
-the old state or the new one: a folder without a row is an orphan that readers never see and
-`gc` removes. Readers verify every file against the manifest before handing a version out.
+Catalog state goes through `registry.catalog.Catalog`; this class owns the rules that tie the
+catalog to the files. A push assembles the version in a staging folder, writes the manifest,
+fsyncs, and then, inside one write transaction, takes the next number, publishes the files and
+inserts the catalog row. A crash leaves either the old state or the new one: files without a
+row are orphans that readers never see and `gc` removes. Readers verify every file against the
+manifest before handing a version out (remote stores: after copying it into a local cache).
 """
 
 from __future__ import annotations
@@ -20,19 +22,20 @@ import json
 import os
 import shutil
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from registry.adapter import AdapterInfo, validate_adapter
+from registry.artifacts import ArtifactStore, FolderStore, open_store
 from registry.card import write_card
 from registry.catalog import Catalog, VersionRow
+from registry.db import CATALOG_FILE, CatalogDB, is_database_url
 from registry.errors import ConflictError, IntegrityError, NotFoundError, RegistryError
 from registry.manifest import fsync_tree, verify, write_manifest
 from registry.refs import Ref, check_name, parse_ref
-from registry.sqlite_catalog import FILE as CATALOG_FILE
-from registry.sqlite_catalog import SqliteCatalog
+from registry.sql_catalog import SqlCatalog
+from registry.evidence_store import EvidenceStore
 
 LATEST = "latest"
 KEEP_FILES = (
@@ -53,8 +56,8 @@ STAGING_GRACE_S = 3600.0
 class GcReport:
     """What `gc` removed and what it kept, each with the reason."""
 
-    removed: list[tuple[Path, str]] = field(default_factory=list)
-    kept: list[tuple[Path, str]] = field(default_factory=list)
+    removed: list[tuple[str, str]] = field(default_factory=list)
+    kept: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -78,32 +81,50 @@ class Version:
         return f"{self.name}@{self.version}"
 
 
-def default_root() -> Path:
+def default_location() -> str:
+    """`LORA_PLATFORM_REGISTRY` (a folder or a database URL), else `<home>/registry`."""
     from registry.paths import home
 
-    return Path(os.environ.get("LORA_PLATFORM_REGISTRY") or home() / "registry")
+    return os.environ.get("LORA_PLATFORM_REGISTRY") or str(home() / "registry")
 
 
-class LocalRegistry:
-    """A registry folder. Safe for several processes at once (SQLite locking + atomic renames)."""
+class Registry:
+    """A registry folder, or a catalog database URL plus an artifact store.
 
-    def __init__(self, root: str | Path | None = None) -> None:
-        self.root = Path(root) if root else default_root()
-        if self.root.exists() and not self.root.is_dir():
-            raise RegistryError(f"{self.root}: registry path exists and is not a folder")
-        if self.root.is_dir() and any(self.root.iterdir()) and not (self.root / CATALOG_FILE).is_file():
-            raise RegistryError(
-                f"{self.root}: folder is not a registry (no catalog.sqlite); choose an empty folder"
-            )
-        (self.root / "versions").mkdir(parents=True, exist_ok=True)
-        (self.root / ".staging").mkdir(exist_ok=True)
-        self.catalog: Catalog = SqliteCatalog(self.root / CATALOG_FILE)
+    Safe for several processes and machines at once: catalog transactions serialize writers,
+    version numbers are issued inside them, files are published before their row commits."""
 
-    def version_dir(self, name: str, version: int) -> Path:
-        path = (self.root / "versions" / check_name(name) / str(int(version))).resolve()
-        if not path.is_relative_to((self.root / "versions").resolve()):
-            raise IntegrityError(f"{name}@{version}: version folder escapes the registry root")
-        return path
+    def __init__(self, location: str | Path | None = None, artifacts: str | Path | None = None) -> None:
+        spec = str(location) if location else default_location()
+        self.root: Path | None = None
+        """The registry folder (None for a database registry)."""
+        if is_database_url(spec):
+            artifacts = artifacts or os.environ.get("LORA_PLATFORM_ARTIFACTS")
+            if not artifacts:
+                raise RegistryError(
+                    "a database registry keeps its files in an artifact store: give --artifacts "
+                    "(or LORA_PLATFORM_ARTIFACTS) a shared folder or an fsspec URL such as s3://bucket/loras"
+                )
+            from registry.paths import home
+
+            self.store: ArtifactStore = open_store(artifacts, home() / "artifacts")
+            db = CatalogDB(spec)
+        else:
+            self.root = Path(spec).expanduser()
+            _check_folder(self.root)
+            self.store = FolderStore(self.root)
+            db = CatalogDB.for_folder(self.root)
+        self.db = db
+        self.catalog: Catalog = SqlCatalog(db)
+        self.location = str(self.root) if self.root is not None else db.location
+        """Where the catalog is, for messages: the folder, or the URL without its password."""
+
+    def evidence(self) -> EvidenceStore:
+        """The A/B evidence rows (in the catalog database)."""
+        return EvidenceStore(self.db)
+
+    def close(self) -> None:
+        self.db.dispose()
 
     def changes(self) -> int:
         """A counter bumped by every push, alias move, tag, rm and route change (cheap to poll)."""
@@ -125,9 +146,7 @@ class LocalRegistry:
         for key in ("base_model", "base_model_sha256"):
             if not lineage.get(key):
                 raise RegistryError(f"push {name}: lineage lacks {key!r}; the base model must be recorded")
-        staging = self.root / ".staging" / uuid.uuid4().hex
-        try:
-            staging.mkdir(parents=True)
+        with self.store.staging() as staging:
             for f in ("adapter_model.safetensors", "adapter_config.json"):
                 shutil.copyfile(Path(adapter_dir) / f, staging / f)
             for rel, src in (extra_files or {}).items():
@@ -136,8 +155,6 @@ class LocalRegistry:
                 shutil.copyfile(src, staging / rel)
             (staging / "lineage.json").write_text(json.dumps(lineage, indent=2, default=str) + "\n")
             return self._commit(name, staging, lineage, info, parent)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
 
     def _check_route_collision(self, name: str) -> None:
         route = self.catalog.route(name)
@@ -159,12 +176,7 @@ class LocalRegistry:
             write_card(staging / "README.md", name, version, lineage, info)
             manifest_sha = write_manifest(staging)
             fsync_tree(staging)
-            target = self.version_dir(name, version)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if target.exists():  # an orphan of a crashed push: no row points at it
-                shutil.rmtree(target)
-            os.rename(staging, target)
-            _fsync_dir(target.parent)
+            self.store.publish(staging, name, version)
             tx.insert_version(
                 VersionRow(
                     name=name,
@@ -197,29 +209,30 @@ class LocalRegistry:
         latest = self.catalog.latest_version(r.name)
         if latest is None:
             self._missing_name(r.name)
-            raise NotFoundError(f"no adapter named {r.name!r} in the registry at {self.root}")
+            raise NotFoundError(f"no adapter named {r.name!r} in the registry")
         return r.name, latest
 
     def _missing_name(self, name: str) -> None:
         if not self.catalog.has_name(name):
-            raise NotFoundError(f"no adapter named {name!r} in the registry at {self.root}")
+            raise NotFoundError(f"no adapter named {name!r} in the registry")
 
     def get(self, ref: str | Ref, verify_files: bool = True) -> Version:
-        """The version a reference points at; with verify_files, every file is checked first."""
+        """The version a reference points at; with verify_files, its files are fetched (remote
+        stores) and every file is checked first."""
         name, version = self.resolve(ref)
         row = self.catalog.version(name, version)
         if row is None:  # removed between the two reads
             raise NotFoundError(f"{name}@{version}: version {version} of {name!r} does not exist")
-        v = self._version(row)
+        v = self._version(row, fetch=verify_files)
         if verify_files:
             verify(v.path, v.manifest_sha256, v.ref)
         return v
 
-    def _version(self, row: VersionRow) -> Version:
+    def _version(self, row: VersionRow, fetch: bool = False) -> Version:
         return Version(
             name=row.name,
             version=row.version,
-            path=self.version_dir(row.name, row.version),
+            path=self.store.local_path(row.name, row.version, row.manifest_sha256, fetch=fetch),
             created=row.created,
             base_model=row.base_model,
             base_sha256=row.base_sha256,
@@ -272,7 +285,7 @@ class LocalRegistry:
             raise ConflictError(f"{v.ref} is in use by {', '.join(users)}; move them first or pass --force")
         with self.catalog.write() as tx:
             tx.delete_version(v.name, v.version)
-        shutil.rmtree(v.path, ignore_errors=True)
+        self.store.delete(v.name, v.version)
         return v
 
     def gc(self, older_than_s: float = STAGING_GRACE_S) -> GcReport:
@@ -287,25 +300,15 @@ class LocalRegistry:
         report = GcReport()
         with self.catalog.write():
             known = {(v.name, v.version) for v in self.catalog.versions()}
-            for name_dir in sorted((self.root / "versions").iterdir()):
-                for vdir in sorted(name_dir.iterdir()) if name_dir.is_dir() else []:
-                    if not vdir.name.isdigit() or (name_dir.name, int(vdir.name)) not in known:
-                        shutil.rmtree(vdir, ignore_errors=True)
-                        report.removed.append((vdir, "version folder that no catalog row names"))
-                if name_dir.is_dir() and not any(name_dir.iterdir()):
-                    name_dir.rmdir()
-        for staging in sorted((self.root / ".staging").iterdir()):
-            try:
-                idle = time.time() - _newest_mtime(staging)
-            except FileNotFoundError:  # the push committed (renamed it) meanwhile
-                continue
+            for orphan in self.store.orphans(known):
+                self.store.remove(orphan)
+                report.removed.append((orphan, "version folder that no catalog row names"))
+        for staging, idle in self.store.staging_folders():
             if idle >= older_than_s:
-                shutil.rmtree(staging, ignore_errors=True)
+                self.store.remove(staging)
                 report.removed.append((staging, f"staging folder of a push idle for {_ago(idle)}"))
             else:
-                report.kept.append(
-                    (staging, f"staging folder changed {_ago(idle)} ago: may be a push in progress")
-                )
+                report.kept.append((staging, f"staging folder changed {_ago(idle)} ago: may be a push in progress"))
         return report
 
     def verify_all(self) -> dict[str, str | None]:
@@ -313,19 +316,12 @@ class LocalRegistry:
         report: dict[str, str | None] = {}
         for v in self.list_versions():
             try:
-                verify(v.path, v.manifest_sha256, v.ref)
+                path = self.store.local_path(v.name, v.version, v.manifest_sha256, fetch=True)
+                verify(path, v.manifest_sha256, v.ref)
                 report[v.ref] = None
             except IntegrityError as exc:
                 report[v.ref] = str(exc)
         return report
-
-
-def _newest_mtime(path: Path) -> float:
-    """The latest modification time of a folder and the files directly in it (a copy touches both)."""
-    times = [path.lstat().st_mtime]
-    if path.is_dir():
-        times += [p.lstat().st_mtime for p in path.iterdir()]
-    return max(times)
 
 
 def _ago(seconds: float) -> str:
@@ -336,9 +332,9 @@ def _ago(seconds: float) -> str:
     return f"{seconds / 3600:.1f}h"
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _check_folder(root: Path) -> None:
+    if root.exists() and not root.is_dir():
+        raise RegistryError(f"{root}: registry path exists and is not a folder")
+    if root.is_dir() and any(root.iterdir()) and not (root / CATALOG_FILE).is_file():
+        raise RegistryError(f"{root}: folder is not a registry (no {CATALOG_FILE}); choose an empty folder")
+LocalRegistry = Registry  # the old name, until every caller says Registry

@@ -17,11 +17,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from registry.basemodels import resolve_base_model
 from registry.errors import ConflictError, NotFoundError, RegistryError
-from registry.store import LocalRegistry
+from registry.store import Registry
 from serving.adapters import AdapterManager
 from serving.engine.base import Engine
 from serving.errors import EngineDeadError, ServingError
-from serving.experiments.evidence import EvidenceWriter, evidence_path
+from serving.experiments.evidence import EvidenceWriter
 from serving.routes import admin, health, openai
 from serving.settings import ServeSettings
 from serving.state import ServerState
@@ -72,7 +72,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         base = resolve_base_model(settings.base_model)
-        registry = LocalRegistry(settings.registry)
+        registry = Registry(settings.registry)
         model_len = context_length(base.path)
         effective = settings.model_copy(
             update={"max_model_len": min(settings.max_model_len or model_len, model_len)}
@@ -84,7 +84,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         adapters = AdapterManager(
             registry, engine, base, served, settings.max_lora_rank, settings.max_cpu_loras
         )
-        evidence = EvidenceWriter(evidence_path(registry.root))
+        evidence = EvidenceWriter(registry.evidence())
         state = ServerState(effective, base, registry, engine, adapters, evidence)
         app.state.server = state
         for ref in settings.pin:

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.postgres import Postgres
 
 pytest_plugins = ["tests.serving.fixtures"]  # the session's one real server, shared by serving and load tests
 
@@ -38,6 +43,29 @@ def tiny_base():  # type: ignore[no-untyped-def]
 @pytest.fixture
 def registry_root(tmp_path: Path) -> Path:
     return tmp_path / "registry"
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """One real PostgreSQL server per test session (pgserver wheel, 127.0.0.1, password auth)."""
+    from tests.postgres import Postgres
+
+    pg = Postgres()
+    yield pg
+    pg.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def registry_location(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> str:
+    """A fresh registry on each backend: a folder, or an empty PostgreSQL database whose files go
+    to an artifact folder (LORA_PLATFORM_ARTIFACTS, inherited by CLI calls and subprocesses)."""
+    if request.param == "sqlite":
+        return str(tmp_path / "registry")
+    pg: Postgres = request.getfixturevalue("postgres")
+    monkeypatch.setenv("LORA_PLATFORM_ARTIFACTS", str(tmp_path / "artifacts"))
+    return pg.new_database()
 
 
 @pytest.fixture(scope="session")

@@ -15,15 +15,14 @@ import threading
 from collections import OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from registry.errors import StorageError
-from registry.evidence_store import EvidenceStore, RequestRecord, evidence_path
+from registry.evidence_store import EvidenceStore, RequestRecord
 
-__all__ = ["EvidenceCounters", "EvidenceStats", "EvidenceWriter", "RequestRecord", "evidence_path"]
+__all__ = ["EvidenceCounters", "EvidenceStats", "EvidenceWriter", "RequestRecord"]
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +46,13 @@ class EvidenceWriter:
 
     def __init__(
         self,
-        store: EvidenceStore | Path,
+        store: EvidenceStore,
         flush_interval_s: float = 0.25,
         batch: int = 256,
         max_queue: int = 100_000,
         max_backoff_s: float = 30.0,
     ) -> None:
-        self.store = store if isinstance(store, EvidenceStore) else EvidenceStore(store)
+        self.store = store
         self.flush_interval_s = flush_interval_s
         self.batch = batch
         self.max_queue = max_queue

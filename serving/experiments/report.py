@@ -7,9 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from registry.errors import NotFoundError
-from registry.evidence_store import EvidenceStore, evidence_path
 from registry.routes import get_route
-from registry.store import LocalRegistry
+from registry.store import Registry
 from serving.experiments import stats
 
 MIN_FEEDBACK = 30
@@ -52,8 +51,8 @@ def _test(t: stats.Test | None) -> dict[str, Any] | None:
 
 
 def build_report(registry_root: str | Path | None, route: str) -> dict[str, Any]:
-    reg = LocalRegistry(registry_root)
-    reqs, fb = EvidenceStore(evidence_path(reg.root)).load(route)
+    reg = Registry(registry_root)
+    reqs, fb = reg.evidence().load(route)
     try:
         current = get_route(reg, route)
         order = [v.ref for v in current.variants]

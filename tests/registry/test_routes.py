@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from cli.main import cli
 from registry.errors import ConflictError, NotFoundError, RegistryError
-from registry.evidence_store import RequestRecord, evidence_path
+from registry.evidence_store import RequestRecord
 from registry.routes import (
     get_route,
     list_routes,
@@ -21,14 +21,14 @@ from registry.routes import (
     start_route,
     stop_route,
 )
-from registry.store import LocalRegistry
+from registry.store import Registry
 from serving.experiments.evidence import EvidenceWriter
 from tests.registry.test_store import LINEAGE, make_adapter
 
 
 @pytest.fixture
-def reg(registry_root: Path, tmp_path: Path) -> LocalRegistry:
-    r = LocalRegistry(registry_root)
+def reg(registry_location: str, tmp_path: Path) -> Registry:
+    r = Registry(registry_location)
     a = make_adapter(tmp_path / "a")
     for _ in range(3):
         r.push("support", a, LINEAGE)
@@ -37,7 +37,7 @@ def reg(registry_root: Path, tmp_path: Path) -> LocalRegistry:
     return r
 
 
-def test_start_set_stop(reg: LocalRegistry) -> None:
+def test_start_set_stop(reg: Registry) -> None:
     before = reg.changes()
     route = start_route(reg, "support", [("support@1", 90), ("support@2", 10)])
     assert [v.ref for v in route.variants] == ["support@1", "support@2"] and reg.changes() > before
@@ -59,13 +59,13 @@ def test_start_set_stop(reg: LocalRegistry) -> None:
         ([], RegistryError, "at least one"),
     ],
 )
-def test_bad_routes_are_refused_and_nothing_changes(reg: LocalRegistry, variants, error, match) -> None:  # type: ignore[no-untyped-def]
+def test_bad_routes_are_refused_and_nothing_changes(reg: Registry, variants, error, match) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(error, match=match):
         start_route(reg, "support", variants)
     assert list_routes(reg) == []
 
 
-def test_a_route_cannot_hide_another_adapter(reg: LocalRegistry, tmp_path: Path) -> None:
+def test_a_route_cannot_hide_another_adapter(reg: Registry, tmp_path: Path) -> None:
     with pytest.raises(ConflictError, match="would hide the adapter named 'other'"):
         start_route(reg, "other", [("support@1", 1)])
     start_route(reg, "newname", [("support@1", 1), ("other@1", 1)])
@@ -73,7 +73,7 @@ def test_a_route_cannot_hide_another_adapter(reg: LocalRegistry, tmp_path: Path)
         reg.push("newname", make_adapter(tmp_path / "b"), LINEAGE)
 
 
-def test_promote_moves_the_alias_and_ends_the_route(reg: LocalRegistry) -> None:
+def test_promote_moves_the_alias_and_ends_the_route(reg: Registry) -> None:
     reg.set_alias("support@1", "prod")
     start_route(reg, "support", [("support@1", 90), ("support@2", 10)])
     with pytest.raises(ConflictError, match="A/B route 'support'"):
@@ -92,10 +92,10 @@ def test_variant_syntax() -> None:
         parse_variant("support@3=lots")
 
 
-def test_report_statistics_match_a_hand_computed_case(reg: LocalRegistry, tmp_path: Path) -> None:
+def test_report_statistics_match_a_hand_computed_case(reg: Registry, registry_location: str, tmp_path: Path) -> None:
     """45/100 thumbs up on A, 60/100 on B: z = 2.124, p = 0.0337, B better; latency differs too."""
     start_route(reg, "support", [("support@1", 50), ("support@2", 50)])
-    writer = EvidenceWriter(evidence_path(reg.root))
+    writer = EvidenceWriter(reg.evidence())
     now = time.time()
     for variant, latency in (("support@1", 0.2), ("support@2", 0.4)):
         for i in range(100):
@@ -105,13 +105,13 @@ def test_report_statistics_match_a_hand_computed_case(reg: LocalRegistry, tmp_pa
             )
     writer.close()
     for variant, ups in (("support@1", 45), ("support@2", 60)):
-        w = EvidenceWriter(evidence_path(reg.root))
+        w = EvidenceWriter(reg.evidence())
         for i in range(100):
             w.feedback(f"{variant}-{i}", "support", variant, None, int(i < ups), None)
         w.close()
     png = tmp_path / "ab.png"
     out = CliRunner().invoke(
-        cli, ["ab", "report", "support", "--json", "--png", str(png), "--registry", str(reg.root)]
+        cli, ["ab", "report", "support", "--json", "--png", str(png), "--registry", registry_location]
     )
     assert out.exit_code == 0, out.output
     report = json.loads(out.output)
@@ -128,9 +128,9 @@ def test_report_statistics_match_a_hand_computed_case(reg: LocalRegistry, tmp_pa
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
-def test_report_says_when_there_is_not_enough_data(reg: LocalRegistry) -> None:
+def test_report_says_when_there_is_not_enough_data(reg: Registry, registry_location: str) -> None:
     start_route(reg, "support", [("support@1", 50), ("support@2", 50)])
-    writer = EvidenceWriter(evidence_path(reg.root))
+    writer = EvidenceWriter(reg.evidence())
     for i in range(6):
         writer.record(
             RequestRecord(
@@ -138,14 +138,14 @@ def test_report_says_when_there_is_not_enough_data(reg: LocalRegistry) -> None:
             )
         )
     writer.close()
-    out = CliRunner().invoke(cli, ["ab", "report", "support", "--registry", str(reg.root)])
+    out = CliRunner().invoke(cli, ["ab", "report", "support", "--registry", registry_location])
     assert out.exit_code == 0 and "not enough data yet" in out.output
 
 
-def test_cli_errors_are_clear(reg: LocalRegistry) -> None:
+def test_cli_errors_are_clear(reg: Registry, registry_location: str) -> None:
     out = CliRunner().invoke(
-        cli, ["ab", "start", "support", "--variant", "support@1=0", "--registry", str(reg.root)]
+        cli, ["ab", "start", "support", "--variant", "support@1=0", "--registry", registry_location]
     )
     assert out.exit_code == 1 and "positive number" in out.output and "Traceback" not in out.output
-    out = CliRunner().invoke(cli, ["ab", "report", "ghost", "--registry", str(reg.root)])
+    out = CliRunner().invoke(cli, ["ab", "report", "ghost", "--registry", registry_location])
     assert out.exit_code == 1 and "ghost" in out.output

@@ -1,4 +1,4 @@
-"""The local registry: round trip, integrity, aliases, concurrency and crash safety with real processes."""
+"""The registry (both backends where the test needs no folder layout): round trip, integrity, aliases, concurrency and crash safety with real processes."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from registry.errors import (
     RegistryError,
 )
 from registry.refs import parse_ref
-from registry.store import LocalRegistry
+from registry.store import LocalRegistry, Registry
 from tests.serving.fixtures import wait_until
 
 LINEAGE = {
@@ -62,8 +62,8 @@ def adapter(tmp_path: Path) -> Path:
     return make_adapter(tmp_path / "adapter")
 
 
-def test_push_show_load_round_trip(registry_root: Path, adapter: Path) -> None:
-    reg = LocalRegistry(registry_root)
+def test_push_show_load_round_trip(registry_location: str, adapter: Path) -> None:
+    reg = Registry(registry_location)
     v1 = reg.push("support", adapter, LINEAGE)
     v2 = reg.push("support", adapter, LINEAGE)
     assert (v1.ref, v2.ref, v2.parent) == ("support@1", "support@2", 1)
@@ -77,8 +77,8 @@ def test_push_show_load_round_trip(registry_root: Path, adapter: Path) -> None:
     assert reg.get("support@2").lineage["base_model"] == "embedded/tiny-llama"
 
 
-def test_alias_moves_are_atomic_and_idempotent(registry_root: Path, adapter: Path) -> None:
-    reg = LocalRegistry(registry_root)
+def test_alias_moves_are_atomic_and_idempotent(registry_location: str, adapter: Path) -> None:
+    reg = Registry(registry_location)
     reg.push("a", adapter, LINEAGE)
     reg.push("a", adapter, LINEAGE)
     before = reg.changes()
@@ -124,8 +124,8 @@ def test_malformed_references_are_refused_before_touching_paths(
     assert not list((registry_root / "versions").iterdir())
 
 
-def test_unknown_things_get_errors_naming_the_reference(registry_root: Path, adapter: Path) -> None:
-    reg = LocalRegistry(registry_root)
+def test_unknown_things_get_errors_naming_the_reference(registry_location: str, adapter: Path) -> None:
+    reg = Registry(registry_location)
     with pytest.raises(NotFoundError, match="no adapter named 'ghost'"):
         reg.get("ghost")
     reg.push("real", adapter, LINEAGE)
@@ -135,8 +135,8 @@ def test_unknown_things_get_errors_naming_the_reference(registry_root: Path, ada
         reg.get("real:prod")
 
 
-def test_tampered_missing_and_extra_files_fail_verification(registry_root: Path, adapter: Path) -> None:
-    reg = LocalRegistry(registry_root)
+def test_tampered_missing_and_extra_files_fail_verification(registry_location: str, adapter: Path) -> None:
+    reg = Registry(registry_location)
     v = reg.push("t", adapter, LINEAGE)
     weights = v.path / "adapter_model.safetensors"
     data = bytearray(weights.read_bytes())
@@ -177,8 +177,8 @@ def test_bad_adapters_are_refused_and_nothing_is_stored(registry_root: Path, tmp
     assert not list((registry_root / ".staging").iterdir())
 
 
-def test_rm_refuses_a_version_an_alias_points_at(registry_root: Path, adapter: Path) -> None:
-    reg = LocalRegistry(registry_root)
+def test_rm_refuses_a_version_an_alias_points_at(registry_location: str, adapter: Path) -> None:
+    reg = Registry(registry_location)
     reg.push("r", adapter, LINEAGE)
     reg.set_alias("r@1", "prod")
     with pytest.raises(ConflictError, match=r"r@1 is in use by alias r:prod"):
@@ -202,18 +202,18 @@ def _push_many(root: str, adapter: str, n: int, out: mp.Queue) -> None:  # type:
     out.put([reg.push("shared", Path(adapter), LINEAGE).version for _ in range(n)])
 
 
-def test_parallel_pushes_from_processes_get_distinct_versions(registry_root: Path, adapter: Path) -> None:
-    LocalRegistry(registry_root)
+def test_parallel_pushes_from_processes_get_distinct_versions(registry_location: str, adapter: Path) -> None:
+    Registry(registry_location)
     ctx = mp.get_context("spawn")
     q: mp.Queue = ctx.Queue()  # type: ignore[type-arg]
-    procs = [ctx.Process(target=_push_many, args=(str(registry_root), str(adapter), 5, q)) for _ in range(4)]
+    procs = [ctx.Process(target=_push_many, args=(registry_location, str(adapter), 5, q)) for _ in range(4)]
     for p in procs:
         p.start()
     got = sorted(v for _ in procs for v in q.get(timeout=120))
     for p in procs:
         p.join(timeout=60)
     assert got == list(range(1, 21))
-    assert all(err is None for err in LocalRegistry(registry_root).verify_all().values())
+    assert all(err is None for err in Registry(registry_location).verify_all().values())
 
 
 _SLOW_PUSH = """
@@ -232,10 +232,10 @@ while True:
 """
 
 
-def test_killing_a_pushing_process_leaves_a_verifiable_registry(registry_root: Path, adapter: Path) -> None:
+def test_killing_a_pushing_process_leaves_a_verifiable_registry(registry_location: str, adapter: Path) -> None:
     big = make_adapter(adapter.parent / "big", size=4096)
     proc = subprocess.Popen(
-        [sys.executable, "-c", _SLOW_PUSH, str(registry_root), str(big)],
+        [sys.executable, "-c", _SLOW_PUSH, registry_location, str(big)],
         stdout=subprocess.PIPE,
         env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])},
     )
@@ -243,7 +243,7 @@ def test_killing_a_pushing_process_leaves_a_verifiable_registry(registry_root: P
     time.sleep(1.5)  # several pushes done, one in the middle of its copy
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
-    reg = LocalRegistry(registry_root)
+    reg = Registry(registry_location)
     report = reg.verify_all()
     assert report and all(err is None for err in report.values())
     reg.gc()
@@ -256,7 +256,7 @@ def test_gc_removes_orphans_only(registry_root: Path, adapter: Path) -> None:
     orphan = registry_root / "versions" / "g" / "9"
     orphan.mkdir()
     (orphan / "junk").write_text("x")
-    assert [path for path, _ in reg.gc().removed] == [orphan]
+    assert [Path(p) for p, _ in reg.gc().removed] == [orphan]
     assert reg.get("g@1")
 
 

@@ -11,7 +11,6 @@ import httpx
 import openai
 import pytest
 
-from registry.evidence_store import load
 from registry.routes import promote, set_weights, start_route
 from registry.store import LocalRegistry
 from tests.serving.fixtures import Server, wait_until
@@ -83,7 +82,7 @@ def test_evidence_and_feedback_are_attributed_to_the_variant(server: Server, ab)
     assert bad.status_code == 404 and bad.json()["error"]["param"] == "id"
     assert httpx.post(f"{server.url}/v1/feedback", json={"id": cid}).status_code == 400
     time.sleep(0.8)  # the writer flushes off the hot path
-    reqs, fb = load(reg.root / "evidence.sqlite", "abtest")
+    reqs, fb = reg.evidence().load("abtest")
     row = next(r for r in reqs if r["id"] == cid)
     assert row["variant"] == model and row["user_hash"] not in (None, "fb-user") and row["latency_s"] > 0
     assert row["completion_tokens"] == 2
@@ -99,7 +98,7 @@ def test_shadow_copies_are_logged_never_returned(server: Server, ab) -> None:  #
     wait_until(lambda: ask(client, "s0")[0] == v1)
     ids = [ask(client, f"s{i}")[2] for i in range(3)]
     time.sleep(1.0)
-    reqs, _ = load(reg.root / "evidence.sqlite", "abtest")
+    reqs, _ = reg.evidence().load("abtest")
     shadows = {r["id"]: r for r in reqs if r["shadow"]}
     for cid in ids:
         assert shadows[f"{cid}-shadow"]["variant"] == v2 and shadows[f"{cid}-shadow"]["output"] is not None

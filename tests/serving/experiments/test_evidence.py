@@ -7,6 +7,7 @@ import sqlite3
 import time
 from pathlib import Path
 
+from registry.db import CatalogDB
 from registry.evidence_store import EvidenceStore, RequestRecord
 from serving.experiments.evidence import EvidenceCounters, EvidenceWriter
 from tests.serving.fixtures import wait_until
@@ -21,9 +22,8 @@ def _ids(store: EvidenceStore) -> set[str]:
 
 
 def test_a_locked_database_is_retried_oldest_rows_dropped_and_newest_written_after(tmp_path: Path) -> None:
-    store = EvidenceStore(tmp_path / "evidence.sqlite", timeout_s=0.05)
-    store.load("support")  # creates the tables
-    holder = sqlite3.connect(store.path, isolation_level=None)
+    store = EvidenceStore(CatalogDB.for_folder(tmp_path, timeout_s=0.05))
+    holder = sqlite3.connect(tmp_path / "catalog.sqlite", isolation_level=None)
     holder.execute("BEGIN EXCLUSIVE")  # another process holding the write lock: every insert fails
     writer = EvidenceWriter(store, flush_interval_s=0.02, max_queue=50, max_backoff_s=0.1)
     try:
@@ -46,9 +46,12 @@ def test_a_locked_database_is_retried_oldest_rows_dropped_and_newest_written_aft
 
 
 def test_a_database_path_that_is_a_folder_fails_until_it_is_a_file_again(tmp_path: Path) -> None:
-    path = tmp_path / "evidence.sqlite"
+    db = CatalogDB.for_folder(tmp_path, timeout_s=0.05)
+    db.dispose()
+    path = tmp_path / "catalog.sqlite"
+    path.rename(tmp_path / "catalog.sqlite.aside")
     path.mkdir()  # what an operator's mistake or a broken volume leaves: SQLite cannot open it
-    writer = EvidenceWriter(path, flush_interval_s=0.02, max_backoff_s=0.1)
+    writer = EvidenceWriter(EvidenceStore(db), flush_interval_s=0.02, max_backoff_s=0.1)
     counters = EvidenceCounters()
     try:
         for i in range(5):
@@ -58,16 +61,16 @@ def test_a_database_path_that_is_a_folder_fails_until_it_is_a_file_again(tmp_pat
         exported = {m.name: m.samples[0].value for m in counters.collect()}
         assert exported["lora_evidence_write_failures"] >= 1 and exported["lora_evidence_writing"] == 0
         shutil.rmtree(path)
-        wait_until(lambda: path.is_file() and _ids(EvidenceStore(path)) == {f"r{i}" for i in range(5)}, 10)
+        (tmp_path / "catalog.sqlite.aside").rename(path)
+        wait_until(lambda: _ids(EvidenceStore(db)) == {f"r{i}" for i in range(5)}, 10)
         assert writer.stats().writing and writer.stats().dropped == 0
     finally:
         writer.close()
 
 
 def test_rows_that_cannot_be_written_at_shutdown_are_counted_as_dropped(tmp_path: Path) -> None:
-    store = EvidenceStore(tmp_path / "evidence.sqlite", timeout_s=0.05)
-    store.load("support")
-    holder = sqlite3.connect(store.path, isolation_level=None)
+    store = EvidenceStore(CatalogDB.for_folder(tmp_path, timeout_s=0.05))
+    holder = sqlite3.connect(tmp_path / "catalog.sqlite", isolation_level=None)
     holder.execute("BEGIN EXCLUSIVE")
     writer = EvidenceWriter(store, flush_interval_s=0.02, max_backoff_s=0.1)
     for i in range(10):
