@@ -184,14 +184,14 @@ class CatalogDB:
         with self.read() as conn:
             return int(conn.execute(sa.select(meta.c.value).where(meta.c.key == "changes")).scalar_one())
 
-    def upsert(
-        self, conn: Connection, table: sa.Table, values: dict[str, Any], keys: list[str]
-    ) -> None:
+    def upsert(self, conn: Connection, table: sa.Table, values: dict[str, Any], keys: list[str]) -> None:
         """INSERT ... ON CONFLICT (keys) DO UPDATE (or DO NOTHING), in either dialect."""
         stmt = self._insert(table).values(**values)
         updates = {k: v for k, v in values.items() if k not in keys}
-        stmt = stmt.on_conflict_do_update(index_elements=keys, set_=updates) if updates else (
-            stmt.on_conflict_do_nothing(index_elements=keys)
+        stmt = (
+            stmt.on_conflict_do_update(index_elements=keys, set_=updates)
+            if updates
+            else (stmt.on_conflict_do_nothing(index_elements=keys))
         )
         conn.execute(stmt)
 

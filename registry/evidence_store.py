@@ -85,8 +85,12 @@ class EvidenceStore:
     def load(self, route: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """All request and feedback rows of a route, oldest first."""
         with self.db.read() as conn:
-            reqs = conn.execute(sa.select(t.requests).where(t.requests.c.route == route).order_by(t.requests.c.ts))
-            fb = conn.execute(sa.select(t.feedback).where(t.feedback.c.route == route).order_by(t.feedback.c.ts))
+            reqs = conn.execute(
+                sa.select(t.requests).where(t.requests.c.route == route).order_by(t.requests.c.ts)
+            )
+            fb = conn.execute(
+                sa.select(t.feedback).where(t.feedback.c.route == route).order_by(t.feedback.c.ts)
+            )
             return [dict(r._mapping) for r in reqs], [dict(r._mapping) for r in fb]
 
     def close(self) -> None:

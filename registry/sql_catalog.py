@@ -45,7 +45,7 @@ class _Reads:
         return _route(row) if row else None
 
 
-def _route(row: Row[Any]) -> Route:
+def _route(row: Row[Any, Any, Any]) -> Route:
     return Route.from_spec(row.name, json.loads(row.spec), float(row.updated))
 
 
@@ -87,7 +87,9 @@ class SqlWrite(_Reads):
 
     def set_tag(self, name: str, version: int, tag: str, present: bool) -> None:
         if present:
-            self._db.upsert(self._c, t.tags, {"name": name, "version": version, "tag": tag}, ["name", "version", "tag"])
+            self._db.upsert(
+                self._c, t.tags, {"name": name, "version": version, "tag": tag}, ["name", "version", "tag"]
+            )
         else:
             tg = t.tags.c
             self._c.execute(sa.delete(t.tags).where(tg.name == name, tg.version == version, tg.tag == tag))
@@ -134,7 +136,9 @@ class SqlCatalog(_Reads):
             names = {r.name for r in rows}
             aliases = _grouped(c, t.aliases, "alias", names)
             tags = _grouped(c, t.tags, "tag", names)
-        return [_to_row(r, aliases.get((r.name, r.version), ()), tags.get((r.name, r.version), ())) for r in rows]
+        return [
+            _to_row(r, aliases.get((r.name, r.version), ()), tags.get((r.name, r.version), ())) for r in rows
+        ]
 
     def has_name(self, name: str) -> bool:
         with self._conn() as c:
@@ -144,7 +148,9 @@ class SqlCatalog(_Reads):
     def aliases(self) -> dict[tuple[str, str], int]:
         a = t.aliases.c
         with self._conn() as c:
-            return {(r.name, r.alias): int(r.version) for r in c.execute(sa.select(a.name, a.alias, a.version))}
+            return {
+                (r.name, r.alias): int(r.version) for r in c.execute(sa.select(a.name, a.alias, a.version))
+            }
 
     def routes(self) -> list[Route]:
         r = t.routes.c
@@ -152,7 +158,9 @@ class SqlCatalog(_Reads):
             return [_route(row) for row in c.execute(sa.select(r.name, r.spec, r.updated).order_by(r.name))]
 
 
-def _grouped(c: Connection, table: sa.Table, column: str, names: set[str]) -> dict[tuple[str, int], tuple[str, ...]]:
+def _grouped(
+    c: Connection, table: sa.Table, column: str, names: set[str]
+) -> dict[tuple[str, int], tuple[str, ...]]:
     """(name, version) -> sorted values of `column` (aliases or tags), in one query."""
     out: dict[tuple[str, int], list[str]] = {}
     if not names:

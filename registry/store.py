@@ -32,10 +32,10 @@ from registry.card import write_card
 from registry.catalog import Catalog, VersionRow
 from registry.db import CATALOG_FILE, CatalogDB, is_database_url
 from registry.errors import ConflictError, IntegrityError, NotFoundError, RegistryError
+from registry.evidence_store import EvidenceStore
 from registry.manifest import fsync_tree, verify, write_manifest
 from registry.refs import Ref, check_name, parse_ref
 from registry.sql_catalog import SqlCatalog
-from registry.evidence_store import EvidenceStore
 
 LATEST = "latest"
 KEEP_FILES = (
@@ -308,7 +308,9 @@ class Registry:
                 self.store.remove(staging)
                 report.removed.append((staging, f"staging folder of a push idle for {_ago(idle)}"))
             else:
-                report.kept.append((staging, f"staging folder changed {_ago(idle)} ago: may be a push in progress"))
+                report.kept.append(
+                    (staging, f"staging folder changed {_ago(idle)} ago: may be a push in progress")
+                )
         return report
 
     def verify_all(self) -> dict[str, str | None]:
@@ -337,4 +339,6 @@ def _check_folder(root: Path) -> None:
         raise RegistryError(f"{root}: registry path exists and is not a folder")
     if root.is_dir() and any(root.iterdir()) and not (root / CATALOG_FILE).is_file():
         raise RegistryError(f"{root}: folder is not a registry (no {CATALOG_FILE}); choose an empty folder")
+
+
 LocalRegistry = Registry  # the old name, until every caller says Registry

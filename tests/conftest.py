@@ -56,9 +56,7 @@ def postgres() -> Iterator[Postgres]:
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def registry_location(
-    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> str:
+def registry_location(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     """A fresh registry on each backend: a folder, or an empty PostgreSQL database whose files go
     to an artifact folder (LORA_PLATFORM_ARTIFACTS, inherited by CLI calls and subprocesses)."""
     if request.param == "sqlite":

@@ -53,7 +53,9 @@ class Postgres:
     def start(self) -> None:
         options = f"-h 127.0.0.1 -p {self.port} -k {self.socket_dir} -c max_connections=200 -c fsync=off"
         log = self.pgdata / "server.log"
-        self._pg_ctl(["-w", "-o", options, "-l", str(log), "start"], pgdata=self.pgdata, user=self.system_user)
+        self._pg_ctl(
+            ["-w", "-o", options, "-l", str(log), "start"], pgdata=self.pgdata, user=self.system_user
+        )
 
     def stop(self) -> None:
         self._pg_ctl(["-w", "-m", "immediate", "stop"], pgdata=self.pgdata, user=self.system_user)

@@ -92,7 +92,9 @@ def test_variant_syntax() -> None:
         parse_variant("support@3=lots")
 
 
-def test_report_statistics_match_a_hand_computed_case(reg: Registry, registry_location: str, tmp_path: Path) -> None:
+def test_report_statistics_match_a_hand_computed_case(
+    reg: Registry, registry_location: str, tmp_path: Path
+) -> None:
     """45/100 thumbs up on A, 60/100 on B: z = 2.124, p = 0.0337, B better; latency differs too."""
     start_route(reg, "support", [("support@1", 50), ("support@2", 50)])
     writer = EvidenceWriter(reg.evidence())

@@ -232,7 +232,9 @@ while True:
 """
 
 
-def test_killing_a_pushing_process_leaves_a_verifiable_registry(registry_location: str, adapter: Path) -> None:
+def test_killing_a_pushing_process_leaves_a_verifiable_registry(
+    registry_location: str, adapter: Path
+) -> None:
     big = make_adapter(adapter.parent / "big", size=4096)
     proc = subprocess.Popen(
         [sys.executable, "-c", _SLOW_PUSH, registry_location, str(big)],

@@ -8,6 +8,8 @@ Revision ID: 0001
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -18,7 +20,7 @@ down_revision = None
 def upgrade() -> None:
     bind = op.get_bind()
     have = set(sa.inspect(bind).get_table_names())
-    tables = {
+    tables: dict[str, list[sa.Column[Any]]] = {
         "versions": [
             sa.Column("name", sa.Text, primary_key=True),
             sa.Column("version", sa.Integer, primary_key=True),

@@ -17,10 +17,21 @@ from alembic import context, op
 revision = "0002"
 down_revision = "0001"
 
-REQUEST_COLUMNS = (
-    "id ts route variant user_hash latency_s ttft_s prompt_tokens completion_tokens status shadow output"
-).split()
-FEEDBACK_COLUMNS = "completion_id ts route variant score thumbs comment".split()
+REQUEST_COLUMNS = [
+    "id",
+    "ts",
+    "route",
+    "variant",
+    "user_hash",
+    "latency_s",
+    "ttft_s",
+    "prompt_tokens",
+    "completion_tokens",
+    "status",
+    "shadow",
+    "output",
+]
+FEEDBACK_COLUMNS = ["completion_id", "ts", "route", "variant", "score", "thumbs", "comment"]
 
 
 def upgrade() -> None:
