@@ -53,6 +53,9 @@ class CatalogWrite(CatalogReader, Protocol):
 
     def insert_version(self, row: VersionRow) -> None: ...
 
+    def issue_at_least(self, name: str, version: int) -> None:
+        """Never issue `version` or a lower number of `name` again (copying a registry keeps its numbers)."""
+
     def delete_version(self, name: str, version: int) -> None:
         """Remove a version with its aliases and tags."""
 
@@ -88,3 +91,6 @@ class Catalog(CatalogReader, Protocol):
 
     def routes(self) -> list[Route]:
         """Every A/B route, ordered by name."""
+
+    def issued(self) -> dict[str, int]:
+        """name -> the highest version number ever issued (removed versions included)."""

@@ -186,7 +186,7 @@ class CatalogDB:
 
     def upsert(self, conn: Connection, table: sa.Table, values: dict[str, Any], keys: list[str]) -> None:
         """INSERT ... ON CONFLICT (keys) DO UPDATE (or DO NOTHING), in either dialect."""
-        stmt = self._insert(table).values(**values)
+        stmt = self.insert(table).values(**values)
         updates = {k: v for k, v in values.items() if k not in keys}
         stmt = (
             stmt.on_conflict_do_update(index_elements=keys, set_=updates)
@@ -198,13 +198,14 @@ class CatalogDB:
     def next_version(self, conn: Connection, name: str) -> int:
         """Issue the next version number of `name`: one atomic statement, so writers on several
         machines get distinct numbers, and numbers are never reused (even after `rm`)."""
-        stmt = self._insert(names).values(name=name, last_version=1)
+        stmt = self.insert(names).values(name=name, last_version=1)
         stmt = stmt.on_conflict_do_update(
             index_elements=["name"], set_={"last_version": names.c.last_version + 1}
         ).returning(names.c.last_version)
         return int(conn.execute(stmt).scalar_one())
 
-    def _insert(self, table: sa.Table) -> Any:
+    def insert(self, table: sa.Table) -> Any:
+        """The dialect's INSERT, which has `on_conflict_do_update` / `_do_nothing`."""
         if self.dialect == "postgresql":
             from sqlalchemy.dialects.postgresql import insert as pg_insert
 

@@ -93,5 +93,23 @@ class EvidenceStore:
             )
             return [dict(r._mapping) for r in reqs], [dict(r._mapping) for r in fb]
 
+    def copy_from(self, other: EvidenceStore) -> tuple[int, int]:
+        """Copy every request and feedback row of `other` that this store lacks; (requests, feedback)."""
+        with other.db.read() as conn:
+            reqs = [dict(r._mapping) for r in conn.execute(sa.select(t.requests))]
+            fb = [dict(r._mapping) for r in conn.execute(sa.select(t.feedback))]
+        with self.db.read() as conn:
+            have_reqs = set(conn.execute(sa.select(t.requests.c.id)).scalars())
+            f = t.feedback.c
+            have_fb = {(r[0], r[1]) for r in conn.execute(sa.select(f.completion_id, f.ts))}
+        new_reqs = [r for r in reqs if r["id"] not in have_reqs]
+        new_fb = [r for r in fb if (r["completion_id"], r["ts"]) not in have_fb]
+        with self.db.write(bump=False) as conn:
+            for start in range(0, len(new_reqs), 1000):
+                conn.execute(sa.insert(t.requests), new_reqs[start : start + 1000])
+            for start in range(0, len(new_fb), 1000):
+                conn.execute(sa.insert(t.feedback), new_fb[start : start + 1000])
+        return len(new_reqs), len(new_fb)
+
     def close(self) -> None:
         """Nothing to close: connections belong to the catalog's pool."""

@@ -77,6 +77,15 @@ class SqlWrite(_Reads):
             )
         )
 
+    def issue_at_least(self, name: str, version: int) -> None:
+        n = t.names.c
+        larger = sa.func.greatest if self._db.dialect == "postgresql" else sa.func.max  # SQLite: scalar max
+        stmt = self._db.insert(t.names).values(name=name, last_version=version)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["name"], set_={"last_version": larger(n.last_version, version)}
+        )
+        self._c.execute(stmt)
+
     def delete_version(self, name: str, version: int) -> None:
         for table in (t.versions, t.aliases, t.tags):
             self._c.execute(sa.delete(table).where(table.c.name == name, table.c.version == version))
@@ -151,6 +160,11 @@ class SqlCatalog(_Reads):
             return {
                 (r.name, r.alias): int(r.version) for r in c.execute(sa.select(a.name, a.alias, a.version))
             }
+
+    def issued(self) -> dict[str, int]:
+        n = t.names.c
+        with self._conn() as c:
+            return {row.name: int(row.last_version) for row in c.execute(sa.select(n.name, n.last_version))}
 
     def routes(self) -> list[Route]:
         r = t.routes.c
