@@ -240,7 +240,7 @@ class LocalRegistry:
 
     def _missing_name(self, name: str) -> None:
         if not self._read("SELECT 1 FROM versions WHERE name=? LIMIT 1", (name,)):
-            raise NotFoundError(f"no adapter named {name!r} in the registry at {self.root}")
+            raise NotFoundError(f"no adapter named {name!r} in the registry", path=self.root)
 
     def get(self, ref: str | Ref, verify_files: bool = True) -> Version:
         """The version a reference points at; with verify_files, every file is checked first."""
