@@ -197,12 +197,12 @@ class LocalRegistry:
         latest = self.catalog.latest_version(r.name)
         if latest is None:
             self._missing_name(r.name)
-            raise NotFoundError(f"no adapter named {r.name!r} in the registry at {self.root}")
+            raise NotFoundError(f"no adapter named {r.name!r} in the registry", path=self.root)
         return r.name, latest
 
     def _missing_name(self, name: str) -> None:
         if not self.catalog.has_name(name):
-            raise NotFoundError(f"no adapter named {name!r} in the registry at {self.root}")
+            raise NotFoundError(f"no adapter named {name!r} in the registry", path=self.root)
 
     def get(self, ref: str | Ref, verify_files: bool = True) -> Version:
         """The version a reference points at; with verify_files, every file is checked first."""
