@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 class RegistryError(Exception):
-    """Base class of every error the registry raises."""
+    """Base class of every error the registry raises.
+
+    `str(exc)` is for the person running the registry and may name a folder; `message` leaves out
+    the `path` given apart, so a server can pass it to its clients."""
+
+    def __init__(self, message: str, path: Path | str | None = None) -> None:
+        super().__init__(message if path is None else f"{message} ({path})")
+        self.message = message
+        self.path = path
 
 
 class BaseModelError(RegistryError):

@@ -11,12 +11,15 @@ from dataclasses import dataclass
 
 from registry.errors import ReferenceError_
 
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-_REF_RE = re.compile(r"^(?P<name>[^@:]+)(?:@(?P<version>[^@:]+)|:(?P<alias>[^@:]+))?$")
+NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+_REF_RE = re.compile(r"(?P<name>[^@:]+)(?:@(?P<version>[^@:]+)|:(?P<alias>[^@:]+))?")
+_VERSION_RE = re.compile(r"[0-9]{1,10}")
+MAX_VERSION = 2**31 - 1
+"""Largest version number: every version fits a 32-bit signed integer (and SQLite's INTEGER)."""
 
 
 def check_name(name: str, what: str = "name") -> str:
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise ReferenceError_(
             f"invalid {what} {name!r}: use 1-64 lowercase letters, digits, '.', '-' or '_', "
             "starting with a letter or digit"
@@ -39,22 +42,20 @@ class Ref:
             return f"{self.name}:{self.alias}"
         return self.name
 
-    @property
-    def is_pinned(self) -> bool:
-        return self.version is not None
-
 
 def parse_ref(text: str) -> Ref:
     """Parse `name`, `name@N` or `name:alias`; raise ReferenceError_ with the reason otherwise."""
     if not isinstance(text, str):
         raise ReferenceError_(f"reference must be a string, got {type(text).__name__}")
-    m = _REF_RE.match(text.strip())
+    m = _REF_RE.fullmatch(text.strip())
     if not m:
         raise ReferenceError_(f"malformed reference {text!r}: expected name, name@VERSION or name:ALIAS")
     name = check_name(m["name"])
     if m["version"] is not None:
-        if not m["version"].isdigit() or int(m["version"]) < 1:
-            raise ReferenceError_(f"malformed reference {text!r}: version must be a positive integer")
+        if not _VERSION_RE.fullmatch(m["version"]) or not 1 <= int(m["version"]) <= MAX_VERSION:
+            raise ReferenceError_(
+                f"malformed reference {text!r}: version must be an integer from 1 to {MAX_VERSION}"
+            )
         return Ref(name, version=int(m["version"]))
     if m["alias"] is not None:
         return Ref(name, alias=check_name(m["alias"], "alias"))

@@ -209,12 +209,12 @@ class Registry:
         latest = self.catalog.latest_version(r.name)
         if latest is None:
             self._missing_name(r.name)
-            raise NotFoundError(f"no adapter named {r.name!r} in the registry")
+            raise NotFoundError(f"no adapter named {r.name!r} in the registry", path=self.location)
         return r.name, latest
 
     def _missing_name(self, name: str) -> None:
         if not self.catalog.has_name(name):
-            raise NotFoundError(f"no adapter named {name!r} in the registry")
+            raise NotFoundError(f"no adapter named {name!r} in the registry", path=self.location)
 
     def get(self, ref: str | Ref, verify_files: bool = True) -> Version:
         """The version a reference points at; with verify_files, its files are fetched (remote

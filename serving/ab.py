@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING
 
 from registry.evidence_store import RequestRecord
-from serving.generation import Job
+from serving.jobs import Job
 from serving.routing import choose, key_hash, shadow_sampled
 from serving.state import ServerState
+
+if TYPE_CHECKING:
+    from serving.generation import Tracker
 
 log = logging.getLogger("lora_platform.ab")
 
@@ -28,8 +31,8 @@ def apply_route(state: ServerState, job: Job, sticky_key: str | None) -> None:
         state.tasks[:] = [t for t in state.tasks if not t.done()]
 
 
-def record(state: ServerState, job: Job, served: str, tracker: Any, status: str) -> None:
-    """on_done hook: one evidence row per routed request (enqueued, written off the hot path)."""
+def record(state: ServerState, job: Job, served: str, tracker: Tracker, status: str) -> None:
+    """One evidence row per routed request (enqueued, written off the hot path)."""
     if job.route and state.evidence is not None:
         state.evidence.record(
             RequestRecord(

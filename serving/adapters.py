@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -24,6 +25,9 @@ from registry.refs import parse_ref
 from registry.store import LocalRegistry, Version
 from serving.engine.base import AdapterHandle, Engine
 from serving.errors import AdapterLoadError, ModelNotFoundError
+from serving.metrics import Metrics
+
+log = logging.getLogger("lora_platform.serving")
 
 UNSUPPORTED_TARGETS = {"embed_tokens", "lm_head"}
 BASE_ALIASES = {"base"}
@@ -83,6 +87,7 @@ class AdapterManager:
         served_base: str,
         max_lora_rank: int,
         max_loaded: int,
+        metrics: Metrics | None = None,
     ) -> None:
         self.registry = registry
         self.engine = engine
@@ -90,6 +95,7 @@ class AdapterManager:
         self.served_base = served_base
         self.max_lora_rank = max_lora_rank
         self.max_loaded = max_loaded
+        self.metrics = metrics
         self.loaded: dict[tuple[str, int], Loaded] = {}
         self._next_id = 1
         self._locks: dict[tuple[str, int], asyncio.Lock] = {}
@@ -120,7 +126,7 @@ class AdapterManager:
             found = self.registry.resolve(ref)
         except (ReferenceError_, NotFoundError) as exc:
             raise ModelNotFoundError(
-                f"The model {model!r} does not exist: {exc}. Use {self.served_base!r} or a registry reference "
+                f"The model {model!r} does not exist: {exc.message}. Use {self.served_base!r} or a registry reference "
                 "(name, name@VERSION, name:ALIAS); GET /v1/models lists them."
             ) from exc
         self._resolved[model] = found
@@ -160,6 +166,8 @@ class AdapterManager:
             await self._make_room()
             await self.engine.add_adapter(handle)
             self.loads += 1
+            if self.metrics is not None:
+                self.metrics.adapter_loads.inc()
             self.loaded[key] = Loaded(handle, v)
             return self.loaded[key]
 
@@ -167,9 +175,12 @@ class AdapterManager:
         try:
             return self.registry.get(f"{name}@{version}", verify_files=True)
         except NotFoundError as exc:
-            raise ModelNotFoundError(str(exc)) from exc
-        except IntegrityError as exc:
-            raise AdapterLoadError(f"{name}@{version} failed its integrity check: {exc}") from exc
+            raise ModelNotFoundError(exc.message) from exc
+        except IntegrityError as exc:  # its message names files on this server: the log has it
+            log.warning("refusing %s@%s: %s", name, version, exc)
+            raise AdapterLoadError(
+                f"{name}@{version} failed its integrity check: its files do not match its manifest"
+            ) from exc
 
     def _validate(self, v: Version) -> None:
         if v.base_sha256 != self.base.weights_sha256:
@@ -179,8 +190,9 @@ class AdapterManager:
             )
         try:
             info = validate_adapter(v.path)
-        except InvalidAdapterError as exc:
-            raise AdapterLoadError(f"{v.ref}: {exc}") from exc
+        except InvalidAdapterError as exc:  # its message names the folder on this server: the log has it
+            log.warning("refusing %s: %s", v.ref, exc)
+            raise AdapterLoadError(f"{v.ref} is not a valid LoRA adapter (the server log says why)") from exc
         if info.rank > self.max_lora_rank:
             raise AdapterLoadError(
                 f"{v.ref}: LoRA rank {info.rank} exceeds this server's max_lora_rank {self.max_lora_rank}"

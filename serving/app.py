@@ -16,12 +16,21 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from registry.basemodels import resolve_base_model
-from registry.errors import ConflictError, NotFoundError, RegistryError
+from registry.errors import RegistryError
 from registry.store import Registry
 from serving.adapters import AdapterManager
 from serving.engine.base import Engine
-from serving.errors import EngineDeadError, ServingError
+from serving.errors import (
+    BadRequestError,
+    EngineDeadError,
+    HTTPStatusError,
+    InternalError,
+    RequestTooLargeError,
+    ServingError,
+    from_registry,
+)
 from serving.experiments.evidence import EvidenceWriter
+from serving.metrics import Metrics
 from serving.routes import admin, health, openai
 from serving.settings import ServeSettings
 from serving.state import ServerState
@@ -81,11 +90,12 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         engine = make_engine(effective, base)
         await engine.start()
         served = settings.served_model_name or base.id
+        metrics = Metrics()
         adapters = AdapterManager(
-            registry, engine, base, served, settings.max_lora_rank, settings.max_cpu_loras
+            registry, engine, base, served, settings.max_lora_rank, settings.max_cpu_loras, metrics
         )
         evidence = EvidenceWriter(registry.evidence())
-        state = ServerState(effective, base, registry, engine, adapters, evidence)
+        state = ServerState(effective, base, registry, engine, adapters, evidence, metrics=metrics)
         app.state.server = state
         for ref in settings.pin:
             await adapters.pin(ref)
@@ -122,67 +132,61 @@ class BodyLimit:
         if scope["type"] == "http":
             length = dict(scope.get("headers") or []).get(b"content-length")
             if length is not None and length.isdigit() and int(length) > self.max_bytes:
-                body = {
-                    "error": {
-                        "message": f"request body over {self.max_bytes} bytes",
-                        "type": "invalid_request_error",
-                        "param": None,
-                        "code": "request_too_large",
-                    }
-                }
-                await JSONResponse(body, status_code=413)(scope, receive, send)
+                await error_response(RequestTooLargeError(self.max_bytes))(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
 
+class ErrorResponse(JSONResponse):
+    """A client's error body: `ServingError.envelope()`, ASCII-escaped so that any text a client
+    sent (lone surrogates included) can be echoed back."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, separators=(",", ":")).encode()
+
+
+def error_response(exc: ServingError) -> ErrorResponse:
+    return ErrorResponse(exc.envelope(), status_code=exc.status, headers=exc.headers)
+
+
 def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ServingError)
-    async def _serving(request: Request, exc: ServingError) -> JSONResponse:
+    """The one mapper from exceptions to OpenAI's error envelope; each error response is counted
+    once in `lora_errors_total` here (stream errors, sent after the 200, by the stream)."""
+
+    def respond(request: Request, exc: ServingError) -> ErrorResponse:
         state = getattr(request.app.state, "server", None)
-        if state is not None:  # errors before generation: labelled by type (and status code)
-            state.metrics.errors.labels("", f"{exc.type}:{exc.status}").inc()
-        return JSONResponse(exc.envelope(), status_code=exc.status, headers=exc.headers)
+        if state is not None:  # labelled by type and status code
+            state.metrics.errors.labels("", exc.label).inc()
+        return error_response(exc)
+
+    @app.exception_handler(ServingError)
+    async def _serving(request: Request, exc: ServingError) -> ErrorResponse:
+        return respond(request, exc)
 
     @app.exception_handler(RegistryError)
-    async def _registry(request: Request, exc: RegistryError) -> JSONResponse:
-        status = 404 if isinstance(exc, NotFoundError) else 409 if isinstance(exc, ConflictError) else 400
-        body = {"error": {"message": str(exc), "type": "invalid_request_error", "param": None, "code": None}}
-        return JSONResponse(body, status_code=status)
+    async def _registry(request: Request, exc: RegistryError) -> ErrorResponse:
+        return respond(request, from_registry(exc))
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = exc.errors()
-        first = errors[0] if errors else {}
-        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
-        param = ".".join(loc) or None
-        message = "; ".join(
-            f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body')}: {e.get('msg')}" for e in errors
-        )
-        body = {
-            "error": {
-                "message": message or "invalid request",
-                "type": "invalid_request_error",
-                "param": param,
-                "code": None,
-            }
-        }
-        return JSONResponse(body, status_code=400)
+    async def _validation(request: Request, exc: RequestValidationError) -> ErrorResponse:
+        return respond(request, _invalid(exc))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
-        body = {"error": {"message": str(exc.detail), "type": kind, "param": None, "code": None}}
-        return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+    async def _http(request: Request, exc: StarletteHTTPException) -> ErrorResponse:
+        return respond(request, HTTPStatusError(exc.status_code, str(exc.detail), dict(exc.headers or {})))
 
     @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    async def _unexpected(request: Request, exc: Exception) -> ErrorResponse:
         log.exception("unhandled error")
-        body = {
-            "error": {
-                "message": f"internal error: {type(exc).__name__}",
-                "type": "server_error",
-                "param": None,
-                "code": None,
-            }
-        }
-        return JSONResponse(body, status_code=500)
+        return respond(request, InternalError(f"internal error: {type(exc).__name__}"))
+
+
+def _invalid(exc: RequestValidationError) -> BadRequestError:
+    """A 400 naming each invalid field (the first one's top-level field as `param`)."""
+    errors = exc.errors()
+    first = [str(p) for p in (errors[0].get("loc", ()) if errors else ()) if p != "body"]
+    param = first[0] if first else None
+    message = "; ".join(
+        f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body')}: {e.get('msg')}" for e in errors
+    )
+    return BadRequestError(message or "invalid request", param=param)

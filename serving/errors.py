@@ -1,11 +1,17 @@
-"""Serving exceptions, each with its HTTP status and OpenAI error type.
+"""Serving exceptions, each with its HTTP status and OpenAI error type, and the one place a
+client's error body is built.
 
-One mapper (serving.app) turns them into OpenAI's envelope
-`{"error": {"message", "type", "param", "code"}}`; the openai client picks its exception
-class from the status.
+`ServingError.envelope()` is OpenAI's `{"error": {"message", "type", "param", "code"}}`; the HTTP
+mapper (serving.app), the body-size guard and the mid-stream error event all send it. The openai
+client picks its exception class from the status. Messages for clients never name server files:
+registry errors are translated by `from_registry`, unexpected exceptions become `InternalError`.
 """
 
 from __future__ import annotations
+
+from registry.errors import ConflictError as RegistryConflict
+from registry.errors import NotFoundError as RegistryNotFound
+from registry.errors import RegistryError
 
 
 class ServingError(Exception):
@@ -30,6 +36,11 @@ class ServingError(Exception):
     def envelope(self) -> dict[str, dict[str, str | None]]:
         """OpenAI's error body."""
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    @property
+    def label(self) -> str:
+        """How `lora_errors_total` labels this error: type and status."""
+        return f"{self.type}:{self.status}"
 
 
 class BadRequestError(ServingError):
@@ -70,6 +81,23 @@ class NotFoundError(ServingError):
     type = "invalid_request_error"
 
 
+class ConflictError(ServingError):
+    """The change would break a registry invariant, e.g. a route that already exists (409)."""
+
+    status = 409
+    type = "invalid_request_error"
+
+
+class RequestTooLargeError(ServingError):
+    """The request body is over the server's limit (413)."""
+
+    status = 413
+    type = "invalid_request_error"
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(f"request body over {max_bytes} bytes", code="request_too_large")
+
+
 class AdapterLoadError(ServingError):
     """The adapter exists but cannot be served on this engine (rank, targets, base model) (422)."""
 
@@ -87,6 +115,20 @@ class OverloadedError(ServingError):
     type = "rate_limit_error"
 
 
+class ClientGone(ServingError):
+    """The client closed the connection; nobody reads the answer (nginx's 499)."""
+
+    status = 499
+    type = "client_closed_request"
+
+
+class InternalError(ServingError):
+    """An unexpected failure; the server log has the traceback, the client a generic message (500)."""
+
+    def __init__(self, message: str = "internal error: the server log has the details") -> None:
+        super().__init__(message)
+
+
 class EngineDeadError(ServingError):
     """The inference engine has died; the server cannot serve (503)."""
 
@@ -99,3 +141,21 @@ class UnavailableError(ServingError):
 
     status = 503
     type = "server_error"
+
+
+class HTTPStatusError(ServingError):
+    """A plain HTTP error from the framework (unknown path 404, wrong method 405, ...)."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message, headers=headers)
+        self.status = status
+        self.type = "invalid_request_error" if status < 500 else "server_error"
+
+
+def from_registry(exc: RegistryError) -> ServingError:
+    """The client's view of a registry error: its status, and its message without server paths."""
+    if isinstance(exc, RegistryNotFound):
+        return NotFoundError(exc.message)
+    if isinstance(exc, RegistryConflict):
+        return ConflictError(exc.message)
+    return BadRequestError(exc.message)

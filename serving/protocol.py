@@ -1,27 +1,40 @@
-"""OpenAI wire schemas for the routes we serve (requests validated, responses built)."""
+"""OpenAI wire schemas for the routes we serve: requests (validated) and response bodies (built).
+
+Every request field that reaches the engine or SQLite is bounded here, so an odd value (a huge
+integer, NaN, a megabyte string) is a 400 naming the field, never a 5xx.
+"""
 
 from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
+
+LONG_MIN, LONG_MAX = -(2**63), 2**63 - 1
+"""A seed is a signed 64-bit integer (what the engines' random generators take)."""
+COUNT_MAX = 2**31 - 1
+"""Token counts and choice counts fit a 32-bit integer; the server's own caps are lower."""
+
+Stop = Annotated[str, Field(min_length=1, max_length=1024)]
+_Reference = Annotated[str, Field(max_length=256)]
+"""The `model` field: the base model or a registry reference; never longer than this."""
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="allow")  # unknown OpenAI fields are accepted and ignored
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)  # unknown OpenAI fields are ignored
 
-    model: str
-    max_tokens: int | None = Field(None, ge=1)
+    model: _Reference
+    max_tokens: int | None = Field(None, ge=1, le=COUNT_MAX)
     temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
-    n: int = Field(1, ge=1)
-    stop: str | list[str] | None = None
-    seed: int | None = None
+    n: int = Field(1, ge=1, le=COUNT_MAX)
+    stop: Stop | list[Stop] | None = None
+    seed: int | None = Field(None, ge=LONG_MIN, le=LONG_MAX)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    user: str | None = None
+    user: str | None = Field(None, max_length=512)
     presence_penalty: float = Field(0.0, ge=-2, le=2)
     frequency_penalty: float = Field(0.0, ge=-2, le=2)
 
@@ -49,30 +62,128 @@ class ChatMessage(BaseModel):
 
 class ChatCompletionRequest(_Request):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1, le=COUNT_MAX)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
 
 
 class CompletionRequest(_Request):
-    prompt: str | list[str] | list[int]
-    max_tokens: int | None = Field(16, ge=1)
+    prompt: str | list[str] | list[Annotated[int, Field(ge=0, le=COUNT_MAX)]]
+    max_tokens: int | None = Field(16, ge=1, le=COUNT_MAX)
     logprobs: int | None = Field(None, ge=0, le=20)
     echo: bool = False
+    """Not supported: a request with `echo: true` is refused (400), never silently answered without it."""
 
 
 class FeedbackRequest(BaseModel):
-    id: str
+    model_config = ConfigDict(allow_inf_nan=False)
+
+    id: str = Field(max_length=128)
     """The completion id (`chatcmpl-...` or `cmpl-...`) the feedback is about."""
     score: float | None = None
     thumbs: Literal["up", "down"] | None = None
-    comment: str | None = None
+    comment: str | None = Field(None, max_length=10_000)
 
 
-class Usage(BaseModel):
+# -- response bodies -----------------------------------------------------------------------------
+
+
+class _Body(BaseModel):
+    # logprobs may be -inf; written as JSON's usual `-Infinity`, as before
+    model_config = ConfigDict(ser_json_inf_nan="constants")
+
+
+class Usage(_Body):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+
+
+class TopLogprob(_Body):
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+class TokenLogprobOut(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(_Body):
+    content: list[TokenLogprobOut]
+
+
+class TextLogprobs(_Body):
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]]
+    text_offset: list[int]
+
+
+class AssistantMessage(_Body):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(_Body):
+    index: int
+    message: AssistantMessage
+    logprobs: ChatLogprobs | None
+    finish_reason: str
+
+
+class TextChoice(_Body):
+    index: int
+    text: str
+    logprobs: TextLogprobs | None
+    finish_reason: str | None
+
+
+class ChatCompletion(_Body):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+
+
+class Completion(_Body):
+    """A text completion, and (with `finish_reason` None until the end) each of its stream chunks."""
+
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[TextChoice]
+    usage: Usage | None = None
+
+
+class ChunkDelta(_Body):
+    """What a chat stream chunk adds; fields not set are left out of the JSON."""
+
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _set_fields_only(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+
+class ChunkChoice(_Body):
+    index: int
+    delta: ChunkDelta
+    logprobs: ChatLogprobs | None
+    finish_reason: str | None
+
+
+class ChatCompletionChunk(_Body):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    usage: Usage | None = None
 
 
 def new_id(prefix: str) -> str:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,13 +40,25 @@ class ServerState:
     def served_base(self) -> str:
         return self.adapters.served_base
 
-    def refresh(self) -> None:
-        """Pick up registry changes: new versions, alias moves, A/B route changes."""
-        if self.adapters.refresh():
-            self.routes = {r.name: r for r in list_routes(self.registry)}
-            self.metrics.loaded_adapters.set(len(self.adapters.loaded))
+    def refresh(self) -> bool:
+        """Pick up registry changes: new versions, alias moves, A/B route changes; True when
+        the registry changed since the last call."""
+        if not self.adapters.refresh():
+            return False
+        self.routes = {r.name: r for r in list_routes(self.registry)}
+        self.metrics.loaded_adapters.set(len(self.adapters.loaded))
+        return True
 
-    def admit(self) -> None:
+    @contextmanager
+    def admission(self) -> Iterator[None]:
+        """Hold a request slot (or fail fast: 429 when full, 503 when draining) until the block ends."""
+        self._admit()
+        try:
+            yield
+        finally:
+            self._release()
+
+    def _admit(self) -> None:
         """Take a request slot or fail fast (before tokenization or any other costly work)."""
         if self.draining:
             raise UnavailableError("the server is shutting down", headers={"Retry-After": "1"})
@@ -56,6 +70,6 @@ class ServerState:
         self.admitted += 1
         self.metrics.in_flight.set(self.admitted)
 
-    def release(self) -> None:
+    def _release(self) -> None:
         self.admitted -= 1
         self.metrics.in_flight.set(self.admitted)

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi import APIRouter, Depends, Request, Response
 
-from serving.ab import apply_route, record
 from serving.deps import State, require_api_key
 from serving.errors import BadRequestError, NotFoundError
-from serving.generation import build_job, complete
+from serving.generation import complete
 from serving.protocol import ChatCompletionRequest, CompletionRequest, FeedbackRequest
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
@@ -54,17 +52,13 @@ async def list_models(state: State) -> dict[str, Any]:
 
 
 @router.post("/chat/completions", response_model=None)
-async def chat_completions(
-    req: ChatCompletionRequest, request: Request, state: State
-) -> JSONResponse | StreamingResponse:
-    return await _run(state, req, request)
+async def chat_completions(req: ChatCompletionRequest, request: Request, state: State) -> Response:
+    return await complete(state, req, request)
 
 
 @router.post("/completions", response_model=None)
-async def completions(
-    req: CompletionRequest, request: Request, state: State
-) -> JSONResponse | StreamingResponse:
-    return await _run(state, req, request)
+async def completions(req: CompletionRequest, request: Request, state: State) -> Response:
+    return await complete(state, req, request)
 
 
 @router.post("/feedback")
@@ -82,28 +76,3 @@ async def feedback(body: FeedbackRequest, state: State) -> dict[str, Any]:
     thumbs = None if body.thumbs is None else int(body.thumbs == "up")
     state.evidence.feedback(body.id, route, variant, body.score, thumbs, body.comment)
     return {"id": body.id, "route": route, "variant": variant, "recorded": True}
-
-
-async def _run(
-    state: State, req: ChatCompletionRequest | CompletionRequest, request: Request
-) -> JSONResponse | StreamingResponse:
-    state.admit()
-    released = False
-
-    def release() -> None:  # the admission slot is given back exactly once
-        nonlocal released
-        if not released:
-            released = True
-            state.release()
-
-    def done(job: Any, served: str, tracker: Any, status: str) -> None:
-        record(state, job, served, tracker, status)
-        release()
-
-    try:
-        job = build_job(state, req, req.model)
-        apply_route(state, job, req.user or request.headers.get("x-user-id"))
-        return await complete(state, job, on_done=done, request=request)
-    except BaseException:
-        release()
-        raise
