@@ -13,7 +13,16 @@ from cli.errors import handle_errors
     "--config", "config_file", type=click.Path(dir_okay=False, exists=True), help="YAML settings file."
 )
 @click.option("--base-model", help="Base model (default: the embedded SmolLM2-135M-Instruct).")
-@click.option("--registry", envvar="LORA_PLATFORM_REGISTRY", help="Registry folder.")
+@click.option(
+    "--registry",
+    envvar="LORA_PLATFORM_REGISTRY",
+    help="Registry: a folder or postgresql://user:pw@host:port/db.",
+)
+@click.option(
+    "--artifacts",
+    envvar="LORA_PLATFORM_ARTIFACTS",
+    help="Artifact store of a PostgreSQL registry: a shared folder or an fsspec URL.",
+)
 @click.option("--host", help="Bind address (default 127.0.0.1).")
 @click.option("--port", type=int, help="Port (default 8000).")
 @click.option("--engine", type=click.Choice(["vllm", "peft"]), help="Inference engine (default vllm).")

@@ -98,26 +98,35 @@ class Registry:
         spec = str(location) if location else default_location()
         self.root: Path | None = None
         """The registry folder (None for a database registry)."""
+        self._store: ArtifactStore | None = None
+        self._artifacts: str | Path | None = None
         if is_database_url(spec):
-            artifacts = artifacts or os.environ.get("LORA_PLATFORM_ARTIFACTS")
-            if not artifacts:
+            self._artifacts = artifacts or os.environ.get("LORA_PLATFORM_ARTIFACTS")
+            db = CatalogDB(spec)
+        else:
+            self.root = Path(spec).expanduser()
+            _check_folder(self.root)
+            self._store = FolderStore(self.root)
+            db = CatalogDB.for_folder(self.root)
+        self.db = db
+        self.catalog: Catalog = SqlCatalog(db)
+        self.location = str(self.root) if self.root is not None else db.location
+        """Where the catalog is, for messages: the folder, or the URL without its password."""
+
+    @property
+    def store(self) -> ArtifactStore:
+        """Where version files live (a database registry opens it on first use, so commands that
+        read only the catalog, such as `ab report`, need no artifact store)."""
+        if self._store is None:
+            if not self._artifacts:
                 raise RegistryError(
                     "a database registry keeps its files in an artifact store: give --artifacts "
                     "(or LORA_PLATFORM_ARTIFACTS) a shared folder or an fsspec URL such as s3://bucket/loras"
                 )
             from registry.paths import home
 
-            self.store: ArtifactStore = open_store(artifacts, home() / "artifacts")
-            db = CatalogDB(spec)
-        else:
-            self.root = Path(spec).expanduser()
-            _check_folder(self.root)
-            self.store = FolderStore(self.root)
-            db = CatalogDB.for_folder(self.root)
-        self.db = db
-        self.catalog: Catalog = SqlCatalog(db)
-        self.location = str(self.root) if self.root is not None else db.location
-        """Where the catalog is, for messages: the folder, or the URL without its password."""
+            self._store = open_store(self._artifacts, home() / "artifacts")
+        return self._store
 
     def evidence(self) -> EvidenceStore:
         """The A/B evidence rows (in the catalog database)."""

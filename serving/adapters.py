@@ -106,9 +106,8 @@ class AdapterManager:
         self.evictions = 0
 
     # -- resolution ----------------------------------------------------------------------
-    def refresh(self) -> bool:
-        """Drop cached resolutions when the registry changed; True when it did."""
-        changes = self.registry.changes()
+    def note_changes(self, changes: int) -> bool:
+        """Drop cached resolutions when the registry's change counter moved; True when it did."""
         if changes != self._seen_changes:
             self._seen_changes = changes
             self._resolved.clear()

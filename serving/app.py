@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from registry.basemodels import resolve_base_model
-from registry.errors import RegistryError
+from registry.errors import RegistryError, StorageError
 from registry.store import Registry
 from serving.adapters import AdapterManager
 from serving.engine.base import Engine
@@ -58,10 +58,7 @@ async def _watch(state: ServerState, app: FastAPI) -> None:
     """Poll the registry's change counter (new versions, alias moves, routes apply within a
     second) and the engine's health (a dead engine stops the server, which exits non-zero)."""
     while True:
-        try:
-            state.refresh()
-        except Exception:  # a transient SQLite error must not stop the watcher
-            log.exception("registry refresh failed")
+        await _follow_catalog(state)
         try:
             await state.engine.check_health()
         except EngineDeadError:
@@ -75,13 +72,31 @@ async def _watch(state: ServerState, app: FastAPI) -> None:
         await asyncio.sleep(state.settings.refresh_interval_s)
 
 
+async def _follow_catalog(state: ServerState) -> None:
+    """One poll of the catalog. An outage is logged once (not every poll); meanwhile the server
+    keeps serving what it has resolved and loaded, and reconnects by itself."""
+    try:
+        await state.refresh()
+    except StorageError as exc:
+        if not state.catalog_down:
+            log.warning("catalog unavailable (%s): serving resolved references and loaded versions", exc)
+        state.catalog_down = True
+        return
+    except Exception:  # nothing may stop the watcher
+        log.exception("registry refresh failed")
+        return
+    if state.catalog_down:
+        log.warning("catalog reachable again")
+    state.catalog_down = False
+
+
 def create_app(settings: ServeSettings | None = None) -> FastAPI:
     settings = settings or ServeSettings()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         base = resolve_base_model(settings.base_model)
-        registry = Registry(settings.registry)
+        registry = Registry(settings.registry, settings.artifacts)
         model_len = context_length(base.path)
         effective = settings.model_copy(
             update={"max_model_len": min(settings.max_model_len or model_len, model_len)}
@@ -99,7 +114,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         app.state.server = state
         for ref in settings.pin:
             await adapters.pin(ref)
-        state.refresh()
+        await state.refresh()
         state.tasks.append(asyncio.create_task(_watch(state, app)))
         state.ready = True
         try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from registry.errors import ConflictError as RegistryConflict
 from registry.errors import NotFoundError as RegistryNotFound
-from registry.errors import RegistryError
+from registry.errors import RegistryError, StorageError
 
 
 class ServingError(Exception):
@@ -154,6 +154,10 @@ class HTTPStatusError(ServingError):
 
 def from_registry(exc: RegistryError) -> ServingError:
     """The client's view of a registry error: its status, and its message without server paths."""
+    if isinstance(exc, StorageError):
+        return UnavailableError(
+            "the registry's catalog database is unavailable; retry shortly", headers={"Retry-After": "1"}
+        )
     if isinstance(exc, RegistryNotFound):
         return NotFoundError(exc.message)
     if isinstance(exc, RegistryConflict):

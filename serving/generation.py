@@ -201,7 +201,7 @@ async def _lease(state: ServerState, job: Job, sticky_key: str | None, held: Asy
     try:
         return await held.enter_async_context(state.adapters.lease(job.model))
     except ModelNotFoundError:
-        if job.route or not state.refresh():
+        if job.route or not await state.refresh():
             raise
     apply_route(state, job, sticky_key)
     return await held.enter_async_context(state.adapters.lease(job.model))

@@ -18,7 +18,9 @@ class ServeSettings(BaseSettings):
     base_model: str = "embedded/smollm2-135m-instruct-q4_1"
     """Base model: embedded id, local folder or Hub id. Loaded once."""
     registry: str | None = None
-    """Registry folder (default ~/.cache/lora-platform/registry)."""
+    """Registry: a folder (default ~/.cache/lora-platform/registry) or a PostgreSQL URL."""
+    artifacts: str | None = None
+    """Artifact store of a PostgreSQL registry: a shared folder or an fsspec URL (s3://...)."""
     host: str = "127.0.0.1"
     port: int = 8000
     engine: Literal["vllm", "peft"] = "vllm"

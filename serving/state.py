@@ -10,7 +10,7 @@ from typing import Any
 
 from registry.basemodels import BaseModel
 from registry.routes import Route, list_routes
-from registry.store import LocalRegistry
+from registry.store import Registry
 from serving.adapters import AdapterManager
 from serving.engine.base import Engine
 from serving.errors import OverloadedError, UnavailableError
@@ -23,7 +23,7 @@ from serving.settings import ServeSettings
 class ServerState:
     settings: ServeSettings
     base: BaseModel
-    registry: LocalRegistry
+    registry: Registry
     engine: Engine
     adapters: AdapterManager
     evidence: EvidenceWriter | None = None
@@ -34,18 +34,23 @@ class ServerState:
     draining: bool = False
     drain_expired: bool = False
     engine_dead: bool = False
+    catalog_down: bool = False
+    """True while the catalog database cannot be reached: resolved references and loaded
+    versions keep serving, new resolutions answer 503."""
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
 
     @property
     def served_base(self) -> str:
         return self.adapters.served_base
 
-    def refresh(self) -> bool:
+    async def refresh(self) -> bool:
         """Pick up registry changes: new versions, alias moves, A/B route changes; True when
-        the registry changed since the last call."""
-        if not self.adapters.refresh():
+        the registry changed since the last call. The database is read off the event loop."""
+        changes = await asyncio.to_thread(self.registry.changes)
+        if not self.adapters.note_changes(changes):
             return False
-        self.routes = {r.name: r for r in list_routes(self.registry)}
+        routes = await asyncio.to_thread(list_routes, self.registry)
+        self.routes = {r.name: r for r in routes}
         self.metrics.loaded_adapters.set(len(self.adapters.loaded))
         return True
 

@@ -63,12 +63,12 @@ async def put_route(name: str, body: RouteSpec, state: State) -> dict[str, Any]:
         route = set_weights(state.registry, name, variants, body.shadow, body.shadow_share)
     else:
         route = start_route(state.registry, name, variants, body.shadow, body.shadow_share)
-    state.refresh()
+    await state.refresh()
     return {"name": route.name, **route.spec()}
 
 
 @router.delete("/routes/{name}")
 async def delete_route(name: str, state: State) -> dict[str, Any]:
     stop_route(state.registry, name)
-    state.refresh()
+    await state.refresh()
     return {"name": name, "stopped": True}

@@ -22,7 +22,9 @@ async def health(request: Request) -> JSONResponse:
         await state.engine.check_health()
     except ServingError as exc:
         return JSONResponse(exc.envelope(), status_code=503)
-    body: dict[str, Any] = {"status": "ok", "engine": state.engine.name}
+    body: dict[str, Any] = {"status": "ok", "engine": state.engine.name, "catalog": "ok"}
+    if state.catalog_down:
+        body["status"], body["catalog"] = "degraded", "unavailable"
     if state.evidence is not None:
         evidence = state.evidence.stats()
         body["evidence"] = asdict(evidence)

@@ -12,7 +12,6 @@ import pytest
 from click.testing import CliRunner
 
 from cli.main import cli
-from registry.evidence_store import RequestRecord
 from registry.routes import get_route, start_route
 from registry.store import Registry
 from tests.postgres import PASSWORD, Postgres
@@ -70,7 +69,8 @@ def first_release_registry(root: Path, tmp_path: Path) -> Path:
         ("chatcmpl-1", time.time(), "support", "support@1", "u", 0.2, 0.05, 10, 4, "ok", 0, None),
     )
     ev.execute(
-        "INSERT INTO feedback VALUES (?,?,?,?,?,?,?)", ("chatcmpl-1", time.time(), "support", "support@1", None, 1, "")
+        "INSERT INTO feedback VALUES (?,?,?,?,?,?,?)",
+        ("chatcmpl-1", time.time(), "support", "support@1", None, 1, ""),
     )
     ev.commit()
     ev.close()
@@ -125,14 +125,26 @@ def test_migrate_refuses_a_target_with_other_files_under_the_same_number(
     url = postgres.new_database()
     Registry(url, tmp_path / "art").push("x", make_adapter(tmp_path / "b", seed=2), LINEAGE)
     out = CliRunner().invoke(
-        cli, ["registry", "migrate", "--registry", str(tmp_path / "src"), "--to", url, "--artifacts", str(tmp_path / "art")]
+        cli,
+        [
+            "registry",
+            "migrate",
+            "--registry",
+            str(tmp_path / "src"),
+            "--to",
+            url,
+            "--artifacts",
+            str(tmp_path / "art"),
+        ],
     )
     assert out.exit_code == 1 and "x@1 exists in both registries with different files" in out.output
     assert "Traceback" not in out.output
 
 
 @pytest.mark.parametrize("url", ["postgresql://u:Sup3rSecret@127.0.0.1:1/db"])
-def test_a_database_registry_without_an_artifact_store_is_a_clear_error(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_database_registry_without_an_artifact_store_is_a_clear_error(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("LORA_PLATFORM_ARTIFACTS", raising=False)
     out = CliRunner().invoke(cli, ["registry", "list", "--registry", url])
     assert out.exit_code == 1 and "--artifacts" in out.output and "Sup3rSecret" not in out.output
