@@ -7,11 +7,14 @@ fixes a config in one pass. The resolved config is written next to every adapter
 from __future__ import annotations
 
 import dataclasses
+import functools
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ConfigDict, TypeAdapter, ValidationError
 
 from registry.basemodels import EMBEDDED_SMOLLM2, EMBEDDED_TINY, SHORT_NAMES
 from registry.errors import ReferenceError_
@@ -259,7 +262,7 @@ def _set_field(obj: Any, path: list[str], raw: Any, key: str, problems: list[str
     if len(path) > 1:
         problems.append(f"{key}: {head!r} has no sub-fields")
         return
-    value = _coerce(raw, current, names[head].type)
+    value = _coerce(raw, typing.get_type_hints(type(obj))[head])
     if value is _BAD:
         problems.append(f"{key}: expected {names[head].type}, got {raw!r}")
         return
@@ -267,30 +270,37 @@ def _set_field(obj: Any, path: list[str], raw: Any, key: str, problems: list[str
 
 
 _BAD = object()
+_LAX = ConfigDict(coerce_numbers_to_str=True)
 
 
-def _coerce(raw: Any, current: Any, annotation: Any) -> Any:
-    ann = str(annotation)
-    if raw is None:
-        return None if "None" in ann else _BAD
-    if "list[str]" in ann and isinstance(raw, str) and "," in raw:
-        return [s.strip() for s in raw.split(",") if s.strip()]
-    if "list[str]" in ann and isinstance(raw, list):
-        return [str(x) for x in raw]
-    if ann.startswith("bool"):
-        return raw if isinstance(raw, bool) else _BAD
-    if ann.startswith("int"):
-        return raw if isinstance(raw, int) and not isinstance(raw, bool) else _BAD
-    if ann.startswith("float"):
-        if isinstance(raw, str):
-            try:
-                return float(raw)
-            except ValueError:
-                return _BAD
-        return float(raw) if isinstance(raw, int | float) and not isinstance(raw, bool) else _BAD
-    if ann.startswith("str") or "str |" in ann:
-        return str(raw) if isinstance(raw, str | int | float) else _BAD
-    return raw
+@functools.cache
+def _adapter(annotation: Any) -> TypeAdapter[Any]:
+    return TypeAdapter(annotation, config=_LAX)
+
+
+def _coerce(raw: Any, annotation: Any) -> Any:
+    """`raw` as a value of `annotation` by pydantic's validation, or _BAD.
+
+    Strict first; text (from YAML or the command line) may then be parsed (`5e-4` as a float),
+    but a boolean never passes for a number or a string. `a,b` is tried as a list first.
+    """
+    adapter = _adapter(annotation)
+    candidates: list[Any] = [raw]
+    if isinstance(raw, str):
+        items = [s.strip() for s in raw.split(",") if s.strip()]
+        candidates = [items, raw] if "," in raw else [raw, items]
+    for candidate in candidates:
+        try:
+            return adapter.validate_python(candidate, strict=True)
+        except ValidationError:
+            pass
+        if isinstance(candidate, bool):
+            continue
+        try:
+            return adapter.validate_python(candidate)
+        except ValidationError:
+            pass
+    return _BAD
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
