@@ -134,8 +134,8 @@ def eval_cmd(
     Each version after the first is compared with the first: per-example win/tie/loss and a
     95% paired-bootstrap interval on the difference of exact match and ROUGE-L.
     """
-    from trainer.compare import compare, write_report
-    from trainer.evaluate_cli import evaluate_refs
+    from trainer.compare import paired_comparisons, write_report
+    from trainer.evaluate_versions import evaluate_refs
 
     results, examples = evaluate_refs(
         list(refs),
@@ -146,7 +146,7 @@ def eval_cmd(
         server=server,
     )
     console.print(_metrics_table(f"evaluation on {data}", {k: v.metrics for k, v in results.items()}))
-    comparisons = compare(results, examples)
+    comparisons = paired_comparisons(results, examples)
     for c in comparisons:
         console.print(
             f"{c.ref} vs {c.against} on {c.metric}: win {c.wins} / tie {c.ties} / loss {c.losses}, "

@@ -23,7 +23,7 @@ from trainer.callbacks import JsonlLogCallback, RichProgressCallback, plot_losse
 from trainer.config import TrainConfig
 from trainer.data import DataReport, Example, prepare
 from trainer.errors import TrainerError
-from trainer.evaluate import EvalResult, compare
+from trainer.evaluate import EvalResult, evaluate_base_and_adapter
 from trainer.model import apply_lora, load_base, load_tokenizer
 from trainer.template import IGNORE, Encoded, encode, pack
 
@@ -222,7 +222,7 @@ class LoRARecipe:
             self.results: dict[str, EvalResult] = {}
             return self.results
         self.console.print(f"[bold]evaluating[/] on {len(rows)} held-out rows (base and adapter)")
-        self.results = compare(
+        self.results = evaluate_base_and_adapter(
             self.model,
             self.tokenizer,
             rows,
