@@ -1,9 +1,10 @@
-"""`platform registry ...`: list, show, alias, tag, rm, gc, verify (push/pull to the Hub: see hub)."""
+"""`platform registry ...`: add, list, show, alias, tag, rm, gc, verify, push/pull (Hugging Face Hub)."""
 
 from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import click
@@ -43,6 +44,23 @@ def _summary(v: Version) -> dict[str, Any]:
 @click.group("registry")
 def registry_group() -> None:
     """Versioned adapter registry: references are name, name@3 or name:alias."""
+
+
+@registry_group.command("add")
+@click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--name", required=True, help="Adapter name for the new version.")
+@click.option(
+    "--base-model",
+    help="Base model it was trained on (default: base_model_name_or_path of adapter_config.json).",
+)
+@_root
+@handle_errors
+def add_cmd(path: Path, name: str, base_model: str | None, registry_root: str | None) -> None:
+    """Register a local peft folder (Axolotl, TRL, downloaded) after checking it against its base model."""
+    from registry.add import add_folder
+
+    v = add_folder(LocalRegistry(registry_root), path, name, base_model)
+    console.print(f"added {path} as {v.ref} (base {v.base_model}, sha256 {v.base_sha256[:12]}...)")
 
 
 @registry_group.command("list")
