@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from cli.errors import handle_errors
 from cli.train import print_run
@@ -39,10 +40,17 @@ def demo_cmd(registry_root: str | None, output_dir: str, questions: int) -> None
     )
     prompts = [s["prompt"] for s in result.samples[:questions]]
     rows = side_by_side(settings, result.registry_ref, prompts)
-    table = Table(title="same questions, base model vs adapter (served by platform serve)", show_lines=True)
-    table.add_column("prompt", ratio=2)
-    table.add_column(rows[0]["base_model"] if rows else "base", ratio=2)
-    table.add_column(rows[0]["adapter_model"] if rows else "adapter", ratio=2)
+    console.print(answers_table(rows, config.base_model, result.registry_ref))
+
+
+def answers_table(rows: list[dict[str, str]], base_model: str, adapter: str) -> Table:
+    """Prompt, base answer and adapter answer side by side; long model names in the title, not the headers."""
+    table = Table(
+        title=f"same questions: base = {base_model}, adapter = {adapter} (served by platform serve)",
+        show_lines=True,
+    )
+    for column in ("prompt", "base", "adapter"):
+        table.add_column(column, ratio=1, overflow="fold")
     for row in rows:
-        table.add_row(row["prompt"], row["base"], row["adapter"])
-    console.print(table)
+        table.add_row(Text(row["prompt"]), Text(row["base"]), Text(row["adapter"]))
+    return table
