@@ -1,6 +1,17 @@
-"""`platform demo`: the main job. Train on the embedded default, serve, query base and adapter."""
+"""`platform demo`: the main job. Train on the embedded default, serve, query base and adapter.
+
+The engine's own output (vLLM, Triton, NUMA and deprecation warnings) goes to `serve.log` in the
+run folder, named at the end; `-v` shows it in the terminal instead.
+"""
 
 from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
@@ -17,12 +28,12 @@ console = Console()
 @click.option("--registry", "registry_root", envvar="LORA_PLATFORM_REGISTRY", help="Registry folder.")
 @click.option("--output-dir", default="runs", show_default=True)
 @click.option("--questions", default=3, show_default=True, help="Held-out prompts to ask both models.")
+@click.option("-v", "--verbose", is_flag=True, help="Show the engine's log here instead of in serve.log.")
 @handle_errors
-def demo_cmd(registry_root: str | None, output_dir: str, questions: int) -> None:
+def demo_cmd(registry_root: str | None, output_dir: str, questions: int, verbose: bool) -> None:
     """Train the default adapter, start `platform serve` in-process, ask base and adapter side by side."""
     from rich.console import Console as StderrConsole
 
-    from serving.demo import side_by_side
     from serving.settings import load_settings
     from trainer.config import load_config
     from trainer.publish import publish
@@ -39,8 +50,49 @@ def demo_cmd(registry_root: str | None, output_dir: str, questions: int) -> None
         None, base_model=config.base_model, registry=registry_root, port=0, max_model_len=2048
     )
     prompts = [s["prompt"] for s in result.samples[:questions]]
-    rows = side_by_side(settings, result.registry_ref, prompts)
+    log = result.run_dir / "serve.log"
+    rows = ask_served(settings, result.registry_ref, prompts, None if verbose else log)
     console.print(answers_table(rows, config.base_model, result.registry_ref))
+    if not verbose:
+        console.print(f"engine log (vLLM warnings and details): {log}")
+
+
+def ask_served(
+    settings: Any, adapter: str, prompts: list[str], log: Path | None, **kwargs: Any
+) -> list[dict[str, str]]:
+    """`serving.demo.side_by_side` with the engine's output (every process) in `log`, when given."""
+    from serving.demo import side_by_side
+
+    if log is None:
+        return side_by_side(settings, adapter, prompts, **kwargs)
+    try:
+        with engine_output_to(log):
+            return side_by_side(settings, adapter, prompts, **kwargs)
+    except RuntimeError as exc:  # the server did not start: the reason is in the log
+        raise click.ClickException(f"serving failed: {exc}; engine log: {log}") from exc
+
+
+@contextmanager
+def engine_output_to(log: Path) -> Iterator[None]:
+    """File descriptors 1 and 2 write to `log` inside the block.
+
+    vLLM's engine-core child process and native libraries write to the descriptors directly,
+    so redirecting sys.stdout would not catch them; the children inherit these descriptors.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    try:
+        with log.open("ab") as fh:
+            os.dup2(fh.fileno(), 1)
+            os.dup2(fh.fileno(), 2)
+            yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for fd, copy in zip((1, 2), saved, strict=True):
+            os.dup2(copy, fd)
+            os.close(copy)
 
 
 def answers_table(rows: list[dict[str, str]], base_model: str, adapter: str) -> Table:
