@@ -42,7 +42,7 @@ def test_lineage_is_recorded_in_the_registry(tiny_run, tiny_base) -> None:  # ty
 
 
 def test_reloaded_adapter_gives_the_same_outputs(tiny_run) -> None:  # type: ignore[no-untyped-def]
-    from trainer.evaluate_cli import evaluate_refs
+    from trainer.evaluate_versions import evaluate_refs
 
     result, registry = tiny_run
     rows = result.run_dir / "predictions.jsonl"
