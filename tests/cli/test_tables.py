@@ -18,9 +18,10 @@ from cli.demo import answers_table
 from cli.main import cli as platform
 from cli.tables import print_records
 from cli.train import metrics_records
-from registry.evidence import EvidenceWriter, RequestRecord, evidence_path
+from registry.evidence_store import RequestRecord
 from registry.routes import set_weights, start_route
 from registry.store import LocalRegistry
+from serving.experiments.evidence import EvidenceWriter, evidence_path
 
 NAMES = ("support-tickets-classifier", "support-tickets-classifier-v2", "contact-json-extractor")
 BASES = {"embedded/smollm2-135m-instruct-q4_1": "ab" * 32, "/srv/models/SmolLM2-360M-Instruct": "cd" * 32}
