@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
-from rich.table import Table
+from rich.text import Text
 
 from cli.errors import handle_errors
+from cli.tables import print_records
 from registry.routes import Route
 
 console = Console()
@@ -19,17 +22,43 @@ _variant = click.option(
 )
 
 
+def _shares(variants: list[dict[str, Any]]) -> str:
+    total = sum(v["weight"] for v in variants) or 1
+    return ", ".join(f"{v['ref']} {v['weight'] / total:.0%}" for v in variants)
+
+
 def _show(route: Route) -> None:
     shadow = f"  shadow {route.shadow} ({route.shadow_share:.0%})" if route.shadow else ""
-    total = route.total
-    parts = ", ".join(f"{v.ref} {v.weight / total:.0%}" for v in route.variants)
-    console.print(f"{route.name}: {parts}{shadow}")
+    parts = _shares([{"ref": v.ref, "weight": v.weight} for v in route.variants])
+    console.print(Text(f"{route.name}: {parts}{shadow}"), soft_wrap=True)
 
 
 def _registry(root: str | None):  # type: ignore[no-untyped-def]
     from registry.store import LocalRegistry
 
     return LocalRegistry(root)
+
+
+def _variant_record(variant: str, s: dict[str, Any]) -> dict[str, str]:
+    """One variant's row of the report table."""
+
+    def sec(x: float | None) -> str:
+        return "-" if x is None else f"{x:.3f}s"
+
+    def ci(e: dict[str, float] | None) -> str:
+        return "-" if e is None else f"{e['mean']:.3f} [{e['low']:.3f}, {e['high']:.3f}]"
+
+    return {
+        "variant": variant,
+        "requests": str(s["requests"]),
+        "errors": str(s["errors"]),
+        "latency p50 / p95": f"{sec(s['latency_p50_s'])} / {sec(s['latency_p95_s'])}",
+        "ttft p50 / p95": f"{sec(s['ttft_p50_s'])} / {sec(s['ttft_p95_s'])}",
+        "tokens out": str(s["completion_tokens"]),
+        "feedback": str(s["feedback"]),
+        "score (95% CI)": ci(s["score"]),
+        "thumbs up (95% CI)": ci(s["thumbs_up_rate"]),
+    }
 
 
 @click.group("ab")
@@ -138,7 +167,8 @@ def show_cmd(name: str, as_json: bool, registry_root: str | None) -> None:
         return
     _show(route)
     for h in route.history:
-        console.print(f"  earlier: {h['variants']}")
+        until = datetime.fromtimestamp(h["until"], UTC).strftime("%Y-%m-%d %H:%M") if "until" in h else "?"
+        console.print(Text(f"  until {until} UTC: {_shares(h['variants'])}"), soft_wrap=True)
 
 
 @ab_group.command("report")
@@ -157,43 +187,8 @@ def report_cmd(name: str, as_json: bool, png: str | None, registry_root: str | N
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
-    table = Table(title=f"A/B route {name}" + ("" if report["active"] else " (ended)"))
-    for col in (
-        "variant",
-        "requests",
-        "errors",
-        "lat p50",
-        "lat p95",
-        "ttft p50",
-        "ttft p95",
-        "tokens out",
-        "feedback",
-        "score (95% CI)",
-        "thumbs up (95% CI)",
-    ):
-        table.add_column(col)
-
-    def f(x: float | None, unit: str = "s") -> str:
-        return "-" if x is None else f"{x:.3f}{unit}"
-
-    def ci(e: dict[str, float] | None) -> str:
-        return "-" if e is None else f"{e['mean']:.3f} [{e['low']:.3f}, {e['high']:.3f}]"
-
-    for v, s in report["variants"].items():
-        table.add_row(
-            v,
-            str(s["requests"]),
-            str(s["errors"]),
-            f(s["latency_p50_s"]),
-            f(s["latency_p95_s"]),
-            f(s["ttft_p50_s"]),
-            f(s["ttft_p95_s"]),
-            str(s["completion_tokens"]),
-            str(s["feedback"]),
-            ci(s["score"]),
-            ci(s["thumbs_up_rate"]),
-        )
-    console.print(table)
+    title = f"A/B route {name}" + ("" if report["active"] else " (ended)")
+    print_records(console, title, [_variant_record(v, s) for v, s in report["variants"].items()])
     for c in report["comparisons"]:
         for metric in ("thumbs_up", "score", "latency", "error_rate"):
             t = c[metric]

@@ -9,25 +9,10 @@ from typing import Any, TypeVar
 import click
 
 from registry.errors import RegistryError
+from serving.errors import ServingError
+from trainer.errors import TrainerError
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _known_errors() -> tuple[type[BaseException], ...]:
-    errors: list[type[BaseException]] = [RegistryError]
-    try:
-        from trainer.errors import TrainerError
-
-        errors.append(TrainerError)
-    except ImportError:  # trainer extras absent in a serving-only install
-        pass
-    try:
-        from serving.errors import ServingError
-
-        errors.append(ServingError)
-    except ImportError:
-        pass
-    return tuple(errors)
 
 
 def handle_errors(func: F) -> F:
@@ -37,7 +22,7 @@ def handle_errors(func: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except _known_errors() as exc:
+        except (RegistryError, TrainerError, ServingError) as exc:
             raise click.ClickException(str(exc)) from exc
 
     return wrapper  # type: ignore[return-value]

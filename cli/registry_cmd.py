@@ -1,16 +1,18 @@
-"""`platform registry ...`: list, show, alias, tag, rm, gc, verify (push/pull to the Hub: see hub)."""
+"""`platform registry ...`: add, list, show, alias, tag, rm, gc, verify, push/pull (Hugging Face Hub)."""
 
 from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import click
 from rich.console import Console
-from rich.table import Table
+from rich.text import Text
 
 from cli.errors import handle_errors
+from cli.tables import print_records
 from registry.store import LocalRegistry, Version
 
 console = Console()
@@ -45,6 +47,23 @@ def registry_group() -> None:
     """Versioned adapter registry: references are name, name@3 or name:alias."""
 
 
+@registry_group.command("add")
+@click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--name", required=True, help="Adapter name for the new version.")
+@click.option(
+    "--base-model",
+    help="Base model it was trained on (default: base_model_name_or_path of adapter_config.json).",
+)
+@_root
+@handle_errors
+def add_cmd(path: Path, name: str, base_model: str | None, registry_root: str | None) -> None:
+    """Register a local peft folder (Axolotl, TRL, downloaded) after checking it against its base model."""
+    from registry.add import add_folder
+
+    v = add_folder(LocalRegistry(registry_root), path, name, base_model)
+    console.print(f"added {path} as {v.ref} (base {v.base_model}, sha256 {v.base_sha256[:12]}...)")
+
+
 @registry_group.command("list")
 @click.argument("name", required=False)
 @_root
@@ -57,20 +76,20 @@ def list_cmd(name: str | None, registry_root: str | None, as_json: bool) -> None
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    table = Table(title=f"registry {LocalRegistry(registry_root).root}")
-    for col in ("ref", "aliases", "tags", "base model", "created", "exact_match"):
-        table.add_column(col)
+    title = f"registry {LocalRegistry(registry_root).root}"
+    bases = {r["base_model"] for r in rows}
+    if len(bases) == 1:  # one base model for all: said once, in the title
+        title += f", base model {bases.pop()}"
+    records = []
     for r in rows:
         em = r["metrics"].get("exact_match")
-        table.add_row(
-            r["ref"],
-            ",".join(r["aliases"]),
-            ",".join(r["tags"]),
-            r["base_model"],
-            r["created"],
-            f"{em:.3f}" if em is not None else "-",
-        )
-    console.print(table)
+        record = {"ref": r["ref"], "aliases": ",".join(r["aliases"]), "tags": ",".join(r["tags"])}
+        if not title.endswith(r["base_model"]):
+            record["base model"] = r["base_model"]
+        record["created (UTC)"] = r["created"][:16].replace("T", " ")
+        record["exact_match"] = f"{em:.3f}" if em is not None else "-"
+        records.append(record)
+    print_records(console, title, records)
 
 
 @registry_group.command("show")
@@ -86,13 +105,20 @@ def show_cmd(ref: str, registry_root: str | None, as_json: bool) -> None:
         click.echo(json.dumps(data, indent=2, default=str))
         return
     for key in ("ref", "aliases", "tags", "base_model", "base_sha256", "created", "parent", "path"):
-        console.print(f"[bold]{key:>12}[/]: {data[key]}")
-    ds = v.lineage.get("dataset", {})
-    console.print(
-        f"[bold]{'dataset':>12}[/]: {ds.get('source')} sha256 {str(ds.get('sha256'))[:12]} splits {ds.get('splits')}"
-    )
+        _field(key, data[key])
+    ds = v.lineage.get("dataset")
+    if ds:
+        _field("dataset", f"{ds.get('source')} sha256 {str(ds.get('sha256'))[:12]} splits {ds.get('splits')}")
+    added = v.lineage.get("added_from")
+    if added:
+        _field("added from", f"{added.get('path')} (rank {added.get('rank')}, {added.get('target_modules')})")
     for side, metrics in v.lineage.get("metrics", {}).items():
-        console.print(f"[bold]{side:>12}[/]: " + ", ".join(f"{k}={val:.4f}" for k, val in metrics.items()))
+        _field(side, ", ".join(f"{k}={val:.4f}" for k, val in metrics.items()))
+
+
+def _field(key: str, value: Any) -> None:
+    """`key: value` on one line; the terminal wraps long values (paths, hashes) instead of rich cutting them."""
+    console.print(Text.assemble((f"{key:>12}", "bold"), f": {value}"), soft_wrap=True)
 
 
 @registry_group.command("alias")

@@ -7,31 +7,27 @@ from typing import Any
 
 import click
 from rich.console import Console
-from rich.table import Table
 
 from cli.errors import handle_errors
+from cli.tables import Record, print_records
 
 console = Console()
 
 
-def _metrics_table(title: str, columns: dict[str, dict[str, float]]) -> Table:
-    table = Table(title=title)
-    table.add_column("metric")
-    for name in columns:
-        table.add_column(name, justify="right")
+def metrics_records(columns: dict[str, dict[str, float]]) -> list[Record]:
+    """One record per metric, a column per evaluated model, and their difference when there are two."""
     names = list(columns)
-    if len(names) == 2:
-        table.add_column("delta", justify="right")
-    keys = [k for k in next(iter(columns.values()))]
-    for key in keys:
+    records = []
+    for key in next(iter(columns.values()), {}):
         values = [columns[n].get(key) for n in names]
-        cells = [f"{v:.4f}" if v is not None else "-" for v in values]
-        if len(names) == 2 and None not in values:
-            a, b = values
-            assert a is not None and b is not None
-            cells.append(f"{b - a:+.4f}")
-        table.add_row(key, *cells)
-    return table
+        record = {"metric": key} | {
+            n: "-" if v is None else f"{v:.4f}" for n, v in zip(names, values, strict=True)
+        }
+        a, b = [*values, None, None][:2]
+        if len(names) == 2 and a is not None and b is not None:
+            record["delta"] = f"{b - a:+.4f}"
+        records.append(record)
+    return records
 
 
 @click.command("train")
@@ -95,7 +91,7 @@ def print_run(result: Any) -> None:
         f"splits {d.splits}, leakage {d.leakage}, truncated {d.truncated}"
     )
     if result.metrics:
-        console.print(_metrics_table("held-out evaluation", result.metrics))
+        print_records(console, "held-out evaluation", metrics_records(result.metrics))
     for s in result.samples[:2]:
         console.print(f"[dim]prompt:[/] {s['prompt'][:200]}")
         for key in ("base_prediction", "adapter_prediction"):
@@ -134,8 +130,8 @@ def eval_cmd(
     Each version after the first is compared with the first: per-example win/tie/loss and a
     95% paired-bootstrap interval on the difference of exact match and ROUGE-L.
     """
-    from trainer.compare import compare, write_report
-    from trainer.evaluate_cli import evaluate_refs
+    from trainer.compare import paired_comparisons, write_report
+    from trainer.evaluate_versions import evaluate_refs
 
     results, examples = evaluate_refs(
         list(refs),
@@ -145,8 +141,10 @@ def eval_cmd(
         max_new_tokens=max_new_tokens,
         server=server,
     )
-    console.print(_metrics_table(f"evaluation on {data}", {k: v.metrics for k, v in results.items()}))
-    comparisons = compare(results, examples)
+    print_records(
+        console, f"evaluation on {data}", metrics_records({k: v.metrics for k, v in results.items()})
+    )
+    comparisons = paired_comparisons(results, examples)
     for c in comparisons:
         console.print(
             f"{c.ref} vs {c.against} on {c.metric}: win {c.wins} / tie {c.ties} / loss {c.losses}, "

@@ -13,6 +13,7 @@ from registry.errors import InvalidAdapterError
 WEIGHTS = "adapter_model.safetensors"
 CONFIG = "adapter_config.json"
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"}
+LORA_MARKERS = (".lora_A", ".lora_B", ".lora_embedding_A", ".lora_embedding_B", ".lora_magnitude_vector")
 
 
 @dataclass(frozen=True)
@@ -85,3 +86,52 @@ def validate_adapter(folder: Path) -> AdapterInfo:
     if not names:
         raise InvalidAdapterError(f"{folder}: {WEIGHTS} holds no tensors")
     return AdapterInfo(rank, float(cfg.get("lora_alpha", rank)), tuple(sorted(targets)), names)
+
+
+def lora_modules(tensor_names: tuple[str, ...]) -> set[str]:
+    """`base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight` -> `model.layers.0.self_attn.q_proj`."""
+    out = set()
+    for name in tensor_names:
+        stem = name.removeprefix("base_model.model.")
+        for marker in LORA_MARKERS:
+            if marker in stem:
+                stem = stem.split(marker)[0]
+                break
+        out.add(stem)
+    return out
+
+
+def weight_shapes(folder: Path) -> dict[str, list[int]]:
+    """Every tensor's shape in the `*.safetensors` files of a model folder, from the headers only."""
+    shapes: dict[str, list[int]] = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        header = read_safetensors_header(f)
+        shapes.update({k: list(v.get("shape", [])) for k, v in header.items() if k != "__metadata__"})
+    return shapes
+
+
+def check_against_base(folder: Path, info: AdapterInfo, base_shapes: dict[str, list[int]]) -> None:
+    """Every adapted module exists in the base model, and each LoRA pair fits its layer at the rank."""
+    weights = folder / WEIGHTS
+    missing = sorted(m for m in lora_modules(info.tensor_names) if f"{m}.weight" not in base_shapes)
+    if missing:
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise InvalidAdapterError(
+            f"{weights}: target modules not in the base model: {', '.join(missing[:5])}{more} "
+            "(was it trained on another base model?)"
+        )
+    header = read_safetensors_header(weights)
+    for name in info.tensor_names:
+        module = lora_modules((name,)).pop()
+        out_features, in_features = (base_shapes[f"{module}.weight"] + [0, 0])[:2]
+        shape = list(header[name].get("shape", []))
+        expected = None
+        if ".lora_A." in name:
+            expected = [info.rank, in_features]
+        elif ".lora_B." in name:
+            expected = [out_features, info.rank]
+        if expected is not None and shape != expected:
+            raise InvalidAdapterError(
+                f"{weights}: {name} has shape {shape}, expected {expected} "
+                f"(rank r={info.rank} from {CONFIG} and the base model's layer)"
+            )

@@ -19,6 +19,28 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+KEPT_SETTINGS = {"LORA_PLATFORM_HOME", "LORA_PLATFORM_SOAK_REPORT"}
+"""Caller settings tests keep: where the embedded models are built, and where the soak test writes its report."""
+
+
+@pytest.fixture(scope="session", autouse=True)
+def own_environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Tests pass whatever the caller exported: no LORA_PLATFORM_* settings, offline Hub, own HF_HOME.
+
+    huggingface_hub reads HF_HUB_OFFLINE once at import, so its constant is set too; the Hub tests
+    (tests/registry/test_hub.py) turn it off for themselves. Servers started by tests inherit this.
+    """
+    import huggingface_hub.constants
+
+    with pytest.MonkeyPatch.context() as mp:
+        for key in [k for k in os.environ if k.startswith("LORA_PLATFORM_") and k not in KEPT_SETTINGS]:
+            mp.delenv(key)
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        mp.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+        mp.setenv("HF_HOME", str(tmp_path_factory.mktemp("hf-home")))
+        yield
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     try:
         import torch

@@ -59,7 +59,8 @@ def bootstrap_diff(
     return mean, samples[int(0.025 * len(samples))], samples[min(len(samples) - 1, int(0.975 * len(samples)))]
 
 
-def compare(results: dict[str, EvalResult], examples: list[Example]) -> list[Comparison]:
+def paired_comparisons(results: dict[str, EvalResult], examples: list[Example]) -> list[Comparison]:
+    """Each version after the first against the first, row by row: win/tie/loss and a bootstrap CI."""
     refs = [ex.completion for ex in examples]
     scores = {k: per_example(v.predictions, refs) for k, v in results.items()}
     names = list(results)

@@ -7,13 +7,19 @@ fixes a config in one pass. The resolved config is written next to every adapter
 from __future__ import annotations
 
 import dataclasses
+import functools
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ConfigDict, TypeAdapter, ValidationError
 
-from trainer.errors import ConfigError
+from registry.basemodels import EMBEDDED_SMOLLM2, EMBEDDED_TINY, SHORT_NAMES
+from registry.errors import ReferenceError_
+from registry.refs import check_name
+from trainer.errors import ConfigError, TrainerError
 
 
 @dataclass
@@ -112,7 +118,38 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def run_dir_stem(self, stamp: str) -> str:
+        """The run folder's name under output_dir: `<name>-<stamp>` (name is checked, so no `/`)."""
+        return f"{check_name(self.name)}-{stamp}"
+
+    def resume_checkpoint(self) -> str | None:
+        """`training.resume` as a checkpoint folder: `last` is the newest one of an earlier run of this name."""
+        resume = self.training.resume
+        if not resume:
+            return None
+        if resume == "last":
+            pattern = f"{self.name}-*/checkpoints/checkpoint-*"
+            found = sorted(Path(self.output_dir).glob(pattern), key=lambda p: p.stat().st_mtime)
+            if not found:
+                raise TrainerError(
+                    f"training.resume=last: no checkpoint under {self.output_dir}/{pattern}; "
+                    "train with training.save_every=N first"
+                )
+            return str(found[-1])
+        if not (Path(resume) / "trainer_state.json").is_file():
+            raise TrainerError(
+                f"training.resume: {resume} is not a checkpoint folder (no trainer_state.json)"
+            )
+        return resume
+
     def validate(self) -> None:
+        """Check every field before anything loads; raise one ConfigError listing every problem."""
+        problems = self._field_problems()
+        problems += _location_problems(self)
+        if problems:
+            raise ConfigError(problems)
+
+    def _field_problems(self) -> list[str]:
         problems: list[str] = []
         d, lo, t, e = self.data, self.lora, self.training, self.eval
         if not 0 <= d.val_fraction < 1:
@@ -155,8 +192,54 @@ class TrainConfig:
             problems.append(f"training.report_to: unknown logger(s) {unknown}; known: tensorboard, wandb")
         if e.max_examples < 0 or e.max_new_tokens < 1 or e.batch_size < 1:
             problems.append("eval.max_examples must be >= 0, eval.max_new_tokens and eval.batch_size >= 1")
-        if problems:
-            raise ConfigError(problems)
+        return problems
+
+
+def _location_problems(config: TrainConfig) -> list[str]:
+    """Names, paths and models that the run would otherwise reject only after loading or training."""
+    problems: list[str] = []
+    try:
+        check_name(config.name)
+    except ReferenceError_ as exc:
+        problems.append(f"name: {exc} (it names the registry entry and the run folder)")
+    else:  # `last` globs for earlier runs of this name, so only once the name is safe
+        try:
+            config.resume_checkpoint()
+        except TrainerError as exc:
+            problems.append(str(exc))
+    if not config.output_dir.strip():
+        problems.append("output_dir must not be empty")
+    for key, spec in (("data.path", config.data.path), ("data.test_path", config.data.test_path)):
+        problem = _data_problem(spec)
+        if problem:
+            problems.append(f"{key}: {problem}")
+    problem = _base_model_problem(config.base_model)
+    if problem:
+        problems.append(f"base_model: {problem}")
+    return problems
+
+
+def _data_problem(spec: str | None) -> str | None:
+    if spec is None or spec.startswith("hf:"):
+        return None
+    if spec.startswith("sample:"):
+        from trainer.samples import SAMPLES
+
+        name = spec.split(":", 1)[1]
+        return None if name in SAMPLES else f"unknown sample {name!r}; known: {', '.join(sorted(SAMPLES))}"
+    if not Path(spec).expanduser().exists():
+        return f"{spec}: no such file or folder (use a .jsonl path, a folder, sample:<name> or hf:<name>)"
+    return None
+
+
+def _base_model_problem(name: str) -> str | None:
+    name = SHORT_NAMES.get(name, name)
+    if name.startswith("embedded/") and name not in (EMBEDDED_SMOLLM2, EMBEDDED_TINY):
+        known = ", ".join(sorted([EMBEDDED_SMOLLM2, EMBEDDED_TINY]))
+        return f"unknown embedded base model {name!r}; known: {known}"
+    if name.startswith(("/", ".", "~")) and not Path(name).expanduser().is_dir():
+        return f"{name}: no such folder"
+    return None
 
 
 def _set_field(obj: Any, path: list[str], raw: Any, key: str, problems: list[str]) -> None:
@@ -179,7 +262,7 @@ def _set_field(obj: Any, path: list[str], raw: Any, key: str, problems: list[str
     if len(path) > 1:
         problems.append(f"{key}: {head!r} has no sub-fields")
         return
-    value = _coerce(raw, current, names[head].type)
+    value = _coerce(raw, typing.get_type_hints(type(obj))[head])
     if value is _BAD:
         problems.append(f"{key}: expected {names[head].type}, got {raw!r}")
         return
@@ -187,30 +270,37 @@ def _set_field(obj: Any, path: list[str], raw: Any, key: str, problems: list[str
 
 
 _BAD = object()
+_LAX = ConfigDict(coerce_numbers_to_str=True)
 
 
-def _coerce(raw: Any, current: Any, annotation: Any) -> Any:
-    ann = str(annotation)
-    if raw is None:
-        return None if "None" in ann else _BAD
-    if "list[str]" in ann and isinstance(raw, str) and "," in raw:
-        return [s.strip() for s in raw.split(",") if s.strip()]
-    if "list[str]" in ann and isinstance(raw, list):
-        return [str(x) for x in raw]
-    if ann.startswith("bool"):
-        return raw if isinstance(raw, bool) else _BAD
-    if ann.startswith("int"):
-        return raw if isinstance(raw, int) and not isinstance(raw, bool) else _BAD
-    if ann.startswith("float"):
-        if isinstance(raw, str):
-            try:
-                return float(raw)
-            except ValueError:
-                return _BAD
-        return float(raw) if isinstance(raw, int | float) and not isinstance(raw, bool) else _BAD
-    if ann.startswith("str") or "str |" in ann:
-        return str(raw) if isinstance(raw, str | int | float) else _BAD
-    return raw
+@functools.cache
+def _adapter(annotation: Any) -> TypeAdapter[Any]:
+    return TypeAdapter(annotation, config=_LAX)
+
+
+def _coerce(raw: Any, annotation: Any) -> Any:
+    """`raw` as a value of `annotation` by pydantic's validation, or _BAD.
+
+    Strict first; text (from YAML or the command line) may then be parsed (`5e-4` as a float),
+    but a boolean never passes for a number or a string. `a,b` is tried as a list first.
+    """
+    adapter = _adapter(annotation)
+    candidates: list[Any] = [raw]
+    if isinstance(raw, str):
+        items = [s.strip() for s in raw.split(",") if s.strip()]
+        candidates = [items, raw] if "," in raw else [raw, items]
+    for candidate in candidates:
+        try:
+            return adapter.validate_python(candidate, strict=True)
+        except ValidationError:
+            pass
+        if isinstance(candidate, bool):
+            continue
+        try:
+            return adapter.validate_python(candidate)
+        except ValidationError:
+            pass
+    return _BAD
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:

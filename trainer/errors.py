@@ -12,6 +12,9 @@ class ConfigError(TrainerError):
 
     def __init__(self, problems: list[str], source: str = "config") -> None:
         self.problems = problems
+        if len(problems) == 1:
+            super().__init__(f"{source}: {problems[0]}")
+            return
         super().__init__(
             f"{source} has {len(problems)} problem(s):\n" + "\n".join(f"  - {p}" for p in problems)
         )

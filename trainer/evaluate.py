@@ -151,7 +151,7 @@ def base_only(model: Any) -> Iterator[None]:
         yield
 
 
-def compare(
+def evaluate_base_and_adapter(
     model: Any,
     tokenizer: Any,
     examples: list[Example],

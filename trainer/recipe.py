@@ -23,7 +23,7 @@ from trainer.callbacks import JsonlLogCallback, RichProgressCallback, plot_losse
 from trainer.config import TrainConfig
 from trainer.data import DataReport, Example, prepare
 from trainer.errors import TrainerError
-from trainer.evaluate import EvalResult, compare
+from trainer.evaluate import EvalResult, evaluate_base_and_adapter
 from trainer.model import apply_lora, load_base, load_tokenizer
 from trainer.template import IGNORE, Encoded, encode, pack
 
@@ -92,7 +92,9 @@ def template_sha256(tokenizer: Any) -> str:
 
 
 def _new_run_dir(parent: Path, stem: str) -> Path:
-    """A fresh run folder: two runs started in the same second get `-2`, `-3`, ... suffixes."""
+    """A fresh run folder directly under `parent`: runs started in the same second get `-2`, `-3`, ..."""
+    if Path(stem).name != stem or stem in (".", ".."):
+        raise TrainerError(f"run folder name {stem!r} would leave {parent}")
     parent.mkdir(parents=True, exist_ok=True)
     for i in range(1, 1000):
         path = parent / (stem if i == 1 else f"{stem}-{i}")
@@ -135,7 +137,7 @@ class LoRARecipe:
         torch.manual_seed(c.training.seed)
         self.model = apply_lora(model, c.lora, c.training.gradient_checkpointing)
         stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-        self.run_dir = _new_run_dir(Path(c.output_dir), f"{c.name}-{stamp}")
+        self.run_dir = _new_run_dir(Path(c.output_dir), c.run_dir_stem(stamp))
 
     def _encode(self, examples: list[Example], count_truncated: bool = False) -> list[Encoded]:
         rows = [encode(self.tokenizer, ex, self.config.data.max_seq_len) for ex in examples]
@@ -195,7 +197,7 @@ class LoRARecipe:
             callbacks=callbacks,
         )
         trainer.remove_callback(PrinterCallback)
-        resume = self._resume_checkpoint(t.resume)
+        resume = self.config.resume_checkpoint()
         start = time.monotonic()
         trainer.train(resume_from_checkpoint=resume)
         self.train_seconds = time.monotonic() - start
@@ -209,25 +211,6 @@ class LoRARecipe:
         self.steps = trainer.state.global_step
         return self.train_seconds
 
-    def _resume_checkpoint(self, resume: str | None) -> str | None:
-        """`last`: the newest checkpoint of an earlier run of this name; else a checkpoint folder."""
-        if not resume:
-            return None
-        if resume == "last":
-            pattern = f"{self.config.name}-*/checkpoints/checkpoint-*"
-            found = sorted(Path(self.config.output_dir).glob(pattern), key=lambda p: p.stat().st_mtime)
-            if not found:
-                raise TrainerError(
-                    f"training.resume=last: no checkpoint under {self.config.output_dir}/{pattern}; "
-                    "train with training.save_every=N first"
-                )
-            return str(found[-1])
-        if not (Path(resume) / "trainer_state.json").is_file():
-            raise TrainerError(
-                f"training.resume: {resume} is not a checkpoint folder (no trainer_state.json)"
-            )
-        return resume
-
     # -- evaluate ------------------------------------------------------------------------
     def evaluate(self) -> dict[str, EvalResult]:
         e, d = self.config.eval, self.config.data
@@ -239,7 +222,7 @@ class LoRARecipe:
             self.results: dict[str, EvalResult] = {}
             return self.results
         self.console.print(f"[bold]evaluating[/] on {len(rows)} held-out rows (base and adapter)")
-        self.results = compare(
+        self.results = evaluate_base_and_adapter(
             self.model,
             self.tokenizer,
             rows,

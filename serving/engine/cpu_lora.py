@@ -8,28 +8,32 @@ adapter in the batch, rows with -1 untouched, no per-token weight copies, and a 
 when the whole batch uses one slot. Same signatures as the stock ops.
 
 On top of the ops, `PunicaWrapperCPU` is replaced by a subclass (make_wrapper_class) that
-builds the batch's plan once per step and runs each LoRA layer, for bf16, as one call into the
-compiled op of lora_kernel.py (every slice and adapter row at once); otherwise as two matrix
-products per adapter present (slices fused), or two `bmm` over padded row segments for several
-adapters.
+builds the batch's plan once per step (StepPlan) and runs each LoRA layer, for bf16, as one call
+into the compiled op of lora_kernel.py (CompiledLoRA: every slice and adapter row at once);
+otherwise on the torch path (TorchLoRA: two matrix products for one adapter, slices fused, or two
+`bmm` over padded row segments for several adapters).
 
-`register()` runs in every vLLM process (the engine core and its workers load general
-plugins), so the patch is active wherever the model runs.
+`register()` runs in every vLLM process of the environment (the engine core and its workers load
+general plugins), so the patch is active wherever the model runs, a user's own `vllm serve`
+included; it logs one line saying so. LORA_PLATFORM_STOCK_CPU_LORA=1 switches it off.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
 from serving.engine import lora_kernel
 
 ENV_DISABLE = "LORA_PLATFORM_STOCK_CPU_LORA"
+"""Set to 1 to leave vLLM's own CPU LoRA ops in place (register() then changes nothing)."""
 ENV_MARKER = "LORA_PLATFORM_PLUGIN_MARKER"
 """When set, register() appends its process id to this file (tests check the engine process)."""
 ENV_NO_ONEDNN = "LORA_PLATFORM_NO_ONEDNN_LORA"
 """Set to 1 to compute single-adapter LoRA with aten products instead of vLLM's oneDNN GEMM."""
 _ACTIVE = False
+log = logging.getLogger("vllm.lora_platform")  # under vLLM's logger: printed with its own lines
 
 
 def _groups(indices: Any) -> list[tuple[int, Any]]:
@@ -181,146 +185,235 @@ def sgmv_expand_slice(
     )
 
 
-def make_wrapper_class() -> type:
-    """A PunicaWrapperCPU whose per-step plan is built once in update_metadata.
+class StepPlan:
+    """One step's batch: the rows of each adapter slot, and the layouts the LoRA layers derive
+    from them, built on first use (the compiled op needs only its rows, the torch path only the
+    padded segments) and kept for every layer of the step."""
 
-    `add_lora_linear` runs, per slice and per adapter present, one product into a small
-    shrink result and one in-place `addmm_` into the output slice, in the activations'
-    dtype; `add_lora_logits` and `add_lora_embedding` skip slots whose adapter has no such
-    weights (all zeros), and every method returns at once on a batch without adapters.
+    def __init__(self, token_indices: Any = None, sampler_indices: Any = None) -> None:
+        self.tokens = [] if token_indices is None else _groups(token_indices)
+        self.slots = tuple(s for s, _ in self.tokens)
+        self.sampler = [] if sampler_indices is None else _groups(sampler_indices)
+        self._indices = token_indices
+        self._layouts: dict[Any, Any] = {}
+
+    def kernel_rows(self) -> lora_kernel.Rows:
+        """The adapter rows grouped by slot, as the compiled op takes them."""
+        rows = self._layouts.get("rows")
+        if rows is None:
+            import torch
+
+            idx = self._indices
+            order = torch.argsort(idx, stable=True)
+            order = order[idx[order] >= 0]
+            rows = lora_kernel.Rows(
+                order.to(torch.int32).contiguous(), idx[order].to(torch.int32).contiguous()
+            )
+            self._layouts["rows"] = rows
+        return rows
+
+    def segments(self, dtype: Any) -> tuple[Any, Any, int, int]:
+        """Rows of each adapter padded to one length (gather index, row mask in `dtype`, adapters,
+        length): one gather, two bmm, one index_add per layer."""
+        seg = self._layouts.get(dtype)
+        if seg is None:
+            import torch
+
+            width = max(len(rows) for _, rows in self.tokens)
+            gather = torch.zeros(len(self.tokens), width, dtype=torch.long)
+            mask = torch.zeros(len(self.tokens), width, 1, dtype=dtype)
+            for i, (_, rows) in enumerate(self.tokens):
+                gather[i, : len(rows)] = rows
+                mask[i, : len(rows)] = 1
+            seg = self._layouts[dtype] = (gather.view(-1), mask, len(self.tokens), width)
+        return seg
+
+
+class CompiledLoRA:
+    """The compiled op of lora_kernel.py, one bound call per LoRA layer (bf16 on AVX512-BF16/AMX
+    CPUs): every slice and adapter row in one C call. Cache: the layer's stacked A weights (held by
+    the entry, so their id is not reused) -> its packed weights and call, or None for the torch path."""
+
+    def __init__(self) -> None:
+        self._layers: dict[int, tuple[Any, lora_kernel.PackedLayer, Any] | None] = {}
+
+    def run(
+        self, y: Any, x: Any, a_stacked: Any, b_stacked: Any, sizes: Any, plan: StepPlan, scale: float
+    ) -> bool:
+        """y += LoRA(x) for the plan's adapter rows; False where the torch path must do it."""
+        try:
+            entry = self._layers[id(a_stacked)]
+        except KeyError:
+            entry = self._bind(a_stacked, b_stacked, tuple(sizes), x)
+        return entry is not None and bool(entry[2](x, y, plan.kernel_rows(), scale))
+
+    def _bind(
+        self, a_stacked: Any, b_stacked: Any, sizes: tuple[int, ...], x: Any
+    ) -> tuple[Any, lora_kernel.PackedLayer, Any] | None:
+        kernel = lora_kernel.load()
+        entry = None
+        if kernel is not None and a_stacked[0].dtype == x.dtype == lora_kernel.bfloat16():
+            layer = lora_kernel.PackedLayer(a_stacked, b_stacked, sizes)
+            call = lora_kernel.bind(kernel, layer)
+            entry = None if call is None else (a_stacked, layer, call)
+        self._layers[id(a_stacked)] = entry
+        return entry
+
+    def repack(self, slots: list[int]) -> None:
+        """The adapters in `slots` changed: re-pack those slots of every layer, in place."""
+        for entry in self._layers.values():
+            if entry is not None:
+                entry[1].repack(slots)
+
+
+class _Fused:
+    """One layer's weights for one set of adapter slots: A of every slice stacked, B
+    block-diagonal, both transposed for x @ a_t @ b_t; and vLLM's oneDNN handles for them."""
+
+    def __init__(
+        self,
+        a_stacked: tuple[Any, ...],
+        b_stacked: tuple[Any, ...],
+        slots: tuple[int, ...],
+        sizes: tuple[int, ...],
+    ):
+        import torch
+
+        self.key_weights = a_stacked  # held: the cache key is its id
+        a = torch.stack([torch.cat([_weights(w, s) for w in a_stacked], 0) for s in slots])
+        ranks = [w.shape[-1] for w in b_stacked]
+        b = torch.zeros(len(slots), sum(sizes), sum(ranks), dtype=b_stacked[0].dtype)
+        out = col = 0
+        for w, size, rank in zip(b_stacked, sizes, ranks, strict=True):
+            for i, s in enumerate(slots):
+                b[i, out : out + size, col : col + rank] = _weights(w, s)[:size]
+            out += size
+            col += rank
+        # both stored as the right-hand operand of a contiguous matmul: [S, in, sum r], [S, sum r, out]
+        self.a_t, self.b_t = a.transpose(1, 2).contiguous(), b.transpose(1, 2).contiguous()
+        self._dnnl: tuple[Any, Any] | None = None
+        self._dnnl_tried = False
+
+    def onednn(self, x: Any) -> tuple[Any, Any] | None:
+        """oneDNN handlers for a single adapter, for half-precision activations only (float32 keeps
+        aten's products, whose results the exact PEFT comparisons rely on)."""
+        if not self._dnnl_tried:
+            self._dnnl_tried = True
+            import torch
+
+            if (
+                x.dtype in (torch.bfloat16, torch.float16)
+                and self.a_t.dtype == x.dtype
+                and not os.environ.get(ENV_NO_ONEDNN)
+            ):
+                try:
+                    from vllm import _custom_ops as ops
+
+                    if ops._supports_onednn:
+                        self._dnnl = (
+                            ops.create_onednn_mm(self.a_t[0], 32),
+                            ops.create_onednn_mm(self.b_t[0], 32),
+                        )
+                except (RuntimeError, AttributeError, ImportError):
+                    pass
+        return self._dnnl
+
+
+class TorchLoRA:
+    """The torch path of a LoRA layer: two products for a batch on one adapter (vLLM's oneDNN GEMM
+    for bf16/fp16, ~2x faster than aten on these small shapes), two `bmm` over padded row segments
+    for several. Cache: (layer's stacked A weights, adapter slots) -> their fused weights."""
+
+    def __init__(self) -> None:
+        self._fused: dict[tuple[int, tuple[int, ...]], _Fused] = {}
+
+    def clear(self) -> None:
+        self._fused.clear()
+
+    def run(
+        self, y: Any, x: Any, a_stacked: Any, b_stacked: Any, sizes: Any, plan: StepPlan, scale: float
+    ) -> None:
+        import torch
+
+        y2 = y.view(-1, y.shape[-1])
+        x2 = x.view(-1, x.shape[-1])[: y2.shape[0]]
+        width = sum(sizes)
+        key = (id(a_stacked), plan.slots)
+        fused = self._fused.get(key)
+        if fused is None:
+            fused = self._fused[key] = _Fused(a_stacked, b_stacked, plan.slots, tuple(sizes))
+        a_t, b_t, target = fused.a_t, fused.b_t, y2[:, :width]
+        if plan.tokens[0][1] is None:  # the whole batch on one adapter
+            dnnl = fused.onednn(x2)
+            if dnnl is not None:
+                from vllm import _custom_ops as ops
+
+                target.add_(
+                    ops.onednn_mm(dnnl[1], ops.onednn_mm(dnnl[0], x2.contiguous(), None), None), alpha=scale
+                )
+                return
+            h = x2.to(a_t.dtype) @ a_t[0]
+            target.addmm_(h.to(target.dtype), b_t[0].to(target.dtype), alpha=scale)
+            return
+        gather, mask, slots, rows = plan.segments(x2.dtype)
+        xs = x2.index_select(0, gather).view(slots, rows, -1) * mask
+        h = torch.bmm(xs.to(a_t.dtype), a_t)
+        out = torch.bmm(h, b_t).view(slots * rows, width)
+        target.index_add_(0, gather, out.to(target.dtype), alpha=scale)
+
+
+class ZeroSlots:
+    """Which slots of a stacked weight (logits, embeddings) are all zeros, i.e. their adapter has
+    no such weights. Cache: (weights' id, slot) -> bool, forgotten when the slots change."""
+
+    def __init__(self) -> None:
+        self._zero: dict[tuple[int, int], bool] = {}
+
+    def clear(self) -> None:
+        self._zero.clear()
+
+    def plan(self, weights: Any, groups: list[tuple[int, Any]]) -> list[tuple[int, Any]]:
+        """The groups whose slot has non-zero weights."""
+        out = []
+        for slot, rows in groups:
+            zero = self._zero.get((id(weights), slot))
+            if zero is None:
+                zero = self._zero[(id(weights), slot)] = not bool(weights[slot].any())
+            if not zero:
+                out.append((slot, rows))
+        return out
+
+
+def make_wrapper_class() -> type:
+    """A PunicaWrapperCPU whose per-step plan (StepPlan) is built once in update_metadata.
+
+    `add_lora_linear` runs CompiledLoRA where it can, TorchLoRA otherwise; `add_lora_logits` and
+    `add_lora_embedding` skip slots whose adapter has no such weights (ZeroSlots); every method
+    returns at once on a batch without adapters.
     """
     from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
 
     class PlannedPunicaWrapperCPU(PunicaWrapperCPU):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
-            self._token_plan: list[tuple[int, Any]] = []
-            self._slots: tuple[int, ...] = ()
-            self._sampler_plan: list[tuple[int, Any]] = []
-            self._segments: tuple[Any, Any, int, int] | None = None
-            self._masks: dict[Any, Any] = {}
+            self._plan = StepPlan()
             self._ids: list[Any] = []
-            self._empty: dict[tuple[int, int], bool] = {}
-            self._fused: dict[tuple[int, tuple[int, ...]], tuple[Any, Any]] = {}
-            self._dnnl: dict[tuple[int, tuple[int, ...]], tuple[Any, Any] | None] = {}
-            self._packed: dict[int, Any] = {}
-            self._layers: list[Any] = []
-            self._rows: Any = None
+            self._compiled = CompiledLoRA()
+            self._torch = TorchLoRA()
+            self._zero = ZeroSlots()
 
         def update_metadata(
             self, mapping: Any, lora_index_to_id: list[Any], max_loras: int, vocab_size: int, **kwargs: Any
         ) -> None:
             super().update_metadata(mapping, lora_index_to_id, max_loras, vocab_size, **kwargs)
-            self._token_plan = _groups(self.token_lora_indices)
-            self._slots = tuple(s for s, _ in self._token_plan)
-            self._sampler_plan = _groups(self.sampler_indices)
-            # built on first use in this step: the compiled op needs only the rows, the torch path only
-            # the segments
-            self._segments, self._masks, self._rows = None, {}, None
-            if list(lora_index_to_id) != self._ids:  # slots changed: forget derived weights
-                ids = list(lora_index_to_id)
+            self._plan = StepPlan(self.token_lora_indices, self.sampler_indices)
+            ids = list(lora_index_to_id)
+            if ids != self._ids:  # slots changed: forget what was derived from their weights
                 changed = [i for i, v in enumerate(ids) if i >= len(self._ids) or self._ids[i] != v]
                 self._ids = ids
-                self._empty.clear()
-                self._fused.clear()
-                self._dnnl.clear()
-                for layer in self._layers:  # the compiled op's packing: only the changed slots
-                    layer.repack(changed)
-
-        def _kernel_rows(self) -> Any:
-            """This step's adapter rows grouped by slot, as the compiled op takes them."""
-            if self._rows is None:
-                import torch
-
-                idx = self.token_lora_indices
-                order = torch.argsort(idx, stable=True)
-                order = order[idx[order] >= 0]
-                self._rows = lora_kernel.Rows(
-                    order.to(torch.int32).contiguous(), idx[order].to(torch.int32).contiguous()
-                )
-            return self._rows
-
-        def _segment_plan(self) -> tuple[Any, Any, int, int]:
-            """Rows of each adapter padded to one length: one gather, two bmm, one index_add per layer."""
-            if self._segments is None:
-                import torch
-
-                width = max(len(rows) for _, rows in self._token_plan)
-                gather = torch.zeros(len(self._token_plan), width, dtype=torch.long)
-                mask = torch.zeros(len(self._token_plan), width, 1, dtype=torch.bool)
-                for i, (_, rows) in enumerate(self._token_plan):
-                    gather[i, : len(rows)] = rows
-                    mask[i, : len(rows)] = True
-                self._segments = (gather.view(-1), mask, len(self._token_plan), width)
-            return self._segments
-
-        def _is_empty(self, weights: Any, slot: int) -> bool:
-            key = (id(weights), slot)
-            if key not in self._empty:
-                self._empty[key] = not bool(weights[slot].any())
-            return self._empty[key]
-
-        def _fused_weights(
-            self,
-            a_stacked: tuple[Any, ...],
-            b_stacked: tuple[Any, ...],
-            slots: tuple[int, ...],
-            sizes: tuple[int, ...],
-        ) -> tuple[Any, Any]:
-            """Per slot: A of every slice stacked, B block-diagonal, both transposed for x @ A_t @ B_t."""
-            import torch
-
-            key = (id(a_stacked[0]), slots)
-            if key not in self._fused:
-                a = torch.stack([torch.cat([_weights(w, s) for w in a_stacked], 0) for s in slots])
-                ranks = [w.shape[-1] for w in b_stacked]
-                b = torch.zeros(len(slots), sum(sizes), sum(ranks), dtype=b_stacked[0].dtype)
-                out = col = 0
-                for w, size, rank in zip(b_stacked, sizes, ranks, strict=True):
-                    for i, s in enumerate(slots):
-                        b[i, out : out + size, col : col + rank] = _weights(w, s)[:size]
-                    out += size
-                    col += rank
-                # both stored as the right-hand operand of a contiguous matmul: [S, in, sum r], [S, sum r, out]
-                self._fused[key] = (a.transpose(1, 2).contiguous(), b.transpose(1, 2).contiguous())
-            return self._fused[key]
-
-        def _onednn(self, a_stacked: tuple[Any, ...], a_t: Any, b_t: Any, x: Any) -> tuple[Any, Any] | None:
-            """oneDNN handlers for one adapter's fused A and B, for half-precision activations only
-            (float32 keeps aten's products, whose results the exact PEFT comparisons rely on)."""
-            import torch
-
-            if (
-                x.dtype not in (torch.bfloat16, torch.float16)
-                or a_t.dtype != x.dtype
-                or os.environ.get(ENV_NO_ONEDNN)
-            ):
-                return None
-            key = (id(a_stacked[0]), self._slots)
-            if key not in self._dnnl:
-                try:
-                    from vllm import _custom_ops as ops
-
-                    if not ops._supports_onednn:
-                        raise RuntimeError("oneDNN not built")
-                    self._dnnl[key] = (ops.create_onednn_mm(a_t[0], 32), ops.create_onednn_mm(b_t[0], 32))
-                except (RuntimeError, AttributeError, ImportError):
-                    self._dnnl[key] = None
-            return self._dnnl[key]
-
-        def _bind(
-            self, a_stacked: tuple[Any, ...], b_stacked: tuple[Any, ...], sizes: tuple[int, ...], x: Any
-        ) -> Any:
-            """This layer's compiled-kernel call (lora_kernel.py), or False where the torch path runs."""
-            kernel = lora_kernel.load()
-            call = False
-            if kernel is not None and a_stacked[0].dtype == x.dtype == lora_kernel.bfloat16():
-                layer = lora_kernel.PackedLayer(a_stacked, b_stacked, tuple(sizes))
-                call = lora_kernel.bind(kernel, layer) or False
-                if call:
-                    self._layers.append(layer)
-            self._packed[id(a_stacked)] = call
-            return call
+                self._zero.clear()
+                self._torch.clear()
+                self._compiled.repack(changed)
 
         def add_lora_linear(
             self,
@@ -334,42 +427,11 @@ def make_wrapper_class() -> type:
             buffer: Any = None,
             **kwargs: Any,
         ) -> None:
-            if not self._token_plan:
+            plan = self._plan
+            if not plan.tokens:
                 return  # no adapter in this batch: no LoRA work at all
-            # bf16 on AVX512-BF16/AMX CPUs: one compiled call for every slice and adapter row
-            call = self._packed.get(id(lora_a_stacked))
-            if call is None:
-                call = self._bind(lora_a_stacked, lora_b_stacked, output_slices, x)
-            if call and call(x, y, self._rows or self._kernel_rows(), scale):
-                return
-            import torch
-
-            x2 = x.view(-1, x.shape[-1])
-            y2 = y.view(-1, y.shape[-1])
-            x2 = x2[: y2.shape[0]]
-            width = sum(output_slices)
-            a_t, b_t = self._fused_weights(lora_a_stacked, lora_b_stacked, self._slots, tuple(output_slices))
-            target = y2[:, :width]
-            if self._token_plan[0][1] is None:  # the whole batch on one adapter
-                dnnl = self._onednn(lora_a_stacked, a_t, b_t, x2)
-                if dnnl is not None:  # vLLM's oneDNN GEMM: ~2x faster than aten on these small bf16 shapes
-                    from vllm import _custom_ops as ops
-
-                    target.add_(
-                        ops.onednn_mm(dnnl[1], ops.onednn_mm(dnnl[0], x2.contiguous(), None), None),
-                        alpha=scale,
-                    )
-                    return
-                h = x2.to(a_t.dtype) @ a_t[0]
-                target.addmm_(h.to(target.dtype), b_t[0].to(target.dtype), alpha=scale)
-                return
-            gather, mask, slots, rows = self._segment_plan()
-            if x2.dtype not in self._masks:
-                self._masks[x2.dtype] = mask.to(x2.dtype)
-            xs = x2.index_select(0, gather).view(slots, rows, -1) * self._masks[x2.dtype]
-            h = torch.bmm(xs.to(a_t.dtype), a_t)
-            out = torch.bmm(h, b_t).view(slots * rows, width)
-            target.index_add_(0, gather, out.to(target.dtype), alpha=scale)
+            if not self._compiled.run(y, x, lora_a_stacked, lora_b_stacked, output_slices, plan, scale):
+                self._torch.run(y, x, lora_a_stacked, lora_b_stacked, output_slices, plan, scale)
 
         def add_lora_logits(
             self,
@@ -382,9 +444,7 @@ def make_wrapper_class() -> type:
             buffer: Any = None,
             **kwargs: Any,
         ) -> None:
-            plan = [(s, r) for s, r in self._sampler_plan if not self._is_empty(lora_b_stacked, s)]
-            if not plan:
-                return
+            plan = self._zero.plan(lora_b_stacked, self._plan.sampler)
             y2 = y.view(-1, y.shape[-1])
             x2 = x.view(-1, x.shape[-1])
             for slot, rows in plan:
@@ -396,9 +456,7 @@ def make_wrapper_class() -> type:
         def add_lora_embedding(
             self, y: Any, x: Any, lora_b_stacked: Any, add_inputs: bool = True, **kwargs: Any
         ) -> None:
-            plan = [(s, r) for s, r in self._token_plan if not self._is_empty(lora_b_stacked, s)]
-            if not plan:
-                return
+            plan = self._zero.plan(lora_b_stacked, self._plan.tokens)
             y2 = y.view(-1, y.shape[-1])
             x2 = x.view(-1, x.shape[-1])
             for slot, rows in plan:
@@ -445,6 +503,13 @@ def register() -> None:
 
     # the compiled op, built here if `make setup` did not; None where it cannot run
     kernel = lora_kernel.load() if current_platform.is_cpu() else None
+    log.info(
+        "lora-platform plugin active in process %d: vLLM's CPU LoRA ops replaced (%s); "
+        "set %s=1 to use vLLM's own",
+        os.getpid(),
+        f"compiled op: {kernel.name}" if kernel else "torch path",
+        ENV_DISABLE,
+    )
     marker = os.environ.get(ENV_MARKER)
     if marker:
         with open(marker, "a") as fh:

@@ -8,15 +8,19 @@
  * Both products use VDPBF16PS (bf16 pairs, fp32 accumulate); the shrink result stays in
  * registers and a small stack buffer, the expand accumulates straight into y (no temporary, no
  * second pass over the output), and no per-token weight copy is ever made. Rows not listed
- * (base-model rows) are not touched. Single-threaded: decode batches are small, and the engine's
- * OpenMP threads keep the other cores.
+ * (base-model rows) are not touched. lora_bf16_fused (AVX512-BF16) runs on the calling thread:
+ * decode batches are small. lora_bf16_fused_amx splits its 16-row blocks over OpenMP threads
+ * (the engine's pool, or lora_set_threads(n); LORA_PLATFORM_LORA_THREADS in lora_kernel.py).
+ * Neither checks that its buffers are large enough: lora_kernel.py checks y's width, the row and
+ * slot indices and the shapes before every call.
  *
  * Weights are pre-packed per slot by serving/engine/lora_kernel.py:
  *   A: [K2][RT][2]  bf16, K2 = ceil(K / 2), RT = slices * R rounded up to 16 (zero padded)
  *   B: per slice s, [R / 2][NP_s][2] bf16, NP_s = n_s rounded up to 16, slices back to back
  * R (the rank, per slice) is even.
  *
- * Built with: gcc -O3 -mavx512f -mavx512bw -mavx512vl -mavx512bf16 -mamx-tile -mamx-bf16 -shared -fPIC
+ * Built by lora_kernel.py (FLAGS) with:
+ *   gcc -O3 -mavx512f -mavx512bw -mavx512vl -mavx512bf16 -mamx-tile -mamx-bf16 -fopenmp -shared -fPIC
  */
 #include <immintrin.h>
 #include <omp.h>

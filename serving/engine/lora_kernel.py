@@ -43,6 +43,13 @@ FLAGS = [
 ]
 MAX_RANKS = 1024
 """slices x rank of one layer, as compiled (MAXRT)."""
+AMX_MAX_K = 16384
+"""The widest input (K padded to 32) the AMX variant takes (MAXK); wider layers run on AVX512."""
+
+
+class KernelCallError(ValueError):
+    """Arguments that would make the compiled op read or write outside its buffers; raised before
+    the C call, which checks none of them."""
 
 
 def _cpu_flags() -> set[str]:
@@ -113,8 +120,11 @@ class Kernel:
         """What bf16 LoRA layers run on: 'amx' or 'avx512'."""
         return "amx" if self.use_amx else "avx512"
 
-    def pick(self, rank: int) -> Any:
-        return self.amx if self.use_amx and (rank <= 32 or rank % 32 == 0) else self.avx512
+    def pick(self, layer: PackedLayer) -> Any:
+        """The variant for this layer: AMX where its tiles fit the rank and the input width."""
+        rank_fits = layer.r <= 32 or layer.r % 32 == 0
+        k_fits = -(-layer.k // 32) * 32 <= AMX_MAX_K
+        return self.amx if self.use_amx and rank_fits and k_fits else self.avx512
 
 
 @cache
@@ -188,11 +198,23 @@ def bfloat16() -> Any:
 
 
 class Rows:
-    """One step's adapter rows, grouped by slot: int32 row indices and their slots."""
+    """One step's adapter rows, grouped by slot: int32 row indices and their slots (both 1-D,
+    contiguous, the same length, none negative; KernelCallError otherwise)."""
 
     def __init__(self, rows: Any, slots: Any) -> None:
+        import torch
+
+        for name, t in (("rows", rows), ("slots", slots)):
+            if t.dtype != torch.int32 or t.dim() != 1 or not t.is_contiguous():
+                raise KernelCallError(f"{name} must be a contiguous 1-D int32 tensor")
+        if rows.numel() != slots.numel():
+            raise KernelCallError(f"{rows.numel()} rows but {slots.numel()} slots")
         self.rows, self.slots = rows, slots  # kept alive: the kernel reads their memory
-        self.end = int(rows.max()) + 1 if rows.numel() else 0
+        self.end = self.slot_end = 0
+        if rows.numel():
+            if int(rows.min()) < 0 or int(slots.min()) < 0:
+                raise KernelCallError("a row or slot index is negative")
+            self.end, self.slot_end = int(rows.max()) + 1, int(slots.max()) + 1
         self.args = (rows.data_ptr(), slots.data_ptr(), rows.numel())
 
 
@@ -201,7 +223,7 @@ def bind(kernel: Kernel, layer: PackedLayer) -> Any | None:
     (per-call Python is a few microseconds); None when the layer's shape is outside the kernel."""
     if not layer.ok:
         return None
-    fn = kernel.pick(layer.r)
+    fn = kernel.pick(layer)
     tail = (
         layer.a.data_ptr(),
         layer.a[0].numel(),
@@ -213,7 +235,7 @@ def bind(kernel: Kernel, layer: PackedLayer) -> Any | None:
         layer.offs.data_ptr(),
         layer.sizes.data_ptr(),
     )
-    k = layer.k
+    k, width, slots = layer.k, sum(layer.n), layer.a.shape[0]
     bf16 = bfloat16()
 
     def call(x: Any, y: Any, rows: Rows, scale: float) -> bool:
@@ -222,6 +244,11 @@ def bind(kernel: Kernel, layer: PackedLayer) -> Any | None:
             return False
         if x.shape[1] != k or x.stride(1) != 1 or y.stride(1) != 1 or rows.end > min(x.shape[0], y.shape[0]):
             return False
+        # the C code writes `width` columns of y and reads the packed weights of every slot listed
+        if y.shape[1] < width:
+            raise KernelCallError(f"y has {y.shape[1]} columns, the layer's slices write {width}")
+        if rows.slot_end > slots:
+            raise KernelCallError(f"slot {rows.slot_end - 1} listed, the layer packs {slots} slots")
         _ = layer  # keeps the packed weights alive as long as the call
         rc: int = fn(x.data_ptr(), x.stride(0), y.data_ptr(), y.stride(0), *rows.args, *tail, scale)
         return rc == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from cli.main import cli
@@ -51,3 +52,45 @@ def test_train_end_to_end_on_the_tiny_model_pushes_to_the_registry(tmp_path: Pat
     assert "registered as cli-tiny@1" in result.output
     listing = CliRunner().invoke(cli, ["registry", "list", "--json", "--registry", str(tmp_path / "reg")])
     assert [r["ref"] for r in json.loads(listing.output)] == ["cli-tiny@1"]
+
+
+def test_bad_name_is_refused_before_anything_runs_or_is_created(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(
+        cli, ["train", "--base-model", "tiny", "--name", "../x", "--registry", str(tmp_path / "reg")]
+    )
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "name: invalid name '../x'" in lines[0], result.output
+    assert "Traceback" not in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_fields_checked_later_are_checked_up_front(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.jsonl"
+    result = CliRunner().invoke(
+        cli,
+        [
+            "train",
+            "--data",
+            str(missing),
+            "--base-model",
+            str(tmp_path / "no-model"),
+            "--output-dir",
+            str(tmp_path / "runs"),
+            "training.resume=last",
+            "data.test_path=sample:nope",
+        ],
+    )
+    assert result.exit_code == 1
+    for field in (
+        "data.path:",
+        "data.test_path: unknown sample 'nope'",
+        "base_model:",
+        "training.resume=last",
+    ):
+        assert field in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "runs").exists()

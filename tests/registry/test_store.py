@@ -242,7 +242,13 @@ def test_killing_a_pushing_process_leaves_a_verifiable_registry(
         env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])},
     )
     assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
-    time.sleep(1.5)  # several pushes done, one in the middle of its copy
+    versions, staging = registry_root / "versions" / "crash", registry_root / ".staging"
+
+    def mid_copy_after_several() -> bool:  # several pushes done, one in the middle of its copy
+        done = versions.is_dir() and sum(1 for _ in versions.iterdir()) >= 2
+        return done and staging.is_dir() and any(p.is_file() for p in staging.rglob("*"))
+
+    wait_until(mid_copy_after_several, 60)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     reg = Registry(registry_location)

@@ -43,6 +43,17 @@ def wait_until(pred, timeout: float = 1.0) -> float:  # type: ignore[no-untyped-
     raise AssertionError(f"condition not met within {timeout}s")
 
 
+def metric(server_url: str, name: str, headers: dict[str, str] | None = None) -> float:
+    """The sum of every /metrics sample whose line starts with `name` (a name, or a name and labels)."""
+    import httpx
+
+    total = 0.0
+    for line in httpx.get(server_url + "/metrics", headers=headers).text.splitlines():
+        if line.startswith(name) and not line.startswith("#"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
 @dataclass
 class Server:
     url: str

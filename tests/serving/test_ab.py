@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -81,7 +80,11 @@ def test_evidence_and_feedback_are_attributed_to_the_variant(server: Server, ab)
     bad = httpx.post(f"{server.url}/v1/feedback", json={"id": "chatcmpl-nope", "score": 1})
     assert bad.status_code == 404 and bad.json()["error"]["param"] == "id"
     assert httpx.post(f"{server.url}/v1/feedback", json={"id": cid}).status_code == 400
-    time.sleep(0.8)  # the writer flushes off the hot path
+    def written() -> bool:  # the writer flushes off the hot path
+        reqs, fb = reg.evidence().load("abtest")
+        return any(r["id"] == cid for r in reqs) and any(f["completion_id"] == cid for f in fb)
+
+    wait_until(written, 10)
     reqs, fb = reg.evidence().load("abtest")
     row = next(r for r in reqs if r["id"] == cid)
     assert row["variant"] == model and row["user_hash"] not in (None, "fb-user") and row["latency_s"] > 0
@@ -97,7 +100,11 @@ def test_shadow_copies_are_logged_never_returned(server: Server, ab) -> None:  #
     set_weights(reg, "abtest", [(v1, 100), (v2, 0)], shadow=v2, shadow_share=1.0)
     wait_until(lambda: ask(client, "s0")[0] == v1)
     ids = [ask(client, f"s{i}")[2] for i in range(3)]
-    time.sleep(1.0)
+
+    def shadow_ids() -> set[str]:
+        return {r["id"] for r in reg.evidence().load("abtest")[0] if r["shadow"]}
+
+    wait_until(lambda: {f"{cid}-shadow" for cid in ids} <= shadow_ids(), 30)  # shadows run after the reply
     reqs, _ = reg.evidence().load("abtest")
     shadows = {r["id"]: r for r in reqs if r["shadow"]}
     for cid in ids:
@@ -124,9 +131,10 @@ def test_promote_under_load_has_zero_failed_requests(server: Server, ab, adapter
     threads = [threading.Thread(target=traffic, args=(i,)) for i in range(3)]
     for t in threads:
         t.start()
-    time.sleep(0.8)
+    wait_until(lambda: len(served) >= 3, 30)  # traffic on the route
     assert promote(reg, "abtest", v2) == "abtest:prod"
-    time.sleep(1.2)
+    promoted = len(served)
+    wait_until(lambda: len(served) >= promoted + 6, 30)  # and through the promotion
     stop.set()
     for t in threads:
         t.join(timeout=60)

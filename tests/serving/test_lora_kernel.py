@@ -113,6 +113,71 @@ def test_rows_of_other_requests_are_left_alone_when_the_batch_is_strided() -> No
         assert torch.equal(got[:, 48:], wide[:, 48:])
 
 
+def _one_layer(k: int, slots: int = 2, rank: int = 16, sizes: tuple[int, ...] = (48,)):  # type: ignore[no-untyped-def]
+    gen = torch.Generator().manual_seed(k)
+    a_stacked = tuple(torch.randn(slots, 1, rank, k, generator=gen).bfloat16() * 0.05 for _ in sizes)
+    b_stacked = tuple(torch.randn(slots, 1, n, rank, generator=gen).bfloat16() * 0.05 for n in sizes)
+    return gen, a_stacked, b_stacked, lora_kernel.PackedLayer(a_stacked, b_stacked, sizes)
+
+
+def test_a_y_narrower_than_the_layer_output_is_refused_before_the_c_call() -> None:
+    """The C code writes sum(sizes) columns of each row: a narrower y would be written past its end."""
+    kernel = lora_kernel.load()
+    assert kernel is not None
+    gen, _, _, layer = _one_layer(64, sizes=(32, 16))
+    x = torch.randn(4, 64, generator=gen).bfloat16()
+    backing = torch.randn(4, 48, generator=gen).bfloat16()  # y's columns 40..48 belong to someone else
+    rows = lora_kernel.Rows(torch.arange(4, dtype=torch.int32), torch.ones(4, dtype=torch.int32))
+    call = lora_kernel.bind(kernel, layer)
+    assert call is not None
+    before = backing.clone()
+    with pytest.raises(lora_kernel.KernelCallError, match="40 columns"):
+        call(x, backing[:, :40], rows, 1.0)
+    assert torch.equal(backing, before), "nothing may be written when the call is refused"
+
+
+def test_a_slot_index_beyond_the_packed_slots_is_refused_before_the_c_call() -> None:
+    kernel = lora_kernel.load()
+    assert kernel is not None
+    gen, _, _, layer = _one_layer(64, slots=2)
+    x = torch.randn(3, 64, generator=gen).bfloat16()
+    y = torch.randn(3, 48, generator=gen).bfloat16()
+    before = y.clone()
+    call = lora_kernel.bind(kernel, layer)
+    assert call is not None
+    rows = lora_kernel.Rows(torch.arange(3, dtype=torch.int32), torch.tensor([0, 1, 2], dtype=torch.int32))
+    with pytest.raises(lora_kernel.KernelCallError, match="slot 2"):
+        call(x, y, rows, 1.0)
+    assert torch.equal(y, before)
+    with pytest.raises(lora_kernel.KernelCallError, match="negative"):
+        lora_kernel.Rows(torch.arange(3, dtype=torch.int32), torch.tensor([0, -1, 1], dtype=torch.int32))
+    with pytest.raises(lora_kernel.KernelCallError, match="int32"):
+        lora_kernel.Rows(torch.arange(3), torch.zeros(3, dtype=torch.int32))
+
+
+def test_a_layer_wider_than_the_amx_tiles_runs_on_avx512_not_the_torch_path() -> None:
+    """K > 16384 (padded to 32) is refused by the AMX variant: the selector picks AVX512 for it."""
+    kernel = lora_kernel.load()
+    assert kernel is not None
+    k = lora_kernel.AMX_MAX_K + 40
+    gen, a_stacked, b_stacked, layer = _one_layer(k, rank=8)
+    _, _, _, narrow = _one_layer(1024, rank=8)
+    saved = kernel.use_amx
+    kernel.use_amx = True  # the choice alone (no call), so it holds on CPUs without AMX too
+    try:
+        assert kernel.pick(layer) is kernel.avx512
+        assert kernel.pick(narrow) is kernel.amx
+    finally:
+        kernel.use_amx = saved
+    x = torch.randn(6, k, generator=gen).bfloat16()
+    y = torch.randn(6, 48, generator=gen).bfloat16()
+    indices = torch.tensor([1, -1, 0, 1, -1, 1])
+    want = reference(x, y, a_stacked, b_stacked, (48,), indices, 0.5)
+    for variant in variants():  # on an AMX CPU the default (AMX) selection must still run it
+        got = fused(variant, x, y, a_stacked, b_stacked, (48,), indices, 0.5)
+        torch.testing.assert_close(got.float(), want, rtol=2e-2, atol=2e-2, msg=variant)
+
+
 def test_the_install_step_builds_the_library_once(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     env = {"LORA_PLATFORM_HOME": str(tmp_path)}
     cmd = [sys.executable, "-m", "serving.engine.lora_kernel"]

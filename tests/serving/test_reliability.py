@@ -17,17 +17,9 @@ import httpx
 import pytest
 
 from registry.store import LocalRegistry
-from tests.serving.fixtures import Server, free_port, serve_cmd, wait_until
+from tests.serving.fixtures import Server, free_port, metric, serve_cmd, wait_until
 
 ROOT = Path(__file__).parents[2]
-
-
-def metric(server_url: str, name: str) -> float:
-    total = 0.0
-    for line in httpx.get(server_url + "/metrics").text.splitlines():
-        if line.startswith(name) and not line.startswith("#"):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 LONG = {
@@ -90,6 +82,7 @@ def test_reading_server_survives_a_writer_killed_mid_push(server: Server, adapte
     registry, _ = adapters
     src = LocalRegistry(registry).get("contact@1")
     failures: list[str] = []
+    served: list[int] = []
     stop = threading.Event()
 
     def traffic() -> None:
@@ -99,6 +92,7 @@ def test_reading_server_survives_a_writer_killed_mid_push(server: Server, adapte
                 timeout=60,
                 json={"model": "crash", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
             )
+            served.append(r.status_code)
             if r.status_code not in (200, 404):  # 404 until the first version lands
                 failures.append(r.text)
 
@@ -120,10 +114,13 @@ def test_reading_server_survives_a_writer_killed_mid_push(server: Server, adapte
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
-    time.sleep(2.0)
+    staging = registry / ".staging"
+    # versions served while pushes go on, and one push in the middle of its copy when it is killed
+    wait_until(lambda: 200 in served and staging.is_dir() and any(staging.iterdir()), 60)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
-    time.sleep(0.5)
+    after_kill = len(served)
+    wait_until(lambda: len(served) >= after_kill + 4, 30)  # and the server keeps answering
     stop.set()
     for t in threads:
         t.join(timeout=60)
@@ -181,6 +178,14 @@ def _ready(url: str) -> bool:
         return False
 
 
+def _health(url: str) -> int | None:
+    """/health's status, None once the server no longer answers."""
+    try:
+        return httpx.get(url + "/health", timeout=2).status_code
+    except httpx.HTTPError:
+        return None
+
+
 INF = {"Authorization": "Bearer inference-key"}
 ADM = {"Authorization": "Bearer admin-key"}
 HI = {"model": "support@1", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
@@ -234,9 +239,11 @@ def test_sigterm_drains_running_requests_refuses_new_ones_and_exits_0(peft_serve
         running = pool.submit(
             lambda: httpx.post(url + "/v1/chat/completions", json=slow, headers=INF, timeout=120)
         )
-        time.sleep(0.3)
+        wait_until(
+            lambda: metric(url, "lora_requests_in_flight", INF) >= 1, 30
+        )  # the slow request is running
         proc.send_signal(signal.SIGTERM)
-        time.sleep(0.2)
+        wait_until(lambda: not _ready(url), 10)  # draining: /ready turns 503
         refused = httpx.post(url + "/v1/chat/completions", json=HI, headers=INF, timeout=30)
         assert refused.status_code == 503 and refused.headers.get("retry-after") == "1"
         assert running.result().status_code == 200
@@ -249,19 +256,25 @@ def test_a_dead_engine_turns_health_503_and_the_process_exits_non_zero(adapters,
 
     registry, _ = adapters
     port = free_port()
+    # the watcher stops the server at its next tick after the engine dies: 2 s apart, so that
+    # /health can be seen answering 503 before the server goes away
+    env = {**os.environ, "LORA_PLATFORM_REFRESH_INTERVAL_S": "2"}
     proc = subprocess.Popen(
         serve_cmd(registry, port),
         stdout=(tmp_path / "log").open("wb"),
         stderr=subprocess.STDOUT,
+        env=env,
     )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until(lambda: _ready(url), 240)
+        assert _health(url) == 200
         children = psutil.Process(proc.pid).children(recursive=True)
         assert children, "vLLM runs its engine core in a child process"
         for child in children:
             child.kill()
         killed = time.monotonic()
+        wait_until(lambda: _health(url) == 503, 30)
         assert proc.wait(timeout=60) == 3
         print(f"\ndead engine: process exited 3 after {time.monotonic() - killed:.1f}s")
     finally:

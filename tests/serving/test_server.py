@@ -17,7 +17,7 @@ import pytest
 from registry.basemodels import EMBEDDED_TINY
 from registry.store import LocalRegistry
 from serving.engine import lora_kernel
-from tests.serving.fixtures import Server, random_adapter
+from tests.serving.fixtures import Server, metric, random_adapter, wait_until
 
 PROMPTS = [
     "Turn this customer message into a ticket line.\n\nHi, my router has not arrived. Order 55555.",
@@ -197,13 +197,11 @@ def test_a_new_version_and_an_alias_move_are_served_without_restart(server: Serv
     threads = [threading.Thread(target=traffic) for _ in range(3)]
     for t in threads:
         t.start()
-    time.sleep(1.0)
+    wait_until(lambda: len(served) >= 6, 30)  # traffic on the old version
     new = reg.push("support", src.path, src.lineage)
     pushed_at = time.monotonic()  # the version exists once the push has committed
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and not any(t > pushed_at + 1.0 for t, _ in served):
-        time.sleep(0.05)  # until requests sent more than 1 s after the push have answered
-    time.sleep(0.3)
+    # until several requests sent more than 1 s after the push have answered
+    wait_until(lambda: sum(t > pushed_at + 1.0 for t, _ in served) >= 3, 30)
     stop.set()
     for t in threads:
         t.join(timeout=60)
@@ -214,8 +212,7 @@ def test_a_new_version_and_an_alias_move_are_served_without_restart(server: Serv
     assert late and all(m == new.ref for m in late)  # every request sent 1 s after the push gets it
     assert all(m == src.ref for t, m in served if t < pushed_at - 0.5)  # and none before
     reg.set_alias(new.ref, "prod")
-    time.sleep(0.6)
-    assert chat(client, "support:prod", "hi", 2).model == new.ref
+    wait_until(lambda: chat(client, "support:prod", "hi", 2).model == new.ref, 2)  # polled every 0.2 s
 
 
 def _error(
@@ -268,8 +265,9 @@ def test_bad_adapters_get_422_and_everything_else_keeps_serving(
         random_adapter(tmp_path / "r8", 8, ["q_proj"]),
         {**lineage, "base_model_sha256": "0" * 64},
     )
-    time.sleep(0.5)
-    status, err = _error(server, {"model": big.ref, "messages": [{"role": "user", "content": "hi"}]})
+    hi = [{"role": "user", "content": "hi"}]
+    wait_until(lambda: _error(server, {"model": big.ref, "messages": hi})[0] != 404, 5)  # seen
+    status, err = _error(server, {"model": big.ref, "messages": hi})
     assert status == 422 and "max_lora_rank" in err["message"]
     status, err = _error(server, {"model": other.ref, "messages": [{"role": "user", "content": "hi"}]})
     assert status == 422 and "another base model" in err["message"]
@@ -314,9 +312,15 @@ def test_unused_adapters_are_evicted_lru_and_reloaded_on_demand(
     reg = LocalRegistry(registry)
     src = reg.get("contact@1")
     refs = [reg.push(f"many{i}", src.path, src.lineage).ref for i in range(5)]
-    time.sleep(0.5)
     client = server.client()
-    first = [chat(client, r, PROMPTS[1]).choices[0].message.content for r in refs]
+    wait_until(lambda: set(refs) <= {m.id for m in client.models.list().data}, 5)
+    first, loaded = [], []
+    for r in refs:
+        first.append(chat(client, r, PROMPTS[1]).choices[0].message.content)
+        loaded.append(metric(server.url, "lora_loaded_adapters"))
+    # the server started with --max-cpu-loras 4: five more versions (on top of the pinned one and
+    # those earlier tests loaded) only fit by evicting the least recently used
+    assert max(loaded) <= 4, f"adapters loaded after each new one: {loaded}"
     again = [chat(client, r, PROMPTS[1]).choices[0].message.content for r in refs]
     assert first == again == [first[0]] * 5  # same weights under five names, evicted and reloaded
     shutil.rmtree(tmp_path, ignore_errors=True)

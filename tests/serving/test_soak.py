@@ -12,7 +12,7 @@ import psutil
 import pytest
 
 from registry.store import LocalRegistry
-from tests.serving.fixtures import Server
+from tests.serving.fixtures import Server, metric
 
 CYCLES = 500
 
@@ -34,6 +34,10 @@ def test_500_push_and_serve_cycles_keep_memory_and_disk_flat(
         (registry / ".staging").iterdir()
     )  # a writer killed by another test may have left one
     disk_start = sum(f.stat().st_size for f in (registry / "versions").rglob("*") if f.is_file())
+    soak_requests = 'lora_requests_total{model="soak@'
+    requests_start = metric(server.url, soak_requests)
+    tokens_start = metric(server.url, 'lora_tokens_total{kind="completion",model="soak@')
+    loaded: list[float] = []
     start = time.monotonic()
     with httpx.Client(base_url=server.url, timeout=60) as client:
         for i in range(CYCLES):
@@ -49,6 +53,8 @@ def test_500_push_and_serve_cycles_keep_memory_and_disk_flat(
                 )  # the registry keeps one soak version; the server evicts LRU
             if i in (50, CYCLES - 1):
                 samples.append((i, rss_mb(server.proc.pid)))
+            if i % 50 == 0:
+                loaded.append(metric(server.url, "lora_loaded_adapters"))
     seconds = time.monotonic() - start
     disk_end = sum(f.stat().st_size for f in (registry / "versions").rglob("*") if f.is_file())
     growth = samples[-1][1] - samples[0][1]
@@ -67,5 +73,9 @@ def test_500_push_and_serve_cycles_keep_memory_and_disk_flat(
     assert growth < 150, report  # flat: well under the size of the engine's own adapter slots
     assert disk_end - disk_start < 5 * (src.path / "adapter_model.safetensors").stat().st_size
     assert set((registry / ".staging").iterdir()) <= staging_before
-    loaded = httpx.get(server.url + "/metrics").text
-    assert "lora_loaded_adapters" in loaded
+    # every cycle's request is counted under its own version, with its 2 tokens
+    assert metric(server.url, soak_requests) - requests_start == CYCLES
+    assert metric(server.url, 'lora_tokens_total{kind="completion",model="soak@') - tokens_start == 2 * CYCLES
+    assert metric(server.url, soak_requests + '1",') == 1  # the first version served once
+    # and the engine's adapters stay within --max-cpu-loras (4) while 500 versions pass through
+    assert loaded and max(loaded) <= 4, loaded

@@ -50,3 +50,25 @@ def test_all_problems_are_reported_at_once(tmp_path: Path) -> None:
 def test_wrong_types_name_the_field() -> None:
     with pytest.raises(ConfigError, match=r"training.max_steps: expected int, got 'many'"):
         load_config(None, ["training.max_steps=many"])
+
+
+def test_values_are_validated_by_their_declared_type() -> None:
+    c = load_config(
+        None,
+        ["training.report_to=tensorboard", "lora.quantize=null", "training.lr=5e-4", "name=123"],
+    )
+    assert (c.training.report_to, c.lora.quantize, c.training.lr, c.name) == (
+        ["tensorboard"],
+        None,
+        5e-4,
+        "123",
+    )
+    assert load_config(None, ["lora.target_modules=all-linear"]).lora.target_modules == "all-linear"
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["training.max_steps=true", "data.packing=maybe", "name=null", "lora.r=2.5"])
+    assert [p.split(":")[0] for p in err.value.problems] == [
+        "training.max_steps",
+        "data.packing",
+        "name",
+        "lora.r",
+    ]

@@ -42,7 +42,7 @@ def test_lineage_is_recorded_in_the_registry(tiny_run, tiny_base) -> None:  # ty
 
 
 def test_reloaded_adapter_gives_the_same_outputs(tiny_run) -> None:  # type: ignore[no-untyped-def]
-    from trainer.evaluate_cli import evaluate_refs
+    from trainer.evaluate_versions import evaluate_refs
 
     result, registry = tiny_run
     rows = result.run_dir / "predictions.jsonl"
@@ -93,14 +93,49 @@ def test_unknown_target_module_lists_the_models_modules(tiny_base) -> None:  # t
     assert "down_proj, gate_proj, k_proj, o_proj, q_proj, up_proj, v_proj" in str(err.value)
 
 
+def _bnb_4bit_skip_reason() -> str | None:
+    """Why bitsandbytes cannot quantize to 4 bits on this machine (None: it can; its CPU backend)."""
+    try:
+        import bitsandbytes as bnb
+        import torch
+
+        bnb.functional.quantize_4bit(torch.randn(64, 64), quant_type="nf4")
+    except (ImportError, RuntimeError, NotImplementedError) as exc:
+        return f"bitsandbytes cannot quantize to 4 bits here: {exc}"
+    return None
+
+
 def test_qlora_trains_a_4bit_base(tmp_path: Path) -> None:
+    reason = _bnb_4bit_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    import bitsandbytes as bnb
+    import torch
     from rich.console import Console
 
     from trainer.config import load_config
-    from trainer.recipe import run
+    from trainer.recipe import LoRARecipe
 
     cfg = Path(__file__).parents[2] / "trainer" / "configs" / "qlora-tiny.yaml"
-    result = run(load_config(cfg, [f"output_dir={tmp_path}"]), console=Console(quiet=True))
+    recipe = LoRARecipe(load_config(cfg, [f"output_dir={tmp_path}"]), Console(quiet=True))
+    recipe.setup()
+    # the base under the LoRA is really 4-bit: every linear layer of the blocks (not the LoRA A/B)
+    # is a bitsandbytes Linear4bit holding nf4-packed weights, and q/v wrap such a layer
+    base = {
+        n: m
+        for n, m in recipe.model.named_modules()
+        if isinstance(m, torch.nn.Linear) and ".layers." in n and "lora_" not in n
+    }
+    assert len(base) == 7 * recipe.model.config.num_hidden_layers, sorted(base)
+    for name, module in base.items():
+        assert isinstance(module, bnb.nn.Linear4bit), f"{name} is {type(module).__name__}, not 4-bit"
+        assert isinstance(module.weight, bnb.nn.Params4bit) and module.weight.dtype == torch.uint8, name
+        assert module.weight.quant_state.quant_type == "nf4", name
+    adapted = {n.rsplit(".", 2)[-2] for n in base if n.endswith(".base_layer")}
+    assert adapted == {"q_proj", "v_proj"}
+    recipe.train()
+    recipe.evaluate()
+    result = recipe.save()
     cfg_json = json.loads((result.adapter_dir / "adapter_config.json").read_text())
     assert sorted(cfg_json["target_modules"]) == ["q_proj", "v_proj"]
     assert result.lineage["config"]["lora"]["quantize"] == "nf4"

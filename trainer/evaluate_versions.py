@@ -1,4 +1,7 @@
-"""`platform eval REF... --data FILE`: several versions (and the base) on the same rows."""
+"""Evaluate registry versions (and `base`) on the same rows, in this process or through a server.
+
+Used by `platform eval REF... --data FILE`; the scores are compared in `trainer/compare.py`.
+"""
 
 from __future__ import annotations
 
