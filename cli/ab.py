@@ -12,11 +12,12 @@ from rich.console import Console
 from rich.text import Text
 
 from cli.errors import handle_errors
+from cli.options import registry_options
 from cli.tables import print_records
 from registry.routes import Route
 
 console = Console()
-_root = click.option("--registry", "registry_root", envvar="LORA_PLATFORM_REGISTRY", help="Registry folder.")
+_root = registry_options
 _variant = click.option(
     "--variant", "variants", multiple=True, required=True, help="REF=WEIGHT, e.g. support@3=90."
 )
@@ -34,9 +35,9 @@ def _show(route: Route) -> None:
 
 
 def _registry(root: str | None):  # type: ignore[no-untyped-def]
-    from registry.store import LocalRegistry
+    from registry.store import Registry
 
-    return LocalRegistry(root)
+    return Registry(root)
 
 
 def _variant_record(variant: str, s: dict[str, Any]) -> dict[str, str]:

@@ -19,13 +19,14 @@ from rich.table import Table
 from rich.text import Text
 
 from cli.errors import handle_errors
+from cli.options import registry_options
 from cli.train import print_run
 
 console = Console()
 
 
 @click.command("demo")
-@click.option("--registry", "registry_root", envvar="LORA_PLATFORM_REGISTRY", help="Registry folder.")
+@registry_options
 @click.option("--output-dir", default="runs", show_default=True)
 @click.option("--questions", default=3, show_default=True, help="Held-out prompts to ask both models.")
 @click.option("-v", "--verbose", is_flag=True, help="Show the engine's log here instead of in serve.log.")

@@ -12,16 +12,12 @@ from rich.console import Console
 from rich.text import Text
 
 from cli.errors import handle_errors
+from cli.options import registry_options
 from cli.tables import print_records
-from registry.store import LocalRegistry, Version
+from registry.store import Registry, Version
 
 console = Console()
-_root = click.option(
-    "--registry",
-    "registry_root",
-    envvar="LORA_PLATFORM_REGISTRY",
-    help="Registry folder (default ~/.cache/lora-platform/registry).",
-)
+_root = registry_options
 _json = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 
 
@@ -60,7 +56,7 @@ def add_cmd(path: Path, name: str, base_model: str | None, registry_root: str | 
     """Register a local peft folder (Axolotl, TRL, downloaded) after checking it against its base model."""
     from registry.add import add_folder
 
-    v = add_folder(LocalRegistry(registry_root), path, name, base_model)
+    v = add_folder(Registry(registry_root), path, name, base_model)
     console.print(f"added {path} as {v.ref} (base {v.base_model}, sha256 {v.base_sha256[:12]}...)")
 
 
@@ -71,12 +67,12 @@ def add_cmd(path: Path, name: str, base_model: str | None, registry_root: str | 
 @handle_errors
 def list_cmd(name: str | None, registry_root: str | None, as_json: bool) -> None:
     """List versions (of NAME, or of every adapter)."""
-    versions = LocalRegistry(registry_root).list_versions(name)
+    versions = Registry(registry_root).list_versions(name)
     rows = [_summary(v) for v in versions]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    title = f"registry {LocalRegistry(registry_root).root}"
+    title = f"registry {Registry(registry_root).location}"
     bases = {r["base_model"] for r in rows}
     if len(bases) == 1:  # one base model for all: said once, in the title
         title += f", base model {bases.pop()}"
@@ -99,7 +95,7 @@ def list_cmd(name: str | None, registry_root: str | None, as_json: bool) -> None
 @handle_errors
 def show_cmd(ref: str, registry_root: str | None, as_json: bool) -> None:
     """Show one version with its lineage (files are verified first)."""
-    v = LocalRegistry(registry_root).get(ref)
+    v = Registry(registry_root).get(ref)
     data = {**_summary(v), "lineage": v.lineage}
     if as_json:
         click.echo(json.dumps(data, indent=2, default=str))
@@ -128,7 +124,7 @@ def _field(key: str, value: Any) -> None:
 @handle_errors
 def alias_cmd(ref: str, alias: str, registry_root: str | None) -> None:
     """Point NAME:ALIAS at the version REF names (atomic move)."""
-    v, moved = LocalRegistry(registry_root).set_alias(ref, alias)
+    v, moved = Registry(registry_root).set_alias(ref, alias)
     console.print(f"{v.name}:{alias} -> {v.ref}" + ("" if moved else " (already)"))
 
 
@@ -140,7 +136,7 @@ def alias_cmd(ref: str, alias: str, registry_root: str | None) -> None:
 @handle_errors
 def tag_cmd(ref: str, tag: str, remove: bool, registry_root: str | None) -> None:
     """Add (or remove) a free-form tag on a version."""
-    v = LocalRegistry(registry_root).tag(ref, tag, remove=remove)
+    v = Registry(registry_root).tag(ref, tag, remove=remove)
     console.print(f"{v.ref} tags: {', '.join(v.tags) or '-'}")
 
 
@@ -151,7 +147,7 @@ def tag_cmd(ref: str, tag: str, remove: bool, registry_root: str | None) -> None
 @handle_errors
 def rm_cmd(ref: str, force: bool, registry_root: str | None) -> None:
     """Remove one version."""
-    v = LocalRegistry(registry_root).remove(ref, force=force)
+    v = Registry(registry_root).remove(ref, force=force)
     console.print(f"removed {v.ref}")
 
 
@@ -187,7 +183,7 @@ def gc_cmd(older_than: float | None, registry_root: str | None) -> None:
     """Remove orphaned version folders (from crashed pushes) and abandoned staging folders."""
     from registry.store import STAGING_GRACE_S
 
-    report = LocalRegistry(registry_root).gc(STAGING_GRACE_S if older_than is None else older_than)
+    report = Registry(registry_root).gc(STAGING_GRACE_S if older_than is None else older_than)
     click.echo(f"removed {len(report.removed)} folder(s)")
     for path, why in report.removed:
         click.echo(f"  {path}: {why}")
@@ -203,7 +199,7 @@ def gc_cmd(older_than: float | None, registry_root: str | None) -> None:
 @handle_errors
 def verify_cmd(registry_root: str | None, as_json: bool) -> None:
     """Check every version's files against its manifest; exit 1 when any fails."""
-    report = LocalRegistry(registry_root).verify_all()
+    report = Registry(registry_root).verify_all()
     if as_json:
         click.echo(json.dumps(report, indent=2))
     else:
@@ -224,7 +220,7 @@ def push_cmd(ref: str, target: str, public: bool, registry_root: str | None) -> 
     """Upload one version to the Hugging Face Hub as one commit (tagged vN and with its aliases)."""
     from registry.hub import push
 
-    oid = push(LocalRegistry(registry_root), ref, target, private=not public)
+    oid = push(Registry(registry_root), ref, target, private=not public)
     console.print(f"pushed {ref} to {target} (commit {oid[:12]})")
 
 
@@ -237,5 +233,39 @@ def pull_cmd(source: str, name: str, registry_root: str | None) -> None:
     """Import hf://ORG/REPO[@REVISION] as a new local version, verifying every file's sha256."""
     from registry.hub import pull
 
-    v = pull(LocalRegistry(registry_root), source, name)
+    v = pull(Registry(registry_root), source, name)
     console.print(f"pulled {source} as {v.ref}")
+
+
+@registry_group.command("migrate")
+@click.option("--to", "target", required=True, help="The shared registry: postgresql://user:pw@host:port/db.")
+@click.option(
+    "--to-artifacts",
+    "--artifacts",
+    "target_artifacts",
+    required=True,
+    help="The shared registry's artifact store: a shared folder or an fsspec URL (s3://...).",
+)
+@click.option(
+    "--registry",
+    "registry_root",
+    envvar="LORA_PLATFORM_REGISTRY",
+    help="The registry to copy from (default ~/.cache/lora-platform/registry).",
+)
+@handle_errors
+def migrate_cmd(target: str, target_artifacts: str, registry_root: str | None) -> None:
+    """Copy a registry (every version with its number, aliases, tags, routes, A/B evidence) into a
+    shared PostgreSQL registry, verifying every file; running it again copies only what is missing."""
+    from registry.migrate import copy_registry
+
+    source, dest = Registry(registry_root), Registry(target, target_artifacts)
+    report = copy_registry(source, dest)
+    click.echo(
+        f"copied {len(report.copied)} version(s) from {source.location} to {dest.location} "
+        f"({len(report.already_there)} already there); {report.aliases} alias(es), {report.tags} tag(s), "
+        f"{report.routes} route(s), {report.evidence_rows} evidence row(s), {report.feedback_rows} feedback row(s)"
+    )
+    if report.verify_errors:
+        bad = ", ".join(f"{ref}: {err}" for ref, err in report.verify_errors.items())
+        raise click.ClickException(f"the copy does not verify: {bad}")
+    click.echo(f"every file verified ({len(dest.list_versions())} version(s) in the target)")

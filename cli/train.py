@@ -9,6 +9,7 @@ import click
 from rich.console import Console
 
 from cli.errors import handle_errors
+from cli.options import registry_options
 from cli.tables import Record, print_records
 
 console = Console()
@@ -44,7 +45,7 @@ def metrics_records(columns: dict[str, dict[str, float]]) -> list[Record]:
 @click.option("--max-steps", type=int, help="Optimizer steps.")
 @click.option("--qlora", is_flag=True, help="4-bit NF4 QLoRA (bitsandbytes).")
 @click.option("--no-push", is_flag=True, help="Do not push the adapter to the registry.")
-@click.option("--registry", "registry_root", envvar="LORA_PLATFORM_REGISTRY", help="Registry folder.")
+@registry_options
 @click.argument("overrides", nargs=-1)
 @handle_errors
 def train_cmd(
@@ -114,7 +115,7 @@ def print_run(result: Any) -> None:
     "--server", help="Generate through a running `platform serve` at this URL instead of in-process."
 )
 @click.option("--report-dir", type=click.Path(file_okay=False), help="Write comparison.md/.json/.png here.")
-@click.option("--registry", "registry_root", envvar="LORA_PLATFORM_REGISTRY", help="Registry folder.")
+@registry_options
 @handle_errors
 def eval_cmd(
     refs: tuple[str, ...],
@@ -159,7 +160,7 @@ def eval_cmd(
 @click.option(
     "--output", required=True, type=click.Path(file_okay=False), help="Folder for the merged model."
 )
-@click.option("--registry", "registry_root", envvar="LORA_PLATFORM_REGISTRY", help="Registry folder.")
+@registry_options
 @handle_errors
 def merge_cmd(ref: str, output: str, registry_root: str | None) -> None:
     """Merge an adapter into its base model and save a standalone model (safetensors)."""

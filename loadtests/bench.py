@@ -99,9 +99,9 @@ def server_commands(
 
 def cold_vs_warm(url: str, registry: Path) -> dict[str, float]:
     """Latency of the first request to a freshly pushed version, then of the next one."""
-    from registry.store import LocalRegistry
+    from registry.store import Registry
 
-    reg = LocalRegistry(registry)
+    reg = Registry(registry)
     src = reg.get("load0@1")
     new = reg.push("coldcheck", src.path, src.lineage)
     time.sleep(0.5)
@@ -243,9 +243,9 @@ def main() -> None:
         tmp = Path(tmpdir)
         paths = make_adapters(base.path, args.adapters, args.rank, tmp)
         refs = push_adapters(tmp / "registry", base, paths)
-        from registry.store import LocalRegistry
+        from registry.store import Registry
 
-        reg = LocalRegistry(tmp / "registry")
+        reg = Registry(tmp / "registry")
         adapters = {ref: reg.get(ref).path for ref in refs}
         for kind in args.servers.split(","):
             report["servers"][kind] = run_server(kind, base, tmp / "registry", adapters, args, tmp)

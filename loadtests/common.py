@@ -43,9 +43,9 @@ def make_adapters(
 
 
 def push_adapters(registry: Path, base: Any, paths: list[Path], prefix: str = "load") -> list[str]:
-    from registry.store import LocalRegistry
+    from registry.store import Registry
 
-    reg = LocalRegistry(registry)
+    reg = Registry(registry)
     lineage = {
         "base_model": base.id,
         "base_model_sha256": base.weights_sha256,

@@ -71,10 +71,10 @@ def drive(
     if scenario == "push" and registry is not None:
 
         def push_later() -> None:
-            from registry.store import LocalRegistry
+            from registry.store import Registry
 
             time.sleep(args.duration / 2)
-            reg = LocalRegistry(registry)
+            reg = Registry(registry)
             src = reg.get("load0@1")
             print(f"pushed {reg.push('load0', src.path, src.lineage).ref} mid-run", flush=True)
 
@@ -121,9 +121,9 @@ def main() -> int:
         registry = Path(tmp) / "registry"
         refs = push_adapters(registry, base, make_adapters(base.path, args.adapters, args.rank, Path(tmp)))
         if args.scenario == "ab":
-            from registry.store import LocalRegistry
+            from registry.store import Registry
 
-            start_route(LocalRegistry(registry), "loadab", [(refs[0], 50), (refs[1 % len(refs)], 50)])
+            start_route(Registry(registry), "loadab", [(refs[0], 50), (refs[1 % len(refs)], 50)])
         url = f"http://127.0.0.1:{args.port}"
         cmd = [
             platform_cmd(),

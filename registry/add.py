@@ -17,10 +17,10 @@ from registry.adapter import CONFIG, check_against_base, validate_adapter, weigh
 from registry.basemodels import resolve_base_model
 from registry.errors import InvalidAdapterError
 from registry.refs import check_name
-from registry.store import LocalRegistry, Version
+from registry.store import Registry, Version
 
 
-def add_folder(registry: LocalRegistry, folder: Path, name: str, base_model: str | None = None) -> Version:
+def add_folder(registry: Registry, folder: Path, name: str, base_model: str | None = None) -> Version:
     """Validate `folder` against its base model and push it as the next version of `name`."""
     check_name(name)
     info = validate_adapter(folder)

@@ -1,7 +1,7 @@
 """The catalog interface: every piece of registry state that is not a version's files.
 
 Versions (with lineage), aliases, tags, A/B routes, issued version numbers and the change
-counter. `LocalRegistry` and `registry/routes.py` reach storage only through `Catalog`, so a
+counter. `Registry` and `registry/routes.py` reach storage only through `Catalog`, so a
 second backend (PostgreSQL) implements these two protocols and nothing else changes.
 Implementations translate their database errors into `registry.errors.StorageError`.
 """

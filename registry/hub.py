@@ -23,7 +23,7 @@ from typing import Any
 
 from registry.errors import IntegrityError, RegistryError
 from registry.manifest import MANIFEST, verify
-from registry.store import KEEP_FILES, LocalRegistry, Version
+from registry.store import KEEP_FILES, Registry, Version
 
 _HF_RE = re.compile(r"^hf://(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<rev>[\w./-]+))?$")
 
@@ -60,9 +60,7 @@ def _api(token: str | None) -> Any:
     return HfApi(endpoint=_endpoint(), token=token)
 
 
-def push(
-    registry: LocalRegistry, ref: str, target: str, token: str | None = None, private: bool = True
-) -> str:
+def push(registry: Registry, ref: str, target: str, token: str | None = None, private: bool = True) -> str:
     """Upload one verified version as one commit; returns the commit id."""
     from huggingface_hub import CommitOperationAdd
 
@@ -97,7 +95,7 @@ def _retag(api: Any, repo_id: str, tag: str, oid: str) -> None:
     api.create_tag(repo_id, tag=tag, revision=oid)
 
 
-def pull(registry: LocalRegistry, source: str, name: str, token: str | None = None) -> Version:
+def pull(registry: Registry, source: str, name: str, token: str | None = None) -> Version:
     """Download a Hub version, verify it against its manifest, store it as a new local version."""
     from huggingface_hub import snapshot_download
 

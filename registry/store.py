@@ -241,7 +241,7 @@ class Registry:
         return Version(
             name=row.name,
             version=row.version,
-            path=self.store.local_path(row.name, row.version, row.manifest_sha256, fetch=fetch),
+            path=self._path(row, fetch),
             created=row.created,
             base_model=row.base_model,
             base_sha256=row.base_sha256,
@@ -251,6 +251,13 @@ class Registry:
             aliases=row.aliases,
             tags=row.tags,
         )
+
+    def _path(self, row: VersionRow, fetch: bool) -> Path:
+        if self._store is None and not self._artifacts and not fetch:
+            # a database registry opened without its artifact store (reading the catalog only):
+            # the folder's place inside the store, which is all a listing can say
+            return Path("versions") / row.name / str(row.version)
+        return self.store.local_path(row.name, row.version, row.manifest_sha256, fetch=fetch)
 
     def list_versions(self, name: str | None = None) -> list[Version]:
         return [self._version(r) for r in self.catalog.versions(None if name is None else check_name(name))]
@@ -348,6 +355,3 @@ def _check_folder(root: Path) -> None:
         raise RegistryError(f"{root}: registry path exists and is not a folder")
     if root.is_dir() and any(root.iterdir()) and not (root / CATALOG_FILE).is_file():
         raise RegistryError(f"{root}: folder is not a registry (no {CATALOG_FILE}); choose an empty folder")
-
-
-LocalRegistry = Registry  # the old name, until every caller says Registry

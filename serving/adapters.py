@@ -22,7 +22,7 @@ from registry.adapter import read_safetensors_header, validate_adapter
 from registry.basemodels import BaseModel
 from registry.errors import IntegrityError, InvalidAdapterError, NotFoundError, ReferenceError_
 from registry.refs import parse_ref
-from registry.store import LocalRegistry, Version
+from registry.store import Registry, Version
 from serving.engine.base import AdapterHandle, Engine
 from serving.errors import AdapterLoadError, ModelNotFoundError
 from serving.metrics import Metrics
@@ -81,7 +81,7 @@ class AdapterManager:
 
     def __init__(
         self,
-        registry: LocalRegistry,
+        registry: Registry,
         engine: Engine,
         base: BaseModel,
         served_base: str,

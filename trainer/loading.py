@@ -7,7 +7,7 @@ from typing import Any
 
 from registry.basemodels import BaseModel, resolve_base_model
 from registry.errors import InvalidAdapterError
-from registry.store import LocalRegistry, Version
+from registry.store import Registry, Version
 from trainer.errors import TrainerError
 
 BASE = "base"
@@ -15,7 +15,7 @@ BASE = "base"
 
 def resolve_adapters(refs: list[str], registry_root: str | None) -> tuple[BaseModel, list[Version | None]]:
     """Resolve refs (registry references or `base`) to versions sharing one base model."""
-    registry = LocalRegistry(registry_root)
+    registry = Registry(registry_root)
     versions: list[Version | None] = [None if r == BASE else registry.get(r) for r in refs]
     bases = {(v.base_model, v.base_sha256) for v in versions if v is not None}
     if len(bases) > 1:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from registry.store import KEEP_FILES, LocalRegistry
+from registry.store import KEEP_FILES, Registry
 from trainer.recipe import RunResult
 
 
 def publish(result: RunResult, registry_root: str | None = None) -> str:
     """Push the run's adapter and its records; returns the new reference `name@N`."""
-    registry = LocalRegistry(registry_root)
+    registry = Registry(registry_root)
     extra = {
         f: result.run_dir / f for f in KEEP_FILES if f != "lineage.json" and (result.run_dir / f).is_file()
     }

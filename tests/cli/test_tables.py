@@ -20,8 +20,8 @@ from cli.tables import print_records
 from cli.train import metrics_records
 from registry.evidence_store import RequestRecord
 from registry.routes import set_weights, start_route
-from registry.store import LocalRegistry
-from serving.experiments.evidence import EvidenceWriter, evidence_path
+from registry.store import Registry
+from serving.experiments.evidence import EvidenceWriter
 
 NAMES = ("support-tickets-classifier", "support-tickets-classifier-v2", "contact-json-extractor")
 BASES = {"embedded/smollm2-135m-instruct-q4_1": "ab" * 32, "/srv/models/SmolLM2-360M-Instruct": "cd" * 32}
@@ -57,8 +57,8 @@ def adapter(folder: Path) -> Path:
 
 
 @pytest.fixture
-def reg(tmp_path: Path) -> LocalRegistry:
-    r = LocalRegistry(tmp_path / "registry")
+def reg(tmp_path: Path) -> Registry:
+    r = Registry(tmp_path / "registry")
     folder = adapter(tmp_path / "a")
     for name, (base, sha) in zip(NAMES, [*BASES.items(), *BASES.items()], strict=False):
         metrics = {"adapter": {"exact_match": 0.8125}}
@@ -72,7 +72,7 @@ def reg(tmp_path: Path) -> LocalRegistry:
     return r
 
 
-def test_registry_list_and_show(reg: LocalRegistry) -> None:
+def test_registry_list_and_show(reg: Registry) -> None:
     out = run("registry", "list", "--registry", str(reg.root))
     for ref in (f"{NAMES[0]}@1", f"{NAMES[0]}@2", f"{NAMES[1]}@1", f"{NAMES[2]}@1"):
         assert ref in out
@@ -80,11 +80,11 @@ def test_registry_list_and_show(reg: LocalRegistry) -> None:
     listed = json.loads(run("registry", "list", "--json", "--registry", str(reg.root)))
     assert listed[0]["base_sha256"] in BASES.values() and listed[0]["created"].endswith("+00:00")
     shown = run("registry", "show", f"{NAMES[1]}@1", "--registry", str(reg.root))
-    assert "cd" * 32 in shown and str(reg.version_dir(NAMES[1], 1)) in shown
+    assert "cd" * 32 in shown and str(reg.get(f"{NAMES[1]}@1").path) in shown
 
 
-def evidence(reg: LocalRegistry, variants: list[str]) -> None:
-    writer = EvidenceWriter(evidence_path(reg.root))
+def evidence(reg: Registry, variants: list[str]) -> None:
+    writer = EvidenceWriter(reg.evidence())
     for k, variant in enumerate(variants):
         for i in range(40):
             rec = RequestRecord(
@@ -93,14 +93,14 @@ def evidence(reg: LocalRegistry, variants: list[str]) -> None:
             writer.record(rec)
     writer.close()
     for variant in variants:
-        w = EvidenceWriter(evidence_path(reg.root))
+        w = EvidenceWriter(reg.evidence())
         for i in range(40):
             w.feedback(f"{variant}-{i}", "tickets", variant, 0.5 + i / 100, int(i % 3 == 0), None)
         w.close()
 
 
 @pytest.mark.parametrize("count", [2, 3])
-def test_ab_report_and_show(reg: LocalRegistry, count: int) -> None:
+def test_ab_report_and_show(reg: Registry, count: int) -> None:
     variants = [f"{NAMES[0]}@1", f"{NAMES[0]}@2", f"{NAMES[2]}@1"][:count]
     start_route(reg, "tickets", [(v, 100 / count) for v in variants])
     set_weights(reg, "tickets", [(v, 10 * (i + 1)) for i, v in enumerate(variants)], None, None)

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from cli.main import cli
 from registry.errors import IntegrityError, RegistryError
 from registry.hub import HubError, parse_hub_ref, pull, push
-from registry.store import LocalRegistry
+from registry.store import Registry
 from tests.registry.fake_hub import TOKEN, fake_hub
 from tests.registry.test_store import LINEAGE, make_adapter
 from tests.serving.fixtures import free_port
@@ -31,7 +31,7 @@ def hub(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
 
 def test_push_then_pull_round_trip_keeps_bytes_and_lineage(hub, registry_root: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     _, repos = hub
-    reg = LocalRegistry(registry_root)
+    reg = Registry(registry_root)
     v = reg.push("support", make_adapter(tmp_path / "a"), LINEAGE)
     reg.set_alias(v.ref, "prod")
     out = CliRunner().invoke(
@@ -50,7 +50,7 @@ def test_push_then_pull_round_trip_keeps_bytes_and_lineage(hub, registry_root: P
     } <= set(uploaded)
     assert "library_name: peft" in uploaded["README.md"].decode()
 
-    other = LocalRegistry(tmp_path / "other")
+    other = Registry(tmp_path / "other")
     got = pull(other, "hf://acme/support@v1", "imported")
     assert got.ref == "imported@1"
     assert (got.path / "adapter_model.safetensors").read_bytes() == (
@@ -68,12 +68,12 @@ def test_push_then_pull_round_trip_keeps_bytes_and_lineage(hub, registry_root: P
 
 def test_tampered_download_is_refused_and_nothing_is_stored(hub, registry_root: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     _, repos = hub
-    reg = LocalRegistry(registry_root)
+    reg = Registry(registry_root)
     reg.push("support", make_adapter(tmp_path / "a"), LINEAGE)
     push(reg, "support@1", "hf://acme/t")
     files = repos["acme/t"].commits[repos["acme/t"].tags["v1"]]
     files["adapter_config.json"] = b'{"peft_type": "LORA", "r": 64}'
-    other = LocalRegistry(tmp_path / "other")
+    other = Registry(tmp_path / "other")
     with pytest.raises(
         IntegrityError, match=r"hf://acme/t@v1: adapter_config\.json does not match its sha256"
     ):
@@ -84,7 +84,7 @@ def test_tampered_download_is_refused_and_nothing_is_stored(hub, registry_root: 
 def test_hub_errors_are_clear(
     hub, registry_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:  # type: ignore[no-untyped-def]
-    reg = LocalRegistry(registry_root)
+    reg = Registry(registry_root)
     reg.push("support", make_adapter(tmp_path / "a"), LINEAGE)
     with pytest.raises(HubError, match=r"pull hf://acme/missing"):
         pull(reg, "hf://acme/missing", "x")

@@ -97,7 +97,7 @@ def test_migrate_copies_a_folder_registry_into_postgresql(tmp_path: Path, postgr
     url, artifacts = postgres.new_database(), tmp_path / "shared-artifacts"
 
     def migrate() -> str:
-        args = ["registry", "migrate", "--registry", str(root), "--to", url, "--artifacts", str(artifacts)]
+        args = ["registry", "migrate", "--registry", str(root), "--to", url, "--to-artifacts", str(artifacts)]
         out = CliRunner().invoke(cli, args)
         assert out.exit_code == 0, out.output
         assert PASSWORD not in out.output
@@ -141,10 +141,22 @@ def test_migrate_refuses_a_target_with_other_files_under_the_same_number(
     assert "Traceback" not in out.output
 
 
-@pytest.mark.parametrize("url", ["postgresql://u:Sup3rSecret@127.0.0.1:1/db"])
-def test_a_database_registry_without_an_artifact_store_is_a_clear_error(
-    url: str, monkeypatch: pytest.MonkeyPatch
+def test_a_database_registry_needs_its_artifact_store_only_for_files(
+    tmp_path: Path, postgres: Postgres, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("LORA_PLATFORM_ARTIFACTS", raising=False)
-    out = CliRunner().invoke(cli, ["registry", "list", "--registry", url])
-    assert out.exit_code == 1 and "--artifacts" in out.output and "Sup3rSecret" not in out.output
+    url = postgres.new_database()
+    Registry(url, tmp_path / "art").push("x", make_adapter(tmp_path / "a"), LINEAGE)
+    listed = CliRunner().invoke(cli, ["registry", "list", "--registry", url])
+    assert listed.exit_code == 0 and "x@1" in listed.output and PASSWORD not in listed.output
+    shown = CliRunner().invoke(cli, ["registry", "show", "x@1", "--registry", url])
+    assert shown.exit_code == 1 and "--artifacts" in shown.output
+    ok = CliRunner().invoke(
+        cli, ["registry", "show", "x@1", "--registry", url, "--artifacts", str(tmp_path / "art")]
+    )
+    assert ok.exit_code == 0 and "x@1" in ok.output
+    down = CliRunner().invoke(
+        cli, ["registry", "list", "--registry", "postgresql://u:Sup3rSecret@127.0.0.1:1/db"]
+    )
+    assert down.exit_code == 1 and "unavailable" in down.output and "Sup3rSecret" not in down.output
+    assert "Traceback" not in down.output

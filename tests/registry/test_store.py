@@ -24,7 +24,7 @@ from registry.errors import (
     RegistryError,
 )
 from registry.refs import parse_ref
-from registry.store import LocalRegistry, Registry
+from registry.store import Registry
 from tests.serving.fixtures import wait_until
 
 LINEAGE = {
@@ -114,7 +114,7 @@ def test_alias_moves_are_atomic_and_idempotent(registry_location: str, adapter: 
 def test_malformed_references_are_refused_before_touching_paths(
     ref: str, registry_root: Path, adapter: Path
 ) -> None:
-    reg = LocalRegistry(registry_root)
+    reg = Registry(registry_root)
     with pytest.raises(ReferenceError_):
         parse_ref(ref)
     with pytest.raises(RegistryError):
@@ -157,7 +157,7 @@ def test_tampered_missing_and_extra_files_fail_verification(registry_location: s
 
 
 def test_bad_adapters_are_refused_and_nothing_is_stored(registry_root: Path, tmp_path: Path) -> None:
-    reg = LocalRegistry(registry_root)
+    reg = Registry(registry_root)
     pickled = make_adapter(tmp_path / "p")
     (pickled / "adapter_model.bin").write_bytes(b"\x80\x04pickle")
     with pytest.raises(InvalidAdapterError, match="pickle weights"):
@@ -194,11 +194,11 @@ def test_rm_refuses_a_version_an_alias_points_at(registry_location: str, adapter
 def test_a_folder_that_is_not_a_registry_is_refused(tmp_path: Path) -> None:
     (tmp_path / "stuff.txt").write_text("hi")
     with pytest.raises(RegistryError, match="is not a registry"):
-        LocalRegistry(tmp_path)
+        Registry(tmp_path)
 
 
 def _push_many(root: str, adapter: str, n: int, out: mp.Queue) -> None:  # type: ignore[type-arg]
-    reg = LocalRegistry(root)
+    reg = Registry(root)
     out.put([reg.push("shared", Path(adapter), LINEAGE).version for _ in range(n)])
 
 
@@ -225,7 +225,7 @@ def slow(src, dst, *a, **k):
     time.sleep(0.2)
     return real(src, dst, *a, **k)
 store.shutil.copyfile = slow
-reg = store.LocalRegistry(sys.argv[1])
+reg = store.Registry(sys.argv[1])
 print("ready", flush=True)
 while True:
     reg.push("crash", Path(sys.argv[2]), {"base_model": "m", "base_model_sha256": "s"})
@@ -259,7 +259,7 @@ def test_killing_a_pushing_process_leaves_a_verifiable_registry(
 
 
 def test_gc_removes_orphans_only(registry_root: Path, adapter: Path) -> None:
-    reg = LocalRegistry(registry_root)
+    reg = Registry(registry_root)
     reg.push("g", adapter, LINEAGE)
     orphan = registry_root / "versions" / "g" / "9"
     orphan.mkdir()
@@ -307,7 +307,7 @@ def test_gc_keeps_a_fresh_staging_folder_and_removes_killed_pushes_when_told(
     assert sorted(staging.iterdir()) == killed
     second = gc("--older-than", "0s")
     assert f"removed {len(killed)} folder(s)" in second and not list(staging.iterdir())
-    assert all(err is None for err in LocalRegistry(registry_root).verify_all().values())
+    assert all(err is None for err in Registry(registry_root).verify_all().values())
     bad = CliRunner().invoke(
         cli, ["registry", "gc", "--registry", str(registry_root), "--older-than", "soon"]
     )

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from loadtests.common import platform_cmd, stop_process, wait_ready
-from registry.store import LocalRegistry
+from registry.store import Registry
 
 START_TIMEOUT_S = 240
 
@@ -130,7 +130,7 @@ def adapters(tmp_path_factory: pytest.TempPathFactory, tiny_base) -> tuple[Path,
         "support": train_tiny(registry, root / "runs", "support", "sample:support-tickets", seed=1),
         "contact": train_tiny(registry, root / "runs", "contact", "sample:contact-json", seed=2),
     }
-    LocalRegistry(registry).set_alias(refs["support"], "prod")
+    Registry(registry).set_alias(refs["support"], "prod")
     return registry, refs
 
 

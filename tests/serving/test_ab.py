@@ -11,14 +11,14 @@ import openai
 import pytest
 
 from registry.routes import promote, set_weights, start_route
-from registry.store import LocalRegistry
+from registry.store import Registry
 from tests.serving.fixtures import Server, wait_until
 
 
 @pytest.fixture(scope="module")
-def ab(server: Server, adapters) -> tuple[LocalRegistry, str, str]:  # type: ignore[no-untyped-def]
+def ab(server: Server, adapters) -> tuple[Registry, str, str]:  # type: ignore[no-untyped-def]
     registry, _ = adapters
-    reg = LocalRegistry(registry)
+    reg = Registry(registry)
     a = reg.get("contact@1")
     b = reg.get("support@1")
     v1 = reg.push("abtest", a.path, a.lineage)
@@ -80,6 +80,7 @@ def test_evidence_and_feedback_are_attributed_to_the_variant(server: Server, ab)
     bad = httpx.post(f"{server.url}/v1/feedback", json={"id": "chatcmpl-nope", "score": 1})
     assert bad.status_code == 404 and bad.json()["error"]["param"] == "id"
     assert httpx.post(f"{server.url}/v1/feedback", json={"id": cid}).status_code == 400
+
     def written() -> bool:  # the writer flushes off the hot path
         reqs, fb = reg.evidence().load("abtest")
         return any(r["id"] == cid for r in reqs) and any(f["completion_id"] == cid for f in fb)

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from registry.routes import start_route
-from registry.store import LocalRegistry
+from registry.store import Registry
 from tests.serving.fixtures import Server, free_port, serve_cmd, wait_until
 
 MSGS = [{"role": "user", "content": "hi"}]
@@ -90,7 +90,7 @@ def test_odd_values_get_a_4xx_naming_the_field_never_a_5xx(
 
 def test_error_bodies_never_name_server_paths(server: Server, adapters) -> None:  # type: ignore[no-untyped-def]
     registry, _ = adapters
-    reg = LocalRegistry(registry)
+    reg = Registry(registry)
     src = reg.get("contact@1")
     broken = reg.push("nomanifest", src.path, src.lineage)
     (broken.path / "manifest.json").unlink()  # the integrity check names the folder it looked in
@@ -168,7 +168,7 @@ def _ready(url: str) -> bool:
 def test_a_route_or_version_created_a_moment_ago_is_served_at_once(slow_poll_server) -> None:  # type: ignore[no-untyped-def]
     url, registry = slow_poll_server
     assert post(url, "chat", {**VALID["chat"], "model": "ticket"}).status_code == 404
-    reg = LocalRegistry(registry)
+    reg = Registry(registry)
     start_route(reg, "ticket", [("support@1", 1.0)])
     r = post(url, "chat", {**VALID["chat"], "model": "ticket"})
     assert r.status_code == 200 and r.headers["x-adapter-version"] == "support@1", r.text

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from registry.store import LocalRegistry
+from registry.store import Registry
 from tests.serving.fixtures import Server, free_port, metric, serve_cmd, wait_until
 
 ROOT = Path(__file__).parents[2]
@@ -80,7 +80,7 @@ def test_reading_server_survives_a_writer_killed_mid_push(server: Server, adapte
     from tests.registry.test_store import _SLOW_PUSH
 
     registry, _ = adapters
-    src = LocalRegistry(registry).get("contact@1")
+    src = Registry(registry).get("contact@1")
     failures: list[str] = []
     served: list[int] = []
     stop = threading.Event()
@@ -125,7 +125,7 @@ def test_reading_server_survives_a_writer_killed_mid_push(server: Server, adapte
     for t in threads:
         t.join(timeout=60)
     assert not failures
-    report = LocalRegistry(registry).verify_all()
+    report = Registry(registry).verify_all()
     assert all(err is None for err in report.values())
     assert (
         httpx.post(

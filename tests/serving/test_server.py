@@ -15,7 +15,7 @@ import openai
 import pytest
 
 from registry.basemodels import EMBEDDED_TINY
-from registry.store import LocalRegistry
+from registry.store import Registry
 from serving.engine import lora_kernel
 from tests.serving.fixtures import Server, metric, random_adapter, wait_until
 
@@ -45,7 +45,7 @@ def reference(adapters: tuple[Path, dict[str, str]], tiny_base):  # type: ignore
 
     registry, _refs = adapters
     engine = PeftEngine(ServeSettings(base_model="tiny", dtype="float32"), tiny_base)
-    manager = AdapterManager(LocalRegistry(registry), engine, tiny_base, EMBEDDED_TINY, 64, 16)
+    manager = AdapterManager(Registry(registry), engine, tiny_base, EMBEDDED_TINY, 64, 16)
     asyncio.run(engine.start())
 
     def run(model: str, prompt: str, max_tokens: int = 16) -> str:
@@ -180,7 +180,7 @@ def test_the_cpu_lora_plugin_runs_in_the_engine_process(server: Server) -> None:
 def test_a_new_version_and_an_alias_move_are_served_without_restart(server: Server, adapters) -> None:  # type: ignore[no-untyped-def]
     registry, _refs = adapters
     client = server.client()
-    reg = LocalRegistry(registry)
+    reg = Registry(registry)
     src = reg.get("support@1")
     failures: list[BaseException] = []
     served: list[tuple[float, str]] = []
@@ -257,7 +257,7 @@ def test_bad_adapters_get_422_and_everything_else_keeps_serving(
     server: Server, adapters, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
     registry, _ = adapters
-    reg = LocalRegistry(registry)
+    reg = Registry(registry)
     lineage = reg.get("support@1").lineage
     big = reg.push("bigrank", random_adapter(tmp_path / "r32", 32, ["q_proj", "v_proj"]), lineage)
     other = reg.push(
@@ -277,7 +277,7 @@ def test_bad_adapters_get_422_and_everything_else_keeps_serving(
 
 def test_a_tampered_version_is_refused_before_it_reaches_the_engine(server: Server, adapters) -> None:  # type: ignore[no-untyped-def]
     registry, _ = adapters
-    reg = LocalRegistry(registry)
+    reg = Registry(registry)
     src = reg.get("contact@1")
     v = reg.push("tampered", src.path, src.lineage)
     weights = v.path / "adapter_model.safetensors"
@@ -309,7 +309,7 @@ def test_unused_adapters_are_evicted_lru_and_reloaded_on_demand(
     server: Server, adapters, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
     registry, _ = adapters
-    reg = LocalRegistry(registry)
+    reg = Registry(registry)
     src = reg.get("contact@1")
     refs = [reg.push(f"many{i}", src.path, src.lineage).ref for i in range(5)]
     client = server.client()

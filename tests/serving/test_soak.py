@@ -11,7 +11,7 @@ import httpx
 import psutil
 import pytest
 
-from registry.store import LocalRegistry
+from registry.store import Registry
 from tests.serving.fixtures import Server, metric
 
 CYCLES = 500
@@ -27,7 +27,7 @@ def test_500_push_and_serve_cycles_keep_memory_and_disk_flat(
     server: Server, adapters, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
     registry, _ = adapters
-    reg = LocalRegistry(registry)
+    reg = Registry(registry)
     src = reg.get("contact@1")
     samples: list[tuple[int, float]] = []
     staging_before = set(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from registry.store import LocalRegistry
+from registry.store import Registry
 from trainer.errors import ModelError
 
 
@@ -30,7 +30,7 @@ def test_run_writes_a_complete_safetensors_run_folder(tiny_run) -> None:  # type
 
 def test_lineage_is_recorded_in_the_registry(tiny_run, tiny_base) -> None:  # type: ignore[no-untyped-def]
     result, registry = tiny_run
-    v = LocalRegistry(registry).get(result.registry_ref)
+    v = Registry(registry).get(result.registry_ref)
     assert v.base_model == "embedded/tiny-llama" and v.base_sha256 == tiny_base.weights_sha256
     lin = v.lineage
     assert lin["dataset"]["sha256"] and lin["dataset"]["splits"]["train"] > 300

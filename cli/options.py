@@ -1,0 +1,35 @@
+"""Options several commands share: where the registry is."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _set_artifacts(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    # the registry reads LORA_PLATFORM_ARTIFACTS when it opens its artifact store, so every code
+    # path a command takes (training's push, evaluation, serving) sees the flag the same way
+    if value:
+        os.environ["LORA_PLATFORM_ARTIFACTS"] = value
+
+
+def registry_options(func: F) -> F:
+    """`--registry FOLDER|URL` (passed as `registry_root`) and `--artifacts URL`."""
+    func = click.option(
+        "--artifacts",
+        envvar="LORA_PLATFORM_ARTIFACTS",
+        expose_value=False,
+        callback=_set_artifacts,
+        help="Artifact store of a PostgreSQL registry: a shared folder or an fsspec URL (s3://...).",
+    )(func)
+    return click.option(
+        "--registry",
+        "registry_root",
+        envvar="LORA_PLATFORM_REGISTRY",
+        help="Registry: a folder (default ~/.cache/lora-platform/registry) or postgresql://user:pw@host:port/db.",
+    )(func)
