@@ -242,7 +242,8 @@ def test_killing_a_pushing_process_leaves_a_verifiable_registry(
         env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])},
     )
     assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
-    versions, staging = registry_root / "versions" / "crash", registry_root / ".staging"
+    files = Path(os.environ.get("LORA_PLATFORM_ARTIFACTS") or registry_location)  # the folder store
+    versions, staging = files / "versions" / "crash", files / ".staging"
 
     def mid_copy_after_several() -> bool:  # several pushes done, one in the middle of its copy
         done = versions.is_dir() and sum(1 for _ in versions.iterdir()) >= 2
