@@ -160,7 +160,9 @@ class FsspecStore(ArtifactStore):
             if self.fs.exists(key):  # an orphan of a crashed push
                 self.fs.rm(key, recursive=True)
             for f in sorted(p for p in staging.rglob("*") if p.is_file()):
-                self.fs.put_file(str(f), f"{key}/{f.relative_to(staging).as_posix()}")
+                remote = f"{key}/{f.relative_to(staging).as_posix()}"
+                self.fs.makedirs(remote.rsplit("/", 1)[0], exist_ok=True)  # a no-op on object stores
+                self.fs.put_file(str(f), remote)
         except OSError as exc:
             raise UnavailableError(f"artifact store {self.location}: upload failed: {exc}") from exc
 
