@@ -17,7 +17,7 @@ import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 from registry.errors import IntegrityError, RegistryError, UnavailableError
@@ -32,8 +32,7 @@ class ArtifactStore(ABC):
     """Where the files are, for messages (never a secret)."""
 
     @abstractmethod
-    @contextmanager
-    def staging(self) -> Iterator[Path]:
+    def staging(self) -> AbstractContextManager[Path]:
         """A fresh local folder to assemble a version in; removed afterwards."""
 
     @abstractmethod
@@ -77,14 +76,8 @@ class FolderStore(ArtifactStore):
             raise IntegrityError(f"{name}@{version}: version folder escapes the registry root")
         return path
 
-    @contextmanager
-    def staging(self) -> Iterator[Path]:
-        path = self.root / ".staging" / uuid.uuid4().hex  # same filesystem: the rename is atomic
-        path.mkdir(parents=True)
-        try:
-            yield path
-        finally:
-            shutil.rmtree(path, ignore_errors=True)
+    def staging(self) -> AbstractContextManager[Path]:
+        return _staging_folder(self.root / ".staging")  # same filesystem: the rename is atomic
 
     def publish(self, staging: Path, name: str, version: int) -> None:
         target = self.version_dir(name, version)
@@ -145,14 +138,8 @@ class FsspecStore(ArtifactStore):
     def _key(self, name: str, version: int) -> str:
         return f"{self.base}/versions/{check_name(name)}/{int(version)}"
 
-    @contextmanager
-    def staging(self) -> Iterator[Path]:
-        path = self.cache / ".staging" / uuid.uuid4().hex
-        path.mkdir(parents=True)
-        try:
-            yield path
-        finally:
-            shutil.rmtree(path, ignore_errors=True)
+    def staging(self) -> AbstractContextManager[Path]:
+        return _staging_folder(self.cache / ".staging")  # uploaded file by file by `publish`
 
     def publish(self, staging: Path, name: str, version: int) -> None:
         key = self._key(name, version)
@@ -207,6 +194,16 @@ class FsspecStore(ArtifactStore):
 
     def remove(self, location: str) -> None:
         self.fs.rm(location, recursive=True)
+
+
+@contextmanager
+def _staging_folder(parent: Path) -> Iterator[Path]:
+    path = parent / uuid.uuid4().hex
+    path.mkdir(parents=True)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def open_store(spec: str | Path, cache: Path) -> ArtifactStore:
