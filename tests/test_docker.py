@@ -3,13 +3,54 @@
 from __future__ import annotations
 
 import re
+import shlex
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
+import click
 import pytest
 import yaml
 
 ROOT = Path(__file__).parents[1]
 DOCKER = ROOT / "docker"
+_DEFAULTED = re.compile(r"\$\{(\w+):?-([^}]*)\}")
+
+
+def compose() -> dict[str, Any]:
+    spec: dict[str, Any] = yaml.safe_load((DOCKER / "compose.yaml").read_text())
+    return spec
+
+
+def interpolate(value: str) -> str:
+    """A compose value as compose makes it when none of its variables is set: `${X:-d}` -> `d`."""
+    return _DEFAULTED.sub(lambda m: m.group(2), value)
+
+
+def replicas(services: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The `platform serve` services: those given a registry."""
+    return {n: s for n, s in services.items() if "LORA_PLATFORM_REGISTRY" in s.get("environment", {})}
+
+
+def k8s_docs() -> list[dict[str, Any]]:
+    return [
+        d for f in sorted((DOCKER / "k8s").glob("*.yaml")) for d in yaml.safe_load_all(f.read_text()) if d
+    ]
+
+
+def check_platform_command(tokens: list[str], where: str) -> None:
+    """`platform <sub> [<sub>] --flag ...`: the subcommands and every flag exist."""
+    from cli.main import cli
+
+    command: click.Command = cli
+    rest = tokens[tokens.index(next(t for t in tokens if t.endswith("platform"))) + 1 :]
+    while isinstance(command, click.Group) and rest and not rest[0].startswith("-"):
+        sub = command.get_command(click.Context(command), rest.pop(0))
+        assert sub is not None, f"{where}: no command {shlex.join(tokens)!r}"
+        command = sub
+    known = {opt for p in command.params for opt in getattr(p, "opts", [])} | {"--help"}
+    for flag in (t.split("=")[0] for t in rest if t.startswith("--")):
+        assert flag in known, f"{where}: `{command.name}` has no {flag}"
 
 
 def app_paths() -> set[str]:
@@ -46,18 +87,70 @@ def test_gpu_image_uses_the_gpu_extra() -> None:
     assert '".[gpu]"' in (DOCKER / "Dockerfile.gpu").read_text()
 
 
-def test_compose_and_prometheus() -> None:
-    compose = yaml.safe_load((DOCKER / "compose.yaml").read_text())
-    svc = compose["services"]["lora-platform"]
-    assert (ROOT / svc["build"]["dockerfile"]).is_file()
-    assert "registry:/data" in svc["volumes"] and "registry" in compose["volumes"]
-    assert any("/health" in part for part in svc["healthcheck"]["test"])
+def test_compose_runs_replicas_on_one_postgres_catalog_and_one_artifact_volume() -> None:
+    from serving.settings import ServeSettings
+
+    spec = compose()
+    services = spec["services"]
+    postgres = services["postgres"]
+    assert postgres["image"].startswith("postgres:")
+    assert "pg_isready" in " ".join(postgres["healthcheck"]["test"])
+    assert postgres["volumes"][0].split(":")[0] in spec["volumes"]
+    pg_env = {k: interpolate(str(v)) for k, v in postgres["environment"].items()}
+
+    servers = replicas(services)
+    assert len(servers) >= 2
+    shared = set()
+    for name, svc in servers.items():
+        assert (ROOT / svc["build"]["dockerfile"]).is_file()
+        assert any("/health" in part for part in svc["healthcheck"]["test"]) and "/health" in app_paths()
+        assert svc["depends_on"]["postgres"]["condition"] == "service_healthy"
+        env = svc["environment"]
+        for key in env:  # every variable is a setting of `platform serve`
+            assert key.removeprefix("LORA_PLATFORM_").lower() in ServeSettings.model_fields, f"{name}: {key}"
+        url = urlsplit(interpolate(env["LORA_PLATFORM_REGISTRY"]))
+        assert url.scheme == "postgresql" and url.hostname == "postgres" and url.port == 5432
+        assert url.username == pg_env["POSTGRES_USER"] and url.password == pg_env["POSTGRES_PASSWORD"]
+        assert url.path == "/" + pg_env["POSTGRES_DB"]
+        mounts = dict(reversed(v.split(":")[:2]) for v in svc["volumes"])
+        volume = mounts[env["LORA_PLATFORM_ARTIFACTS"]]
+        assert volume in spec["volumes"], f"{name}: artifacts are not on a named volume"
+        shared.add(volume)
+        assert "ports" not in svc, f"{name}: replicas are reached through the load balancer only"
+    assert len(shared) == 1, f"replicas do not share one artifact volume: {shared}"
+
+
+def test_load_balancer_routes_to_every_replica_with_streaming_timeouts() -> None:
+    services = compose()["services"]
+    names = set(replicas(services))
+    published = {n: s for n, s in services.items() if "8000:8000" in s.get("ports", [])}
+    assert list(published) == ["loadbalancer"]
+    lb = published["loadbalancer"]
+    assert set(lb["depends_on"]) == names
+    mount = next(v for v in lb["volumes"] if v.endswith("haproxy.cfg:ro"))
+    cfg = (DOCKER / mount.split(":")[0]).read_text()
+    assert re.search(r"^\s*bind :8000$", cfg, flags=re.M)
+    servers = re.findall(r"^\s*server (\S+) (\S+):(\d+)", cfg, flags=re.M)
+    assert {host for _, host, _ in servers} == names and {port for *_, port in servers} == {"8000"}
+    assert re.search(r"^\s*balance roundrobin$", cfg, flags=re.M)
+    check = re.search(r"^\s*option httpchk GET (\S+)$", cfg, flags=re.M)
+    assert check and check.group(1) == "/ready" and "/ready" in app_paths()
+    assert "http-buffer-request" not in cfg  # nothing buffered: SSE streams flow
+    timeouts = dict(re.findall(r"^\s*timeout (client|server) (\d+)m$", cfg, flags=re.M))
+    assert int(timeouts["client"]) >= 5 and int(timeouts["server"]) >= 5
+
+
+def test_prometheus_scrapes_every_replica() -> None:
+    names = set(replicas(compose()["services"]))
     prom = yaml.safe_load((DOCKER / "prometheus.yml").read_text())
-    assert prom["scrape_configs"][0]["metrics_path"] == "/metrics" and "/metrics" in app_paths()
+    job = prom["scrape_configs"][0]
+    assert job["metrics_path"] == "/metrics" and "/metrics" in app_paths()
+    targets = {t for sc in job["static_configs"] for t in sc["targets"]}
+    assert targets == {f"{name}:8000" for name in names}
 
 
 def test_kubernetes_manifests_probe_real_routes() -> None:
-    docs = [d for f in sorted((DOCKER / "k8s").glob("*.yaml")) for d in yaml.safe_load_all(f.read_text())]
+    docs = k8s_docs()
     deployment = next(d for d in docs if d["kind"] == "Deployment")
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
@@ -65,3 +158,55 @@ def test_kubernetes_manifests_probe_real_routes() -> None:
     assert {"/ready", "/health"} <= app_paths()
     assert deployment["spec"]["replicas"] >= 2
     assert any(d["kind"] == "Service" for d in docs)
+    check_platform_command(container["args"], "k8s/deployment.yaml")
+
+
+def test_kubernetes_replicas_share_a_catalog_from_a_secret_and_a_read_write_many_volume() -> None:
+    docs = k8s_docs()
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    assert "initContainers" not in pod, "replicas follow the shared catalog: no snapshot at start"
+    container = pod["containers"][0]
+    env = {e["name"]: e for e in container["env"]}
+
+    ref = env["LORA_PLATFORM_REGISTRY"]["valueFrom"]["secretKeyRef"]
+    secret = next(d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"] == ref["name"])
+    assert secret["stringData"][ref["key"]].startswith("postgresql://")
+    assert "example" in (DOCKER / "k8s" / "secret.yaml").read_text().lower()
+    readme = (DOCKER / "README.md").read_text()
+    for e in container["env"]:  # every other Secret is defined here or created as the README says
+        other = e.get("valueFrom", {}).get("secretKeyRef")
+        if other and other["name"] != ref["name"]:
+            created = re.search(rf"kubectl create secret generic {other['name']} (.*)", readme)
+            assert created and f"--from-literal={other['key']}=" in created.group(1), other
+
+    artifacts = env["LORA_PLATFORM_ARTIFACTS"]["value"]
+    mount = next(m for m in container["volumeMounts"] if m["mountPath"] == artifacts)
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    claim = volume["persistentVolumeClaim"]["claimName"]
+    pvc = next(d for d in docs if d["kind"] == "PersistentVolumeClaim" and d["metadata"]["name"] == claim)
+    assert "ReadWriteMany" in pvc["spec"]["accessModes"]
+
+
+def shell_commands(markdown: str) -> list[list[str]]:
+    """The `platform ...` commands in the markdown's sh blocks, `sh -c '...'` opened up."""
+    found = []
+    for block in re.findall(r"```sh\n(.*?)```", markdown, flags=re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            for part in re.split(r"sh -c ", line):
+                tokens = shlex.split(part, comments=True) if "platform " in part else []
+                tokens = [t for tok in tokens for t in (shlex.split(tok) if " " in tok else [tok])]
+                if any(t.endswith("bin/platform") or t == "platform" for t in tokens):
+                    found.append(tokens)
+    return found
+
+
+def test_readme_and_images_call_real_commands_and_flags() -> None:
+    commands = shell_commands((DOCKER / "README.md").read_text())
+    assert any("migrate" in c for c in commands)
+    for tokens in commands:
+        check_platform_command(tokens, "docker/README.md")
+    for name in ["Dockerfile.cpu", "Dockerfile.gpu"]:
+        cmd = re.search(r"^CMD (.+)$", (DOCKER / name).read_text(), flags=re.M)
+        assert cmd
+        check_platform_command(yaml.safe_load(cmd.group(1)), name)
