@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import click
-from pydantic import ValidationError
 
 from cli.errors import handle_errors
 
@@ -42,11 +41,11 @@ def serve_cmd(config_file: str | None, pin: tuple[str, ...], **flags: object) ->
     A request's `model` picks the base model or an adapter: name, name@3 or name:alias.
     """
     from serving.server import serve
-    from serving.settings import load_settings
+    from serving.settings import StartupError, load_settings
 
     try:
-        settings = load_settings(config_file, pin=list(pin) or None, **flags)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-        raise click.BadParameter(problems) from None
-    serve(settings)
+        serve(load_settings(config_file, pin=list(pin) or None, **flags))
+    except StartupError as exc:  # a flag or file at fault: exit 2; else exit 1
+        if exc.param is None:
+            raise click.ClickException(exc.message) from None
+        raise click.BadParameter(exc.message, param_hint=exc.param) from None

@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from registry.basemodels import resolve_base_model
+from registry.basemodels import BaseModel, resolve_base_model
 from registry.errors import RegistryError, StorageError
 from registry.store import Registry
 from serving.adapters import AdapterManager
@@ -90,41 +91,65 @@ async def _follow_catalog(state: ServerState) -> None:
     state.catalog_down = False
 
 
-def create_app(settings: ServeSettings | None = None) -> FastAPI:
+@dataclass(frozen=True)
+class Startup:
+    """What `check_startup` resolved before the engine starts; the lifespan uses it as is."""
+
+    base: BaseModel
+    registry: Registry
+
+
+async def _start(app: FastAPI, settings: ServeSettings, startup: Startup | None) -> ServerState:
+    """Start the engine, load the pins and the catalog; on failure, the engine is stopped again."""
+    base = startup.base if startup else resolve_base_model(settings.base_model)
+    registry = startup.registry if startup else Registry(settings.registry, settings.artifacts)
+    model_len = context_length(base.path)
+    effective = settings.model_copy(
+        update={"max_model_len": min(settings.max_model_len or model_len, model_len)}
+    )
+    app.state.settings = effective
+    engine = make_engine(effective, base)
+    await engine.start()
+    served = settings.served_model_name or base.id
+    metrics = Metrics()
+    adapters = AdapterManager(
+        registry, engine, base, served, settings.max_lora_rank, settings.max_cpu_loras, metrics
+    )
+    evidence = EvidenceWriter(registry.evidence())
+    state = ServerState(effective, base, registry, engine, adapters, evidence, metrics=metrics)
+    app.state.server = state
+    try:
+        for ref in settings.pin:
+            await adapters.pin(ref)
+        await state.refresh()
+    except BaseException:
+        evidence.close()
+        await engine.shutdown()
+        raise
+    state.tasks.append(asyncio.create_task(_watch(state, app)))
+    state.ready = True
+    return state
+
+
+def create_app(settings: ServeSettings | None = None, startup: Startup | None = None) -> FastAPI:
     settings = settings or ServeSettings()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        base = resolve_base_model(settings.base_model)
-        registry = Registry(settings.registry, settings.artifacts)
-        model_len = context_length(base.path)
-        effective = settings.model_copy(
-            update={"max_model_len": min(settings.max_model_len or model_len, model_len)}
-        )
-        app.state.settings = effective
-        engine = make_engine(effective, base)
-        await engine.start()
-        served = settings.served_model_name or base.id
-        metrics = Metrics()
-        adapters = AdapterManager(
-            registry, engine, base, served, settings.max_lora_rank, settings.max_cpu_loras, metrics
-        )
-        evidence = EvidenceWriter(registry.evidence())
-        state = ServerState(effective, base, registry, engine, adapters, evidence, metrics=metrics)
-        app.state.server = state
-        for ref in settings.pin:
-            await adapters.pin(ref)
-        await state.refresh()
-        state.tasks.append(asyncio.create_task(_watch(state, app)))
-        state.ready = True
+        try:  # a failure is kept for `serve`, which reports it in one line
+            state = await _start(app, settings, startup)
+        except Exception as exc:
+            app.state.startup_error = exc
+            raise
         try:
             yield
         finally:
             state.ready = False
             for task in state.tasks:
                 task.cancel()
-            evidence.close()
-            await engine.shutdown()
+            if state.evidence is not None:
+                state.evidence.close()
+            await state.engine.shutdown()
 
     app = FastAPI(title="lora-platform", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings

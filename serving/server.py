@@ -3,22 +3,36 @@
 SIGTERM/SIGINT: new requests get 503 at once; running requests get `drain_timeout_s` to finish,
 after which remaining streams end with an error event; then the process exits 0. A dead engine
 makes the process exit with status 3, so a supervisor (systemd, Kubernetes) restarts it.
+
+Startup mistakes never get that far: `check_startup` resolves the base model, opens the registry,
+resolves every pin and checks the port before the engine starts, and raises `StartupError` naming
+the flag at fault; what still fails while the engine starts (a pinned version that does not load)
+stops the server with one line too (`StartupError` without a flag), not uvicorn's traceback.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import uvicorn
 
-from serving.app import create_app
-from serving.settings import ServeSettings
+from registry.basemodels import BaseModel, resolve_base_model
+from registry.errors import RegistryError, UnavailableError
+from registry.store import Registry
+from serving.adapters import BASE_ALIASES
+from serving.app import Startup, create_app
+from serving.errors import ServingError
+from serving.settings import ServeSettings, StartupError
 
 log = logging.getLogger("lora_platform.serving")
+OURS = (RegistryError, ServingError, StartupError)
+"""Errors whose message says it all: reported in one line, without a traceback."""
 EXIT_ENGINE_DEAD = 3
 
 
@@ -51,14 +65,116 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
 
+def check_startup(settings: ServeSettings) -> Startup:
+    """Everything that can be checked before the engine starts (seconds, not minutes): the base
+    model, the registry, every pin and the port. StartupError names the flag at fault."""
+    base = _base_model(settings.base_model)
+    registry = _open_registry(settings)
+    served = settings.served_model_name or base.id
+    try:
+        for ref in settings.pin:
+            _check_pin(registry, base, served, ref)
+        _check_port(settings.host, settings.port)
+    except BaseException:
+        registry.close()
+        raise
+    return Startup(base, registry)
+
+
+def _base_model(name: str) -> BaseModel:
+    path = Path(name).expanduser()
+    looks_like_path = name.startswith(("/", ".", "~")) or name.count("/") > 1
+    if looks_like_path and not path.is_dir():
+        raise StartupError(
+            f"no such folder: {name!r}; give a model folder, a Hub id or an embedded model",
+            param="--base-model",
+        )
+    try:
+        return resolve_base_model(name)
+    except RegistryError as exc:
+        raise StartupError(str(exc), param="--base-model") from None
+
+
+def _open_registry(settings: ServeSettings) -> Registry:
+    try:
+        return Registry(settings.registry, settings.artifacts)
+    except UnavailableError as exc:  # the URL was fine; the database is not there (yet)
+        raise StartupError(f"--registry: {exc}") from None
+    except RegistryError as exc:
+        raise StartupError(str(exc), param="--registry") from None
+
+
+def _check_pin(registry: Registry, base: BaseModel, served: str, ref: str) -> None:
+    param = f"--pin {ref}"
+    if ref == served or ref in BASE_ALIASES:
+        raise StartupError("that is the base model; only adapters can be pinned", param=param)
+    try:
+        version = registry.get(ref, verify_files=False)
+    except UnavailableError as exc:
+        raise StartupError(f"{param}: {exc}") from None
+    except RegistryError as exc:
+        raise StartupError(
+            f"{exc}; `platform registry list` shows the adapters and versions", param=param
+        ) from None
+    if version.base_sha256 != base.weights_sha256:
+        raise StartupError(
+            f"{version.ref} was trained on {version.base_model} (weights sha256 {version.base_sha256[:12]}...), "
+            f"but this server runs {base.id} (sha256 {base.short_sha}...); pin an adapter of this base model",
+            param=param,
+        )
+
+
+def _check_port(host: str, port: int) -> None:
+    """Fail now, not after the engine has started, when the address is taken."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise StartupError(f"cannot resolve {host!r}: {exc}", param="--host") from None
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise StartupError(
+                f"cannot listen on {host}:{port}: {exc.strerror}; choose another port", param="--port"
+            ) from None
+
+
+class _QuietStartupFailure(logging.Filter):
+    """Drops uvicorn's traceback of a startup failure that `serve` reports itself in one line."""
+
+    def __init__(self, app: Any) -> None:
+        super().__init__()
+        self.app = app
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not isinstance(getattr(self.app.state, "startup_error", None), OURS)
+
+
 def serve(settings: ServeSettings) -> None:
-    app = create_app(settings)
+    """Check the startup, then serve until a signal (return) or a dead engine (exit 3)."""
+    app = create_app(settings, check_startup(settings))
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_level="warning", timeout_graceful_shutdown=5
     )
     server = DrainingServer(config, settings.drain_timeout_s)
     app.state.uvicorn_server = server
-    server.run()
+    quiet = _QuietStartupFailure(app)
+    logging.getLogger("uvicorn.error").addFilter(quiet)
+    try:
+        server.run()
+    except SystemExit:  # uvicorn exits 3 when the lifespan fails, 1 when it cannot bind
+        error = getattr(app.state, "startup_error", None)
+        if error is None:
+            raise
+        if isinstance(error, OURS):
+            raise StartupError(f"the server did not start: {error}") from None
+        raise StartupError(
+            f"the server did not start: {type(error).__name__}: {error} (see the log above)"
+        ) from None
+    finally:
+        logging.getLogger("uvicorn.error").removeFilter(quiet)
     state = getattr(app.state, "server", None)
     if state is not None and state.engine_dead:
         log.error("the inference engine died; exiting with status %d", EXIT_ENGINE_DEAD)

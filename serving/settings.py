@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field
+from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -59,10 +59,53 @@ class ServeSettings(BaseSettings):
     """Name of the base model in the API (default: the base model id)."""
 
 
+class StartupError(Exception):
+    """A mistake found before or while the server starts. `param` names the flag or file at fault
+    (`platform serve` exits 2 for it); None means the arguments were fine but something failed (exit 1)."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
 def load_settings(config_file: str | Path | None = None, **overrides: Any) -> ServeSettings:
-    """Settings from an optional YAML file, the environment, and explicit overrides (flags)."""
-    values: dict[str, Any] = {}
-    if config_file:
-        values.update(yaml.safe_load(Path(config_file).read_text()) or {})
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    return ServeSettings(**values)
+    """Settings from an optional YAML file, the environment, and explicit overrides (flags).
+
+    Raises StartupError naming the flag, file field or environment variable at fault."""
+    values = read_config_file(Path(config_file)) if config_file else {}
+    flags = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return ServeSettings(**{**values, **flags})
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = str(error["loc"][0]) if error["loc"] else ""
+        if field in flags:
+            where = "--" + field.replace("_", "-")
+        elif field in values:
+            where = f"--config {config_file}"
+        else:
+            where = f"LORA_PLATFORM_{field.upper()}"
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise StartupError(problems, param=where) from None
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The YAML mapping in `path`; StartupError (naming the file and line) for anything else."""
+    param = f"--config {path}"
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise StartupError(f"cannot read it: {exc.strerror}", param=param) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise StartupError(f"invalid YAML{line}: {problem}", param=param) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise StartupError(
+            f"expected a mapping of settings (port: 8000, ...), got a YAML {type(data).__name__}", param=param
+        )
+    return {str(k): v for k, v in data.items()}
