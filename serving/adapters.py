@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from registry.adapter import read_safetensors_header, validate_adapter
+from registry.adapter import lora_modules, validate_adapter, weight_shapes
 from registry.basemodels import BaseModel
 from registry.errors import IntegrityError, InvalidAdapterError, NotFoundError, ReferenceError_
 from registry.refs import parse_ref
@@ -48,32 +48,6 @@ class Target:
 
     served_name: str
     adapter: AdapterHandle | None
-
-
-def base_weight_names(base: BaseModel) -> set[str]:
-    names: set[str] = set()
-    for f in sorted(Path(base.path).glob("*.safetensors")):
-        names.update(k for k in read_safetensors_header(f) if k != "__metadata__")
-    return names
-
-
-def lora_modules(tensor_names: tuple[str, ...]) -> set[str]:
-    """`base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight` -> `model.layers.0.self_attn.q_proj`."""
-    out = set()
-    for name in tensor_names:
-        stem = name.removeprefix("base_model.model.")
-        for marker in (
-            ".lora_A",
-            ".lora_B",
-            ".lora_embedding_A",
-            ".lora_embedding_B",
-            ".lora_magnitude_vector",
-        ):
-            if marker in stem:
-                stem = stem.split(marker)[0]
-                break
-        out.add(stem)
-    return out
 
 
 class AdapterManager:
@@ -200,7 +174,7 @@ class AdapterManager:
         if bad:
             raise AdapterLoadError(f"{v.ref}: target modules {bad} are not supported by the engine")
         if self._base_weights is None:
-            self._base_weights = base_weight_names(self.base)
+            self._base_weights = set(weight_shapes(Path(self.base.path)))
         missing = sorted(
             m for m in lora_modules(info.tensor_names) if f"{m}.weight" not in self._base_weights
         )

@@ -68,6 +68,16 @@ class Server:
         return openai.OpenAI(base_url=f"{self.url}/v1", api_key="unused", max_retries=0, timeout=120, **kw)  # type: ignore[arg-type]
 
 
+def is_ready(url: str) -> bool:
+    """Whether the server at `url` answers /ready with 200 (False while it starts or is gone)."""
+    import httpx
+
+    try:
+        return httpx.get(url + "/ready", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -134,19 +144,36 @@ def adapters(tmp_path_factory: pytest.TempPathFactory, tiny_base) -> tuple[Path,
     return registry, refs
 
 
+def running_server(
+    registry: Path, root: Path, *flags: str, env: dict[str, str] | None = None
+) -> Iterator[Server]:
+    """A real `platform serve` on the tiny model with `flags`, ready (`/ready`), stopped afterwards;
+    it records in `root/plugin-pids` which LoRA op each of its processes loaded."""
+    port, log, marker = free_port(), root / "server.log", root / "plugin-pids"
+    env = {**(os.environ if env is None else env), "LORA_PLATFORM_PLUGIN_MARKER": str(marker)}
+    env["VLLM_LOGGING_LEVEL"] = "WARNING"
+    with log.open("wb") as fh:
+        proc = subprocess.Popen(
+            serve_cmd(registry, port, *flags), stdout=fh, stderr=subprocess.STDOUT, env=env
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, proc, START_TIMEOUT_S, "/ready")
+    except RuntimeError as exc:
+        stop_process(proc)
+        raise RuntimeError(f"platform serve: {exc}:\n{log.read_text()[-4000:]}") from None
+    yield Server(url, registry, proc, log, marker)
+    stop_process(proc)
+
+
 @pytest.fixture(scope="session")
 def server(
     adapters: tuple[Path, dict[str, str]], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:
     registry, _ = adapters
-    root = tmp_path_factory.mktemp("server")
-    port = free_port()
-    log = root / "server.log"
-    marker = root / "plugin-pids"
-    env = {**os.environ, "LORA_PLATFORM_PLUGIN_MARKER": str(marker), "VLLM_LOGGING_LEVEL": "WARNING"}
-    cmd = serve_cmd(
+    yield from running_server(
         registry,
-        port,
+        tmp_path_factory.mktemp("server"),
         "--dtype",
         "float32",
         "--max-loras",
@@ -160,13 +187,3 @@ def server(
         "--pin",
         "support:prod",
     )
-    with log.open("wb") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url, proc, START_TIMEOUT_S, "/ready")
-    except RuntimeError as exc:
-        stop_process(proc)
-        raise RuntimeError(f"platform serve: {exc}:\n{log.read_text()[-4000:]}") from None
-    yield Server(url, registry, proc, log, marker)
-    stop_process(proc)

@@ -4,16 +4,14 @@ op (lora_bf16.c) where the CPU has AVX512-BF16. The session server runs float32 
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from loadtests.common import stop_process, wait_ready
 from registry.basemodels import EMBEDDED_TINY
 from serving.engine import lora_kernel
-from tests.serving.fixtures import START_TIMEOUT_S, Server, free_port, serve_cmd
+from tests.serving.fixtures import Server, running_server
 from tests.serving.test_server import PROMPTS, chat
 
 pytestmark = pytest.mark.slow
@@ -22,15 +20,12 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def bf16_server(adapters, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:  # type: ignore[no-untyped-def]
     registry, _ = adapters
-    root = tmp_path_factory.mktemp("bf16-server")
-    port, log, marker = free_port(), root / "server.log", root / "plugin-pids"
     env = {k: v for k, v in os.environ.items() if not k.startswith("LORA_PLATFORM_")}
-    env.update({"LORA_PLATFORM_PLUGIN_MARKER": str(marker), "VLLM_LOGGING_LEVEL": "WARNING"})
     if "LORA_PLATFORM_HOME" in os.environ:  # where the compiled op was built
         env["LORA_PLATFORM_HOME"] = os.environ["LORA_PLATFORM_HOME"]
-    cmd = serve_cmd(
+    yield from running_server(
         registry,
-        port,
+        tmp_path_factory.mktemp("bf16-server"),
         "--dtype",
         "bfloat16",
         "--max-loras",
@@ -39,17 +34,8 @@ def bf16_server(adapters, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         "16",
         "--kv-cache-gb",
         "1",
+        env=env,
     )
-    with log.open("wb") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url, proc, START_TIMEOUT_S, "/ready")
-    except RuntimeError as exc:
-        stop_process(proc)
-        raise RuntimeError(f"platform serve: {exc}:\n{log.read_text()[-4000:]}") from None
-    yield Server(url, registry, proc, log, marker)
-    stop_process(proc)
 
 
 def test_bf16_mixed_batches_give_each_row_its_own_adapter(bf16_server: Server) -> None:

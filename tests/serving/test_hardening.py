@@ -18,7 +18,7 @@ import pytest
 
 from registry.routes import start_route
 from registry.store import Registry
-from tests.serving.fixtures import Server, free_port, serve_cmd, wait_until
+from tests.serving.fixtures import Server, free_port, is_ready, serve_cmd, wait_until
 
 MSGS = [{"role": "user", "content": "hi"}]
 NAN, INF = float("nan"), float("inf")
@@ -150,19 +150,12 @@ def slow_poll_server(adapters, tmp_path: Path) -> Iterator[tuple[str, Path]]:  #
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_until(lambda: proc.poll() is not None or _ready(url), 180)
+        wait_until(lambda: proc.poll() is not None or is_ready(url), 180)
         assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
         yield url, registry
     finally:
         proc.terminate()
         proc.wait(timeout=60)
-
-
-def _ready(url: str) -> bool:
-    try:
-        return httpx.get(url + "/ready", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def test_a_route_or_version_created_a_moment_ago_is_served_at_once(slow_poll_server) -> None:  # type: ignore[no-untyped-def]

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from registry.store import Registry
-from tests.serving.fixtures import Server, free_port, metric, serve_cmd, wait_until
+from tests.serving.fixtures import Server, free_port, is_ready, metric, serve_cmd, wait_until
 
 ROOT = Path(__file__).parents[2]
 
@@ -164,18 +164,11 @@ def peft_server(adapters, tmp_path: Path) -> Iterator[tuple[str, subprocess.Pope
         env=env,
     )
     url = f"http://127.0.0.1:{port}"
-    wait_until(lambda: _ready(url), 120)
+    wait_until(lambda: is_ready(url), 120)
     yield url, proc
     if proc.poll() is None:
         proc.terminate()
         proc.wait(timeout=60)
-
-
-def _ready(url: str) -> bool:
-    try:
-        return httpx.get(url + "/ready", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def _health(url: str) -> int | None:
@@ -243,7 +236,7 @@ def test_sigterm_drains_running_requests_refuses_new_ones_and_exits_0(peft_serve
             lambda: metric(url, "lora_requests_in_flight", INF) >= 1, 30
         )  # the slow request is running
         proc.send_signal(signal.SIGTERM)
-        wait_until(lambda: not _ready(url), 10)  # draining: /ready turns 503
+        wait_until(lambda: not is_ready(url), 10)  # draining: /ready turns 503
         refused = httpx.post(url + "/v1/chat/completions", json=HI, headers=INF, timeout=30)
         assert refused.status_code == 503 and refused.headers.get("retry-after") == "1"
         assert running.result().status_code == 200
@@ -267,7 +260,7 @@ def test_a_dead_engine_turns_health_503_and_the_process_exits_non_zero(adapters,
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_until(lambda: _ready(url), 240)
+        wait_until(lambda: is_ready(url), 240)
         assert _health(url) == 200
         children = psutil.Process(proc.pid).children(recursive=True)
         assert children, "vLLM runs its engine core in a child process"
