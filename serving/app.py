@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from registry.basemodels import resolve_base_model
+from registry.basemodels import BaseModel, resolve_base_model
 from registry.errors import RegistryError, StorageError
 from registry.store import Registry
 from serving.adapters import AdapterManager
@@ -90,7 +90,17 @@ async def _follow_catalog(state: ServerState) -> None:
     state.catalog_down = False
 
 
-def create_app(settings: ServeSettings | None = None) -> FastAPI:
+EngineFactory = Callable[[ServeSettings, BaseModel], Engine]
+"""Builds the app's engine from the effective settings and the base model."""
+
+
+def create_app(
+    settings: ServeSettings | None = None,
+    engine_factory: EngineFactory = make_engine,
+    on_start: Callable[[ServerState], None] | None = None,
+) -> FastAPI:
+    """The server's app. `engine_factory` and `on_start` (called once the state is built) let
+    the Ray Serve router (serving/cluster) run this same app on an engine that forwards to replicas."""
     settings = settings or ServeSettings()
 
     @contextlib.asynccontextmanager
@@ -102,7 +112,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
             update={"max_model_len": min(settings.max_model_len or model_len, model_len)}
         )
         app.state.settings = effective
-        engine = make_engine(effective, base)
+        engine = engine_factory(effective, base)
         await engine.start()
         served = settings.served_model_name or base.id
         metrics = Metrics()
@@ -112,6 +122,8 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         evidence = EvidenceWriter(registry.evidence())
         state = ServerState(effective, base, registry, engine, adapters, evidence, metrics=metrics)
         app.state.server = state
+        if on_start is not None:
+            on_start(state)
         for ref in settings.pin:
             await adapters.pin(ref)
         await state.refresh()

@@ -52,6 +52,11 @@ class DrainingServer(uvicorn.Server):
 
 
 def serve(settings: ServeSettings) -> None:
+    if settings.replicas is not None:  # N engine replicas behind one router, on Ray Serve
+        from serving.cluster.router import run
+
+        run(settings)
+        return
     app = create_app(settings)
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_level="warning", timeout_graceful_shutdown=5
