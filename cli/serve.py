@@ -34,6 +34,23 @@ from cli.errors import handle_errors
 @click.option("--pin", multiple=True, help="Adapter reference to load at start and keep loaded (repeatable).")
 @click.option("--api-key", envvar="LORA_PLATFORM_API_KEY", help="Bearer key for inference routes.")
 @click.option("--admin-key", envvar="LORA_PLATFORM_ADMIN_KEY", help="Bearer key for admin routes.")
+@click.option(
+    "--replicas",
+    type=click.IntRange(min=1),
+    help="Engine replicas on Ray Serve behind one endpoint (needs the `ray` extra).",
+)
+@click.option(
+    "--ray-address",
+    envvar="LORA_PLATFORM_RAY_ADDRESS",
+    help="Ray cluster (auto, ray://host:10001); default: local.",
+)
+@click.option(
+    "--min-replicas", type=click.IntRange(min=0), help="Autoscaling lower bound (with --max-replicas)."
+)
+@click.option(
+    "--max-replicas", type=click.IntRange(min=1), help="Autoscaling upper bound: turns autoscaling on."
+)
+@click.option("--target-ongoing-requests", type=float, help="Autoscaling target per replica (default 8).")
 @handle_errors
 def serve_cmd(config_file: str | None, pin: tuple[str, ...], **flags: object) -> None:
     """Serve the base model and every registry adapter behind an OpenAI-compatible API.
@@ -44,7 +61,12 @@ def serve_cmd(config_file: str | None, pin: tuple[str, ...], **flags: object) ->
     from serving.settings import StartupError, load_settings
 
     try:
-        serve(load_settings(config_file, pin=list(pin) or None, **flags))
+        settings = load_settings(config_file, pin=list(pin) or None, **flags)
+        if settings.replicas is None and (settings.ray_address or settings.max_replicas):
+            raise click.UsageError("--ray-address and --max-replicas need --replicas N")
+        if settings.replicas is not None and settings.pin:
+            raise click.UsageError("--pin is not supported with --replicas yet")
+        serve(settings)
     except StartupError as exc:  # a flag or file at fault: exit 2; else exit 1
         if exc.param is None:
             raise click.ClickException(exc.message) from None

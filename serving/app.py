@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,7 +99,17 @@ class Startup:
     registry: Registry
 
 
-async def _start(app: FastAPI, settings: ServeSettings, startup: Startup | None) -> ServerState:
+EngineFactory = Callable[[ServeSettings, BaseModel], Engine]
+"""Builds the app's engine from the effective settings and the base model."""
+
+
+async def _start(
+    app: FastAPI,
+    settings: ServeSettings,
+    startup: Startup | None,
+    engine_factory: EngineFactory,
+    on_start: Callable[[ServerState], None] | None,
+) -> ServerState:
     """Start the engine, load the pins and the catalog; on failure, the engine is stopped again."""
     base = startup.base if startup else resolve_base_model(settings.base_model)
     registry = startup.registry if startup else Registry(settings.registry, settings.artifacts)
@@ -108,7 +118,7 @@ async def _start(app: FastAPI, settings: ServeSettings, startup: Startup | None)
         update={"max_model_len": min(settings.max_model_len or model_len, model_len)}
     )
     app.state.settings = effective
-    engine = make_engine(effective, base)
+    engine = engine_factory(effective, base)
     await engine.start()
     served = settings.served_model_name or base.id
     metrics = Metrics()
@@ -118,6 +128,8 @@ async def _start(app: FastAPI, settings: ServeSettings, startup: Startup | None)
     evidence = EvidenceWriter(registry.evidence())
     state = ServerState(effective, base, registry, engine, adapters, evidence, metrics=metrics)
     app.state.server = state
+    if on_start is not None:
+        on_start(state)
     try:
         for ref in settings.pin:
             await adapters.pin(ref)
@@ -131,13 +143,21 @@ async def _start(app: FastAPI, settings: ServeSettings, startup: Startup | None)
     return state
 
 
-def create_app(settings: ServeSettings | None = None, startup: Startup | None = None) -> FastAPI:
+def create_app(
+    settings: ServeSettings | None = None,
+    startup: Startup | None = None,
+    engine_factory: EngineFactory = make_engine,
+    on_start: Callable[[ServerState], None] | None = None,
+) -> FastAPI:
+    """The server's app. `startup` is what `check_startup` resolved; `engine_factory` and
+    `on_start` (called once the state is built) let the Ray Serve router (serving/cluster) run
+    this same app on an engine that forwards to replicas."""
     settings = settings or ServeSettings()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         try:  # a failure is kept for `serve`, which reports it in one line
-            state = await _start(app, settings, startup)
+            state = await _start(app, settings, startup, engine_factory, on_start)
         except Exception as exc:
             app.state.startup_error = exc
             raise

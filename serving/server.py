@@ -153,8 +153,16 @@ class _QuietStartupFailure(logging.Filter):
 
 
 def serve(settings: ServeSettings) -> None:
-    """Check the startup, then serve until a signal (return) or a dead engine (exit 3)."""
-    app = create_app(settings, check_startup(settings))
+    """Check the startup, then serve until a signal (return) or a dead engine (exit 3); with
+    `replicas`, N engine replicas behind one router on Ray Serve."""
+    startup = check_startup(settings)
+    if settings.replicas is not None:
+        from serving.cluster.router import run
+
+        startup.registry.close()
+        run(settings)
+        return
+    app = create_app(settings, startup)
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_level="warning", timeout_graceful_shutdown=5
     )

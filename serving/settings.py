@@ -57,6 +57,18 @@ class ServeSettings(BaseSettings):
     """How often the registry's change counter is polled (new versions, alias moves)."""
     served_model_name: str | None = None
     """Name of the base model in the API (default: the base model id)."""
+    replicas: int | None = Field(None, ge=1)
+    """Engine replicas on Ray Serve behind one router (none: one in-process server)."""
+    ray_address: str | None = None
+    """Ray cluster to deploy on (`auto`, `ray://host:10001`); none: a local Ray instance."""
+    min_replicas: int | None = Field(None, ge=0)
+    """Autoscaling lower bound (with max_replicas; Ray Serve scales on ongoing requests)."""
+    max_replicas: int | None = Field(None, ge=1)
+    """Autoscaling upper bound; setting it turns autoscaling on."""
+    target_ongoing_requests: float = Field(8.0, gt=0)
+    """Autoscaling target: ongoing requests per engine replica."""
+    replica_cpus: float = Field(1.0, ge=0)
+    """Ray CPUs reserved by each engine replica (the router reserves none)."""
 
 
 class StartupError(Exception):

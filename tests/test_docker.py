@@ -210,3 +210,27 @@ def test_readme_and_images_call_real_commands_and_flags() -> None:
         cmd = re.search(r"^CMD (.+)$", (DOCKER / name).read_text(), flags=re.M)
         assert cmd
         check_platform_command(yaml.safe_load(cmd.group(1)), name)
+
+
+def test_kuberay_rayservice_names_our_deployments() -> None:
+    """docker/k8s/rayservice.yaml: a KubeRay RayService whose serve config imports our app builder,
+    configures the deployments it builds, and takes the registry URL from a Secret."""
+    import importlib
+
+    pytest.importorskip("ray")
+    doc = yaml.safe_load((DOCKER / "k8s" / "rayservice.yaml").read_text())
+    assert doc["kind"] == "RayService" and doc["apiVersion"].startswith("ray.io/")
+    config = yaml.safe_load(doc["spec"]["serveConfigV2"])
+    app = config["applications"][0]
+    module, _, attr = app["import_path"].partition(":")
+    builder = getattr(importlib.import_module(module), attr)
+    from serving.settings import ServeSettings
+
+    assert set(app["args"]) <= set(ServeSettings.model_fields)
+    assert {d["name"] for d in app["deployments"]} == {"Router", "EngineReplica"}
+    built = builder({**app["args"], "registry": "/tmp/unused-registry", "replicas": 2})
+    router = built._bound_deployment
+    assert {router.name, router.init_args[0]._bound_deployment.name} == {"Router", "EngineReplica"}
+    head = doc["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e for e in head["env"]}
+    assert "secretKeyRef" in env["LORA_PLATFORM_REGISTRY"]["valueFrom"]

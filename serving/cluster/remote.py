@@ -1,0 +1,148 @@
+"""The router's engine: tokenizes locally, generates on an engine replica through a DeploymentHandle."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import AsyncGenerator, Iterator
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from ray.exceptions import RayActorError
+from ray.serve.exceptions import DeploymentUnavailableError
+from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
+
+from registry.basemodels import BaseModel
+from serving.cluster import BASE_MODEL_ID
+from serving.cluster.replica import ReplicaReport
+from serving.engine.base import AdapterHandle, Delta, Engine, GenParams
+from serving.errors import UnavailableError
+
+log = logging.getLogger("lora_platform.serving")
+REPLICA_GONE = (RayActorError, DeploymentUnavailableError)
+
+
+class ReplicaBook:
+    """The latest report of every engine replica, and which replica served which version."""
+
+    def __init__(self) -> None:
+        self.reports: dict[str, ReplicaReport] = {}
+        self.served: Counter[tuple[str, str]] = Counter()
+
+    def note(self, report: ReplicaReport, model_id: str) -> None:
+        self.reports[report.replica] = report
+        self.served[(report.replica, model_id)] += 1
+
+    def describe(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "replica": r.replica,
+                "pid": r.pid,
+                "adapter_loads": r.loads,
+                "evictions": r.evictions,
+                "loaded": list(r.loaded),
+                "served": {m: n for (rep, m), n in sorted(self.served.items()) if rep == r.replica},
+            }
+            for r in self.reports.values()
+        ]
+
+
+class ReplicaCollector:
+    """/metrics series with a `replica` label, from the replicas' latest reports."""
+
+    def __init__(self, book: ReplicaBook) -> None:
+        self.book = book
+
+    def collect(self) -> Iterator[Metric]:
+        loads = CounterMetricFamily(
+            "lora_replica_adapter_loads", "Adapter loads by engine replica", labels=["replica"]
+        )
+        loaded = GaugeMetricFamily(
+            "lora_replica_loaded_adapters", "Adapters loaded by engine replica", labels=["replica"]
+        )
+        served = CounterMetricFamily(
+            "lora_replica_requests", "Requests by engine replica and version", labels=["replica", "model"]
+        )
+        for r in self.book.reports.values():
+            loads.add_metric([r.replica], r.loads)
+            loaded.add_metric([r.replica], len(r.loaded))
+        for (replica, model), n in self.book.served.items():
+            served.add_metric([replica, model], n)
+        yield from (loads, loaded, served)
+
+
+class RemoteEngine(Engine):
+    """Engine interface over Ray Serve engine replicas.
+
+    With `multiplex` (the default) each call carries `multiplexed_model_id`, so Ray routes it to a
+    replica that holds the version; without it Ray spreads calls over replicas (the baseline the
+    benchmark compares against). A call that fails because its replica died before sending any
+    output is retried once on another replica; after the first delta the failure ends the request.
+    """
+
+    name = "ray"
+
+    def __init__(self, handle: DeploymentHandle[Any], base: BaseModel, multiplex: bool = True) -> None:
+        self.handle, self.base, self.multiplex = handle, base, multiplex
+        self.book = ReplicaBook()
+        self._tokenizer: Any = None
+        self._running = 0
+
+    async def start(self) -> None:
+        from transformers import AutoTokenizer
+
+        self._tokenizer = await asyncio.to_thread(AutoTokenizer.from_pretrained, self.base.path)
+
+    async def shutdown(self) -> None:
+        return None
+
+    @property
+    def tokenizer(self) -> Any:
+        return self._tokenizer
+
+    async def add_adapter(self, adapter: AdapterHandle) -> None:
+        """Nothing to do here: the replica that gets the version's first request loads it."""
+
+    async def remove_adapter(self, adapter: AdapterHandle) -> None:
+        """Nothing to do here: Ray's multiplexed LRU unloads versions on each replica."""
+
+    async def generate(
+        self, request_id: str, prompt_ids: list[int], params: GenParams, adapter: AdapterHandle | None
+    ) -> AsyncGenerator[list[Delta], None]:
+        model_id = adapter.name if adapter is not None else BASE_MODEL_ID
+        options: dict[str, Any] = {"stream": True}
+        if self.multiplex:
+            options["multiplexed_model_id"] = model_id
+        self._running += 1
+        try:
+            for attempt in (1, 2):
+                sent = False
+                call = self.handle.options(**options).generate
+                stream = call.remote(request_id, model_id, prompt_ids, params)
+                assert isinstance(stream, DeploymentResponseGenerator)
+                try:
+                    async for item in stream:
+                        if isinstance(item, ReplicaReport):
+                            self.book.note(item, model_id)
+                            continue
+                        sent = True
+                        yield item
+                    return
+                except REPLICA_GONE as exc:
+                    if sent or attempt == 2:
+                        raise UnavailableError(
+                            "the engine replica serving this request went away; retry",
+                            headers={"Retry-After": "1"},
+                        ) from exc
+                    log.warning("engine replica gone before answering %s; retrying", request_id)
+                finally:
+                    stream.cancel()  # type: ignore[no-untyped-call] # a no-op when it finished; aborts the replica's request otherwise
+        finally:
+            self._running -= 1
+
+    async def check_health(self) -> None:
+        """The router stays up; Ray Serve replaces engine replicas whose health check fails."""
+
+    def running(self) -> int:
+        return self._running
