@@ -125,8 +125,9 @@ def test_reading_server_survives_a_writer_killed_mid_push(server: Server, adapte
     for t in threads:
         t.join(timeout=60)
     assert not failures
-    report = Registry(registry).verify_all()
-    assert all(err is None for err in report.values())
+    # this test's versions (other tests share the session registry, and one tampers its own version)
+    report = {ref: err for ref, err in Registry(registry).verify_all().items() if ref.startswith("crash@")}
+    assert report and all(err is None for err in report.values()), report
     assert (
         httpx.post(
             server.url + "/v1/chat/completions",
