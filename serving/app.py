@@ -30,6 +30,7 @@ from serving.errors import (
     from_registry,
 )
 from serving.experiments.evidence import EvidenceWriter
+from serving.experiments.rollout import controller_id, run_controller
 from serving.metrics import Metrics
 from serving.routes import admin, health, openai
 from serving.settings import ServeSettings
@@ -116,6 +117,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
             await adapters.pin(ref)
         await state.refresh()
         state.tasks.append(asyncio.create_task(_watch(state, app)))
+        state.tasks.append(asyncio.create_task(run_controller(state, f"{controller_id()}:{settings.port}")))
         state.ready = True
         try:
             yield
@@ -123,6 +125,8 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
             state.ready = False
             for task in state.tasks:
                 task.cancel()
+            if state.tasks:  # the rollout controller gives its lease back
+                await asyncio.wait(state.tasks, timeout=5)
             evidence.close()
             await engine.shutdown()
 
