@@ -219,7 +219,7 @@ def transition(
         )
         if done.rowcount != 1:
             raise StaleRollout(f"rollout {seen.name!r} changed meanwhile; nothing done")
-        weight = seen.spec.steps[new_step] if route == "weights" else 0.0
+        weight = seen.spec.steps[new_step] if new_step >= 0 and state in ("running", "paused") else 0.0
         if route == "promote":
             weight = 100.0
         _change_route(SqlWrite(reg.db, conn), seen, route, weight, now)

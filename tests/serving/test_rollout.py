@@ -8,6 +8,7 @@ through a steady loop that posts thumbs feedback for each answer, as users would
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import threading
@@ -107,7 +108,12 @@ class Traffic:
                     return
                 urls = self.urls
                 url = urls[(n + worker) % len(urls)]
-                body = {"model": self.model, "prompt": f"hello {n}", "max_tokens": 2, "user": f"w{worker}-{n}"}
+                body = {
+                    "model": self.model,
+                    "prompt": f"hello {n}",
+                    "max_tokens": 2,
+                    "user": f"w{worker}-{n}",
+                }
                 try:
                     r = http.post(f"{url}/v1/completions", json=body)
                 except httpx.TransportError as exc:
@@ -125,8 +131,13 @@ class Traffic:
     def _feedback(self, http: httpx.Client, url: str, cid: str, thumbs: str) -> None:
         # the request's evidence row is written off the hot path: feedback on it may need a moment
         try:
-            wait_until(lambda: http.post(f"{url}/v1/feedback", json={"id": cid, "thumbs": thumbs}).status_code == 200, 10)
-        except AssertionError:
+            wait_until(
+                lambda: (
+                    http.post(f"{url}/v1/feedback", json={"id": cid, "thumbs": thumbs}).status_code == 200
+                ),
+                10,
+            )
+        except (AssertionError, httpx.HTTPError):  # the route ended, or this server was killed
             self.statuses["feedback refused"] += 1
 
     def __enter__(self) -> Traffic:
@@ -147,7 +158,9 @@ def state(setup: Setup, name: str) -> str:
 def timeline(setup: Setup, name: str) -> list[ro.Event]:
     events = ro.events(setup.registry(), name)
     for e in events:  # the decision timeline, for the README and for a failing test's output
-        print(f"{e.ts - events[0].ts:6.1f}s step {e.step + 1} {e.weight:5.1f}% {e.decision:16} {e.reason or ''}")
+        print(
+            f"{e.ts - events[0].ts:6.1f}s step {e.step + 1} {e.weight:5.1f}% {e.decision:16} {e.reason or ''}"
+        )
     return events
 
 
@@ -162,7 +175,12 @@ def test_a_good_candidate_walks_the_steps_and_is_promoted(one: Setup) -> None:
         assert state(one, "good") == "promoted", events[-1].reason
         promoted = time.time()
         wait_until(lambda: sum(1 for t, _ in traffic.served if t > promoted + 0.5) >= 5, 10)
-    assert [e.weight for e in events if e.decision in ("preflight-ok", "advance", "promote")] == [5, 50, 100, 100]
+    assert [e.weight for e in events if e.decision in ("preflight-ok", "advance", "promote")] == [
+        5,
+        50,
+        100,
+        100,
+    ]
     reg = one.registry()
     assert reg.get("good:prod").ref == candidate
     assert "rollout:promoted" in reg.get(candidate, verify_files=False).tags
@@ -209,8 +227,8 @@ def test_worse_feedback_is_rolled_back_at_the_first_step(one: Setup, tmp_path: P
 
 def test_a_candidate_that_cannot_load_fails_preflight_before_any_traffic(one: Setup) -> None:
     baseline, candidate = one.versions("noload", candidate_rank=32)  # rank 32 > --max-lora-rank 16
-    with Traffic(one.urls, "noload") as traffic:
-        one.rollout("start", "noload", "--candidate", candidate, "--interval", "1s", "--min-requests", "5")
+    one.rollout("start", "noload", "--candidate", candidate, "--interval", "1s", "--min-requests", "5")
+    with Traffic(one.urls, "noload") as traffic:  # from now on, `noload` is the route (baseline only)
         wait_until(lambda: state(one, "noload") == "failed", 20)
         failed = len(traffic.served)
         wait_until(lambda: len(traffic.served) >= failed + 5, 20)
@@ -228,7 +246,9 @@ def test_another_base_model_is_refused_by_rollout_start(one: Setup) -> None:
     other = Registry(one.location).get("otherbase@2", verify_files=False)
     lineage = {**other.lineage, "base_model": "someone/else", "base_model_sha256": "0" * 64}
     cand = one.registry().push("otherbase", other.path, lineage).ref
-    out = CliRunner().invoke(cli, ["rollout", "start", "otherbase", "--candidate", cand, "--registry", one.location])
+    out = CliRunner().invoke(
+        cli, ["rollout", "start", "otherbase", "--candidate", cand, "--registry", one.location]
+    )
     assert out.exit_code == 1 and "another base model" in out.output and "Traceback" not in out.output
     bad_gate = ["rollout", "start", "otherbase", "--candidate", cand, "--gate", "errors<=1pt"]
     out = CliRunner().invoke(cli, [*bad_gate, "--registry", one.location])
@@ -244,7 +264,8 @@ def test_too_little_traffic_waits_then_pauses_with_a_reason(one: Setup) -> None:
     assert [e.decision for e in events][:2] == ["start", "preflight-ok"]
     assert "wait" in [e.decision for e in events] and events[-1].decision == "pause"
     assert "need 5 each" in (events[-1].reason or "")
-    assert "paused" in one.rollout("resume", "quiet") or True
+    assert events[-1].weight == 5  # paused where it stood
+    assert "running" in one.rollout("resume", "quiet")
     one.rollout("abort", "quiet")
     assert state(one, "quiet") == "aborted"
     assert "quiet" in one.rollout("list")
@@ -280,5 +301,5 @@ def test_two_replicas_one_controller_acts_and_a_killed_holder_is_replaced(pair: 
     assert first in holders and len(set(holders)) == 2  # the other replica took over
     assert all(e.holder == first for e in events if e.holder and e.ts < killed)
     assert all(e.holder != first for e in events if e.ts > killed)
-    for a, b in zip(events[1:], events[2:], strict=False):  # one controller: one decision per interval
+    for a, b in itertools.pairwise(events):  # one controller: one decision per interval
         assert b.ts - a.ts >= INTERVAL_S * 0.9 or a.decision == "start", (a, b)
