@@ -13,7 +13,9 @@ from serving.experiments.rollout import Evidence, decide
 SPEC = RolloutSpec("s@2", "s@1", steps=(5.0, 50.0, 100.0), min_requests=20, max_wait_s=60)
 
 
-def sample(n: int, *, errors: int = 0, latency: float = 0.1, thumbs_up: float | None = None, seed: int = 0) -> Sample:
+def sample(
+    n: int, *, errors: int = 0, latency: float = 0.1, thumbs_up: float | None = None, seed: int = 0
+) -> Sample:
     rng = random.Random(seed)
     reqs = [
         {
@@ -75,7 +77,9 @@ def test_a_small_difference_within_noise_is_inconclusive_not_a_pass() -> None:
 
 
 def test_feedback_below_min_requests_waits() -> None:
-    d = decide(SPEC, 1, ev(sample(60, thumbs_up=1.0), Sample.of(sample_rows(60), [{"thumbs": 1, "score": None}])))
+    d = decide(
+        SPEC, 1, ev(sample(60, thumbs_up=1.0), Sample.of(sample_rows(60), [{"thumbs": 1, "score": None}]))
+    )
     assert d.kind == "wait" and "thumbs_up" in d.reason
 
 
