@@ -121,10 +121,11 @@ def tick(reg: Registry, holder: str, now: float | None = None, ready: set[str] |
     """One round of the controller; returns what it did (one line per action). `ready`: the
     candidates this process has loaded (None: no engine here, pre-flight is the registry's)."""
     now = time.time() if now is None else now
-    if not ro.acquire_lease(reg, holder, LEASE_TTL_S, now):
-        return []
+    active = [r for r in ro.list_rollouts(reg) if r.state in ("preflight", "running")]
+    if not active or not ro.acquire_lease(reg, holder, LEASE_TTL_S, now):
+        return []  # nothing to do: no lease taken (no write every second on an idle catalog)
     done = []
-    for r in ro.list_rollouts(reg):
+    for r in active:
         try:
             line = _act(reg, r, holder, now, ready)
         except ro.StaleRollout:

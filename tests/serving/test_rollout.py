@@ -97,6 +97,7 @@ class Traffic:
     def __init__(self, urls: list[str], model: str, thumbs: Callable[[str], str] | None = None) -> None:
         self.urls, self.model, self.thumbs = list(urls), model, thumbs
         self.statuses: Counter[int | str] = Counter()
+        self.feedback_refused = 0
         self.served: list[tuple[float, str]] = []
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(2)]
@@ -138,7 +139,7 @@ class Traffic:
                 10,
             )
         except (AssertionError, httpx.HTTPError):  # the route ended, or this server was killed
-            self.statuses["feedback refused"] += 1
+            self.feedback_refused += 1  # an answer from just before the route ended
 
     def __enter__(self) -> Traffic:
         for t in self._threads:
