@@ -103,6 +103,41 @@ feedback = sa.Table(
     sa.Index("feedback_route", "route", "variant"),
 )
 
+rollouts = sa.Table(
+    "rollouts",
+    metadata,
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("spec", sa.Text, nullable=False),
+    sa.Column("state", sa.Text, nullable=False),
+    sa.Column("step", sa.Integer, nullable=False),
+    sa.Column("step_started", sa.Float, nullable=False),
+    sa.Column("evaluated", sa.Float, nullable=False),
+    sa.Column("created", sa.Float, nullable=False),
+    sa.Column("updated", sa.Float, nullable=False),
+    sa.Column("reason", sa.Text),
+)
+rollout_events = sa.Table(
+    "rollout_events",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("ts", sa.Float, nullable=False),
+    sa.Column("rollout", sa.Text, nullable=False),
+    sa.Column("step", sa.Integer, nullable=False),
+    sa.Column("weight", sa.Float, nullable=False),
+    sa.Column("decision", sa.Text, nullable=False),
+    sa.Column("numbers", sa.Text, nullable=False),
+    sa.Column("reason", sa.Text),
+    sa.Column("holder", sa.Text),
+    sa.Index("rollout_events_rollout", "rollout", "ts"),
+)
+leases = sa.Table(
+    "leases",
+    metadata,
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("holder", sa.Text, nullable=False),
+    sa.Column("expires", sa.Float, nullable=False),
+)
+
 NOTIFY_CHANNEL = "lora_platform_changes"
 CATALOG_FILE = "catalog.sqlite"
 _URL_RE = re.compile(r"^postgres(ql)?(\+\w+)?://", re.IGNORECASE)

@@ -31,6 +31,7 @@ from serving.errors import (
     from_registry,
 )
 from serving.experiments.evidence import EvidenceWriter
+from serving.experiments.rollout import controller_id, run_controller
 from serving.metrics import Metrics
 from serving.routes import admin, health, openai
 from serving.settings import ServeSettings
@@ -139,6 +140,7 @@ async def _start(
         await engine.shutdown()
         raise
     state.tasks.append(asyncio.create_task(_watch(state, app)))
+    state.tasks.append(asyncio.create_task(run_controller(state, f"{controller_id()}:{settings.port}")))
     state.ready = True
     return state
 
@@ -167,6 +169,8 @@ def create_app(
             state.ready = False
             for task in state.tasks:
                 task.cancel()
+            if state.tasks:  # the rollout controller gives its lease back
+                await asyncio.wait(state.tasks, timeout=5)
             if state.evidence is not None:
                 state.evidence.close()
             await state.engine.shutdown()

@@ -43,6 +43,21 @@ class Metrics:
         self.engine_running = Gauge(
             "lora_engine_requests", "Requests the engine is working on", registry=self.registry
         )
+        self.rollout_step = Gauge(
+            "lora_rollout_step", "Rollout step (1-based; 0 in pre-flight)", ["route"], registry=self.registry
+        )
+        self.rollout_weight = Gauge(
+            "lora_rollout_candidate_weight",
+            "Candidate's share of traffic, percent",
+            ["route"],
+            registry=self.registry,
+        )
+        self.rollout_decision = Gauge(
+            "lora_rollout_decision",
+            "1 for a rollout's last decision",
+            ["route", "decision"],
+            registry=self.registry,
+        )
         self.evidence = EvidenceCounters()
         self.registry.register(self.evidence)
 

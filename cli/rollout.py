@@ -1,0 +1,242 @@
+"""`platform rollout ...`: canary rollouts of adapter versions that promote or roll back by themselves."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.text import Text
+
+from cli.errors import handle_errors
+from cli.options import registry_options
+from cli.tables import print_records
+
+console = Console()
+_DURATION = re.compile(r"^\s*([0-9.]+)\s*(ms|s|m|h)?\s*$")
+
+
+def _registry(root: str | None):  # type: ignore[no-untyped-def]
+    from registry.store import Registry
+
+    return Registry(root)
+
+
+def duration(ctx: click.Context | None, param: click.Parameter | None, value: str) -> float:
+    """`90`, `90s`, `1.5m`, `2h`, `500ms` -> seconds."""
+    m = _DURATION.match(value or "")
+    if not m:
+        raise click.BadParameter(f"{value!r} is not a duration (e.g. 60s, 10m, 1h)")
+    scale = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[m.group(2) or "s"]
+    return float(m.group(1)) * scale
+
+
+def _steps(ctx: click.Context, param: click.Parameter, value: str) -> tuple[float, ...]:
+    try:
+        steps = tuple(float(s) for s in value.split(","))
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r}: give percentages separated by commas, e.g. 5,25,50,100"
+        ) from None
+    if any(not 0 < s <= 100 for s in steps) or list(steps) != sorted(steps) or steps[-1] != 100:
+        raise click.BadParameter(f"{value!r}: steps must rise within (0, 100] and end at 100")
+    return steps
+
+
+def _gates(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> dict[str, str]:
+    from serving.experiments.gates import GateError, parse_gate
+
+    out = {}
+    for text in value:
+        try:
+            gate = parse_gate(text)
+        except GateError as exc:
+            raise click.BadParameter(str(exc)) from None
+        out[gate.name] = gate.text.removeprefix(gate.name)
+    return out
+
+
+@click.group("rollout")
+def rollout_group() -> None:
+    """Canary rollouts: traffic moves to a candidate version in steps, gated on live evidence."""
+
+
+@rollout_group.command("start")
+@click.argument("name")
+@click.option("--candidate", required=True, help="The version to roll out, e.g. support@4.")
+@click.option("--baseline", help="The version it replaces (default NAME:ALIAS).")
+@click.option(
+    "--alias", default="prod", show_default=True, help="Alias moved to the candidate when promoted."
+)
+@click.option(
+    "--steps", default="5,25,50,100", show_default=True, callback=_steps, help="Candidate weights, %."
+)
+@click.option(
+    "--interval", default="60s", show_default=True, callback=duration, help="Time between decisions."
+)
+@click.option(
+    "--min-requests", default=50, show_default=True, type=click.IntRange(1), help="Per variant and step."
+)
+@click.option(
+    "--max-wait", default="10m", show_default=True, callback=duration, help="Inconclusive this long: pause."
+)
+@click.option(
+    "--gate",
+    "gates",
+    multiple=True,
+    callback=_gates,
+    help="e.g. error_rate<=+1pt, ttft_p95<=1.25x, score=off.",
+)
+@registry_options
+@handle_errors
+def start_cmd(
+    name: str,
+    candidate: str,
+    baseline: str | None,
+    alias: str,
+    steps: tuple[float, ...],
+    interval: float,
+    min_requests: int,
+    max_wait: float,
+    gates: dict[str, str],
+    registry_root: str | None,
+) -> None:
+    """Start rolling out --candidate on the route NAME (`model="NAME"` traffic). Checks the candidate
+    first; servers load it before it gets traffic, and `platform serve` (or `rollout watch`) decides."""
+    from serving.experiments.rollout import resolve_spec, start
+
+    spec = resolve_spec(
+        name,
+        candidate,
+        baseline,
+        alias,
+        steps=steps,
+        interval_s=interval,
+        min_requests=min_requests,
+        max_wait_s=max_wait,
+        gates=gates,
+    )
+    r = start(_registry(registry_root), name, spec)
+    console.print(
+        Text(
+            f"rollout {r.name}: {r.spec.baseline} -> {r.spec.candidate}, steps "
+            f"{', '.join(f'{s:g}%' for s in r.spec.steps)}, every {r.spec.interval_s:g}s (pre-flight)"
+        ),
+        soft_wrap=True,
+    )
+
+
+def _clock(ts: float) -> str:
+    return datetime.fromtimestamp(ts).strftime("%H:%M:%S")
+
+
+def _event_record(e: Any) -> dict[str, str]:
+    def n(variant: str) -> str:
+        v = e.numbers.get(variant) or {}
+        return f"{v.get('requests', '-')}" if v else "-"
+
+    return {
+        "time": _clock(e.ts),
+        "step": str(e.step + 1),
+        "weight": f"{e.weight:g}%",
+        "decision": e.decision,
+        "base/cand": f"{n('baseline')}/{n('candidate')}",
+        "reason": e.reason or "",
+    }
+
+
+@rollout_group.command("status")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--png", type=click.Path(dir_okay=False), help="Plot weights and gated metrics over time here.")
+@registry_options
+@handle_errors
+def status_cmd(name: str, as_json: bool, png: str | None, registry_root: str | None) -> None:
+    """State of rollout NAME and its timeline of decisions (with per-variant numbers)."""
+    from dataclasses import asdict
+
+    from registry import rollouts as ro
+
+    reg = _registry(registry_root)
+    r = ro.get(reg, name)
+    events = ro.events(reg, name)
+    if png:
+        from serving.experiments.rollout import plot
+
+        plot(r, events, Path(png))
+    if as_json:
+        out = {**asdict(r), "weight": r.weight, "events": [asdict(e) for e in events]}
+        click.echo(json.dumps(out, indent=2, default=str))
+        return
+    head = f"rollout {r.name}: {r.state}, {r.spec.baseline} -> {r.spec.candidate}, candidate at {r.weight:g}%"
+    console.print(Text(head + (f" ({r.reason})" if r.reason else "")), soft_wrap=True)
+    print_records(console, "timeline", [_event_record(e) for e in events])
+
+
+@rollout_group.command("list")
+@registry_options
+@handle_errors
+def list_cmd(registry_root: str | None) -> None:
+    """Every rollout and its state."""
+    from registry import rollouts as ro
+
+    rows = [
+        {
+            "rollout": r.name,
+            "state": r.state,
+            "candidate": r.spec.candidate,
+            "baseline": r.spec.baseline,
+            "weight": f"{r.weight:g}%",
+            "since": _clock(r.updated),
+        }
+        for r in ro.list_rollouts(_registry(registry_root))
+    ]
+    print_records(console, "rollouts", rows)
+
+
+def _simple(action: str, help_text: str) -> click.Command:
+    @click.command(action, help=help_text)
+    @click.argument("name")
+    @registry_options
+    @handle_errors
+    def cmd(name: str, registry_root: str | None) -> None:
+        from serving.experiments import rollout as ctl
+
+        r = getattr(ctl, action)(_registry(registry_root), name)
+        console.print(Text(f"rollout {r.name}: {r.state}, candidate at {r.weight:g}%"), soft_wrap=True)
+
+    return cmd
+
+
+rollout_group.add_command(_simple("pause", "Hold rollout NAME at its step (weights stay)."))
+rollout_group.add_command(_simple("resume", "Resume a paused rollout NAME with a fresh evidence window."))
+rollout_group.add_command(_simple("abort", "Stop rollout NAME: candidate weight 0 at once, the alias stays."))
+
+
+@rollout_group.command("watch")
+@click.option("--max-seconds", type=float, help="Stop after this long (default: run until interrupted).")
+@registry_options
+@handle_errors
+def watch_cmd(max_seconds: float | None, registry_root: str | None) -> None:
+    """Run the rollout controller in this process (instead of, or beside, `platform serve`:
+    a lease in the catalog lets exactly one controller act)."""
+    from registry import rollouts as ro
+    from serving.experiments.rollout import TICK_S, controller_id, tick
+
+    reg = _registry(registry_root)
+    holder = f"{controller_id()}:watch"
+    end = None if max_seconds is None else time.monotonic() + max_seconds
+    try:
+        while end is None or time.monotonic() < end:
+            for line in tick(reg, holder):
+                console.print(Text(f"{_clock(time.time())} {line}"), soft_wrap=True)
+            time.sleep(TICK_S)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        ro.release_lease(reg, holder)

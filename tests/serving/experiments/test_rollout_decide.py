@@ -1,0 +1,125 @@
+"""Rollout decisions on synthetic evidence: pass, fail per gate, wait, pause; gate parsing."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from registry.rollouts import RolloutSpec
+from serving.experiments.gates import GateError, Sample, gate_set, parse_gate
+from serving.experiments.rollout import Evidence, decide
+
+SPEC = RolloutSpec("s@2", "s@1", steps=(5.0, 50.0, 100.0), min_requests=20, max_wait_s=60)
+
+
+def sample(
+    n: int, *, errors: int = 0, latency: float = 0.1, thumbs_up: float | None = None, seed: int = 0
+) -> Sample:
+    rng = random.Random(seed)
+    reqs = [
+        {
+            "status": "error" if i < errors else "ok",
+            "latency_s": latency * rng.uniform(0.9, 1.1),
+            "ttft_s": latency / 2 * rng.uniform(0.9, 1.1),
+            "completion_tokens": 8 + rng.randint(-1, 1),
+        }
+        for i in range(n)
+    ]
+    fb = [] if thumbs_up is None else [{"thumbs": int(i < thumbs_up * n), "score": None} for i in range(n)]
+    return Sample.of(reqs, fb)
+
+
+def ev(base: Sample, cand: Sample, elapsed: float = 1.0) -> Evidence:
+    return Evidence(base, cand, elapsed)
+
+
+def test_a_candidate_like_the_baseline_passes() -> None:
+    d = decide(SPEC, 0, ev(sample(200, seed=1), sample(60, seed=2)))
+    assert d.kind == "pass", d.reason
+    assert d.numbers["gates"]["error_rate"]["outcome"] == "pass"
+    assert d.numbers["candidate"]["requests"] == 60
+
+
+def test_a_candidate_that_errors_fails_on_error_rate() -> None:
+    d = decide(SPEC, 0, ev(sample(200), sample(40, errors=10)))
+    assert d.kind == "fail"
+    assert "error_rate +25.00pt" in d.reason and "p=" in d.reason
+
+
+def test_worse_feedback_fails_on_thumbs_up() -> None:
+    d = decide(SPEC, 1, ev(sample(100, thumbs_up=0.9), sample(100, thumbs_up=0.4)))
+    assert d.kind == "fail" and "thumbs_up" in d.reason and "error_rate" not in d.reason
+
+
+def test_equal_feedback_passes_and_no_feedback_skips_the_gate() -> None:
+    assert decide(SPEC, 1, ev(sample(60, thumbs_up=1.0), sample(60, thumbs_up=1.0))).kind == "pass"
+    d = decide(SPEC, 1, ev(sample(60), sample(60)))
+    assert d.numbers["gates"]["thumbs_up"]["outcome"] == "skipped"
+
+
+def test_slower_candidate_fails_on_latency() -> None:
+    d = decide(SPEC, 1, ev(sample(100, latency=0.1), sample(100, latency=0.3)))
+    assert d.kind == "fail" and "latency_p95 3.00x" in d.reason
+
+
+def test_too_few_requests_waits_then_pauses_with_a_reason() -> None:
+    d = decide(SPEC, 0, ev(sample(200), sample(3), elapsed=10))
+    assert d.kind == "wait" and "3 candidate requests, need 20" in d.reason
+    d = decide(SPEC, 0, ev(sample(200), sample(3), elapsed=61))
+    assert d.kind == "pause" and "need 20" in d.reason
+
+
+def test_a_small_difference_within_noise_is_inconclusive_not_a_pass() -> None:
+    # 1 error in 25 vs 0 in 25: not significantly worse, and not shown to be within +1pt
+    d = decide(SPEC, 1, ev(sample(25, seed=3), sample(25, errors=1, seed=4)))
+    assert d.kind == "wait" and "error_rate" in d.reason
+
+
+def test_feedback_below_min_requests_waits() -> None:
+    d = decide(
+        SPEC, 1, ev(sample(60, thumbs_up=1.0), Sample.of(sample_rows(60), [{"thumbs": 1, "score": None}]))
+    )
+    assert d.kind == "wait" and "thumbs_up" in d.reason
+
+
+def sample_rows(n: int) -> list[dict[str, object]]:
+    return [{"status": "ok", "latency_s": 0.1, "ttft_s": 0.05, "completion_tokens": 8} for _ in range(n)]
+
+
+@pytest.mark.parametrize(
+    ("text", "name", "limit"),
+    [
+        ("error_rate<=+1pt", "error_rate", 1.0),
+        ("ttft_p95<=1.25x", "ttft_p95", 1.25),
+        ("thumbs_up>=-3pt", "thumbs_up", -3.0),
+        ("score>=0.9x", "score", 0.9),
+        ("latency_p95=off", "latency_p95", None),
+        (" length_p50 <= 3 ", "length_p50", 3.0),
+    ],
+)
+def test_gate_parsing(text: str, name: str, limit: float | None) -> None:
+    g = parse_gate(text)
+    assert (g.name, g.limit) == (name, limit)
+    assert parse_gate(g.text) == g
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("errors<=1pt", "unknown gate 'errors'"),
+        ("error_rate>=1pt", "error_rate<=VALUEpt"),
+        ("ttft_p95<=1.2pt", "ttft_p95<=VALUEx"),
+        ("ttft_p95<=-1x", "positive"),
+        ("error_rate", "expected NAME<=VALUE"),
+    ],
+)
+def test_bad_gates_name_the_problem(text: str, message: str) -> None:
+    with pytest.raises(GateError, match=message):
+        parse_gate(text)
+
+
+def test_defaults_and_overrides() -> None:
+    gates = {g.name: g for g in gate_set({"ttft_p95": "<=1.25x", "score": "=off"})}
+    assert gates["ttft_p95"].limit == 1.25 and gates["score"].limit is None
+    assert gates["error_rate"].limit == 1.0

@@ -1,0 +1,306 @@
+"""Canary rollouts on running servers: promoted, rolled back, failed in pre-flight, paused; and
+two replicas on one PostgreSQL catalog where exactly one controller acts.
+
+The servers are real `platform serve` processes with `--engine peft` on the tiny model (the
+controller sits above the engine; vLLM start-up would double the time on 2 cores). Requests go
+through a steady loop that posts thumbs feedback for each answer, as users would.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from click.testing import CliRunner
+
+from cli.main import cli
+from loadtests.common import server_process
+from registry import rollouts as ro
+from registry.basemodels import resolve_base_model
+from registry.store import Registry
+from tests.postgres import Postgres
+from tests.serving.fixtures import free_port, random_adapter, serve_cmd, wait_until
+
+pytestmark = pytest.mark.slow
+INTERVAL_S = 1.0
+
+
+@dataclass
+class Setup:
+    location: str
+    artifacts: Path | None
+    urls: list[str]
+    adapters: dict[int, Path]
+
+    def registry(self) -> Registry:
+        return Registry(self.location, self.artifacts)
+
+    def push(self, name: str, rank: int) -> str:
+        base = resolve_base_model("tiny")
+        lineage = {"base_model": base.id, "base_model_sha256": base.weights_sha256}
+        return self.registry().push(name, self.adapters[rank], lineage).ref
+
+    def versions(self, name: str, candidate_rank: int = 8) -> tuple[str, str]:
+        """(baseline, candidate) of a new adapter `name`, baseline aliased prod."""
+        baseline = self.push(name, 4)
+        self.registry().set_alias(baseline, "prod")
+        return baseline, self.push(name, candidate_rank)
+
+    def rollout(self, *args: str) -> str:
+        cmd = ["rollout", *args, "--registry", self.location]
+        if self.artifacts is not None:
+            cmd += ["--artifacts", str(self.artifacts)]
+        out = CliRunner().invoke(cli, cmd)
+        assert out.exit_code == 0, out.output
+        return out.output
+
+
+def _adapters(root: Path) -> dict[int, Path]:
+    return {r: random_adapter(root / f"r{r}", r, ["q_proj", "v_proj"]) for r in (4, 8, 32)}
+
+
+def _servers(setup: Setup, root: Path, n: int, *extra: str) -> Iterator[Setup]:
+    with ExitStack() as stack:
+        for i in range(n):
+            port, log = free_port(), root / f"server{i}.log"
+            cmd = serve_cmd(setup.location, port, "--engine", "peft", "--dtype", "float32", *extra)  # type: ignore[arg-type]
+            if setup.artifacts is not None:
+                cmd += ["--artifacts", str(setup.artifacts)]
+            stack.enter_context(server_process(cmd, f"http://127.0.0.1:{port}", log, ready_path="/ready"))
+            setup.urls.append(f"http://127.0.0.1:{port}")
+        yield setup
+
+
+@pytest.fixture(scope="module")
+def one(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+    """One server on a registry folder (SQLite), refusing LoRA ranks above 16."""
+    root = tmp_path_factory.mktemp("rollout")
+    setup = Setup(str(root / "registry"), None, [], _adapters(root))
+    setup.push("warmup", 4)
+    yield from _servers(setup, root, 1, "--max-lora-rank", "16")
+
+
+class Traffic:
+    """A steady request loop on `model` over the servers; each answer gets thumbs feedback
+    chosen by `thumbs(variant)`. Records every status and which version answered when."""
+
+    def __init__(self, urls: list[str], model: str, thumbs: Callable[[str], str] | None = None) -> None:
+        self.urls, self.model, self.thumbs = list(urls), model, thumbs
+        self.statuses: Counter[int | str] = Counter()
+        self.feedback_refused = 0
+        self.served: list[tuple[float, str]] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(2)]
+
+    def _run(self, worker: int) -> None:
+        with httpx.Client(timeout=60) as http:
+            for n in range(100_000):  # bounded
+                if self._stop.is_set():
+                    return
+                urls = self.urls
+                url = urls[(n + worker) % len(urls)]
+                body = {
+                    "model": self.model,
+                    "prompt": f"hello {n}",
+                    "max_tokens": 2,
+                    "user": f"w{worker}-{n}",
+                }
+                try:
+                    r = http.post(f"{url}/v1/completions", json=body)
+                except httpx.TransportError as exc:
+                    self.statuses[type(exc).__name__] += 1
+                    continue
+                self.statuses[r.status_code] += 1
+                if r.status_code != 200:
+                    continue
+                answer = r.json()
+                self.served.append((time.time(), answer["model"]))
+                thumbs = self.thumbs  # None once the route has ended (answers are no longer routed)
+                if thumbs is not None:
+                    self._feedback(http, url, answer["id"], thumbs(answer["model"]))
+
+    def _feedback(self, http: httpx.Client, url: str, cid: str, thumbs: str) -> None:
+        # the request's evidence row is written off the hot path: feedback on it may need a moment
+        try:
+            wait_until(
+                lambda: (
+                    http.post(f"{url}/v1/feedback", json={"id": cid, "thumbs": thumbs}).status_code == 200
+                ),
+                10,
+            )
+        except (AssertionError, httpx.HTTPError):  # the route ended, or this server was killed
+            self.feedback_refused += 1  # an answer from just before the route ended
+
+    def __enter__(self) -> Traffic:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=60)
+
+
+def state(setup: Setup, name: str) -> str:
+    return ro.get(setup.registry(), name).state
+
+
+def timeline(setup: Setup, name: str) -> list[ro.Event]:
+    events = ro.events(setup.registry(), name)
+    for e in events:  # the decision timeline, for the README and for a failing test's output
+        print(
+            f"{e.ts - events[0].ts:6.1f}s step {e.step + 1} {e.weight:5.1f}% {e.decision:16} {e.reason or ''}"
+        )
+    return events
+
+
+def test_a_good_candidate_walks_the_steps_and_is_promoted(one: Setup) -> None:
+    baseline, candidate = one.versions("good")
+    steps = ["--steps", "5,50,100", "--interval", "1s", "--min-requests", "5", "--max-wait", "40s"]
+    one.rollout("start", "good", "--candidate", candidate, *steps)
+    with Traffic(one.urls, "good", thumbs=lambda _: "up") as traffic:
+        wait_until(lambda: state(one, "good") not in ("preflight", "running"), 60)
+        traffic.thumbs = None
+        events = timeline(one, "good")
+        assert state(one, "good") == "promoted", events[-1].reason
+        promoted = time.time()
+        wait_until(lambda: sum(1 for t, _ in traffic.served if t > promoted + 0.5) >= 5, 10)
+    assert [e.weight for e in events if e.decision in ("preflight-ok", "advance", "promote")] == [
+        5,
+        50,
+        100,
+        100,
+    ]
+    reg = one.registry()
+    assert reg.get("good:prod").ref == candidate
+    assert "rollout:promoted" in reg.get(candidate, verify_files=False).tags
+    assert set(traffic.statuses) == {200}, traffic.statuses  # zero failed requests through every step
+    assert {m for _, m in traffic.served} == {baseline, candidate}
+    metrics = httpx.get(one.urls[0] + "/metrics").text
+    assert 'lora_rollout_candidate_weight{route="good"} 0.0' in metrics  # route ended
+    assert 'lora_rollout_decision{decision="promote",route="good"} 1.0' in metrics
+    out = one.rollout("status", "good")
+    assert "promoted" in out and "advance" in out
+
+
+def test_worse_feedback_is_rolled_back_at_the_first_step(one: Setup, tmp_path: Path) -> None:
+    baseline, candidate = one.versions("bad")
+    args = ["--steps", "5,50,100", "--interval", "1s", "--min-requests", "5", "--max-wait", "40s"]
+    one.rollout("start", "bad", "--candidate", candidate, *args)
+    with Traffic(one.urls, "bad", thumbs=lambda m: "down" if m == candidate else "up") as traffic:
+        wait_until(lambda: state(one, "bad") not in ("preflight", "running"), 60)
+        traffic.thumbs = None
+        ended = time.time()
+        wait_until(lambda: sum(1 for t, _ in traffic.served if t > ended + 0.5) >= 10, 20)
+    events = timeline(one, "bad")
+    rollback = events[-1]
+    assert state(one, "bad") == "rolled_back" and rollback.decision == "rollback"
+    assert rollback.step == 0 and "thumbs_up" in (rollback.reason or "") and "p=" in (rollback.reason or "")
+    assert rollback.numbers["candidate"]["thumbs_up_rate"] == 0.0
+    reg = one.registry()
+    assert reg.get("bad:prod").ref == baseline  # the alias never moved
+    assert "rollout:rolled-back" in reg.get(candidate, verify_files=False).tags
+    assert all(m == baseline for t, m in traffic.served if t > ended + 0.5)  # weight 0 at once
+    assert set(traffic.statuses) == {200}, traffic.statuses
+    # time from the failing evidence being available (the min_requests-th candidate feedback) to weight 0
+    reqs, fb = reg.evidence().load("bad")
+    step_start = next(e.ts for e in events if e.decision == "preflight-ok")
+    cand_ids = {r["id"] for r in reqs if r["variant"] == candidate and r["ts"] >= step_start}
+    available = sorted(f["ts"] for f in fb if f["completion_id"] in cand_ids)[4]
+    reaction = rollback.ts - available
+    print(f"failing evidence available -> weight 0: {reaction:.2f}s (interval {INTERVAL_S:g}s)")
+    assert reaction <= INTERVAL_S + 1.0
+    png = tmp_path / "bad.png"
+    one.rollout("status", "bad", "--png", str(png))
+    assert png.stat().st_size > 10_000
+
+
+def test_a_candidate_that_cannot_load_fails_preflight_before_any_traffic(one: Setup) -> None:
+    baseline, candidate = one.versions("noload", candidate_rank=32)  # rank 32 > --max-lora-rank 16
+    one.rollout("start", "noload", "--candidate", candidate, "--interval", "1s", "--min-requests", "5")
+    with Traffic(one.urls, "noload") as traffic:  # from now on, `noload` is the route (baseline only)
+        wait_until(lambda: state(one, "noload") == "failed", 20)
+        failed = len(traffic.served)
+        wait_until(lambda: len(traffic.served) >= failed + 5, 20)
+    r = ro.get(one.registry(), "noload")
+    assert "rank 32 exceeds" in (r.reason or "") and r.reason.startswith("pre-flight")  # type: ignore[union-attr]
+    assert {m for _, m in traffic.served} == {baseline}  # no request ever reached the candidate
+    reqs, _ = one.registry().evidence().load("noload")
+    assert reqs and all(x["variant"] == baseline for x in reqs)
+    assert one.registry().get("noload:prod").ref == baseline
+    assert set(traffic.statuses) == {200}
+
+
+def test_another_base_model_is_refused_by_rollout_start(one: Setup) -> None:
+    one.versions("otherbase")
+    other = Registry(one.location).get("otherbase@2", verify_files=False)
+    lineage = {**other.lineage, "base_model": "someone/else", "base_model_sha256": "0" * 64}
+    cand = one.registry().push("otherbase", other.path, lineage).ref
+    out = CliRunner().invoke(
+        cli, ["rollout", "start", "otherbase", "--candidate", cand, "--registry", one.location]
+    )
+    assert out.exit_code == 1 and "another base model" in out.output and "Traceback" not in out.output
+    bad_gate = ["rollout", "start", "otherbase", "--candidate", cand, "--gate", "errors<=1pt"]
+    out = CliRunner().invoke(cli, [*bad_gate, "--registry", one.location])
+    assert out.exit_code == 2 and "unknown gate 'errors'" in out.output
+
+
+def test_too_little_traffic_waits_then_pauses_with_a_reason(one: Setup) -> None:
+    _, candidate = one.versions("quiet")
+    args = ["--interval", "1s", "--min-requests", "5", "--max-wait", "3s"]
+    one.rollout("start", "quiet", "--candidate", candidate, *args)
+    wait_until(lambda: state(one, "quiet") == "paused", 20)
+    events = timeline(one, "quiet")
+    assert [e.decision for e in events][:2] == ["start", "preflight-ok"]
+    assert "wait" in [e.decision for e in events] and events[-1].decision == "pause"
+    assert "need 5 each" in (events[-1].reason or "")
+    assert events[-1].weight == 5  # paused where it stood
+    assert "running" in one.rollout("resume", "quiet")
+    one.rollout("abort", "quiet")
+    assert state(one, "quiet") == "aborted"
+    assert "quiet" in one.rollout("list")
+
+
+@pytest.fixture(scope="module")
+def pair(postgres: Postgres, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+    """Two replicas on one PostgreSQL catalog and one artifact folder."""
+    root = tmp_path_factory.mktemp("rollout-pg")
+    setup = Setup(postgres.new_database(), root / "artifacts", [], _adapters(root))
+    setup.push("warmup", 4)
+    yield from _servers(setup, root, 2)
+
+
+def test_two_replicas_one_controller_acts_and_a_killed_holder_is_replaced(pair: Setup) -> None:
+    _, candidate = pair.versions("duo")
+    args = ["--steps", "20,40,60,80,100", "--interval", "1s", "--min-requests", "3", "--max-wait", "40s"]
+    pair.rollout("start", "duo", "--candidate", candidate, *args)
+    with Traffic(pair.urls, "duo", thumbs=lambda _: "up") as traffic:
+        wait_until(lambda: ro.get(pair.registry(), "duo").step >= 1, 40)
+        first = ro.lease_holder(pair.registry(), time.time())
+        assert first is not None
+        port = first.rsplit(":", 1)[1]
+        os.kill(int(first.split(":")[1]), signal.SIGKILL)  # the leaseholder dies mid-rollout
+        killed = time.time()
+        traffic.urls[:] = [u for u in pair.urls if not u.endswith(f":{port}")]
+        wait_until(lambda: state(pair, "duo") == "promoted", 50)
+        traffic.thumbs = None
+    events = timeline(pair, "duo")
+    acts = [e for e in events if e.decision in ("preflight-ok", "advance", "promote")]
+    assert [e.weight for e in acts] == [20, 40, 60, 80, 100, 100]  # no step twice, none skipped
+    holders = [e.holder for e in events if e.holder]
+    assert first in holders and len(set(holders)) == 2  # the other replica took over
+    assert all(e.holder == first for e in events if e.holder and e.ts < killed)
+    assert all(e.holder != first for e in events if e.ts > killed)
+    for a, b in itertools.pairwise(events):  # one controller: one decision per interval
+        assert b.ts - a.ts >= INTERVAL_S * 0.9 or a.decision == "start", (a, b)
