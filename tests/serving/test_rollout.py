@@ -142,6 +142,9 @@ class Traffic:
             self.feedback_refused += 1  # an answer from just before the route ended
 
     def __enter__(self) -> Traffic:
+        # every server knows the rollout's route before traffic starts (until a server's next
+        # catalog poll, `model=NAME` still means the latest version: the candidate)
+        wait_until(lambda: all(_route_listed(u, self.model) for u in self.urls), 10)
         for t in self._threads:
             t.start()
         return self
@@ -150,6 +153,11 @@ class Traffic:
         self._stop.set()
         for t in self._threads:
             t.join(timeout=60)
+
+
+def _route_listed(url: str, name: str) -> bool:
+    models = httpx.get(f"{url}/v1/models", timeout=10).json()["data"]
+    return any(m["id"] == name and "variants" in m for m in models)
 
 
 def state(setup: Setup, name: str) -> str:
