@@ -59,7 +59,9 @@ def _base_folder(base_model_name: str) -> Path:
 
         return Path(snapshot_download(base_model_name, local_files_only=True))
     except Exception as exc:  # the Hub client raises many types; all mean "not here"
-        raise Refused(f"the base model {base_model_name!r} has no local folder to verify adapters against") from exc
+        raise Refused(
+            f"the base model {base_model_name!r} has no local folder to verify adapters against"
+        ) from exc
 
 
 def _base_sha256(folder: Path) -> str:
@@ -120,7 +122,9 @@ class RegistryResolver:
         try:
             ref = parse_ref(lora_name)
         except RegistryError:
-            log.info("lora-platform resolver: %r is not a registry reference; left to other resolvers", lora_name)
+            log.info(
+                "lora-platform resolver: %r is not a registry reference; left to other resolvers", lora_name
+            )
             return None
         if ref.version is None:
             raise Refused(
@@ -157,8 +161,8 @@ def register() -> None:
         return
     from vllm.lora.resolver import LoRAResolver, LoRAResolverRegistry
 
-    class _Resolver(RegistryResolver, LoRAResolver):  # vLLM's ABC, mixed in only where vLLM is present
-        pass
+    class LoraPlatformResolver(RegistryResolver, LoRAResolver):  # vLLM's ABC, only where vLLM is
+        """RegistryResolver as a vLLM LoRAResolver (vLLM's log names this class)."""
 
-    _RESOLVER = _Resolver()
+    _RESOLVER = LoraPlatformResolver()
     LoRAResolverRegistry.register_resolver(RESOLVER_NAME, _RESOLVER)

@@ -15,7 +15,19 @@ import pytest
 from tests.serving.fixtures import Server, wait_until
 
 DASHBOARD = Path(__file__).parents[2] / "docker" / "grafana" / "dashboard.json"
-PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "offset", "and", "or", "unless"}
+PROMQL_WORDS = {
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "bool",
+    "offset",
+    "and",
+    "or",
+    "unless",
+}
 
 
 def expressions(node: object) -> Iterator[str]:
@@ -36,7 +48,8 @@ def metric_names(expr: str) -> set[str]:
     expr = re.sub(r'"[^"]*"', "", expr)  # label values and strings
     expr = re.sub(r"\{[^}]*\}|\[[^\]]*\]", " ", expr)  # label matchers, ranges
     expr = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", expr)
-    expr = re.sub(r"label_values\(\s*([a-zA-Z_:][\w:]*)\s*,[^)]*\)", r" \1 ", expr)  # Grafana's variable query
+    # Grafana's variable query
+    expr = re.sub(r"label_values\(\s*([a-zA-Z_:][\w:]*)\s*,[^)]*\)", r" \1 ", expr)
     names = set(re.findall(r"(?<![\w.$])([a-zA-Z_:][\w:]*)\b(?!\s*\()", expr))
     return names - PROMQL_WORDS
 
@@ -57,10 +70,21 @@ def test_metric_names_are_found_in_promql() -> None:
 def test_the_dashboard_covers_what_operators_watch() -> None:
     dash = json.loads(DASHBOARD.read_text())
     titles = " ".join(p["title"] for p in dash["panels"]).lower()
-    for topic in ("requests/s", "tokens/s", "first token", "per output token", "errors", "evictions", "variant", "queue"):
+    for topic in (
+        "requests/s",
+        "tokens/s",
+        "first token",
+        "per output token",
+        "errors",
+        "evictions",
+        "variant",
+        "queue",
+    ):
         assert topic in titles, topic
     exprs = list(expressions(dash))
-    assert any("histogram_quantile(0.95" in e for e in exprs) and any("histogram_quantile(0.5" in e for e in exprs)
+    assert any("histogram_quantile(0.95" in e for e in exprs) and any(
+        "histogram_quantile(0.5" in e for e in exprs
+    )
     names = set().union(*(metric_names(e) for e in exprs))
     assert names and all(n.startswith("lora_") for n in names), names
 
@@ -71,8 +95,14 @@ def test_every_dashboard_metric_is_exposed_by_a_real_server(
 ) -> None:
     client = server.client()
     client.completions.create(model=adapters[1]["support"], prompt="Order 12345", max_tokens=6, temperature=0)
-    client.completions.create(model="support:prod", prompt="Hello", max_tokens=4, temperature=0, stream=True)
-    assert httpx.post(server.url + "/v1/completions", json={"model": "nosuch@1", "prompt": "x"}).status_code == 404
+    stream = client.completions.create(
+        model="support:prod", prompt="Hello", max_tokens=4, temperature=0, stream=True
+    )
+    assert list(stream)
+    assert (
+        httpx.post(server.url + "/v1/completions", json={"model": "nosuch@1", "prompt": "x"}).status_code
+        == 404
+    )
     dash = json.loads(DASHBOARD.read_text())
     wanted = set().union(*(metric_names(e) for e in expressions(dash)))
     missing = wanted - exposed(server.url)

@@ -5,6 +5,7 @@ and the engine keeps serving."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import sys
@@ -19,7 +20,8 @@ import pytest
 
 from loadtests.common import server_process
 from registry.store import Registry
-from tests.serving.fixtures import Server, free_port
+from serving.engine.resolver import Refused, RegistryResolver
+from tests.serving.fixtures import Server, free_port, random_adapter
 
 ROOT = Path(__file__).parents[2]
 PLUGIN = "lora_platform_resolver"
@@ -122,9 +124,52 @@ def stock(
         yield Stock(url, registry, root / "vllm.log")
 
 
-pytestmark = pytest.mark.slow
+def _push_random(reg: Registry, tiny_base, folder: Path, name: str) -> str:  # type: ignore[no-untyped-def]
+    random_adapter(folder, 4, ["q_proj", "v_proj"])
+    lineage = {"base_model": tiny_base.id, "base_model_sha256": tiny_base.weights_sha256}
+    return reg.push(name, folder, lineage).ref
 
 
+def test_the_resolver_hands_out_only_verified_versions_that_fit_the_base(
+    registry_location: str, tiny_base, tmp_path: Path
+) -> None:
+    """On either backend, without vLLM: what the plugin would hand to vLLM, and what it refuses."""
+    reg = Registry(registry_location)
+    ref = _push_random(reg, tiny_base, tmp_path / "good", "good")
+    reg.set_alias(ref, "prod")
+    bad = _push_random(reg, tiny_base, tmp_path / "bad", "bad")
+    config = reg.get(bad).path / "adapter_config.json"  # rank 4 weights, config says r=2: shapes do not fit
+    config.chmod(0o644)
+    config.write_text(config.read_text().replace('"r": 4', '"r": 2'))
+    base = str(tiny_base.path)
+    resolver = RegistryResolver(registry_location)
+    path = resolver.check(base, ref)
+    assert path is not None and (path / "adapter_model.safetensors").is_file()
+    assert resolver.check(base, "Not A Ref!") is None  # not ours: left to other resolvers
+    for name, said in [
+        ("good:prod", "not an immutable version"),
+        ("good", "not an immutable version"),
+        ("good@2", "good@2"),
+        ("bad@1", "integrity"),  # the config no longer matches its manifest
+    ]:
+        with pytest.raises(Refused, match=said):
+            resolver.check(base, name)
+        assert asyncio.run(resolver.resolve_lora(base, name)) is None  # never a raise into vLLM
+    reg.close()
+
+
+def test_shapes_that_do_not_fit_the_base_are_refused(tiny_base, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    reg = Registry(tmp_path / "registry")
+    folder = random_adapter(tmp_path / "r2", 4, ["q_proj"])
+    config = folder / "adapter_config.json"
+    config.write_text(config.read_text().replace('"r": 4', '"r": 2'))  # pushed that way: the manifest agrees
+    lineage = {"base_model": tiny_base.id, "base_model_sha256": tiny_base.weights_sha256}
+    ref = reg.push("misfit", folder, lineage).ref
+    with pytest.raises(Refused, match="does not fit the running base model"):
+        RegistryResolver(str(tmp_path / "registry")).check(str(tiny_base.path), ref)
+
+
+@pytest.mark.slow
 def test_a_version_answers_from_the_registry_as_platform_serve_does(
     stock: Stock, server: Server, adapters: tuple[Path, dict[str, str]]
 ) -> None:
@@ -135,6 +180,7 @@ def test_a_version_answers_from_the_registry_as_platform_serve_does(
     assert resp.json()["choices"][0]["text"] == ours.choices[0].text
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("model", "said"),
     [
