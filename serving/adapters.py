@@ -193,6 +193,8 @@ class AdapterManager:
             del self.loaded[key]
             await self.engine.remove_adapter(victim.handle)
             self.evictions += 1
+            if self.metrics is not None:
+                self.metrics.adapter_evictions.inc()
 
     async def unload(self, model: str) -> bool:
         """Unload the version `model` names; False when it was not loaded.

@@ -49,16 +49,22 @@ async def complete(state: ServerState, req: RequestBody, request: Request) -> Re
 class Tracker:
     """Usage, timing and metrics of one job."""
 
-    def __init__(self, state: ServerState, job: Job, served: str) -> None:
+    def __init__(self, state: ServerState, job: Job, served: str, adapter: bool = False) -> None:
         self.state, self.job, self.served = state, job, served
         self.start = time.monotonic()
         self.first: float | None = None
         self.completion_tokens = 0
+        self.adapter = adapter
+        """Whether an adapter serves it (then it is listed in `lora_requests_info`)."""
+        if adapter:
+            state.metrics.lora_info.admitted(served)
 
     def saw(self, deltas: list[Delta]) -> None:
         n = sum(len(d.token_ids) for d in deltas)
         if n and self.first is None:
             self.first = time.monotonic()
+            if self.adapter:
+                self.state.metrics.lora_info.first_token(self.served)
         self.completion_tokens += n
 
     def usage(self) -> Usage:
@@ -76,9 +82,14 @@ class Tracker:
             m.errors.labels(self.served, status).inc()
         m.tokens.labels(*labels, "prompt").inc(len(self.job.prompt_ids))
         m.tokens.labels(*labels, "completion").inc(self.completion_tokens)
-        m.latency.labels(*labels).observe(time.monotonic() - self.start)
+        end = time.monotonic()
+        m.latency.labels(*labels).observe(end - self.start)
         if self.first is not None:
             m.ttft.labels(*labels).observe(self.first - self.start)
+            if self.completion_tokens > 1:
+                m.tpot.labels(*labels).observe((end - self.first) / (self.completion_tokens - 1))
+        if self.adapter:
+            m.lora_info.finished(self.served, self.first is not None)
 
     @property
     def ttft(self) -> float | None:
@@ -94,7 +105,7 @@ class Generation:
 
     def __init__(self, state: ServerState, job: Job, target: Target, held: AsyncExitStack) -> None:
         self.state, self.job, self.served = state, job, target.served_name
-        self.tracker = Tracker(state, job, self.served)
+        self.tracker = Tracker(state, job, self.served, adapter=target.adapter is not None)
         self.status = "error"
         self._held = held
         self._engine = state.engine.generate(job.id, job.prompt_ids, job.params, target.adapter)

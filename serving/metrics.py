@@ -2,11 +2,64 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from collections import Counter as Tally
+from collections.abc import Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from serving.experiments.evidence import EvidenceCounters
 
 _LAT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+_TPOT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1, 2.5)
+
+
+class LoraRequestsInfo(Collector):
+    """`lora_requests_info`, shaped like vLLM's `vllm:lora_requests_info` so LoRA-affinity routers
+    (llm-d, Gateway API Inference Extension) can read it: one series whose labels list the adapter
+    versions of running and waiting requests (comma-separated) and `max_lora`, and whose value is
+    the time (Unix seconds) the lists last changed. Waiting: admitted, no token yet (queued or in
+    prefill); running: producing tokens."""
+
+    def __init__(self) -> None:
+        self.max_lora = 0
+        self.waiting: Tally[str] = Tally()
+        self.running: Tally[str] = Tally()
+        self.changed = time.time()
+        self._lock = threading.Lock()
+
+    def admitted(self, model: str) -> None:
+        with self._lock:
+            self.waiting[model] += 1
+            self.changed = time.time()
+
+    def first_token(self, model: str) -> None:
+        with self._lock:
+            self.waiting -= Tally({model: 1})
+            self.running[model] += 1
+            self.changed = time.time()
+
+    def finished(self, model: str, started: bool) -> None:
+        with self._lock:
+            if started:
+                self.running -= Tally({model: 1})
+            else:
+                self.waiting -= Tally({model: 1})
+            self.changed = time.time()
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "lora_requests_info",
+            "Adapter versions of running and waiting requests (value: Unix time of the last change)",
+            labels=["max_lora", "running_lora_adapters", "waiting_lora_adapters"],
+        )
+        with self._lock:
+            running, waiting = ",".join(sorted(self.running)), ",".join(sorted(self.waiting))
+            family.add_metric([str(self.max_lora), running, waiting], self.changed)
+        yield family
 
 
 class Metrics:
@@ -30,6 +83,13 @@ class Metrics:
         self.latency = Histogram(
             "lora_request_seconds", "End-to-end latency", labels, buckets=_LAT_BUCKETS, registry=self.registry
         )
+        self.tpot = Histogram(
+            "lora_tpot_seconds",
+            "Time per output token after the first (mean of each request)",
+            labels,
+            buckets=_TPOT_BUCKETS,
+            registry=self.registry,
+        )
         self.errors = Counter("lora_errors", "Errors by type", ["model", "type"], registry=self.registry)
         self.loaded_adapters = Gauge(
             "lora_loaded_adapters", "Adapters loaded in the engine", registry=self.registry
@@ -37,6 +97,11 @@ class Metrics:
         self.adapter_loads = Counter(
             "lora_adapter_loads", "Adapter loads into the engine", registry=self.registry
         )
+        self.adapter_evictions = Counter(
+            "lora_adapter_evictions", "Idle adapters evicted to make room (LRU)", registry=self.registry
+        )
+        self.lora_info = LoraRequestsInfo()
+        self.registry.register(self.lora_info)
         self.in_flight = Gauge(
             "lora_requests_in_flight", "Requests admitted and not finished", registry=self.registry
         )

@@ -149,6 +149,28 @@ def test_prometheus_scrapes_every_replica() -> None:
     assert targets == {f"{name}:8000" for name in names}
 
 
+def test_grafana_is_provisioned_with_the_dashboard_on_the_prometheus_service() -> None:
+    import json
+
+    services = compose()["services"]
+    grafana = services["grafana"]
+    assert grafana["image"].startswith("grafana/grafana:") and "3000:3000" in grafana["ports"]
+    assert "prometheus" in grafana["depends_on"]
+    mounts = dict(reversed(v.split(":")[:2]) for v in grafana["volumes"])
+    provisioning = DOCKER / mounts["/etc/grafana/provisioning"]
+    [source] = yaml.safe_load((provisioning / "datasources" / "prometheus.yaml").read_text())["datasources"]
+    prom_port = services["prometheus"]["ports"][0].split(":")[-1]
+    assert urlsplit(source["url"]).hostname == "prometheus" and urlsplit(source["url"]).port == int(prom_port)
+    [provider] = yaml.safe_load((provisioning / "dashboards" / "lora-platform.yaml").read_text())["providers"]
+    folder = provider["options"]["path"]
+    dashboards = {c: DOCKER / h for c, h in mounts.items() if c.startswith(folder + "/")}
+    assert dashboards, f"nothing mounted under the provider's folder {folder}"
+    for path in dashboards.values():
+        dash = json.loads(path.read_text())
+        uids = {t["datasource"]["uid"] for p in dash["panels"] for t in p["targets"]}
+        assert uids == {source["uid"]}, f"{path.name}: panels query another data source"
+
+
 def test_kubernetes_manifests_probe_real_routes() -> None:
     docs = k8s_docs()
     deployment = next(d for d in docs if d["kind"] == "Deployment")

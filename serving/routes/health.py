@@ -47,5 +47,6 @@ async def metrics(request: Request) -> Response:
     state = get_state(request)
     state.metrics.loaded_adapters.set(len(state.adapters.loaded))
     state.metrics.engine_running.set(state.engine.running())
+    state.metrics.lora_info.max_lora = state.settings.max_loras
     state.metrics.evidence.observe(state.evidence.stats() if state.evidence is not None else None)
     return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
