@@ -9,13 +9,25 @@ from typing import Any, TypeVar
 import click
 
 F = TypeVar("F", bound=Callable[..., Any])
+ARTIFACTS_ENV = "LORA_PLATFORM_ARTIFACTS"
 
 
 def _set_artifacts(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
     # the registry reads LORA_PLATFORM_ARTIFACTS when it opens its artifact store, so every code
-    # path a command takes (training's push, evaluation, serving) sees the flag the same way
-    if value:
-        os.environ["LORA_PLATFORM_ARTIFACTS"] = value
+    # path a command takes (training's push, evaluation, serving) sees the flag the same way;
+    # the variable is put back when the command ends (commands invoked in-process leave no trace)
+    if not value:
+        return
+    before = os.environ.get(ARTIFACTS_ENV)
+    os.environ[ARTIFACTS_ENV] = value
+
+    def restore() -> None:
+        if before is None:
+            os.environ.pop(ARTIFACTS_ENV, None)
+        else:
+            os.environ[ARTIFACTS_ENV] = before
+
+    ctx.call_on_close(restore)
 
 
 def registry_options(func: F) -> F:

@@ -4,6 +4,7 @@ registry into a shared PostgreSQL one with every number, alias, route and eviden
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from pathlib import Path
@@ -155,6 +156,7 @@ def test_a_database_registry_needs_its_artifact_store_only_for_files(
         cli, ["registry", "show", "x@1", "--registry", url, "--artifacts", str(tmp_path / "art")]
     )
     assert ok.exit_code == 0 and "x@1" in ok.output
+    assert "LORA_PLATFORM_ARTIFACTS" not in os.environ  # the flag lasts as long as the command
     down = CliRunner().invoke(
         cli, ["registry", "list", "--registry", "postgresql://u:Sup3rSecret@127.0.0.1:1/db"]
     )

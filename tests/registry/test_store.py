@@ -242,16 +242,19 @@ def test_killing_a_pushing_process_leaves_a_verifiable_registry(
         env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])},
     )
     assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
-    files = Path(os.environ.get("LORA_PLATFORM_ARTIFACTS") or registry_location)  # the folder store
+    shared = registry_location.startswith("postgresql://")  # then the fixture set the artifact folder
+    files = Path(os.environ["LORA_PLATFORM_ARTIFACTS"] if shared else registry_location)
     versions, staging = files / "versions" / "crash", files / ".staging"
 
     def mid_copy_after_several() -> bool:  # several pushes done, one in the middle of its copy
         done = versions.is_dir() and sum(1 for _ in versions.iterdir()) >= 2
         return done and staging.is_dir() and any(p.is_file() for p in staging.rglob("*"))
 
-    wait_until(mid_copy_after_several, 60)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
+    try:
+        wait_until(mid_copy_after_several, 60)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
     reg = Registry(registry_location)
     report = reg.verify_all()
     assert report and all(err is None for err in report.values())
