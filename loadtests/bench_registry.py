@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -36,6 +37,21 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from loadtests.common import platform_cmd, server_process  # noqa: E402
+
+
+def cpu_name() -> str:
+    """The CPU's model name and whether it has AMX / AVX512-BF16 (figures name their CPU)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.machine()
+    name = next(
+        (line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), ""
+    )
+    flags = [f for f in ("amx_tile", "avx512_bf16") if f in info]
+    return (
+        f"{name or platform.machine()} ({', '.join(flags) or 'no AMX/AVX512-BF16'}, {os.cpu_count()} cores)"
+    )
 
 
 def pct(values: list[float], q: float) -> float:
@@ -102,7 +118,7 @@ def main() -> None:
     lineage = {"base_model": base.id, "base_model_sha256": base.weights_sha256, "source": "bench_registry"}
     adapters = [random_adapter(tmp / f"a{r}", r, ["q_proj", "v_proj"]) for r in (4, 8)]
     pg = Postgres()
-    results: dict[str, Any] = {"cpu": platform.processor() or platform.machine(), "pushes": args.pushes}
+    results: dict[str, Any] = {"cpu": cpu_name(), "pushes": args.pushes}
     try:
         url, artifacts = pg.new_database(), tmp / "artifacts"
         shared = Registry(url, artifacts)
