@@ -7,7 +7,7 @@ import re
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
@@ -16,6 +16,9 @@ from rich.text import Text
 from cli.errors import handle_errors
 from cli.options import registry_options
 from cli.tables import print_records
+
+if TYPE_CHECKING:
+    from serving.experiments.gates import OfflineGate
 
 console = Console()
 _DURATION = re.compile(r"^\s*([0-9.]+)\s*(ms|s|m|h)?\s*$")
@@ -61,6 +64,46 @@ def _gates(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -
     return out
 
 
+def _offline_gates(
+    ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
+) -> tuple[OfflineGate, ...]:
+    from serving.experiments.gates import GateError, parse_offline_gate
+
+    try:
+        return tuple(parse_offline_gate(v) for v in value)
+    except GateError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _offline_preflight(
+    baseline: str,
+    candidate: str,
+    data: str,
+    gates: tuple[OfflineGate, ...],
+    max_examples: int,
+    registry_root: str | None,
+) -> None:
+    """`platform eval` of both versions on the held-out file; any gate failing stops the rollout
+    before it starts (no route, no traffic)."""
+    from serving.experiments.gates import GateError, parse_offline_gate
+    from trainer.evaluate_versions import evaluate_refs
+
+    console.print(Text(f"pre-flight: evaluating {baseline} and {candidate} on {data}"), soft_wrap=True)
+    results, _ = evaluate_refs([baseline, candidate], data, registry_root, max_examples=max_examples)
+    base, cand = results[baseline].metrics, results[candidate].metrics
+    failed = []
+    for gate in gates or (parse_offline_gate("exact_match>=baseline-0.02"),):
+        try:
+            ok, reason = gate.check(base, cand)
+        except GateError as exc:
+            raise click.BadParameter(str(exc), param_hint="--eval-gate") from None
+        console.print(Text(f"  {'pass' if ok else 'FAIL'}: {reason}"), soft_wrap=True)
+        if not ok:
+            failed.append(reason)
+    if failed:
+        raise click.ClickException(f"offline gate failed, rollout not started: {'; '.join(failed)}")
+
+
 @click.group("rollout")
 def rollout_group() -> None:
     """Canary rollouts: traffic moves to a candidate version in steps, gated on live evidence."""
@@ -92,6 +135,20 @@ def rollout_group() -> None:
     callback=_gates,
     help="e.g. error_rate<=+1pt, ttft_p95<=1.25x, score=off.",
 )
+@click.option(
+    "--eval-data",
+    help="Pre-flight: evaluate baseline and candidate on this held-out file (JSONL or sample:NAME) first.",
+)
+@click.option(
+    "--eval-gate",
+    "eval_gates",
+    multiple=True,
+    callback=_offline_gates,
+    help="With --eval-data: e.g. exact_match>=baseline-0.02, rougeL>=0.8 (repeatable; default exact_match>=baseline-0.02).",
+)
+@click.option(
+    "--eval-max-examples", default=0, type=click.IntRange(0), help="Evaluate only the first N rows."
+)
 @registry_options
 @handle_errors
 def start_cmd(
@@ -104,11 +161,14 @@ def start_cmd(
     min_requests: int,
     max_wait: float,
     gates: dict[str, str],
+    eval_data: str | None,
+    eval_gates: tuple[OfflineGate, ...],
+    eval_max_examples: int,
     registry_root: str | None,
 ) -> None:
     """Start rolling out --candidate on the route NAME (`model="NAME"` traffic). Checks the candidate
     first; servers load it before it gets traffic, and `platform serve` (or `rollout watch`) decides."""
-    from serving.experiments.rollout import resolve_spec, start
+    from serving.experiments.rollout import check, resolve_spec, start
 
     spec = resolve_spec(
         name,
@@ -121,7 +181,15 @@ def start_cmd(
         max_wait_s=max_wait,
         gates=gates,
     )
-    r = start(_registry(registry_root), name, spec)
+    if eval_gates and not eval_data:
+        raise click.UsageError("--eval-gate needs --eval-data FILE")
+    reg = _registry(registry_root)
+    spec = check(reg, name, spec)  # the cheap checks before the evaluation
+    if eval_data:
+        _offline_preflight(
+            spec.baseline, spec.candidate, eval_data, eval_gates, eval_max_examples, registry_root
+        )
+    r = start(reg, name, spec)
     console.print(
         Text(
             f"rollout {r.name}: {r.spec.baseline} -> {r.spec.candidate}, steps "

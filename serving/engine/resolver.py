@@ -121,8 +121,8 @@ class RegistryResolver:
 
         try:
             ref = parse_ref(lora_name)
-        except RegistryError:
-            log.info(
+        except RegistryError:  # a warning like the other refusals: if no resolver takes it, the client erred
+            log.warning(
                 "lora-platform resolver: %r is not a registry reference; left to other resolvers", lora_name
             )
             return None

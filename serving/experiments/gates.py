@@ -282,3 +282,46 @@ def _means(gate: Gate, base: list[float], cand: list[float]) -> GateResult:
         return GateResult(gate.name, "fail", value, gate.limit, p_worse)
     p_beyond = stats.normal_sf(scaled.statistic)
     return GateResult(gate.name, "pass" if p_beyond < ALPHA else "inconclusive", value, gate.limit, p_beyond)
+
+
+@dataclass(frozen=True)
+class OfflineGate:
+    """`exact_match>=baseline-0.02`: the candidate's offline metric against the baseline's (plus
+    an offset) or a fixed number, checked on a held-out file before any user traffic."""
+
+    text: str
+    metric: str
+    op: str
+    relative: bool
+    offset: float
+
+    def check(self, baseline: dict[str, float], candidate: dict[str, float]) -> tuple[bool, str]:
+        """(passed, reason with the numbers)."""
+        if self.metric not in candidate or (self.relative and self.metric not in baseline):
+            known = ", ".join(sorted(candidate)) or "none"
+            raise GateError(
+                f"--eval-gate {self.text}: no metric {self.metric!r} (the evaluation has: {known})"
+            )
+        limit = (baseline[self.metric] if self.relative else 0.0) + self.offset
+        value = candidate[self.metric]
+        ok = value >= limit if self.op == ">=" else value <= limit
+        against = f"baseline {baseline[self.metric]:.4f}, " if self.relative else ""
+        return ok, f"{self.metric} {value:.4f} (candidate) vs limit {limit:.4f} ({against}gate {self.text})"
+
+
+_OFFLINE_RE = re.compile(
+    r"^(?P<metric>[A-Za-z_][\w.]*)\s*(?P<op>>=|<=)\s*(?:(?P<base>baseline)\s*(?P<sign>[+-])?\s*)?(?P<num>\d+(\.\d*)?)?$"
+)
+
+
+def parse_offline_gate(text: str) -> OfflineGate:
+    """`METRIC>=baseline-0.02`, `METRIC<=baseline+1`, `METRIC>=baseline` or `METRIC>=0.8`."""
+    m = _OFFLINE_RE.match(text.strip())
+    if not m or (m["base"] is None and m["num"] is None) or (m["sign"] and m["num"] is None):
+        raise GateError(
+            f"--eval-gate {text!r}: expected METRIC>=baseline-0.02, METRIC<=baseline+1 or METRIC>=0.8"
+        )
+    offset = float(m["num"] or 0.0)
+    if m["base"] is not None and m["sign"] == "-":
+        offset = -offset
+    return OfflineGate(text.strip(), m["metric"], m["op"], m["base"] is not None, offset)

@@ -173,6 +173,13 @@ def _act(reg: Registry, r: Rollout, holder: str, now: float, ready: set[str] | N
 def start(reg: Registry, name: str, spec: RolloutSpec) -> Rollout:
     """Pre-flight in the registry, then create the rollout (no traffic moves until a controller
     has loaded the candidate). Raises RegistryError naming what is wrong."""
+    return ro.create(reg, name, check(reg, name, spec))
+
+
+def check(reg: Registry, name: str, spec: RolloutSpec) -> RolloutSpec:
+    """The registry's pre-flight: both versions exist and belong to NAME, the candidate's files
+    verify and it is a loadable LoRA on the baseline's base, steps and gates are valid. Returns the
+    spec with both references pinned to versions (`name@N`)."""
     cand = reg.get(spec.candidate, verify_files=True)
     base = reg.get(spec.baseline, verify_files=False)
     if cand.name != name or base.name != name:
@@ -201,8 +208,7 @@ def start(reg: Registry, name: str, spec: RolloutSpec) -> Rollout:
         gate_set(spec.gates)
     except GateError as exc:
         raise RegistryError(f"rollout {name!r}: {exc}") from exc
-    pinned = replace(spec, candidate=cand.ref, baseline=base.ref)
-    return ro.create(reg, name, pinned)
+    return replace(spec, candidate=cand.ref, baseline=base.ref)
 
 
 def resolve_spec(name: str, candidate: str, baseline: str | None, alias: str, **kw: Any) -> RolloutSpec:
