@@ -61,20 +61,10 @@ class GcReport:
 
 
 @dataclass(frozen=True)
-class Version:
-    """One immutable adapter version, as the catalog knows it."""
+class Version(VersionRow):
+    """One immutable adapter version: its catalog row and the local folder of its files."""
 
-    name: str
-    version: int
-    path: Path
-    created: float
-    base_model: str
-    base_sha256: str
-    manifest_sha256: str
-    parent: int | None
-    lineage: dict[str, Any]
-    aliases: tuple[str, ...] = ()
-    tags: tuple[str, ...] = ()
+    path: Path = field(kw_only=True)
 
     @property
     def ref(self) -> str:
@@ -238,19 +228,7 @@ class Registry:
         return v
 
     def _version(self, row: VersionRow, fetch: bool = False) -> Version:
-        return Version(
-            name=row.name,
-            version=row.version,
-            path=self._path(row, fetch),
-            created=row.created,
-            base_model=row.base_model,
-            base_sha256=row.base_sha256,
-            manifest_sha256=row.manifest_sha256,
-            parent=row.parent,
-            lineage=row.lineage,
-            aliases=row.aliases,
-            tags=row.tags,
-        )
+        return Version(**vars(row), path=self._path(row, fetch))
 
     def _path(self, row: VersionRow, fetch: bool) -> Path:
         if self._store is None and not self._artifacts and not fetch:
