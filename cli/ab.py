@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.text import Text
 
 from cli.errors import handle_errors
-from cli.options import registry_options
+from cli.options import open_registry, registry_options
 from cli.tables import print_records
 from registry.routes import Route
 
@@ -32,12 +32,6 @@ def _show(route: Route) -> None:
     shadow = f"  shadow {route.shadow} ({route.shadow_share:.0%})" if route.shadow else ""
     parts = _shares([{"ref": v.ref, "weight": v.weight} for v in route.variants])
     console.print(Text(f"{route.name}: {parts}{shadow}"), soft_wrap=True)
-
-
-def _registry(root: str | None):  # type: ignore[no-untyped-def]
-    from registry.store import Registry
-
-    return Registry(root)
 
 
 def _variant_record(variant: str, s: dict[str, Any]) -> dict[str, str]:
@@ -82,7 +76,7 @@ def start_cmd(
 
     _show(
         start_route(
-            _registry(registry_root), name, [parse_variant(v) for v in variants], shadow, shadow_share
+            open_registry(registry_root), name, [parse_variant(v) for v in variants], shadow, shadow_share
         )
     )
 
@@ -106,7 +100,7 @@ def set_cmd(
 
     _show(
         set_weights(
-            _registry(registry_root), name, [parse_variant(v) for v in variants], shadow, shadow_share
+            open_registry(registry_root), name, [parse_variant(v) for v in variants], shadow, shadow_share
         )
     )
 
@@ -119,7 +113,7 @@ def stop_cmd(name: str, registry_root: str | None) -> None:
     """End route NAME (its evidence stays for the report)."""
     from registry.routes import stop_route
 
-    stop_route(_registry(registry_root), name)
+    stop_route(open_registry(registry_root), name)
     console.print(f"stopped {name}")
 
 
@@ -133,7 +127,7 @@ def promote_cmd(name: str, ref: str, alias: str, registry_root: str | None) -> N
     """Move REF's alias (default prod) to REF and end route NAME, atomically."""
     from registry.routes import promote
 
-    moved = promote(_registry(registry_root), name, ref, alias)
+    moved = promote(open_registry(registry_root), name, ref, alias)
     console.print(f"{moved} -> {ref}; route {name} ended")
 
 
@@ -145,7 +139,7 @@ def list_cmd(as_json: bool, registry_root: str | None) -> None:
     """List active routes."""
     from registry.routes import list_routes
 
-    routes = list_routes(_registry(registry_root))
+    routes = list_routes(open_registry(registry_root))
     if as_json:
         click.echo(json.dumps([{"name": r.name, **r.spec()} for r in routes], indent=2))
         return
@@ -162,7 +156,7 @@ def show_cmd(name: str, as_json: bool, registry_root: str | None) -> None:
     """Show route NAME and its weight history."""
     from registry.routes import get_route
 
-    route = get_route(_registry(registry_root), name)
+    route = get_route(open_registry(registry_root), name)
     if as_json:
         click.echo(json.dumps({"name": route.name, **route.spec()}, indent=2))
         return

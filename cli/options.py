@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
+
+if TYPE_CHECKING:
+    from registry.store import Registry
 
 F = TypeVar("F", bound=Callable[..., Any])
 ARTIFACTS_ENV = "LORA_PLATFORM_ARTIFACTS"
@@ -45,3 +48,10 @@ def registry_options(func: F) -> F:
         envvar="LORA_PLATFORM_REGISTRY",
         help="Registry: a folder (default ~/.cache/lora-platform/registry) or postgresql://user:pw@host:port/db.",
     )(func)
+
+
+def open_registry(location: str | None) -> Registry:
+    """The registry `--registry` names (imported on use: `platform --help` stays fast)."""
+    from registry.store import Registry
+
+    return Registry(location)

@@ -67,12 +67,13 @@ def add_cmd(path: Path, name: str, base_model: str | None, registry_root: str | 
 @handle_errors
 def list_cmd(name: str | None, registry_root: str | None, as_json: bool) -> None:
     """List versions (of NAME, or of every adapter)."""
-    versions = Registry(registry_root).list_versions(name)
+    reg = Registry(registry_root)
+    versions = reg.list_versions(name)
     rows = [_summary(v) for v in versions]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    title = f"registry {Registry(registry_root).location}"
+    title = f"registry {reg.location}"
     bases = {r["base_model"] for r in rows}
     if len(bases) == 1:  # one base model for all: said once, in the title
         title += f", base model {bases.pop()}"

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.text import Text
 
 from cli.errors import handle_errors
-from cli.options import registry_options
+from cli.options import open_registry, registry_options
 from cli.tables import print_records
 
 if TYPE_CHECKING:
@@ -22,12 +22,6 @@ if TYPE_CHECKING:
 
 console = Console()
 _DURATION = re.compile(r"^\s*([0-9.]+)\s*(ms|s|m|h)?\s*$")
-
-
-def _registry(root: str | None):  # type: ignore[no-untyped-def]
-    from registry.store import Registry
-
-    return Registry(root)
 
 
 def duration(ctx: click.Context | None, param: click.Parameter | None, value: str) -> float:
@@ -183,7 +177,7 @@ def start_cmd(
     )
     if eval_gates and not eval_data:
         raise click.UsageError("--eval-gate needs --eval-data FILE")
-    reg = _registry(registry_root)
+    reg = open_registry(registry_root)
     spec = check(reg, name, spec)  # the cheap checks before the evaluation
     if eval_data:
         _offline_preflight(
@@ -230,7 +224,7 @@ def status_cmd(name: str, as_json: bool, png: str | None, registry_root: str | N
 
     from registry import rollouts as ro
 
-    reg = _registry(registry_root)
+    reg = open_registry(registry_root)
     r = ro.get(reg, name)
     events = ro.events(reg, name)
     if png:
@@ -262,7 +256,7 @@ def list_cmd(registry_root: str | None) -> None:
             "weight": f"{r.weight:g}%",
             "since": _clock(r.updated),
         }
-        for r in ro.list_rollouts(_registry(registry_root))
+        for r in ro.list_rollouts(open_registry(registry_root))
     ]
     print_records(console, "rollouts", rows)
 
@@ -275,7 +269,7 @@ def _simple(action: str, help_text: str) -> click.Command:
     def cmd(name: str, registry_root: str | None) -> None:
         from serving.experiments import rollout as ctl
 
-        r = getattr(ctl, action)(_registry(registry_root), name)
+        r = getattr(ctl, action)(open_registry(registry_root), name)
         console.print(Text(f"rollout {r.name}: {r.state}, candidate at {r.weight:g}%"), soft_wrap=True)
 
     return cmd
@@ -296,7 +290,7 @@ def watch_cmd(max_seconds: float | None, registry_root: str | None) -> None:
     from registry import rollouts as ro
     from serving.experiments.rollout import TICK_S, controller_id, tick
 
-    reg = _registry(registry_root)
+    reg = open_registry(registry_root)
     holder = f"{controller_id()}:watch"
     end = None if max_seconds is None else time.monotonic() + max_seconds
     try:

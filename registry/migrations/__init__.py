@@ -6,6 +6,7 @@ later revisions add to it. Opening a registry that is already at the head costs 
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -25,7 +26,9 @@ def _config(registry_root: Path | None) -> Config:
     return cfg
 
 
+@functools.cache
 def head() -> str:
+    """The newest revision (the scripts do not change while a process runs: read them once)."""
     head = ScriptDirectory.from_config(_config(None)).get_current_head()
     assert head is not None
     return head
