@@ -162,7 +162,8 @@ def start_cmd(
 ) -> None:
     """Start rolling out --candidate on the route NAME (`model="NAME"` traffic). Checks the candidate
     first; servers load it before it gets traffic, and `platform serve` (or `rollout watch`) decides."""
-    from serving.experiments.rollout import check, resolve_spec, start
+    from registry import rollouts as ro
+    from serving.experiments.rollout import check, resolve_spec
 
     spec = resolve_spec(
         name,
@@ -183,7 +184,7 @@ def start_cmd(
         _offline_preflight(
             spec.baseline, spec.candidate, eval_data, eval_gates, eval_max_examples, registry_root
         )
-    r = start(reg, name, spec)
+    r = ro.create(reg, name, spec)
     console.print(
         Text(
             f"rollout {r.name}: {r.spec.baseline} -> {r.spec.candidate}, steps "

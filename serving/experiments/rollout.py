@@ -170,14 +170,9 @@ def _act(reg: Registry, r: Rollout, holder: str, now: float, ready: set[str] | N
 
 
 # -- commands ------------------------------------------------------------------------------
-def start(reg: Registry, name: str, spec: RolloutSpec) -> Rollout:
-    """Pre-flight in the registry, then create the rollout (no traffic moves until a controller
-    has loaded the candidate). Raises RegistryError naming what is wrong."""
-    return ro.create(reg, name, check(reg, name, spec))
-
-
 def check(reg: Registry, name: str, spec: RolloutSpec) -> RolloutSpec:
-    """The registry's pre-flight: both versions exist and belong to NAME, the candidate's files
+    """The registry's pre-flight before `registry.rollouts.create` (no traffic moves until a controller
+    has loaded the candidate): both versions exist and belong to NAME, the candidate's files
     verify and it is a loadable LoRA on the baseline's base, steps and gates are valid. Returns the
     spec with both references pinned to versions (`name@N`)."""
     cand = reg.get(spec.candidate, verify_files=True)
