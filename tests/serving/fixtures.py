@@ -18,7 +18,7 @@ from registry.store import Registry
 START_TIMEOUT_S = 240
 
 
-def serve_cmd(registry: Path, port: int, *extra: str) -> list[str]:
+def serve_cmd(registry: Path | str, port: int, *extra: str) -> list[str]:
     """`platform serve` on the tiny model, the registry and a port, plus `extra` flags."""
     return [
         platform_cmd(),
@@ -57,7 +57,7 @@ def metric(server_url: str, name: str, headers: dict[str, str] | None = None) ->
 @dataclass
 class Server:
     url: str
-    registry: Path
+    registry: Path | str
     proc: subprocess.Popen[bytes]
     log: Path
     plugin_marker: Path
@@ -145,7 +145,7 @@ def adapters(tmp_path_factory: pytest.TempPathFactory, tiny_base) -> tuple[Path,
 
 
 def running_server(
-    registry: Path, root: Path, *flags: str, env: dict[str, str] | None = None
+    registry: Path | str, root: Path, *flags: str, env: dict[str, str] | None = None
 ) -> Iterator[Server]:
     """A real `platform serve` on the tiny model with `flags`, ready (`/ready`), stopped afterwards;
     it records in `root/plugin-pids` which LoRA op each of its processes loaded."""
@@ -187,3 +187,47 @@ def server(
         "--pin",
         "support:prod",
     )
+
+
+@dataclass
+class CatalogServer:
+    """A running server and the registry it follows: a folder (SQLite), or PostgreSQL + artifacts."""
+
+    server: Server
+    location: str
+    """The folder, or the catalog URL with its password (what `--registry` takes)."""
+    artifacts: str | None = None
+
+    def registry(self) -> Registry:
+        return Registry(self.location, self.artifacts)
+
+    def cli_args(self) -> list[str]:
+        """`--registry` (and `--artifacts`) for a CLI call on this registry."""
+        extra = ["--artifacts", self.artifacts] if self.artifacts else []
+        return ["--registry", self.location, *extra]
+
+
+@pytest.fixture(scope="session")
+def pg_server(adapters, postgres, tmp_path_factory: pytest.TempPathFactory) -> Iterator[CatalogServer]:  # type: ignore[no-untyped-def]
+    """The session's adapters copied into PostgreSQL + an artifact folder, served by a real
+    `platform serve` that follows that catalog (the PEFT engine: what differs between the backends
+    is the catalog, which sits above the engine; a second vLLM engine doubles start-up on 2 cores)."""
+    from registry.migrate import copy_registry
+
+    root = tmp_path_factory.mktemp("pg-server")
+    url, artifacts = postgres.new_database(), str(root / "artifacts")
+    report = copy_registry(Registry(adapters[0]), Registry(url, artifacts))
+    assert not report.verify_errors, report.verify_errors
+    flags = ["--artifacts", artifacts, "--engine", "peft", "--dtype", "float32", "--max-lora-rank", "16"]
+    flags += ["--max-cpu-loras", "4", "--pin", "support:prod"]
+    for server in running_server(url, root, *flags):
+        yield CatalogServer(server, url, artifacts)
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def catalog_server(request: pytest.FixtureRequest, adapters) -> CatalogServer:  # type: ignore[no-untyped-def]
+    """The session server on each catalog backend: the folder one (vLLM) and the PostgreSQL one."""
+    if request.param == "sqlite":
+        return CatalogServer(request.getfixturevalue("server"), str(adapters[0]))
+    pg: CatalogServer = request.getfixturevalue("pg_server")
+    return pg

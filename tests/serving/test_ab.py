@@ -1,4 +1,6 @@
-"""A/B routes on the running server: live changes, stickiness, evidence, feedback, promote, shadow."""
+"""A/B routes on the running server: live changes, stickiness, evidence, feedback, promote, shadow.
+
+Every test runs on both catalog backends: the session's folder registry (SQLite) and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -12,13 +14,12 @@ import pytest
 
 from registry.routes import promote, set_weights, start_route
 from registry.store import Registry
-from tests.serving.fixtures import Server, wait_until
+from tests.serving.fixtures import CatalogServer, wait_until
 
 
 @pytest.fixture(scope="module")
-def ab(server: Server, adapters) -> tuple[Registry, str, str]:  # type: ignore[no-untyped-def]
-    registry, _ = adapters
-    reg = Registry(registry)
+def ab(catalog_server: CatalogServer) -> tuple[Registry, str, str]:
+    reg = catalog_server.registry()
     a = reg.get("contact@1")
     b = reg.get("support@1")
     v1 = reg.push("abtest", a.path, a.lineage)
@@ -38,7 +39,8 @@ def ask(client: openai.OpenAI, user: str | None, model: str = "abtest") -> tuple
     return out.model, raw.headers["x-adapter-version"], out.id
 
 
-def test_a_route_applies_live_and_users_stick(server: Server, ab) -> None:  # type: ignore[no-untyped-def]
+def test_a_route_applies_live_and_users_stick(catalog_server: CatalogServer, ab) -> None:  # type: ignore[no-untyped-def]
+    server = catalog_server.server
     reg, v1, v2 = ab
     client = server.client()
     assert ask(client, "u0")[0] == v2  # before the route: plain name = latest version
@@ -61,7 +63,8 @@ def test_a_route_applies_live_and_users_stick(server: Server, ab) -> None:  # ty
     assert r.json()["model"] == ask(client, "user-7")[0]  # header or `user` field: same sticky key
 
 
-def test_weight_changes_apply_within_a_second(server: Server, ab) -> None:  # type: ignore[no-untyped-def]
+def test_weight_changes_apply_within_a_second(catalog_server: CatalogServer, ab) -> None:  # type: ignore[no-untyped-def]
+    server = catalog_server.server
     reg, v1, v2 = ab
     client = server.client()
     set_weights(reg, "abtest", [(v1, 0), (v2, 100)])
@@ -71,7 +74,8 @@ def test_weight_changes_apply_within_a_second(server: Server, ab) -> None:  # ty
     set_weights(reg, "abtest", [(v1, 50), (v2, 50)])
 
 
-def test_evidence_and_feedback_are_attributed_to_the_variant(server: Server, ab) -> None:  # type: ignore[no-untyped-def]
+def test_evidence_and_feedback_are_attributed_to_the_variant(catalog_server: CatalogServer, ab) -> None:  # type: ignore[no-untyped-def]
+    server = catalog_server.server
     reg, _v1, _v2 = ab
     client = server.client()
     model, _, cid = ask(client, "fb-user")
@@ -95,7 +99,8 @@ def test_evidence_and_feedback_are_attributed_to_the_variant(server: Server, ab)
     assert f'route="abtest",status="ok",variant="{model}"' in metrics
 
 
-def test_shadow_copies_are_logged_never_returned(server: Server, ab) -> None:  # type: ignore[no-untyped-def]
+def test_shadow_copies_are_logged_never_returned(catalog_server: CatalogServer, ab) -> None:  # type: ignore[no-untyped-def]
+    server = catalog_server.server
     reg, v1, v2 = ab
     client = server.client()
     set_weights(reg, "abtest", [(v1, 100), (v2, 0)], shadow=v2, shadow_share=1.0)
@@ -113,7 +118,8 @@ def test_shadow_copies_are_logged_never_returned(server: Server, ab) -> None:  #
     set_weights(reg, "abtest", [(v1, 50), (v2, 50)], shadow_share=0.0)
 
 
-def test_promote_under_load_has_zero_failed_requests(server: Server, ab, adapters) -> None:  # type: ignore[no-untyped-def]
+def test_promote_under_load_has_zero_failed_requests(catalog_server: CatalogServer, ab) -> None:  # type: ignore[no-untyped-def]
+    server = catalog_server.server
     reg, _v1, v2 = ab
     client = server.client()
     failures: list[BaseException] = []
@@ -145,14 +151,13 @@ def test_promote_under_load_has_zero_failed_requests(server: Server, ab, adapter
     assert ask(client, "anyone")[0] == v2  # route ended: the plain name is the latest version again
 
 
-def test_ab_report_cli_over_live_evidence(server: Server, ab, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_ab_report_cli_over_live_evidence(catalog_server: CatalogServer, ab, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from click.testing import CliRunner
 
     from cli.main import cli
 
-    reg, _, _ = ab
     out = CliRunner().invoke(
-        cli, ["ab", "report", "abtest", "--registry", str(reg.root), "--png", str(tmp_path / "r.png")]
+        cli, ["ab", "report", "abtest", *catalog_server.cli_args(), "--png", str(tmp_path / "r.png")]
     )
     assert out.exit_code == 0, out.output
     assert "verdict" in out.output and (tmp_path / "r.png").is_file()

@@ -135,33 +135,43 @@ def test_a_failed_non_streaming_request_is_counted_once(server: Server) -> None:
 # -- a server that polls the registry once an hour: only read-your-writes explains a fresh route --
 
 
-@pytest.fixture
-def slow_poll_server(adapters, tmp_path: Path) -> Iterator[tuple[str, Path]]:  # type: ignore[no-untyped-def]
-    registry = tmp_path / "registry"
-    shutil.copytree(adapters[0], registry)
+@pytest.fixture(params=["sqlite", "postgresql"])
+def slow_poll_server(
+    request: pytest.FixtureRequest, adapters, tmp_path: Path
+) -> Iterator[tuple[str, Registry]]:  # type: ignore[no-untyped-def]
+    """A server that polls the catalog once an hour, on each backend: what it serves at once, it
+    found by re-reading the catalog on a miss."""
+    flags = ["--engine", "peft", "--dtype", "float32"]
+    if request.param == "sqlite":
+        location: str = str(tmp_path / "registry")
+        shutil.copytree(adapters[0], location)
+        reg = Registry(location)
+    else:
+        from registry.migrate import copy_registry
+
+        location, artifacts = request.getfixturevalue("postgres").new_database(), tmp_path / "artifacts"
+        reg = Registry(location, artifacts)
+        copy_registry(Registry(adapters[0]), reg)
+        flags += ["--artifacts", str(artifacts)]
     port = free_port()
     env = {**os.environ, "LORA_PLATFORM_REFRESH_INTERVAL_S": "3600"}
     with (tmp_path / "serve.log").open("wb") as log:
         proc = subprocess.Popen(
-            serve_cmd(registry, port, "--engine", "peft", "--dtype", "float32"),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
+            serve_cmd(location, port, *flags), stdout=log, stderr=subprocess.STDOUT, env=env
         )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until(lambda: proc.poll() is not None or is_ready(url), 180)
         assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-        yield url, registry
+        yield url, reg
     finally:
         proc.terminate()
         proc.wait(timeout=60)
 
 
 def test_a_route_or_version_created_a_moment_ago_is_served_at_once(slow_poll_server) -> None:  # type: ignore[no-untyped-def]
-    url, registry = slow_poll_server
+    url, reg = slow_poll_server
     assert post(url, "chat", {**VALID["chat"], "model": "ticket"}).status_code == 404
-    reg = Registry(registry)
     start_route(reg, "ticket", [("support@1", 1.0)])
     r = post(url, "chat", {**VALID["chat"], "model": "ticket"})
     assert r.status_code == 200 and r.headers["x-adapter-version"] == "support@1", r.text

@@ -1,4 +1,7 @@
-"""A real `platform serve` (vLLM engine, tiny model) driven by the official openai client."""
+"""A real `platform serve` (vLLM engine, tiny model) driven by the official openai client.
+
+The tests that depend on the catalog (listing, resolution, live pushes and alias moves, refusals)
+run on both backends through `catalog_server`: the session's folder registry and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ import pytest
 from registry.basemodels import EMBEDDED_TINY
 from registry.store import Registry
 from serving.engine import lora_kernel
-from tests.serving.fixtures import Server, metric, random_adapter, wait_until
+from tests.serving.fixtures import CatalogServer, Server, metric, random_adapter, wait_until
 
 PROMPTS = [
     "Turn this customer message into a ticket line.\n\nHi, my router has not arrived. Order 55555.",
@@ -70,7 +73,8 @@ def reference(adapters: tuple[Path, dict[str, str]], tiny_base):  # type: ignore
     return run
 
 
-def test_models_lists_the_base_and_every_compatible_adapter(server: Server, adapters) -> None:  # type: ignore[no-untyped-def]
+def test_models_lists_the_base_and_every_compatible_adapter(catalog_server: CatalogServer) -> None:
+    server = catalog_server.server
     models = {m.id: m for m in server.client().models.list().data}
     assert {EMBEDDED_TINY, "support@1", "support", "support:prod", "contact@1", "contact"} <= set(models)
     assert models["support@1"].parent == EMBEDDED_TINY  # type: ignore[attr-defined]
@@ -177,10 +181,10 @@ def test_the_cpu_lora_plugin_runs_in_the_engine_process(server: Server) -> None:
         assert set(engine) <= {"amx", "avx512"}, engine
 
 
-def test_a_new_version_and_an_alias_move_are_served_without_restart(server: Server, adapters) -> None:  # type: ignore[no-untyped-def]
-    registry, _refs = adapters
+def test_a_new_version_and_an_alias_move_are_served_without_restart(catalog_server: CatalogServer) -> None:
+    server = catalog_server.server
     client = server.client()
-    reg = Registry(registry)
+    reg = catalog_server.registry()
     src = reg.get("support@1")
     failures: list[BaseException] = []
     served: list[tuple[float, str]] = []
@@ -222,7 +226,8 @@ def _error(
     return r.status_code, r.json()["error"]
 
 
-def test_errors_are_openai_shaped_with_the_right_status(server: Server) -> None:
+def test_errors_are_openai_shaped_with_the_right_status(catalog_server: CatalogServer) -> None:
+    server = catalog_server.server
     client = server.client()
     msgs = [{"role": "user", "content": "hi"}]
     with pytest.raises(openai.NotFoundError) as nf:
@@ -254,10 +259,10 @@ def test_errors_are_openai_shaped_with_the_right_status(server: Server) -> None:
 
 
 def test_bad_adapters_get_422_and_everything_else_keeps_serving(
-    server: Server, adapters, tmp_path: Path
-) -> None:  # type: ignore[no-untyped-def]
-    registry, _ = adapters
-    reg = Registry(registry)
+    catalog_server: CatalogServer, tmp_path: Path
+) -> None:
+    server = catalog_server.server
+    reg = catalog_server.registry()
     lineage = reg.get("support@1").lineage
     big = reg.push("bigrank", random_adapter(tmp_path / "r32", 32, ["q_proj", "v_proj"]), lineage)
     other = reg.push(
@@ -275,9 +280,9 @@ def test_bad_adapters_get_422_and_everything_else_keeps_serving(
     assert chat(server.client(), "contact@1", "hi", 2).model == "contact@1"
 
 
-def test_a_tampered_version_is_refused_before_it_reaches_the_engine(server: Server, adapters) -> None:  # type: ignore[no-untyped-def]
-    registry, _ = adapters
-    reg = Registry(registry)
+def test_a_tampered_version_is_refused_before_it_reaches_the_engine(catalog_server: CatalogServer) -> None:
+    server = catalog_server.server
+    reg = catalog_server.registry()
     src = reg.get("contact@1")
     v = reg.push("tampered", src.path, src.lineage)
     weights = v.path / "adapter_model.safetensors"
