@@ -63,7 +63,7 @@ def get_registry(request: Request) -> Registry:
 Reg = Annotated[Registry, Depends(get_registry)]
 Reviewer = Annotated[str, Query(min_length=1, max_length=64)]
 router = APIRouter(prefix="/review")
-pages = APIRouter(prefix="/review", dependencies=[Depends(require_reviewer_access)])
+pages = APIRouter(dependencies=[Depends(require_reviewer_access)])
 
 
 class RatingBody(BaseModel):
