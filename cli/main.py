@@ -11,6 +11,7 @@ import click
 from cli.ab import ab_group
 from cli.demo import demo_cmd
 from cli.registry_cmd import registry_group
+from cli.review import review_group
 from cli.rollout import rollout_group
 from cli.serve import serve_cmd
 from cli.train import eval_cmd, merge_cmd, train_cmd
@@ -42,6 +43,7 @@ cli.add_command(serve_cmd)
 cli.add_command(demo_cmd)
 cli.add_command(ab_group)
 cli.add_command(rollout_group)
+cli.add_command(review_group)
 
 
 def main() -> None:

@@ -96,8 +96,13 @@ def list_cmd(name: str | None, registry_root: str | None, as_json: bool) -> None
 @handle_errors
 def show_cmd(ref: str, registry_root: str | None, as_json: bool) -> None:
     """Show one version with its lineage (files are verified first)."""
-    v = Registry(registry_root).get(ref)
-    data = {**_summary(v), "lineage": v.lineage}
+    from registry.card import review_lines
+    from registry.reviews import summaries_for
+
+    reg = Registry(registry_root)
+    v = reg.get(ref)
+    reviews = summaries_for(reg, v.ref)
+    data = {**_summary(v), "lineage": v.lineage, "reviews": reviews}
     if as_json:
         click.echo(json.dumps(data, indent=2, default=str))
         return
@@ -111,6 +116,8 @@ def show_cmd(ref: str, registry_root: str | None, as_json: bool) -> None:
         _field("added from", f"{added.get('path')} (rank {added.get('rank')}, {added.get('target_modules')})")
     for side, metrics in v.lineage.get("metrics", {}).items():
         _field(side, ", ".join(f"{k}={val:.4f}" for k, val in metrics.items()))
+    for line in review_lines(reviews):
+        _field("human review", line)
 
 
 def _field(key: str, value: Any) -> None:

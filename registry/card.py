@@ -52,3 +52,31 @@ def card_text(name: str, version: int, lineage: dict[str, Any], info: AdapterInf
 
 def write_card(path: Path, name: str, version: int, lineage: dict[str, Any], info: AdapterInfo) -> None:
     path.write_text(card_text(name, version, lineage, info))
+
+
+def review_lines(summaries: list[dict[str, Any]]) -> list[str]:
+    """One line per human review of a version (`registry.reviews.summaries_for`), for the card
+    and `registry show`: the other version's win rate against it turned into this version's."""
+    lines = []
+    for s in summaries:
+        rate, low, high = s.get("win_rate_b"), s.get("win_rate_low"), s.get("win_rate_high")
+        if rate is None or low is None or high is None:
+            continue
+        if s["role"] == "a":  # stored as B's win rate over A: this version is A
+            rate, low, high = 1 - rate, 1 - high, 1 - low
+        alpha = "undefined" if s.get("alpha") is None else f"{s['alpha']:.2f}"
+        lines.append(
+            f"review {s['review']}: preferred over {s['against']} {100 * rate:.1f}% "
+            f"[{100 * low:.1f}, {100 * high:.1f}] (ties half), {s.get('ratings')} ratings, "
+            f"{s.get('reviewers')} reviewer(s), agreement alpha {alpha}"
+        )
+    return lines
+
+
+def with_reviews(card: str, summaries: list[dict[str, Any]]) -> str:
+    """The model card with a "Human review" section (the stored card is immutable: the section is
+    added where the card is shown or published)."""
+    lines = review_lines(summaries)
+    if not lines:
+        return card
+    return card.rstrip("\n") + "\n\n## Human review\n\n" + "\n".join(f"- {x}" for x in lines) + "\n"

@@ -138,6 +138,50 @@ leases = sa.Table(
     sa.Column("expires", sa.Float, nullable=False),
 )
 
+review_sets = sa.Table(
+    "review_sets",
+    metadata,
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("spec", sa.Text, nullable=False),
+    sa.Column("version_a", sa.Text, nullable=False),
+    sa.Column("version_b", sa.Text, nullable=False),
+    sa.Column("created", sa.Float, nullable=False),
+    sa.Column("summary", sa.Text),
+    sa.Column("summarized", sa.Float),
+)
+review_items = sa.Table(
+    "review_items",
+    metadata,
+    sa.Column("review", sa.Text, primary_key=True),
+    sa.Column("item", sa.Integer, primary_key=True),
+    sa.Column("messages", sa.Text, nullable=False),
+    sa.Column("answer_a", sa.Text, nullable=False),
+    sa.Column("answer_b", sa.Text, nullable=False),
+    sa.Column("a_on_left", sa.Integer, nullable=False),
+    sa.Column("stratum", sa.Text, nullable=False),
+)
+review_assignments = sa.Table(
+    "review_assignments",
+    metadata,
+    sa.Column("review", sa.Text, primary_key=True),
+    sa.Column("item", sa.Integer, primary_key=True),
+    sa.Column("reviewer", sa.Text, primary_key=True),
+    sa.Column("assigned", sa.Float, nullable=False),
+    sa.Column("skipped", sa.Integer, nullable=False, server_default="0"),
+    sa.Index("review_assignments_reviewer", "review", "reviewer"),
+)
+review_ratings = sa.Table(
+    "review_ratings",
+    metadata,
+    sa.Column("review", sa.Text, primary_key=True),
+    sa.Column("item", sa.Integer, primary_key=True),
+    sa.Column("reviewer", sa.Text, primary_key=True),
+    sa.Column("scores", sa.Text, nullable=False),
+    sa.Column("preference", sa.Text),
+    sa.Column("complete", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("updated", sa.Float, nullable=False),
+)
+
 NOTIFY_CHANNEL = "lora_platform_changes"
 CATALOG_FILE = "catalog.sqlite"
 _URL_RE = re.compile(r"^postgres(ql)?(\+\w+)?://", re.IGNORECASE)

@@ -72,7 +72,10 @@ def push(registry: Registry, ref: str, target: str, token: str | None = None, pr
         api.create_repo(hub.repo_id, private=private, exist_ok=True)
         commit = api.create_commit(
             hub.repo_id,
-            operations=[CommitOperationAdd(path_in_repo=p.name, path_or_fileobj=str(p)) for p in files],
+            operations=[
+                CommitOperationAdd(path_in_repo=p.name, path_or_fileobj=_upload(registry, v, p))
+                for p in files
+            ],
             commit_message=f"{v.ref} (lora-platform)",
             commit_description=f"base model {v.base_model} sha256 {v.base_sha256}",
             revision=hub.revision,
@@ -85,6 +88,16 @@ def push(registry: Registry, ref: str, target: str, token: str | None = None, pr
     except Exception as exc:  # huggingface_hub raises HTTP, auth and network errors of many types
         raise HubError(f"push {v.ref} to {hub}: {type(exc).__name__}: {exc}") from exc
     return str(commit.oid)
+
+
+def _upload(registry: Registry, v: Version, path: Path) -> str | bytes:
+    """The file to upload: the model card gets the version's human reviews added."""
+    if path.name != "README.md":
+        return str(path)
+    from registry.card import with_reviews
+    from registry.reviews import summaries_for
+
+    return with_reviews(path.read_text(), summaries_for(registry, v.ref)).encode()
 
 
 def _retag(api: Any, repo_id: str, tag: str, oid: str) -> None:

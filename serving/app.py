@@ -182,6 +182,10 @@ def create_app(
     app.include_router(openai.router)
     app.include_router(health.router)
     app.include_router(admin.router)
+    if settings.admin_key:  # the human review pages, behind the admin key
+        from serving.review.web import router as review_router
+
+        app.include_router(review_router)
     return app
 
 

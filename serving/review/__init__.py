@@ -1,0 +1,1 @@
+"""Human review pages (`platform review serve`, `/review/` of `platform serve`)."""

@@ -1,0 +1,248 @@
+"""The review pages: reviewers rate blind pairs in the browser; the results page with CSV and chart.
+
+Server-rendered (Jinja2, autoescaped: prompts and answers are user data) with one small script for
+keyboard shortcuts and saving each answer as it is given (`POST .../rating`, JSON). The same router
+serves `platform review serve` (its own app, `create_review_app`) and `/review/` of `platform serve`
+when an admin key is set; there a reviewer gives the key once on `/review/login` (kept in an
+HttpOnly, SameSite=Strict cookie) or sends it as a Bearer header.
+"""
+
+from __future__ import annotations
+
+import hmac
+import io
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import parse_qs, quote
+
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+from pydantic import BaseModel, Field
+
+from registry import reviews as rv
+from registry.errors import ConflictError
+from registry.store import Registry
+from serving.errors import PermissionDeniedError
+
+TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+COOKIE = "lp_review_key"
+
+
+def _admin_key(request: Request) -> str | None:
+    settings = getattr(request.app.state, "settings", None)
+    return getattr(settings, "admin_key", None)
+
+
+def require_reviewer_access(request: Request) -> None:
+    """Open in `platform review serve` (no key); under `platform serve`, the admin key (Bearer
+    header or the cookie `/review/login` sets)."""
+    key = _admin_key(request)
+    if getattr(request.app.state, "review_open", False) and key is None:
+        return
+    if key is None:
+        raise PermissionDeniedError("review pages are disabled: start the server with --admin-key")
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    given = token.strip() if scheme.lower() == "bearer" else request.cookies.get(COOKIE)
+    if given is None or not hmac.compare_digest(given.encode(), key.encode()):
+        raise PermissionDeniedError(
+            "this page needs the admin key: open /review/login", code="admin_key_required"
+        )
+
+
+def get_registry(request: Request) -> Registry:
+    own: Registry | None = getattr(request.app.state, "review_registry", None)
+    if own is not None:
+        return own
+    from serving.deps import get_state
+
+    return get_state(request).registry
+
+
+Reg = Annotated[Registry, Depends(get_registry)]
+Reviewer = Annotated[str, Query(min_length=1, max_length=64)]
+router = APIRouter(prefix="/review")
+pages = APIRouter(dependencies=[Depends(require_reviewer_access)])
+
+
+class RatingBody(BaseModel):
+    reviewer: str = Field(min_length=1, max_length=64)
+    criterion: str | None = Field(None, max_length=64)
+    side: str | None = Field(None, max_length=8)
+    score: int | None = None
+    preference: str | None = Field(None, max_length=8)
+
+
+class SkipBody(BaseModel):
+    reviewer: str = Field(min_length=1, max_length=64)
+
+
+def _html(request: Request, template: str, **context: Any) -> HTMLResponse:
+    return TEMPLATES.TemplateResponse(request, template, context)
+
+
+@router.get("/login", response_class=HTMLResponse)
+def login_page(request: Request) -> HTMLResponse:
+    return _html(request, "login.html", failed=False)
+
+
+@router.post("/login", response_model=None)
+async def login(request: Request) -> Response:
+    """Check the admin key typed into the form; on success keep it in a cookie for /review/."""
+    form = parse_qs((await request.body()).decode("utf-8", "replace"))
+    given = (form.get("key") or [""])[0]
+    key = _admin_key(request)
+    if key is None or not hmac.compare_digest(given.encode(), key.encode()):
+        page = _html(request, "login.html", failed=True)
+        page.status_code = 403
+        return page
+    response = RedirectResponse("/review/", status_code=303)
+    response.set_cookie(COOKIE, given, httponly=True, samesite="strict", path="/review")
+    return response
+
+
+@pages.get("/", response_class=HTMLResponse)
+def index(request: Request, reg: Reg) -> HTMLResponse:
+    return _html(request, "index.html", reviews=rv.list_reviews(reg))
+
+
+@pages.get("/{name}/", response_class=HTMLResponse)
+def start(request: Request, name: str, reg: Reg) -> HTMLResponse:
+    review = rv.get(reg, name)
+    return _html(request, "start.html", review=review, progress=rv.progress(reg, name))
+
+
+@pages.get("/{name}/next")
+def next_item(name: str, reviewer: Reviewer, reg: Reg) -> RedirectResponse:
+    """The reviewer's next item (resuming an unfinished one first), or the end page."""
+    index = rv.assign_next(reg, name, reviewer)
+    who = quote(rv.check_reviewer(reviewer))
+    target = (
+        f"/review/{quote(name)}/done?reviewer={who}"
+        if index is None
+        else (f"/review/{quote(name)}/item/{index}?reviewer={who}")
+    )
+    return RedirectResponse(target, status_code=303)
+
+
+@pages.get("/{name}/item/{index}", response_class=HTMLResponse)
+def item_page(request: Request, name: str, index: int, reviewer: Reviewer, reg: Reg) -> HTMLResponse:
+    reviewer = rv.check_reviewer(reviewer)
+    review = rv.get(reg, name)
+    it = rv.item(reg, name, index)
+    seen = rv.history(reg, name, reviewer)
+    if index not in seen:
+        raise ConflictError(f"item {index} of review {name!r} was not handed to {reviewer!r}")
+    rating = rv.rating(reg, name, index, reviewer)
+    position = seen.index(index)
+    return _html(
+        request,
+        "item.html",
+        review=review,
+        rubric=review.spec.parsed_rubric,
+        item=it,
+        reviewer=reviewer,
+        left=it.answer_a if it.a_on_left else it.answer_b,
+        right=it.answer_b if it.a_on_left else it.answer_a,
+        state=_screen_state(it, rating),
+        previous=seen[position - 1] if position > 0 else None,
+        position=position + 1,
+        progress=rv.progress(reg, name, reviewer),
+    )
+
+
+def _screen_state(it: rv.Item, rating: rv.Rating | None) -> dict[str, Any]:
+    """The saved rating in screen terms (left/right), for the page's script."""
+    if rating is None:
+        return {"scores": {}, "preference": None, "complete": False}
+    to_side = {it.side_version("left"): "left", it.side_version("right"): "right", "tie": "tie"}
+    scores = {f"{c}:{to_side[v]}": s for c, per in rating.scores.items() for v, s in per.items()}
+    return {"scores": scores, "preference": to_side.get(rating.preference or ""), "complete": rating.complete}
+
+
+@pages.post("/{name}/item/{index}/rating")
+def save_rating(name: str, index: int, body: RatingBody, reg: Reg) -> dict[str, Any]:
+    """Save one answer (a criterion's score for one side, or the preference) at once."""
+    r = rv.rate(
+        reg,
+        name,
+        index,
+        body.reviewer,
+        criterion=body.criterion,
+        side=body.side,
+        score=body.score,
+        preference=body.preference,
+    )
+    return {"saved": True, "complete": r.complete}
+
+
+@pages.post("/{name}/item/{index}/skip")
+def skip(name: str, index: int, body: SkipBody, reg: Reg) -> dict[str, Any]:
+    rv.skip(reg, name, index, body.reviewer)
+    return {"skipped": True, "next": f"/review/{quote(name)}/next?reviewer={quote(body.reviewer.strip())}"}
+
+
+@pages.get("/{name}/done", response_class=HTMLResponse)
+def done(request: Request, name: str, reviewer: Reviewer, reg: Reg) -> HTMLResponse:
+    review = rv.get(reg, name)
+    seen = rv.history(reg, name, reviewer)
+    return _html(
+        request,
+        "done.html",
+        review=review,
+        reviewer=rv.check_reviewer(reviewer),
+        last=seen[-1] if seen else None,
+        progress=rv.progress(reg, name, reviewer),
+    )
+
+
+@pages.get("/{name}/report", response_class=HTMLResponse)
+def report_page(request: Request, name: str, reg: Reg) -> HTMLResponse:
+    from serving.experiments.review_report import report_for
+
+    report = report_for(reg, name)
+    return _html(request, "report.html", report=report, review=rv.get(reg, name))
+
+
+@pages.get("/{name}/report.png")
+def report_png(name: str, reg: Reg) -> Response:
+    from serving.experiments.review_report import build_report, plot
+
+    review = rv.get(reg, name)
+    buf = io.BytesIO()
+    plot(build_report(review, rv.items(reg, name), rv.ratings(reg, name)), buf)
+    return Response(buf.getvalue(), media_type="image/png")
+
+
+@pages.get("/{name}/ratings.csv")
+def ratings_csv(name: str, reg: Reg) -> Response:
+    from serving.experiments.review_report import ratings_csv as to_csv
+
+    review = rv.get(reg, name)
+    text = to_csv(review, rv.items(reg, name), rv.ratings(reg, name))
+    disposition = f'attachment; filename="review-{quote(name)}.csv"'
+    return Response(text, media_type="text/csv", headers={"Content-Disposition": disposition})
+
+
+router.include_router(pages)
+
+
+def create_review_app(registry: Registry, admin_key: str | None = None) -> FastAPI:
+    """`platform review serve`: the review pages alone, on a registry (open unless `admin_key`)."""
+    from types import SimpleNamespace
+
+    from serving.app import install_error_handlers
+
+    app = FastAPI(title="lora-platform review", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.review_registry = registry
+    app.state.review_open = True
+    app.state.settings = SimpleNamespace(admin_key=admin_key)
+    install_error_handlers(app)
+    app.include_router(router)
+
+    @app.get("/", include_in_schema=False)
+    def root() -> RedirectResponse:
+        return RedirectResponse("/review/", status_code=307)
+
+    return app

@@ -1,0 +1,100 @@
+"""Review sets in the catalog (both backends): K reviewers per item, answers saved one at a time,
+skips free a place, preferred answers and summaries come back per version."""
+
+from __future__ import annotations
+
+import pytest
+
+from registry import reviews as rv
+from registry.errors import ConflictError, NotFoundError
+from registry.rubric import load_rubric
+from registry.store import Registry
+
+
+def _review(reg: Registry, n: int = 3, k: int = 2) -> rv.ReviewSet:
+    spec = rv.ReviewSpec("bot@1", "bot@2", load_rubric().to_dict(), reviewers_per_item=k, source="t.jsonl")
+    items = [
+        rv.NewItem([{"role": "user", "content": f"q{i}"}], f"a{i}", f"b{i}", a_on_left=i % 2 == 0)
+        for i in range(n)
+    ]
+    return rv.create(reg, "r1", spec, items, now=1.0)
+
+
+def _complete(reg: Registry, index: int, who: str, preference: str) -> rv.Rating:
+    last = None
+    for c in ("correctness", "format", "tone"):
+        for side in ("left", "right"):
+            last = rv.rate(reg, "r1", index, who, criterion=c, side=side, score=4)
+    assert last is not None and not last.complete
+    return rv.rate(reg, "r1", index, who, preference=preference)
+
+
+def test_each_item_goes_to_k_reviewers_and_every_answer_is_kept(registry_location: str) -> None:
+    reg = Registry(registry_location)
+    _review(reg, n=2, k=2)
+    assert rv.assign_next(reg, "r1", "ann") == 0
+    assert rv.assign_next(reg, "r1", "ann") == 0  # unfinished: the same item again (resume)
+    assert rv.assign_next(reg, "r1", "bob") == 0
+    assert rv.assign_next(reg, "r1", "cid") == 1  # item 0 has its 2 reviewers
+    first = rv.rate(reg, "r1", 0, "ann", criterion="tone", side="left", score=5)
+    assert first.scores == {"tone": {"a": 5}} and not first.complete  # item 0 shows A on the left
+    assert rv.rating(reg, "r1", 0, "ann") == first  # saved at once, before the item is finished
+    done = _complete(reg, 0, "ann", "right")
+    assert done.complete and done.preference == "b" and done.scores["tone"] == {"a": 4, "b": 4}
+    assert rv.assign_next(reg, "r1", "ann") == 1
+    assert rv.assign_next(reg, "r1", "ann") == 1
+    rv.skip(reg, "r1", 1, "ann")  # skipped: ann gets nothing new, and item 1 has a free place again
+    assert rv.assign_next(reg, "r1", "ann") is None
+    assert rv.assign_next(reg, "r1", "dan") == 1
+    assert rv.history(reg, "r1", "ann") == [0, 1]
+    p = rv.progress(reg, "r1", "ann")
+    assert (p.complete, p.target, p.reviewer_complete, p.reviewer_skipped) == (1, 4, 1, 1)
+    assert p.reviewers == ["ann", "bob", "cid", "dan"]
+
+
+def test_bad_ratings_and_names_are_refused(registry_location: str) -> None:
+    reg = Registry(registry_location)
+    _review(reg)
+    with pytest.raises(ConflictError):
+        _review(reg)
+    with pytest.raises(ConflictError):  # not handed to eve
+        rv.rate(reg, "r1", 0, "eve", preference="tie")
+    rv.assign_next(reg, "r1", "eve")
+    for kwargs in (
+        {"criterion": "speed", "side": "left", "score": 3},
+        {"criterion": "tone", "side": "middle", "score": 3},
+        {"criterion": "tone", "side": "left", "score": 9},
+        {"preference": "A"},
+    ):
+        with pytest.raises(rv.RatingError):
+            rv.rate(reg, "r1", 0, "eve", **kwargs)  # type: ignore[arg-type]
+    with pytest.raises(rv.RatingError):
+        rv.assign_next(reg, "r1", " ")
+    with pytest.raises(NotFoundError):
+        rv.item(reg, "r1", 99)
+    with pytest.raises(NotFoundError):
+        rv.assign_next(reg, "nope", "eve")
+
+
+def test_preferred_answers_and_summaries_per_version(registry_location: str) -> None:
+    reg = Registry(registry_location)
+    _review(reg, n=3, k=2)
+    for who in ("ann", "bob"):
+        for _ in range(3):
+            index = rv.assign_next(reg, "r1", who)
+            assert index is not None
+            # item 0: both prefer B; item 1: split (no majority); item 2: both tie
+            choice = {0: "b", 1: "a" if who == "ann" else "b", 2: "tie"}[index]
+            it = rv.item(reg, "r1", index)
+            side = "tie" if choice == "tie" else ("left" if it.side_version("left") == choice else "right")
+            _complete(reg, index, who, side)
+    best = rv.preferred(reg, "r1")
+    assert [(p.item, p.answer, p.version, p.rejected, p.votes) for p in best] == [(0, "b0", "bot@2", "a0", 2)]
+    assert best[0].messages == [{"role": "user", "content": "q0"}]
+    assert rv.preferred(reg, version="bot@1") == []
+    rv.attach_summary(reg, "r1", {"win_rate": 0.5})
+    assert rv.summaries_for(reg, "bot@2") == [
+        {"review": "r1", "role": "b", "against": "bot@1", "win_rate": 0.5}
+    ]
+    assert rv.summaries_for(reg, "bot@1")[0]["role"] == "a"
+    assert rv.summaries_for(reg, "bot@3") == []
