@@ -348,6 +348,27 @@ def release_lease(reg: Registry, holder: str, name: str = CONTROLLER_LEASE) -> N
         conn.execute(sa.delete(t.leases).where(le.name == name, le.holder == holder))
 
 
+def announce(reg: Registry, holder: str, ready: list[str], ttl_s: float, now: float) -> None:
+    """A serving replica says it is alive (`replica:HOLDER`) and, for each rollout in `ready`,
+    that it has loaded its candidate (`ready:ROLLOUT:HOLDER`); both for `ttl_s` seconds."""
+    names = [f"replica:{holder}", *(f"ready:{name}:{holder}" for name in ready)]
+    with reg.db.write(bump=False) as conn:
+        for name in names:
+            reg.db.upsert(conn, t.leases, {"name": name, "holder": holder, "expires": now + ttl_s}, ["name"])
+
+
+def replicas_not_ready(reg: Registry, name: str, now: float) -> list[str]:
+    """The live serving replicas (announced, not expired) that have not loaded the candidate of
+    rollout `name`."""
+    le = t.leases.c
+    live = sa.select(le.name, le.holder).where(le.expires >= now)
+    with reg.db.read() as conn:
+        rows = conn.execute(live).all()
+    replicas = {h for n, h in rows if n.startswith("replica:")}
+    ready = {h for n, h in rows if n.startswith(f"ready:{name}:")}
+    return sorted(replicas - ready)
+
+
 def lease_holder(reg: Registry, now: float, name: str = CONTROLLER_LEASE) -> str | None:
     le = t.leases.c
     with reg.db.read() as conn:

@@ -161,6 +161,8 @@ def _act(reg: Registry, r: Rollout, holder: str, now: float, ready: set[str] | N
     if r.state == "preflight":
         if ready is not None and r.spec.candidate not in ready:
             return None
+        if now - r.created < LEASE_TTL_S or ro.replicas_not_ready(reg, r.name, now):
+            return None  # every live replica has announced itself by then, and must have it loaded
         return _preflight_ok(reg, r, holder, now)
     if r.state not in ro.JUDGED or now - r.evaluated < r.spec.interval_s:
         return None
@@ -305,7 +307,8 @@ def fail_preflight(reg: Registry, r: Rollout, reason: str, holder: str) -> None:
 # -- inside `platform serve` ---------------------------------------------------------------
 async def run_controller(state: ServerState, holder: str) -> None:
     """Every TICK_S: load the candidates of active rollouts (a load error fails the rollout in
-    pre-flight), then tick. The lease is given back when the server stops."""
+    pre-flight; while one is in pre-flight, this replica announces itself and what it has loaded
+    in the catalog, and pre-flight passes only when every live replica has), then tick. The lease is given back when the server stops."""
     try:
         while True:
             try:
@@ -326,6 +329,9 @@ async def controller_round(state: ServerState, holder: str) -> None:
         r for r in await asyncio.to_thread(ro.list_rollouts, reg) if r.state in ("preflight", *ro.JUDGED)
     ]
     ready: set[str] = set()
+    preflight = [r for r in active if r.state == "preflight"]
+    if preflight:  # this replica is alive: the candidate gets no traffic before it has it loaded
+        await asyncio.to_thread(ro.announce, reg, holder, [], LEASE_TTL_S, time.time())
     for r in active:
         try:
             async with state.adapters.lease(r.spec.candidate):
@@ -335,6 +341,9 @@ async def controller_round(state: ServerState, holder: str) -> None:
                 reason = f"pre-flight: {r.spec.candidate} cannot be loaded: {getattr(exc, 'message', exc)}"
                 log.warning("rollout %s failed: %s", r.name, reason)
                 await asyncio.to_thread(fail_preflight, reg, r, reason, holder)
+    loaded = [r.name for r in preflight if r.spec.candidate in ready]
+    if loaded:
+        await asyncio.to_thread(ro.announce, reg, holder, loaded, LEASE_TTL_S, time.time())
     for line in await asyncio.to_thread(tick, reg, holder, time.time(), ready):
         log.info("rollout %s", line)
     await asyncio.to_thread(_export, state)
