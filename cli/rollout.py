@@ -117,7 +117,19 @@ def rollout_group() -> None:
     "--interval", default="60s", show_default=True, callback=duration, help="Time between decisions."
 )
 @click.option(
-    "--min-requests", default=50, show_default=True, type=click.IntRange(1), help="Per variant and step."
+    "--min-requests",
+    default=50,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Requests per variant before a step (or the shadow phase) is judged; fewer: inconclusive, wait.",
+)
+@click.option(
+    "--min-feedback",
+    default=20,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Feedback events per variant before thumbs_up/score are judged in a step; fewer: those two "
+    "gates are not judged and do not hold the step (unless every other gate is off).",
 )
 @click.option(
     "--max-wait", default="10m", show_default=True, callback=duration, help="Inconclusive this long: pause."
@@ -127,7 +139,22 @@ def rollout_group() -> None:
     "gates",
     multiple=True,
     callback=_gates,
-    help="e.g. error_rate<=+1pt, ttft_p95<=1.25x, score=off.",
+    help="Margin of one gate, repeatable: error_rate<=+1pt, empty_rate<=+1pt, latency_p95<=1.5x, "
+    "ttft_p95<=1.5x, length_p50<=2x, thumbs_up>=-5pt, score>=0.95x (the defaults), or NAME=off.",
+)
+@click.option(
+    "--shadow-first",
+    is_flag=True,
+    help="Before step 1, a shadow phase: the candidate answers copies of requests (users get the "
+    "baseline's) and is judged on errors, latency, TTFT, empty rate and length drift with the same "
+    "--interval, --min-requests and --max-wait; pass: step 1; fail: rolled back.",
+)
+@click.option(
+    "--shadow-share",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(0, 1, min_open=True),
+    help="With --shadow-first: the share of requests copied to the candidate.",
 )
 @click.option(
     "--eval-data",
@@ -153,15 +180,25 @@ def start_cmd(
     steps: tuple[float, ...],
     interval: float,
     min_requests: int,
+    min_feedback: int,
     max_wait: float,
     gates: dict[str, str],
+    shadow_first: bool,
+    shadow_share: float,
     eval_data: str | None,
     eval_gates: tuple[OfflineGate, ...],
     eval_max_examples: int,
     registry_root: str | None,
 ) -> None:
     """Start rolling out --candidate on the route NAME (`model="NAME"` traffic). Checks the candidate
-    first; servers load it before it gets traffic, and `platform serve` (or `rollout watch`) decides."""
+    first; servers load it before it gets traffic, and `platform serve` (or `rollout watch`) decides.
+
+    Every --interval, each gate compares the candidate with the baseline on the evidence since the
+    step began: it passes when a one-sided test says the candidate is not worse beyond the gate's
+    margin, fails when it is significantly worse beyond it, else is inconclusive. Any gate failing
+    rolls back; an inconclusive gate, or fewer than --min-requests per variant, waits (--max-wait:
+    pause). The feedback gates (thumbs_up, score) are judged only once both variants have
+    --min-feedback feedback events in the step; before that they neither pass nor hold the step."""
     from registry import rollouts as ro
     from serving.experiments.rollout import check, resolve_spec
 
@@ -173,8 +210,11 @@ def start_cmd(
         steps=steps,
         interval_s=interval,
         min_requests=min_requests,
+        min_feedback=min_feedback,
         max_wait_s=max_wait,
         gates=gates,
+        shadow_first=shadow_first,
+        shadow_share=shadow_share,
     )
     if eval_gates and not eval_data:
         raise click.UsageError("--eval-gate needs --eval-data FILE")
@@ -188,6 +228,7 @@ def start_cmd(
     console.print(
         Text(
             f"rollout {r.name}: {r.spec.baseline} -> {r.spec.candidate}, steps "
+            f"{'shadow phase, ' if r.spec.shadow_first else ''}"
             f"{', '.join(f'{s:g}%' for s in r.spec.steps)}, every {r.spec.interval_s:g}s (pre-flight)"
         ),
         soft_wrap=True,
@@ -203,9 +244,10 @@ def _event_record(e: Any) -> dict[str, str]:
         v = e.numbers.get(variant) or {}
         return f"{v.get('requests', '-')}" if v else "-"
 
+    shadow = e.step < 0 and e.numbers.get("phase") == "shadow"
     return {
         "time": _clock(e.ts),
-        "step": str(e.step + 1),
+        "step": "shadow" if shadow else str(e.step + 1),
         "weight": f"{e.weight:g}%",
         "decision": e.decision,
         "base/cand": f"{n('baseline')}/{n('candidate')}",
@@ -233,10 +275,12 @@ def status_cmd(name: str, as_json: bool, png: str | None, registry_root: str | N
 
         plot(r, events, Path(png))
     if as_json:
-        out = {**asdict(r), "weight": r.weight, "events": [asdict(e) for e in events]}
+        out = {**asdict(r), "phase": r.phase, "weight": r.weight, "events": [asdict(e) for e in events]}
         click.echo(json.dumps(out, indent=2, default=str))
         return
     head = f"rollout {r.name}: {r.state}, {r.spec.baseline} -> {r.spec.candidate}, candidate at {r.weight:g}%"
+    if r.phase == "shadow":
+        head += f" (shadow phase: it answers copies of {r.spec.shadow_share:.0%} of requests)"
     console.print(Text(head + (f" ({r.reason})" if r.reason else "")), soft_wrap=True)
     print_records(console, "timeline", [_event_record(e) for e in events])
 

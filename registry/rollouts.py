@@ -28,7 +28,9 @@ from registry.sql_catalog import SqlWrite
 if TYPE_CHECKING:
     from registry.store import Registry
 
-ACTIVE = ("preflight", "running", "paused")
+ACTIVE = ("preflight", "shadow", "running", "paused")
+JUDGED = ("shadow", "running")
+"""States in which the controller judges the evidence every interval."""
 TERMINAL = ("promoted", "rolled_back", "aborted", "failed")
 OUTCOME_TAGS = {
     "promoted": "rollout:promoted",
@@ -36,7 +38,7 @@ OUTCOME_TAGS = {
     "failed": "rollout:failed",
 }
 CONTROLLER_LEASE = "rollout-controller"
-RouteAction = Literal["weights", "promote", "hold_baseline", "none"]
+RouteAction = Literal["weights", "shadow", "promote", "hold_baseline", "none"]
 
 
 @dataclass(frozen=True)
@@ -52,11 +54,19 @@ class RolloutSpec:
     """Candidate weights in percent, the last one 100."""
     interval_s: float = 60.0
     min_requests: int = 50
-    """Requests per variant before a step is judged."""
+    """Requests per variant before a step (or the shadow phase) is judged."""
+    min_feedback: int = 20
+    """Feedback events per variant before the feedback gates (thumbs_up, score) are judged; with
+    fewer they do not hold the step (unless no other gate is on)."""
     max_wait_s: float = 600.0
     """How long a step may stay inconclusive before the rollout pauses."""
     gates: dict[str, str] = field(default_factory=dict)
     """Gate overrides, name -> expression (`error_rate` -> `<=+1pt`)."""
+    shadow_first: bool = False
+    """Before step 1, a shadow phase: the candidate answers copies of requests (never returned)
+    and is judged on errors, latency, TTFT, empty rate and length drift."""
+    shadow_share: float = 1.0
+    """The share of `model=NAME` requests copied to the candidate in the shadow phase, 0-1."""
 
     def to_json(self) -> str:
         return json.dumps({**asdict(self), "steps": list(self.steps)})
@@ -73,7 +83,7 @@ class Rollout:
     spec: RolloutSpec
     state: str
     step: int
-    """Index into `spec.steps`; -1 before the first step (pre-flight)."""
+    """Index into `spec.steps`; -1 before the first step (pre-flight, shadow phase)."""
     step_started: float
     evaluated: float
     created: float
@@ -82,8 +92,17 @@ class Rollout:
 
     @property
     def weight(self) -> float:
-        """The candidate's share of traffic now, in percent."""
-        return self.spec.steps[self.step] if self.state == "running" or self.state == "paused" else 0.0
+        """The candidate's share of user traffic now, in percent (0 in the shadow phase)."""
+        return self.spec.steps[self.step] if self.state in ("running", "paused") and self.step >= 0 else 0.0
+
+    @property
+    def phase(self) -> str:
+        """preflight | shadow | steps | ended (a paused rollout keeps the phase it paused in)."""
+        if self.state in TERMINAL:
+            return "ended"
+        if self.state == "preflight":
+            return "preflight"
+        return "shadow" if self.step < 0 else "steps"
 
     @property
     def final_step(self) -> bool:
@@ -233,6 +252,15 @@ def transition(
 def _change_route(tx: SqlWrite, r: Rollout, action: RouteAction, weight: float, now: float) -> None:
     if action == "none":
         return
+    if action == "shadow":  # users keep the baseline; the candidate answers copies
+        old = tx.route(r.name)
+        if old is None:
+            raise StaleRollout(f"the route of rollout {r.name!r} was removed; nothing done")
+        variants = (Variant(r.spec.baseline, 100.0), Variant(r.spec.candidate, 0.0))
+        tx.put_route(
+            Route(r.name, variants, r.spec.candidate, r.spec.shadow_share, old.created, now, old.history)
+        )
+        return
     if action == "promote":
         name, version = r.spec.candidate.split("@")
         tx.set_alias(name, r.spec.alias, int(version))
@@ -318,6 +346,27 @@ def release_lease(reg: Registry, holder: str, name: str = CONTROLLER_LEASE) -> N
     le = t.leases.c
     with reg.db.write(bump=False) as conn:
         conn.execute(sa.delete(t.leases).where(le.name == name, le.holder == holder))
+
+
+def announce(reg: Registry, holder: str, ready: list[str], ttl_s: float, now: float) -> None:
+    """A serving replica says it is alive (`replica:HOLDER`) and, for each rollout in `ready`,
+    that it has loaded its candidate (`ready:ROLLOUT:HOLDER`); both for `ttl_s` seconds."""
+    names = [f"replica:{holder}", *(f"ready:{name}:{holder}" for name in ready)]
+    with reg.db.write(bump=False) as conn:
+        for name in names:
+            reg.db.upsert(conn, t.leases, {"name": name, "holder": holder, "expires": now + ttl_s}, ["name"])
+
+
+def replicas_not_ready(reg: Registry, name: str, now: float) -> list[str]:
+    """The live serving replicas (announced, not expired) that have not loaded the candidate of
+    rollout `name`."""
+    le = t.leases.c
+    live = sa.select(le.name, le.holder).where(le.expires >= now)
+    with reg.db.read() as conn:
+        rows = conn.execute(live).all()
+    replicas = {h for n, h in rows if n.startswith("replica:")}
+    ready = {h for n, h in rows if n.startswith(f"ready:{name}:")}
+    return sorted(replicas - ready)
 
 
 def lease_holder(reg: Registry, now: float, name: str = CONTROLLER_LEASE) -> str | None:

@@ -109,7 +109,16 @@ class Metrics:
             "lora_engine_requests", "Requests the engine is working on", registry=self.registry
         )
         self.rollout_step = Gauge(
-            "lora_rollout_step", "Rollout step (1-based; 0 in pre-flight)", ["route"], registry=self.registry
+            "lora_rollout_step",
+            "Rollout step (1-based; 0 in pre-flight and the shadow phase)",
+            ["route"],
+            registry=self.registry,
+        )
+        self.rollout_phase = Gauge(
+            "lora_rollout_phase",
+            "1 for a rollout's phase (preflight, shadow, steps, ended)",
+            ["route", "phase"],
+            registry=self.registry,
         )
         self.rollout_weight = Gauge(
             "lora_rollout_candidate_weight",

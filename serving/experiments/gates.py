@@ -48,6 +48,8 @@ GATES: dict[str, GateKind] = {
         "empty completion rate", "<=", "pt", 1.0, "share of empty completions, difference"
     ),
 }
+FEEDBACK_GATES = ("thumbs_up", "score")
+"""Gates on user feedback: judged only with `min_feedback` events per variant, never in shadow."""
 _GATE_RE = re.compile(r"^\s*([a-z_0-9]+)\s*(<=|>=|=)\s*([+-]?[0-9.]+|off)\s*(pt|x)?\s*$")
 
 
@@ -152,15 +154,18 @@ class Sample:
 class GateResult:
     gate: str
     outcome: str
-    """pass | fail | inconclusive | skipped"""
+    """pass | fail | inconclusive | skipped | little-feedback (a feedback gate below its minimum)"""
     value: float | None
     """The observed difference (points) or ratio."""
     limit: float | None
     p_value: float | None
     """One-sided p of "worse" (fail) or of "worse beyond the margin" (pass), whichever decided."""
+    note: str | None = None
 
     def describe(self) -> str:
         k = GATES[self.gate]
+        if self.note:
+            return f"{self.gate} ({self.note})"
         value = (
             "-"
             if self.value is None
@@ -172,8 +177,9 @@ class GateResult:
         return f"{self.gate} {value} (limit {k.op}{self.limit:g}{k.unit}{p})"
 
 
-def evaluate(gate: Gate, base: Sample, cand: Sample, min_n: int) -> GateResult:
-    """One gate on the two samples (the caller checked both have enough requests)."""
+def evaluate(gate: Gate, base: Sample, cand: Sample, min_feedback: int) -> GateResult:
+    """One gate on the two samples (the caller checked both have enough requests). A feedback
+    gate with fewer than `min_feedback` events on either side is `little-feedback` (not judged)."""
     if gate.limit is None:
         return GateResult(gate.name, "skipped", None, None, None)
     n = gate.name
@@ -181,18 +187,17 @@ def evaluate(gate: Gate, base: Sample, cand: Sample, min_n: int) -> GateResult:
         return _proportions(gate, base.errors, base.requests, cand.errors, cand.requests)
     if n == "empty_rate":
         return _proportions(gate, base.empty, len(base.lengths), cand.empty, len(cand.lengths))
-    if n == "thumbs_up":
-        if not base.thumbs and not cand.thumbs:
+    if n in FEEDBACK_GATES:
+        a: list[float] = [float(x) for x in (base.thumbs if n == "thumbs_up" else base.scores)]
+        b: list[float] = [float(x) for x in (cand.thumbs if n == "thumbs_up" else cand.scores)]
+        if not a and not b:
             return GateResult(n, "skipped", None, gate.limit, None)
-        if min(len(base.thumbs), len(cand.thumbs)) < min_n:
-            return GateResult(n, "inconclusive", None, gate.limit, None)
-        return _proportions(gate, sum(base.thumbs), len(base.thumbs), sum(cand.thumbs), len(cand.thumbs))
-    if n == "score":
-        if not base.scores and not cand.scores:
-            return GateResult(n, "skipped", None, gate.limit, None)
-        if min(len(base.scores), len(cand.scores)) < min_n:
-            return GateResult(n, "inconclusive", None, gate.limit, None)
-        return _means(gate, base.scores, cand.scores)
+        if min(len(a), len(b)) < min_feedback:
+            note = f"{len(a)} baseline and {len(b)} candidate feedback events, need {min_feedback} each"
+            return GateResult(n, "little-feedback", None, gate.limit, None, note)
+        if n == "score":
+            return _means(gate, a, b)
+        return _proportions(gate, round(sum(a)), len(a), round(sum(b)), len(b))
     pairs = {"latency_p95": (base.latency, cand.latency, 95), "ttft_p95": (base.ttft, cand.ttft, 95)}
     if n in pairs:
         a, b, q = pairs[n]

@@ -24,7 +24,15 @@ from registry.adapter import validate_adapter
 from registry.errors import InvalidAdapterError, RegistryError
 from registry.refs import parse_ref
 from registry.rollouts import Rollout, RolloutSpec
-from serving.experiments.gates import Gate, GateError, GateResult, Sample, evaluate, gate_set
+from serving.experiments.gates import (
+    FEEDBACK_GATES,
+    Gate,
+    GateError,
+    GateResult,
+    Sample,
+    evaluate,
+    gate_set,
+)
 
 if TYPE_CHECKING:
     from registry.store import Registry
@@ -55,41 +63,48 @@ class Evidence:
     """Seconds since the step began."""
 
 
-def decide(spec: RolloutSpec, step: int, evidence: Evidence) -> Decision:
-    """Judge step `step` of a rollout on `evidence`: any gate failing fails it; too few requests
-    or an inconclusive gate waits (and pauses after `max_wait_s`); else it passes."""
+def decide(spec: RolloutSpec, step: int, evidence: Evidence, shadow: bool = False) -> Decision:
+    """Judge step `step` of a rollout (or its shadow phase, `shadow`) on `evidence`: any gate
+    failing fails it; too few requests or an inconclusive gate waits (and pauses after
+    `max_wait_s`); else it passes. Feedback gates with fewer than `min_feedback` events per
+    variant are not judged and do not hold the step, unless no other gate is on."""
     base, cand = evidence.baseline, evidence.candidate
+    where = "shadow phase" if shadow else f"step {spec.steps[step]:g}%"
     numbers: dict[str, Any] = {
-        "weight": spec.steps[step],
+        "phase": "shadow" if shadow else "steps",
+        "weight": 0.0 if shadow else spec.steps[step],
         "baseline": base.numbers(),
         "candidate": cand.numbers(),
     }
     short = min(base.requests, cand.requests) < spec.min_requests
     results: list[GateResult] = []
     if not short:
-        results = [evaluate(g, base, cand, spec.min_requests) for g in gates_of(spec)]
+        gates = [g for g in gates_of(spec) if not (shadow and g.name in FEEDBACK_GATES)]
+        results = [evaluate(g, base, cand, spec.min_feedback) for g in gates]
         numbers["gates"] = {
-            r.gate: {"outcome": r.outcome, "value": r.value, "limit": r.limit, "p": r.p_value}
+            r.gate: {"outcome": r.outcome, "value": r.value, "limit": r.limit, "p": r.p_value, "note": r.note}
             for r in results
         }
     failed = [r for r in results if r.outcome == "fail"]
     if failed:
-        return Decision("fail", "gate failed: " + "; ".join(r.describe() for r in failed), numbers)
+        return Decision("fail", f"{where}: gate failed: " + "; ".join(r.describe() for r in failed), numbers)
     if short:
         why = (
             f"inconclusive: {base.requests} baseline and {cand.requests} candidate requests, "
             f"need {spec.min_requests} each"
         )
     else:
-        open_gates = [r for r in results if r.outcome == "inconclusive"]
+        judged = [r for r in results if r.gate not in FEEDBACK_GATES and r.outcome != "skipped"]
+        holding = ("inconclusive", "little-feedback") if not judged else ("inconclusive",)
+        open_gates = [r for r in results if r.outcome in holding]
         if not open_gates:
             passed = ", ".join(r.gate for r in results if r.outcome == "pass")
-            return Decision("pass", f"step {spec.steps[step]:g}% passed: {passed}", numbers)
+            unjudged = [r.describe() for r in results if r.outcome == "little-feedback"]
+            later = f"; not judged: {'; '.join(unjudged)}" if unjudged else ""
+            return Decision("pass", f"{where} passed: {passed}{later}", numbers)
         why = "inconclusive: " + "; ".join(r.describe() for r in open_gates)
     if evidence.elapsed_s >= spec.max_wait_s:
-        return Decision(
-            "pause", f"paused after {evidence.elapsed_s:.0f}s at {spec.steps[step]:g}%: {why}", numbers
-        )
+        return Decision("pause", f"paused after {evidence.elapsed_s:.0f}s in the {where}: {why}", numbers)
     return Decision("wait", why, numbers)
 
 
@@ -99,12 +114,19 @@ def gates_of(spec: RolloutSpec) -> list[Gate]:
 
 def evidence_for(reg: Registry, r: Rollout, now: float) -> Evidence:
     """Each variant's live requests since the step began (the baseline's since the rollout began
-    when this step gives it no traffic), and the feedback on those requests."""
+    when this step gives it no traffic), and the feedback on those requests. In the shadow phase
+    the candidate's requests are the copies it answered (no user saw them, so no feedback)."""
     reqs, fb = reg.evidence().load(r.name)
-    live = [x for x in reqs if not x["shadow"] and x["ts"] <= now]
-    base_since = r.step_started if r.spec.steps[r.step] < 100 else r.created
+    rows = [x for x in reqs if x["ts"] <= now]
+    live = [x for x in rows if not x["shadow"]]
+    shadow = r.phase == "shadow"
+    base_since = r.step_started if shadow or r.spec.steps[r.step] < 100 else r.created
     base = [x for x in live if x["variant"] == r.spec.baseline and x["ts"] >= base_since]
-    cand = [x for x in live if x["variant"] == r.spec.candidate and x["ts"] >= r.step_started]
+    cand = [
+        x
+        for x in (rows if shadow else live)
+        if x["variant"] == r.spec.candidate and bool(x["shadow"]) == shadow and x["ts"] >= r.step_started
+    ]
 
     def feedback(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         ids = {x["id"] for x in rows}
@@ -121,7 +143,7 @@ def tick(reg: Registry, holder: str, now: float | None = None, ready: set[str] |
     """One round of the controller; returns what it did (one line per action). `ready`: the
     candidates this process has loaded (None: no engine here, pre-flight is the registry's)."""
     now = time.time() if now is None else now
-    active = [r for r in ro.list_rollouts(reg) if r.state in ("preflight", "running")]
+    active = [r for r in ro.list_rollouts(reg) if r.state in ("preflight", *ro.JUDGED)]
     if not active or not ro.acquire_lease(reg, holder, LEASE_TTL_S, now):
         return []  # nothing to do: no lease taken (no write every second on an idle catalog)
     done = []
@@ -139,21 +161,13 @@ def _act(reg: Registry, r: Rollout, holder: str, now: float, ready: set[str] | N
     if r.state == "preflight":
         if ready is not None and r.spec.candidate not in ready:
             return None
-        ro.transition(
-            reg,
-            r,
-            state="running",
-            step=0,
-            route="weights",
-            decision="preflight-ok",
-            now=now,
-            holder=holder,
-            reason=f"{r.spec.candidate} loaded; {r.spec.steps[0]:g}% of traffic",
-        )
-        return f"{r.name}: pre-flight passed, {r.spec.steps[0]:g}%"
-    if r.state != "running" or now - r.evaluated < r.spec.interval_s:
+        if now - r.created < LEASE_TTL_S or ro.replicas_not_ready(reg, r.name, now):
+            return None  # every live replica has announced itself by then, and must have it loaded
+        return _preflight_ok(reg, r, holder, now)
+    if r.state not in ro.JUDGED or now - r.evaluated < r.spec.interval_s:
         return None
-    d = decide(r.spec, r.step, evidence_for(reg, r, now))
+    shadow = r.state == "shadow"
+    d = decide(r.spec, r.step, evidence_for(reg, r, now), shadow=shadow)
     common: dict[str, Any] = {"now": now, "holder": holder, "numbers": d.numbers, "reason": d.reason}
     if d.kind == "wait":
         ro.note(reg, r, "wait", d.numbers, d.reason, holder, now)
@@ -162,11 +176,43 @@ def _act(reg: Registry, r: Rollout, holder: str, now: float, ready: set[str] | N
         ro.transition(reg, r, state="paused", decision="pause", **common)
     elif d.kind == "fail":
         ro.transition(reg, r, state="rolled_back", route="hold_baseline", decision="rollback", **common)
+    elif shadow:
+        ro.transition(reg, r, state="running", step=0, route="weights", decision="shadow-ok", **common)
     elif r.final_step:
         ro.transition(reg, r, state="promoted", route="promote", decision="promote", **common)
     else:
         ro.transition(reg, r, state="running", step=r.step + 1, route="weights", decision="advance", **common)
     return f"{r.name}: {d.kind} - {d.reason}"
+
+
+def _preflight_ok(reg: Registry, r: Rollout, holder: str, now: float) -> str:
+    """The candidate is loaded: the shadow phase (copies of requests) or step 1 (user traffic)."""
+    if r.spec.shadow_first:
+        share = f"{r.spec.shadow_share:.0%}"
+        ro.transition(
+            reg,
+            r,
+            state="shadow",
+            route="shadow",
+            decision="preflight-ok",
+            now=now,
+            holder=holder,
+            numbers={"phase": "shadow", "shadow_share": r.spec.shadow_share},
+            reason=f"{r.spec.candidate} loaded; shadow phase: it answers copies of {share} of requests",
+        )
+        return f"{r.name}: pre-flight passed, shadow phase ({share} of requests copied)"
+    ro.transition(
+        reg,
+        r,
+        state="running",
+        step=0,
+        route="weights",
+        decision="preflight-ok",
+        now=now,
+        holder=holder,
+        reason=f"{r.spec.candidate} loaded; {r.spec.steps[0]:g}% of traffic",
+    )
+    return f"{r.name}: pre-flight passed, {r.spec.steps[0]:g}%"
 
 
 # -- commands ------------------------------------------------------------------------------
@@ -203,6 +249,10 @@ def check(reg: Registry, name: str, spec: RolloutSpec) -> RolloutSpec:
         gate_set(spec.gates)
     except GateError as exc:
         raise RegistryError(f"rollout {name!r}: {exc}") from exc
+    if not 0 < spec.shadow_share <= 1:
+        raise RegistryError(
+            f"rollout {name!r}: the shadow share must be in (0, 1], got {spec.shadow_share:g}"
+        )
     return replace(spec, candidate=cand.ref, baseline=base.ref)
 
 
@@ -214,17 +264,20 @@ def resolve_spec(name: str, candidate: str, baseline: str | None, alias: str, **
 
 def pause(reg: Registry, name: str, reason: str = "paused by an operator") -> Rollout:
     r = ro.get(reg, name)
-    if r.state != "running":
-        raise RegistryError(f"rollout {name!r} is {r.state}: only a running rollout can be paused")
+    if r.state not in ro.JUDGED:
+        raise RegistryError(
+            f"rollout {name!r} is {r.state}: only a running (or shadow) rollout can be paused"
+        )
     return ro.transition(reg, r, state="paused", decision="pause", now=time.time(), reason=reason)
 
 
 def resume(reg: Registry, name: str) -> Rollout:
-    """Resume a paused rollout at its step, with a fresh evidence window."""
+    """Resume a paused rollout at its step (or in its shadow phase), with a fresh evidence window."""
     r = ro.get(reg, name)
     if r.state != "paused":
         raise RegistryError(f"rollout {name!r} is {r.state}: only a paused rollout can be resumed")
-    return ro.transition(reg, r, state="running", decision="resume", now=time.time(), reason="resumed")
+    state = "shadow" if r.phase == "shadow" else "running"
+    return ro.transition(reg, r, state=state, decision="resume", now=time.time(), reason="resumed")
 
 
 def abort(reg: Registry, name: str, reason: str = "aborted by an operator") -> Rollout:
@@ -254,7 +307,8 @@ def fail_preflight(reg: Registry, r: Rollout, reason: str, holder: str) -> None:
 # -- inside `platform serve` ---------------------------------------------------------------
 async def run_controller(state: ServerState, holder: str) -> None:
     """Every TICK_S: load the candidates of active rollouts (a load error fails the rollout in
-    pre-flight), then tick. The lease is given back when the server stops."""
+    pre-flight; while one is in pre-flight, this replica announces itself and what it has loaded
+    in the catalog, and pre-flight passes only when every live replica has), then tick. The lease is given back when the server stops."""
     try:
         while True:
             try:
@@ -272,9 +326,12 @@ async def run_controller(state: ServerState, holder: str) -> None:
 async def controller_round(state: ServerState, holder: str) -> None:
     reg = state.registry
     active = [
-        r for r in await asyncio.to_thread(ro.list_rollouts, reg) if r.state in ("preflight", "running")
+        r for r in await asyncio.to_thread(ro.list_rollouts, reg) if r.state in ("preflight", *ro.JUDGED)
     ]
     ready: set[str] = set()
+    preflight = [r for r in active if r.state == "preflight"]
+    if preflight:  # this replica is alive: the candidate gets no traffic before it has it loaded
+        await asyncio.to_thread(ro.announce, reg, holder, [], LEASE_TTL_S, time.time())
     for r in active:
         try:
             async with state.adapters.lease(r.spec.candidate):
@@ -284,6 +341,9 @@ async def controller_round(state: ServerState, holder: str) -> None:
                 reason = f"pre-flight: {r.spec.candidate} cannot be loaded: {getattr(exc, 'message', exc)}"
                 log.warning("rollout %s failed: %s", r.name, reason)
                 await asyncio.to_thread(fail_preflight, reg, r, reason, holder)
+    loaded = [r.name for r in preflight if r.spec.candidate in ready]
+    if loaded:
+        await asyncio.to_thread(ro.announce, reg, holder, loaded, LEASE_TTL_S, time.time())
     for line in await asyncio.to_thread(tick, reg, holder, time.time(), ready):
         log.info("rollout %s", line)
     await asyncio.to_thread(_export, state)
@@ -297,6 +357,8 @@ def _export(state: ServerState) -> None:
             continue
         m.rollout_step.labels(r.name).set(r.step + 1)
         m.rollout_weight.labels(r.name).set(r.weight)
+        for phase in PHASES:
+            m.rollout_phase.labels(r.name, phase).set(1 if phase == r.phase else 0)
         last = ro.last_decision(state.registry, r.name) or r.state
         for d in DECISIONS:
             m.rollout_decision.labels(r.name, d).set(1 if d == last else 0)
@@ -307,6 +369,7 @@ DECISIONS = (
     "preflight-ok",
     "preflight-failed",
     "wait",
+    "shadow-ok",
     "advance",
     "pause",
     "resume",
@@ -314,6 +377,8 @@ DECISIONS = (
     "rollback",
     "abort",
 )
+
+PHASES = ("preflight", "shadow", "steps", "ended")
 
 
 def plot(r: Rollout, events: list[ro.Event], out: Path) -> Path:

@@ -9,7 +9,9 @@ through a steady loop that posts thumbs feedback for each answer, as users would
 from __future__ import annotations
 
 import itertools
+import json
 import os
+import shutil
 import signal
 import threading
 import time
@@ -22,6 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 from click.testing import CliRunner
+from safetensors.torch import load_file, save_file
 
 from cli.main import cli
 from loadtests.common import server_process
@@ -46,6 +49,8 @@ class Setup:
         return Registry(self.location, self.artifacts)
 
     def push(self, name: str, rank: int) -> str:
+        """Push the adapter of `rank` (0: a rank-8 LoRA with NaN weights, which loads but errors
+        on every sampled request) as a new version of `name`."""
         base = resolve_base_model("tiny")
         lineage = {"base_model": base.id, "base_model_sha256": base.weights_sha256}
         return self.registry().push(name, self.adapters[rank], lineage).ref
@@ -66,7 +71,12 @@ class Setup:
 
 
 def _adapters(root: Path) -> dict[int, Path]:
-    return {r: random_adapter(root / f"r{r}", r, ["q_proj", "v_proj"]) for r in (4, 8, 32)}
+    out = {r: random_adapter(root / f"r{r}", r, ["q_proj", "v_proj"]) for r in (4, 8, 32)}
+    out[0] = shutil.copytree(out[8], root / "nan")
+    weights = out[0] / "adapter_model.safetensors"
+    tensors = load_file(weights)
+    save_file({k: v.fill_(float("nan")) if "lora_B" in k else v for k, v in tensors.items()}, weights)
+    return out
 
 
 def _servers(setup: Setup, root: Path, n: int, *extra: str) -> Iterator[Setup]:
@@ -167,15 +177,15 @@ def state(setup: Setup, name: str) -> str:
 def timeline(setup: Setup, name: str) -> list[ro.Event]:
     events = ro.events(setup.registry(), name)
     for e in events:  # the decision timeline, for the README and for a failing test's output
-        print(
-            f"{e.ts - events[0].ts:6.1f}s step {e.step + 1} {e.weight:5.1f}% {e.decision:16} {e.reason or ''}"
-        )
+        step = "shadow" if e.numbers.get("phase") == "shadow" and e.step < 0 else f"step {e.step + 1}"
+        print(f"{e.ts - events[0].ts:6.1f}s {step:6} {e.weight:5.1f}% {e.decision:16} {e.reason or ''}")
     return events
 
 
 def test_a_good_candidate_walks_the_steps_and_is_promoted(one: Setup) -> None:
     baseline, candidate = one.versions("good")
-    steps = ["--steps", "5,50,100", "--interval", "1s", "--min-requests", "5", "--max-wait", "40s"]
+    steps = ["--steps", "5,50,100", "--interval", "1s", "--min-requests", "5", "--min-feedback", "5"]
+    steps += ["--max-wait", "40s"]
     one.rollout("start", "good", "--candidate", candidate, *steps)
     with Traffic(one.urls, "good", thumbs=lambda _: "up") as traffic:
         wait_until(lambda: state(one, "good") not in ("preflight", "running"), 60)
@@ -204,8 +214,10 @@ def test_a_good_candidate_walks_the_steps_and_is_promoted(one: Setup) -> None:
 
 def test_worse_feedback_is_rolled_back_at_the_first_step(one: Setup, tmp_path: Path) -> None:
     baseline, candidate = one.versions("bad")
-    args = ["--steps", "5,50,100", "--interval", "1s", "--min-requests", "5", "--max-wait", "40s"]
-    one.rollout("start", "bad", "--candidate", candidate, *args)
+    # 8 requests and 5 feedback events per variant: feedback trails the answers by at most one
+    # request per client thread, so step 1 is judged with its feedback
+    args = ["--steps", "5,50,100", "--interval", "1s", "--min-requests", "8", "--min-feedback", "5"]
+    one.rollout("start", "bad", "--candidate", candidate, *args, "--max-wait", "40s")
     with Traffic(one.urls, "bad", thumbs=lambda m: "down" if m == candidate else "up") as traffic:
         wait_until(lambda: state(one, "bad") not in ("preflight", "running"), 60)
         traffic.thumbs = None
@@ -221,11 +233,13 @@ def test_worse_feedback_is_rolled_back_at_the_first_step(one: Setup, tmp_path: P
     assert "rollout:rolled-back" in reg.get(candidate, verify_files=False).tags
     assert all(m == baseline for t, m in traffic.served if t > ended + 0.5)  # weight 0 at once
     assert set(traffic.statuses) == {200}, traffic.statuses
-    # time from the failing evidence being available (the min_requests-th candidate feedback) to weight 0
+    # time from the failing evidence being available (the 8th candidate request with the 5th
+    # candidate feedback) to weight 0
     reqs, fb = reg.evidence().load("bad")
     step_start = next(e.ts for e in events if e.decision == "preflight-ok")
-    cand_ids = {r["id"] for r in reqs if r["variant"] == candidate and r["ts"] >= step_start}
-    available = sorted(f["ts"] for f in fb if f["completion_id"] in cand_ids)[4]
+    cand = sorted((r["ts"], r["id"]) for r in reqs if r["variant"] == candidate and r["ts"] >= step_start)
+    cand_ids = {i for _, i in cand}
+    available = max(cand[7][0], sorted(f["ts"] for f in fb if f["completion_id"] in cand_ids)[4])
     reaction = rollback.ts - available
     print(f"failing evidence available -> weight 0: {reaction:.2f}s (interval {INTERVAL_S:g}s)")
     assert reaction <= INTERVAL_S + 1.0
@@ -248,6 +262,67 @@ def test_a_candidate_that_cannot_load_fails_preflight_before_any_traffic(one: Se
     assert reqs and all(x["variant"] == baseline for x in reqs)
     assert one.registry().get("noload:prod").ref == baseline
     assert set(traffic.statuses) == {200}
+
+
+def _phase_gauge(url: str, name: str, phase: str) -> bool:
+    return f'lora_rollout_phase{{phase="{phase}",route="{name}"}} 1.0' in httpx.get(url + "/metrics").text
+
+
+def test_shadow_first_a_good_candidate_passes_the_shadow_then_walks_the_steps(one: Setup) -> None:
+    baseline, candidate = one.versions("shadowok")
+    args = ["--steps", "50,100", "--interval", "1s", "--min-requests", "5", "--min-feedback", "5"]
+    one.rollout("start", "shadowok", "--candidate", candidate, "--shadow-first", *args, "--max-wait", "40s")
+    wait_until(lambda: _phase_gauge(one.urls[0], "shadowok", "shadow"), 10)  # no traffic yet: it waits
+    assert "shadow phase: it answers copies of 100% of requests" in one.rollout("status", "shadowok")
+    with Traffic(one.urls, "shadowok", thumbs=lambda _: "up") as traffic:
+        wait_until(lambda: state(one, "shadowok") not in ("preflight", "shadow", "running"), 60)
+        traffic.thumbs = None
+    events = timeline(one, "shadowok")
+    assert state(one, "shadowok") == "promoted", events[-1].reason
+    moves = [(e.decision, e.weight) for e in events if e.decision not in ("start", "wait")]
+    assert moves == [("preflight-ok", 0), ("shadow-ok", 50), ("advance", 100), ("promote", 100)]
+    shadow_ok = next(e for e in events if e.decision == "shadow-ok")
+    assert shadow_ok.numbers["phase"] == "shadow" and "thumbs_up" not in shadow_ok.numbers["gates"]
+    assert shadow_ok.reason.startswith("shadow phase passed: error_rate")  # type: ignore[union-attr]
+    reqs, _ = one.registry().evidence().load("shadowok")
+    copies = [x for x in reqs if x["shadow"]]
+    assert copies and {x["variant"] for x in copies} == {candidate}
+    assert all(x["ts"] <= shadow_ok.ts + 1 for x in copies)  # copies end with the shadow phase
+    assert all(x["ts"] >= shadow_ok.ts for x in reqs if x["variant"] == candidate and not x["shadow"])
+    assert all(t >= shadow_ok.ts for t, m in traffic.served if m == candidate)
+    assert {m for t, m in traffic.served if t < shadow_ok.ts} == {baseline}
+    assert one.registry().get("shadowok:prod").ref == candidate
+    assert set(traffic.statuses) == {200}, traffic.statuses
+    assert _phase_gauge(one.urls[0], "shadowok", "ended")
+
+
+def test_shadow_first_an_erroring_candidate_is_rolled_back_before_any_user_sees_it(one: Setup) -> None:
+    baseline = one.push("shadowbad", 4)
+    one.registry().set_alias(baseline, "prod")
+    candidate = one.push("shadowbad", 0)  # loads, but every sampled answer fails (NaN weights)
+    args = ["--interval", "1s", "--min-requests", "5", "--max-wait", "40s", "--shadow-first"]
+    one.rollout("start", "shadowbad", "--candidate", candidate, *args)
+    with Traffic(one.urls, "shadowbad") as traffic:
+        wait_until(lambda: state(one, "shadowbad") not in ("preflight", "shadow"), 60)
+        ended = len(traffic.served)
+        wait_until(lambda: len(traffic.served) >= ended + 5, 20)
+    events = timeline(one, "shadowbad")
+    assert [e.decision for e in events if e.decision != "wait"] == ["start", "preflight-ok", "rollback"]
+    rollback = events[-1]
+    assert state(one, "shadowbad") == "rolled_back" and rollback.step == -1 and rollback.weight == 0
+    assert (rollback.reason or "").startswith("shadow phase: gate failed: error_rate +100.00pt")
+    assert rollback.numbers["candidate"]["errors"] == rollback.numbers["candidate"]["requests"] >= 5
+    reqs, _ = one.registry().evidence().load("shadowbad")
+    assert {x["variant"] for x in reqs if not x["shadow"]} == {baseline}  # no user got a candidate answer
+    assert {(x["variant"], x["status"]) for x in reqs if x["shadow"]} == {(candidate, "error")}
+    assert {m for _, m in traffic.served} == {baseline} and set(traffic.statuses) == {200}
+    reg = one.registry()
+    assert reg.get("shadowbad:prod").ref == baseline  # the alias never moved
+    assert "rollout:rolled-back" in reg.get(candidate, verify_files=False).tags
+    out = CliRunner().invoke(cli, ["rollout", "status", "shadowbad", "--json", "--registry", one.location])
+    status = json.loads(out.output)
+    assert status["state"] == "rolled_back" and status["phase"] == "ended" and status["spec"]["shadow_first"]
+    assert "shadow" in one.rollout("status", "shadowbad")  # the timeline's step column
 
 
 def test_another_base_model_is_refused_by_rollout_start(one: Setup) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import pytest
 
@@ -76,11 +77,49 @@ def test_a_small_difference_within_noise_is_inconclusive_not_a_pass() -> None:
     assert d.kind == "wait" and "error_rate" in d.reason
 
 
-def test_feedback_below_min_requests_waits() -> None:
-    d = decide(
-        SPEC, 1, ev(sample(60, thumbs_up=1.0), Sample.of(sample_rows(60), [{"thumbs": 1, "score": None}]))
-    )
-    assert d.kind == "wait" and "thumbs_up" in d.reason
+def test_feedback_below_min_feedback_is_not_judged_and_does_not_hold_the_step() -> None:
+    one_vote = Sample.of(sample_rows(60), [{"thumbs": 0, "score": None}])
+    d = decide(SPEC, 1, ev(sample(60, thumbs_up=1.0), one_vote))
+    assert d.kind == "pass", d.reason
+    assert d.numbers["gates"]["thumbs_up"]["outcome"] == "little-feedback"
+    assert "not judged: thumbs_up (60 baseline and 1 candidate feedback events, need 20 each)" in d.reason
+
+
+def test_too_little_feedback_holds_the_step_when_every_other_gate_is_off() -> None:
+    others = {g: "=off" for g in ("error_rate", "empty_rate", "latency_p95", "ttft_p95", "length_p50")}
+    spec = replace(SPEC, gates=others)
+    one_vote = Sample.of(sample_rows(60), [{"thumbs": 1, "score": None}])
+    d = decide(spec, 1, ev(sample(60, thumbs_up=1.0), one_vote))
+    assert d.kind == "wait" and "need 20 each" in d.reason
+
+
+def test_feedback_gates_have_their_own_minimum_and_margin() -> None:
+    # 60 requests and 15 feedback events each: judged with --min-feedback 10, not with the default 20
+    votes = [{"thumbs": 1, "score": None}] * 15
+    base = Sample.of(sample_rows(60), votes)
+    cand = Sample.of(sample_rows(60), [{**v, "thumbs": 0} for v in votes])
+    assert decide(SPEC, 1, ev(base, cand)).kind == "pass"
+    d = decide(replace(SPEC, min_feedback=10), 1, ev(base, cand))
+    assert d.kind == "fail" and "thumbs_up -100.00pt" in d.reason
+    # 90% vs 70% thumbs up: worse beyond the default -5pt, within a -30pt margin
+    base, cand = sample(100, thumbs_up=0.9), sample(100, thumbs_up=0.7)
+    assert decide(SPEC, 1, ev(base, cand)).kind == "fail"
+    d = decide(replace(SPEC, gates={"thumbs_up": ">=-30pt"}), 1, ev(base, cand))
+    assert d.kind == "pass" and d.numbers["gates"]["thumbs_up"]["outcome"] == "pass"
+
+
+def test_the_shadow_phase_judges_errors_and_latency_never_feedback() -> None:
+    base = sample(100, thumbs_up=0.9)
+    d = decide(SPEC, -1, ev(base, sample(40, thumbs_up=0.0)), shadow=True)
+    assert d.kind == "pass" and d.reason.startswith("shadow phase passed")
+    assert d.numbers["phase"] == "shadow" and d.numbers["weight"] == 0.0
+    assert "thumbs_up" not in d.numbers["gates"] and "score" not in d.numbers["gates"]
+    d = decide(SPEC, -1, ev(base, sample(40, errors=40)), shadow=True)
+    assert d.kind == "fail" and d.reason.startswith("shadow phase: gate failed: error_rate")
+    d = decide(SPEC, -1, ev(base, sample(40, latency=0.3)), shadow=True)
+    assert d.kind == "fail" and "latency_p95" in d.reason
+    d = decide(SPEC, -1, ev(base, sample(5)), shadow=True)
+    assert d.kind == "wait" and "5 candidate requests, need 20" in d.reason
 
 
 def sample_rows(n: int) -> list[dict[str, object]]:
