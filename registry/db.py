@@ -152,6 +152,7 @@ payloads = sa.Table(
     sa.Column("ttft_s", sa.Float),
     sa.Column("prompt_tokens", sa.Integer),
     sa.Column("completion_tokens", sa.Integer),
+    sa.Column("prompt_sha256", sa.Text),
     sa.Index("payloads_name", "name", "ts"),
     sa.Index("payloads_version", "version", "ts"),
 )

@@ -9,7 +9,9 @@ rows, payload writes do not move the change counter. Database errors leave as `S
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -40,10 +42,33 @@ class PayloadRecord:
     ttft_s: float | None
     prompt_tokens: int
     completion_tokens: int
+    prompt_sha256: str | None = None
+    """`prompt_digest` of the last user message (or prompt) before redaction: what the export's
+    held-out leakage check compares, since redaction changes the text itself."""
 
     def request_json(self) -> dict[str, Any]:
         value = json.loads(self.request)
         return value if isinstance(value, dict) else {}
+
+
+def prompt_digest(text: str) -> str:
+    """sha256 of a prompt's text with line endings, trailing spaces and outer blank space normalized
+    (as training cleans it): training records its held-out rows this way, logging its prompts."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    text = "\n".join(re.sub(r"[ \t]+$", "", line) for line in text.split("\n")).strip()
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def last_user_text(request: dict[str, Any]) -> str | None:
+    """The prompt of a logged request (`{"prompt": ...}`), or its last user message."""
+    if isinstance(request.get("prompt"), str):
+        return str(request["prompt"])
+    users = [
+        m.get("content")
+        for m in request.get("messages") or []
+        if isinstance(m, dict) and m.get("role") == "user"
+    ]
+    return users[-1] if users and isinstance(users[-1], str) else None
 
 
 @dataclass(frozen=True)

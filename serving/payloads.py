@@ -22,7 +22,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from registry.payloads import PayloadRecord, PayloadStore
+from registry.payloads import PayloadRecord, PayloadStore, last_user_text, prompt_digest
 from serving.batching import BatchWriter
 from serving.experiments.drift import drift_report
 from serving.protocol import ChatCompletionRequest, CompletionRequest
@@ -137,13 +137,19 @@ class PayloadLogger:
         clean = []
         for r in rows:
             request = r.request_json()
+            prompt = last_user_text(request)
+            digest = None if prompt is None else prompt_digest(prompt)
             if "messages" in request:
                 for m in request["messages"]:
                     m["content"] = self._redacted(m.get("content"))
             elif isinstance(request.get("prompt"), str):
                 request["prompt"] = self._redacted(request["prompt"])
             completion = self._redacted(r.completion)
-            clean.append(dataclasses.replace(r, request=json.dumps(request), completion=completion))
+            clean.append(
+                dataclasses.replace(
+                    r, request=json.dumps(request), completion=completion, prompt_sha256=digest
+                )
+            )
         self.store.insert(clean)
 
     def close(self) -> None:

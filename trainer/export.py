@@ -5,7 +5,7 @@ version, feedback and age, and are written in the chat shape `platform train` re
 `{"messages": [..., {"role": "assistant", ...}]}` per line), deduplicated. Rows whose prompt is
 one of the held-out test rows of the versions that answered them (the `heldout.json` training
 writes into each version's folder) are dropped and counted: training on them would leak the
-evaluation set. A sidecar `FILE.jsonl.export.json` records the filters, counts and the file's
+evaluation set (compared before redaction, by the digest the server logs beside each row). A sidecar `FILE.jsonl.export.json` records the filters, counts and the file's
 sha256; `platform train` copies it into the new version's lineage.
 """
 
@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from registry.errors import RegistryError
-from registry.payloads import LoggedCompletion
+from registry.payloads import LoggedCompletion, prompt_digest
 from registry.store import Registry
-from trainer.data import Example, clean_text, dedup, row_to_example
+from trainer.data import Example, dedup, row_to_example
 from trainer.errors import TrainerError
 
 HELDOUT_FILE = "heldout.json"
@@ -68,7 +68,7 @@ class ExportReport:
 
 
 def user_key(text: str) -> str:
-    return hashlib.sha256(clean_text(text).encode()).hexdigest()
+    return prompt_digest(text)
 
 
 def prompt_key(example: Example) -> str:
@@ -150,14 +150,14 @@ def export(name: str, out: Path, filters: ExportFilters, registry_root: str | No
         since = None if filters.since_s is None else time.time() - filters.since_s
         kept = [c for c in logged if _keep(c, filters, since)]
         report.filtered_out = len(logged) - len(kept)
-        pairs = [(c.record.version, _example(c)) for c in kept]
+        pairs = [(c, _example(c)) for c in kept]
         report.unusable = sum(ex is None for _, ex in pairs)
-        examples = [(v, ex) for v, ex in pairs if ex is not None]
-        report.versions = sorted({v for v, _ in examples})
+        examples = [(c, ex) for c, ex in pairs if ex is not None]
+        report.versions = sorted({c.record.version for c, _ in examples})
         heldout = _heldout(registry, report)
     finally:
         registry.close()
-    clean = [ex for _, ex in examples if not _leaks(ex, heldout)] + extra
+    clean = [ex for c, ex in examples if not _leaks(ex, c.record.prompt_sha256, heldout)] + extra
     report.leaked_dropped = len(examples) + len(extra) - len(clean)
     rows, report.duplicates_dropped = dedup(clean)
     report.rows = len(rows)
@@ -179,8 +179,10 @@ def _heldout(registry: Registry, report: ExportReport) -> set[str]:
     return keys
 
 
-def _leaks(example: Example, heldout: set[str]) -> bool:
-    return prompt_key(example) in heldout or user_key(example.messages[-1][1]) in heldout
+def _leaks(example: Example, logged_digest: str | None, heldout: set[str]) -> bool:
+    """Whether a row's prompt is held out: as logged before redaction, or as exported."""
+    keys = {prompt_key(example), user_key(example.messages[-1][1]), logged_digest}
+    return bool(keys & heldout)
 
 
 def _write(out: Path, rows: list[Example], report: ExportReport) -> None:

@@ -31,6 +31,7 @@ def upgrade() -> None:
             sa.Column("ttft_s", sa.Float),
             sa.Column("prompt_tokens", sa.Integer),
             sa.Column("completion_tokens", sa.Integer),
+            sa.Column("prompt_sha256", sa.Text),
         )
         op.create_index("payloads_name", "payloads", ["name", "ts"])
         op.create_index("payloads_version", "payloads", ["version", "ts"])
