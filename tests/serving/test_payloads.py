@@ -111,7 +111,7 @@ def test_traffic_with_feedback_is_exported_and_trains_the_next_version_from_the_
     for cid in disliked:
         assert _feedback(logging_server, {"id": cid, "thumbs": "down", "score": 0.1}).status_code == 200
     wait_until(lambda: all(_logged(logging_server, c) for c in liked + disliked), 10)
-    drift = 'lora_drift_reference{version="support@1",signal="completion_tokens"}'
+    drift = 'lora_drift_reference{signal="completion_tokens",version="support@1"}'
     wait_until(lambda: metric(logging_server.url, drift) > 0, 10)  # the drift gauges follow the log
 
     reg, out = str(logging_server.registry), tmp_path / "liked.jsonl"
