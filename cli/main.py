@@ -9,7 +9,9 @@ import warnings
 import click
 
 from cli.ab import ab_group
+from cli.data import data_group
 from cli.demo import demo_cmd
+from cli.monitor import monitor_cmd
 from cli.registry_cmd import registry_group
 from cli.review import review_group
 from cli.rollout import rollout_group
@@ -44,6 +46,8 @@ cli.add_command(demo_cmd)
 cli.add_command(ab_group)
 cli.add_command(rollout_group)
 cli.add_command(review_group)
+cli.add_command(data_group)
+cli.add_command(monitor_cmd)
 
 
 def main() -> None:

@@ -51,8 +51,22 @@ from cli.errors import handle_errors
     "--max-replicas", type=click.IntRange(min=1), help="Autoscaling upper bound: turns autoscaling on."
 )
 @click.option("--target-ongoing-requests", type=float, help="Autoscaling target per replica (default 8).")
+@click.option(
+    "--log-payloads",
+    multiple=True,
+    help="Log the requests of these adapter or A/B route names (repeatable or comma-separated); off by default.",
+)
+@click.option(
+    "--payload-retention-days", type=float, help="Delete logged payloads older than this (default 30)."
+)
+@click.option(
+    "--payload-redactor",
+    help="module:function applied to logged text (default: e-mails and numbers redacted).",
+)
 @handle_errors
-def serve_cmd(config_file: str | None, pin: tuple[str, ...], **flags: object) -> None:
+def serve_cmd(
+    config_file: str | None, pin: tuple[str, ...], log_payloads: tuple[str, ...], **flags: object
+) -> None:
     """Serve the base model and every registry adapter behind an OpenAI-compatible API.
 
     A request's `model` picks the base model or an adapter: name, name@3 or name:alias.
@@ -61,7 +75,8 @@ def serve_cmd(config_file: str | None, pin: tuple[str, ...], **flags: object) ->
     from serving.settings import StartupError, load_settings
 
     try:
-        settings = load_settings(config_file, pin=list(pin) or None, **flags)
+        names = [n.strip() for item in log_payloads for n in item.split(",") if n.strip()]
+        settings = load_settings(config_file, pin=list(pin) or None, log_payloads=names or None, **flags)
         if settings.replicas is None and (settings.ray_address or settings.max_replicas):
             raise click.UsageError("--ray-address and --max-replicas need --replicas N")
         if settings.replicas is not None and settings.pin:

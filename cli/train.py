@@ -45,6 +45,10 @@ def metrics_records(columns: dict[str, dict[str, float]]) -> list[Record]:
 @click.option("--max-steps", type=int, help="Optimizer steps.")
 @click.option("--qlora", is_flag=True, help="4-bit NF4 QLoRA (bitsandbytes).")
 @click.option("--no-push", is_flag=True, help="Do not push the adapter to the registry.")
+@click.option(
+    "--init-adapter",
+    help="Continue from this version's weights (name@3, name:prod): same base, rank, targets.",
+)
 @registry_options
 @click.argument("overrides", nargs=-1)
 @handle_errors
@@ -57,6 +61,7 @@ def train_cmd(
     max_steps: int | None,
     qlora: bool,
     no_push: bool,
+    init_adapter: str | None,
     registry_root: str | None,
     overrides: tuple[str, ...],
 ) -> None:
@@ -74,10 +79,11 @@ def train_cmd(
         "output_dir": output_dir,
         "training.max_steps": max_steps,
         "lora.quantize": "nf4" if qlora else None,
+        "init_adapter": init_adapter,
     }
     extra = [f"{k}={v}" for k, v in flags.items() if v is not None]
     config = load_config(config_path, [*extra, *overrides])
-    result = run(config, console=Console(stderr=True))
+    result = run(config, console=Console(stderr=True), registry=registry_root)
     if not no_push:
         from trainer.publish import publish
 

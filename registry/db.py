@@ -137,6 +137,35 @@ leases = sa.Table(
     sa.Column("holder", sa.Text, nullable=False),
     sa.Column("expires", sa.Float, nullable=False),
 )
+payloads = sa.Table(
+    "payloads",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("ts", sa.Float, nullable=False),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("version", sa.Text, nullable=False),
+    sa.Column("request", sa.Text, nullable=False),
+    sa.Column("completion", sa.Text),
+    sa.Column("finish_reason", sa.Text),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("latency_s", sa.Float),
+    sa.Column("ttft_s", sa.Float),
+    sa.Column("prompt_tokens", sa.Integer),
+    sa.Column("completion_tokens", sa.Integer),
+    sa.Column("prompt_sha256", sa.Text),
+    sa.Index("payloads_name", "name", "ts"),
+    sa.Index("payloads_version", "version", "ts"),
+)
+payload_feedback = sa.Table(
+    "payload_feedback",
+    metadata,
+    sa.Column("completion_id", sa.Text, nullable=False),
+    sa.Column("ts", sa.Float, nullable=False),
+    sa.Column("score", sa.Float),
+    sa.Column("thumbs", sa.Integer),
+    sa.Column("comment", sa.Text),
+    sa.Index("payload_feedback_id", "completion_id"),
+)
 
 review_sets = sa.Table(
     "review_sets",

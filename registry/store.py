@@ -34,6 +34,7 @@ from registry.db import CATALOG_FILE, CatalogDB, is_database_url
 from registry.errors import ConflictError, IntegrityError, NotFoundError, RegistryError
 from registry.evidence_store import EvidenceStore
 from registry.manifest import fsync_tree, verify, write_manifest
+from registry.payloads import PayloadStore
 from registry.refs import Ref, check_name, parse_ref
 from registry.sql_catalog import SqlCatalog
 
@@ -45,6 +46,7 @@ KEEP_FILES = (
     "train_log.jsonl",
     "loss.png",
     "predictions.jsonl",
+    "heldout.json",
 )
 
 
@@ -121,6 +123,10 @@ class Registry:
     def evidence(self) -> EvidenceStore:
         """The A/B evidence rows (in the catalog database)."""
         return EvidenceStore(self.db)
+
+    def payloads(self) -> PayloadStore:
+        """The logged payloads and their feedback (in the catalog database)."""
+        return PayloadStore(self.db)
 
     def close(self) -> None:
         self.db.dispose()

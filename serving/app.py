@@ -33,6 +33,7 @@ from serving.errors import (
 from serving.experiments.evidence import EvidenceWriter
 from serving.experiments.rollout import controller_id, run_controller
 from serving.metrics import Metrics
+from serving.payloads import PayloadLogger, upkeep
 from serving.routes import admin, health, openai
 from serving.settings import ServeSettings
 from serving.state import ServerState
@@ -127,7 +128,8 @@ async def _start(
         registry, engine, base, served, settings.max_lora_rank, settings.max_cpu_loras, metrics
     )
     evidence = EvidenceWriter(registry.evidence())
-    state = ServerState(effective, base, registry, engine, adapters, evidence, metrics=metrics)
+    payloads = PayloadLogger(registry.payloads(), settings) if settings.log_payloads else None
+    state = ServerState(effective, base, registry, engine, adapters, evidence, payloads, metrics=metrics)
     app.state.server = state
     if on_start is not None:
         on_start(state)
@@ -137,9 +139,12 @@ async def _start(
         await state.refresh()
     except BaseException:
         evidence.close()
+        if payloads is not None:
+            payloads.close()
         await engine.shutdown()
         raise
     state.tasks.append(asyncio.create_task(_watch(state, app)))
+    state.tasks.append(asyncio.create_task(upkeep(state)))
     state.tasks.append(asyncio.create_task(run_controller(state, f"{controller_id()}:{settings.port}")))
     state.ready = True
     return state
@@ -173,6 +178,8 @@ def create_app(
                 await asyncio.wait(state.tasks, timeout=5)
             if state.evidence is not None:
                 state.evidence.close()
+            if state.payloads is not None:
+                state.payloads.close()
             await state.engine.shutdown()
 
     app = FastAPI(title="lora-platform", version="0.1.0", lifespan=lifespan)

@@ -27,6 +27,7 @@ from serving.encoding import DONE, Collected, StreamEncoder, error_event
 from serving.engine.base import Delta
 from serving.errors import ClientGone, InternalError, ModelNotFoundError, ServingError, UnavailableError
 from serving.jobs import Job, RequestBody, build_job
+from serving.payloads import request_text
 from serving.protocol import ChatCompletion, Completion, Usage
 from serving.state import ServerState
 
@@ -49,11 +50,17 @@ async def complete(state: ServerState, req: RequestBody, request: Request) -> Re
 class Tracker:
     """Usage, timing and metrics of one job."""
 
-    def __init__(self, state: ServerState, job: Job, served: str, adapter: bool = False) -> None:
+    def __init__(
+        self, state: ServerState, job: Job, served: str, adapter: bool = False, capture: bool = False
+    ) -> None:
         self.state, self.job, self.served = state, job, served
         self.start = time.monotonic()
         self.first: float | None = None
         self.completion_tokens = 0
+        self.capture = capture
+        """Whether choice 0's text and finish reason are kept (for payload logging)."""
+        self._parts: list[str] = []
+        self.finish_reason: str | None = None
         self.adapter = adapter
         """Whether an adapter serves it (then it is listed in `lora_requests_info`)."""
         if adapter:
@@ -66,6 +73,16 @@ class Tracker:
             if self.adapter:
                 self.state.metrics.lora_info.first_token(self.served)
         self.completion_tokens += n
+        if self.capture:
+            for d in deltas:
+                if d.index == 0:
+                    self._parts.append(d.text)
+                    self.finish_reason = d.finish_reason or self.finish_reason
+
+    @property
+    def text(self) -> str | None:
+        """Choice 0's text so far (None unless capturing)."""
+        return "".join(self._parts) if self.capture else None
 
     def usage(self) -> Usage:
         p = len(self.job.prompt_ids)
@@ -103,9 +120,15 @@ class Tracker:
 class Generation:
     """One admitted request: holds its admission slot and adapter lease until `close()`."""
 
-    def __init__(self, state: ServerState, job: Job, target: Target, held: AsyncExitStack) -> None:
+    def __init__(
+        self, state: ServerState, job: Job, target: Target, held: AsyncExitStack, logged: str | None = None
+    ) -> None:
         self.state, self.job, self.served = state, job, target.served_name
-        self.tracker = Tracker(state, job, self.served, adapter=target.adapter is not None)
+        self.logged = logged
+        """The request as its payload row keeps it, when this job is logged (`--log-payloads`)."""
+        self.tracker = Tracker(
+            state, job, self.served, adapter=target.adapter is not None, capture=logged is not None
+        )
         self.status = "error"
         self._held = held
         self._engine = state.engine.generate(job.id, job.prompt_ids, job.params, target.adapter)
@@ -119,10 +142,13 @@ class Generation:
             held.enter_context(state.admission())
             job = build_job(state, req)
             target = await _lease(state, job, sticky_key, held)
+            logged = None
+            if state.payloads is not None and state.payloads.name_of(job) is not None:
+                logged = request_text(req)
         except BaseException:
             await held.aclose()
             raise
-        return cls(state, job, target, held)
+        return cls(state, job, target, held, logged)
 
     @property
     def headers(self) -> dict[str, str]:
@@ -139,7 +165,17 @@ class Generation:
         finally:
             self.tracker.finish(self.status)
             record(self.state, self.job, self.served, self.tracker, self.status)
+            self._log_payload()
             await self._held.aclose()
+
+    def _log_payload(self) -> None:
+        """Enqueue the payload row of a logged job; a failure is logged, never the request's."""
+        if self.logged is None or self.state.payloads is None:
+            return
+        try:
+            self.state.payloads.record(self.job, self.served, self.tracker, self.status, self.logged)
+        except Exception:
+            log.exception("logging the payload of %s failed", self.job.id)
 
     async def body(self, request: Request) -> ChatCompletion | Completion:
         """Run to the end (cancelled when the client goes away) and build the JSON body."""

@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from serving.experiments.drift import VersionDrift
 from serving.experiments.evidence import EvidenceCounters
 
 _LAT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -60,6 +61,39 @@ class LoraRequestsInfo(Collector):
             running, waiting = ",".join(sorted(self.running)), ",".join(sorted(self.waiting))
             family.add_metric([str(self.max_lora), running, waiting], self.changed)
         yield family
+
+
+class DriftGauges(Collector):
+    """Drift of each logged version (`serving/experiments/drift.py`), set by the server's payload
+    upkeep: `lora_drift_reference` and `lora_drift_current` (the signal's value in each window),
+    `lora_drift_p_value`, and `lora_drift_moved` (1 when the change is significant)."""
+
+    def __init__(self) -> None:
+        self._reports: list[VersionDrift] = []
+
+    def observe(self, reports: list[VersionDrift]) -> None:
+        self._reports = list(reports)
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        labels = ["version", "signal"]
+        families = {
+            "reference": GaugeMetricFamily(
+                "lora_drift_reference", "Signal in the version's first days in service", labels=labels
+            ),
+            "current": GaugeMetricFamily("lora_drift_current", "Signal in the recent window", labels=labels),
+            "p_value": GaugeMetricFamily("lora_drift_p_value", "p-value of the change", labels=labels),
+        }
+        moved = GaugeMetricFamily("lora_drift_moved", "1 when the signal moved significantly", labels=labels)
+        for report in self._reports:
+            for sig in report.signals:
+                key = [report.version, sig.signal]
+                for attr, family in families.items():
+                    value = getattr(sig, attr)
+                    if value is not None:
+                        family.add_metric(key, value)
+                moved.add_metric(key, float(sig.moved))
+        yield from families.values()
+        yield moved
 
 
 class Metrics:
@@ -134,6 +168,8 @@ class Metrics:
         )
         self.evidence = EvidenceCounters()
         self.registry.register(self.evidence)
+        self.drift = DriftGauges()
+        self.registry.register(self.drift)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -69,6 +69,10 @@ def check_startup(settings: ServeSettings) -> Startup:
     """Everything that can be checked before the engine starts (seconds, not minutes): the base
     model, the registry, every pin and the port. StartupError names the flag at fault."""
     base = _base_model(settings.base_model)
+    if settings.log_payloads:  # a redaction hook that does not load stops the server before it starts
+        from serving.payloads import load_redactor
+
+        load_redactor(settings.payload_redactor)
     registry = _open_registry(settings)
     served = settings.served_model_name or base.id
     try:

@@ -69,6 +69,21 @@ class ServeSettings(BaseSettings):
     """Autoscaling target: ongoing requests per engine replica."""
     replica_cpus: float = Field(1.0, ge=0)
     """Ray CPUs reserved by each engine replica (the router reserves none)."""
+    log_payloads: list[str] = Field(default_factory=list)
+    """Adapter or A/B route names whose requests are logged (prompt, answer, timing). None: off."""
+    payload_retention_days: float = Field(30.0, gt=0)
+    """Logged payloads older than this are deleted by the server."""
+    payload_redactor: str = "serving.payloads:redact"
+    """`module:function` from text to text applied before a payload is stored (default: e-mail
+    addresses and numbers of 4+ digits are replaced)."""
+    payload_purge_interval_s: float = Field(3600.0, gt=0)
+    """How often rows past retention are deleted."""
+    drift_reference_s: float = Field(3 * 86400.0, gt=0)
+    """Drift gauges: a version's first seconds in service, the reference window."""
+    drift_window_s: float = Field(86400.0, gt=0)
+    """Drift gauges: the recent window compared with the reference."""
+    drift_interval_s: float = Field(60.0, gt=0)
+    """How often the drift gauges are recomputed from the logged payloads."""
 
 
 class StartupError(Exception):

@@ -16,6 +16,7 @@ from serving.engine.base import Engine
 from serving.errors import OverloadedError, UnavailableError
 from serving.experiments.evidence import EvidenceWriter
 from serving.metrics import Metrics
+from serving.payloads import PayloadLogger
 from serving.settings import ServeSettings
 
 
@@ -27,6 +28,8 @@ class ServerState:
     engine: Engine
     adapters: AdapterManager
     evidence: EvidenceWriter | None = None
+    payloads: PayloadLogger | None = None
+    """Payload logging (`--log-payloads`); None when off."""
     routes: dict[str, Route] = field(default_factory=dict)
     metrics: Metrics = field(default_factory=Metrics)
     admitted: int = 0

@@ -18,7 +18,7 @@ from pydantic import ConfigDict, TypeAdapter, ValidationError
 
 from registry.basemodels import EMBEDDED_SMOLLM2, EMBEDDED_TINY, SHORT_NAMES
 from registry.errors import ReferenceError_
-from registry.refs import check_name
+from registry.refs import check_name, parse_ref
 from trainer.errors import ConfigError, TrainerError
 
 
@@ -114,6 +114,9 @@ class TrainConfig:
     lora: LoraSettings = field(default_factory=LoraSettings)
     training: TrainingSettings = field(default_factory=TrainingSettings)
     eval: EvalSettings = field(default_factory=EvalSettings)
+    init_adapter: str | None = None
+    """Registry reference (name@3, name:prod) of a version to continue from: training starts from
+    its weights instead of a fresh LoRA. Same base model, lora.r and lora.target_modules required."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -213,6 +216,11 @@ def _location_problems(config: TrainConfig) -> list[str]:
         problem = _data_problem(spec)
         if problem:
             problems.append(f"{key}: {problem}")
+    if config.init_adapter is not None:
+        try:
+            parse_ref(config.init_adapter)
+        except ReferenceError_ as exc:
+            problems.append(f"init_adapter: {exc}")
     problem = _base_model_problem(config.base_model)
     if problem:
         problems.append(f"base_model: {problem}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 from registry.basemodels import BaseModel
@@ -72,10 +74,16 @@ def resolve_targets(model: Any, targets: list[str] | str) -> list[str]:
     return list(targets)
 
 
-def apply_lora(model: Any, settings: LoraSettings, gradient_checkpointing: bool = False) -> Any:
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+def apply_lora(
+    model: Any, settings: LoraSettings, gradient_checkpointing: bool = False, init_from: Path | None = None
+) -> Any:
+    """Wrap the model with a fresh LoRA, or with the trainable weights of the adapter in `init_from`
+    (whose rank and target modules must match the settings)."""
+    from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 
     targets = resolve_targets(model, settings.target_modules)
+    if init_from is not None:
+        check_init_adapter(init_from, settings.r, targets)
     if settings.quantize:
         model = prepare_model_for_kbit_training(  # type: ignore[no-untyped-call]
             model, use_gradient_checkpointing=gradient_checkpointing
@@ -83,6 +91,8 @@ def apply_lora(model: Any, settings: LoraSettings, gradient_checkpointing: bool 
     elif gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()
+    if init_from is not None:
+        return PeftModel.from_pretrained(model, str(init_from), is_trainable=True)
     config = LoraConfig(
         r=settings.r,
         lora_alpha=settings.alpha,
@@ -92,3 +102,20 @@ def apply_lora(model: Any, settings: LoraSettings, gradient_checkpointing: bool 
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, config)
+
+
+def check_init_adapter(folder: Path, rank: int, targets: list[str]) -> None:
+    """ModelError unless the adapter in `folder` has this rank and these target modules."""
+    config = json.loads((folder / "adapter_config.json").read_text())
+    theirs = config.get("target_modules") or []
+    theirs = sorted([theirs] if isinstance(theirs, str) else theirs)
+    problems = []
+    if config.get("r") != rank:
+        problems.append(f"its rank is {config.get('r')}, this run's lora.r is {rank}")
+    if theirs != sorted(targets):
+        problems.append(f"its target modules are {theirs}, this run's are {sorted(targets)}")
+    if problems:
+        raise ModelError(
+            f"init_adapter: cannot continue from it: {'; '.join(problems)}; "
+            f"set lora.r={config.get('r')} lora.target_modules=[{','.join(theirs)}]"
+        )

@@ -13,5 +13,12 @@ def publish(result: RunResult, registry_root: str | None = None) -> str:
         f: result.run_dir / f for f in KEEP_FILES if f != "lineage.json" and (result.run_dir / f).is_file()
     }
     name = result.lineage["config"]["name"]
-    version = registry.push(name, result.adapter_dir, result.lineage, extra_files=extra)
+    parent = result.lineage.get("init_adapter") or {}
+    version = registry.push(
+        name,
+        result.adapter_dir,
+        result.lineage,
+        extra_files=extra,
+        parent=parent.get("version") if parent.get("name") == name else None,
+    )
     return version.ref

@@ -24,6 +24,7 @@ from trainer.config import TrainConfig
 from trainer.data import DataReport, Example, prepare
 from trainer.errors import TrainerError
 from trainer.evaluate import EvalResult, evaluate_base_and_adapter
+from trainer.export import HELDOUT_FILE, export_lineage, heldout_record
 from trainer.model import apply_lora, load_base, load_tokenizer
 from trainer.template import IGNORE, Encoded, encode, pack
 
@@ -109,8 +110,13 @@ def _new_run_dir(parent: Path, stem: str) -> Path:
 class LoRARecipe:
     """setup() loads data, tokenizer and model; train() fits; evaluate(); save() writes the run."""
 
-    def __init__(self, config: TrainConfig, console: Console | None = None) -> None:
+    def __init__(
+        self, config: TrainConfig, console: Console | None = None, registry: str | None = None
+    ) -> None:
         self.config = config
+        self.registry = registry
+        """Registry location `init_adapter` is read from (None: the default registry)."""
+        self.parent: dict[str, Any] | None = None
         self.console = console or Console(stderr=True)
         self.started = time.monotonic()
 
@@ -135,9 +141,37 @@ class LoRARecipe:
         import torch
 
         torch.manual_seed(c.training.seed)
-        self.model = apply_lora(model, c.lora, c.training.gradient_checkpointing)
+        init_from = self._init_adapter() if c.init_adapter else None
+        self.model = apply_lora(model, c.lora, c.training.gradient_checkpointing, init_from)
         stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
         self.run_dir = _new_run_dir(Path(c.output_dir), c.run_dir_stem(stamp))
+
+    def _init_adapter(self) -> Path:
+        """The folder of the version to continue from, after checking it is of this base model."""
+        from registry.errors import RegistryError
+        from registry.store import Registry
+
+        assert self.config.init_adapter is not None
+        registry = Registry(self.registry)
+        try:
+            version = registry.get(self.config.init_adapter)
+        except RegistryError as exc:
+            raise TrainerError(f"init_adapter: {exc}") from exc
+        finally:
+            registry.close()
+        if version.base_sha256 != self.base.weights_sha256:
+            raise TrainerError(
+                f"init_adapter: {version.ref} was trained on {version.base_model} "
+                f"(weights sha256 {version.base_sha256[:12]}...), this run's base is {self.base.id} "
+                f"({self.base.weights_sha256[:12]}...); continue from a version of the same base model"
+            )
+        self.parent = {
+            "ref": version.ref,
+            "name": version.name,
+            "version": version.version,
+            "manifest_sha256": version.manifest_sha256,
+        }
+        return version.path
 
     def _encode(self, examples: list[Example], count_truncated: bool = False) -> list[Encoded]:
         rows = [encode(self.tokenizer, ex, self.config.data.max_seq_len) for ex in examples]
@@ -251,6 +285,7 @@ class LoRARecipe:
                 fh.write(json.dumps(rec) + "\n")
                 samples.append(rec)
         plot_losses(self.run_dir / "train_log.jsonl", self.run_dir / "loss.png")
+        (self.run_dir / HELDOUT_FILE).write_text(json.dumps(heldout_record(self.splits["test"])) + "\n")
         lineage = {
             "base_model": self.base.id,
             "base_model_sha256": self.base.weights_sha256,
@@ -263,6 +298,8 @@ class LoRARecipe:
                 "seconds": round(self.train_seconds, 1),
                 "final_val_loss": self.final_val_loss,
             },
+            "init_adapter": self.parent,
+            "export": export_lineage(self.config.data.path),
             "libraries": library_versions(),
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
         }
@@ -280,8 +317,9 @@ class LoRARecipe:
         )
 
 
-def run(config: TrainConfig, console: Console | None = None) -> RunResult:
-    recipe = LoRARecipe(config, console)
+def run(config: TrainConfig, console: Console | None = None, registry: str | None = None) -> RunResult:
+    """Set up, train, evaluate and save one run; `registry` is where `init_adapter` is read."""
+    recipe = LoRARecipe(config, console, registry)
     recipe.setup()
     recipe.train()
     recipe.evaluate()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -63,16 +64,27 @@ async def completions(req: CompletionRequest, request: Request, state: State) ->
 
 @router.post("/feedback")
 async def feedback(body: FeedbackRequest, state: State) -> dict[str, Any]:
-    """Attribute a score (a number, or thumbs up/down) to the variant that answered a completion."""
+    """Attribute a score (a number, or thumbs up/down) to a completion: to the variant that
+    answered it (A/B routes) and to its logged payload (`--log-payloads`)."""
     if body.score is None and body.thumbs is None:
         raise BadRequestError("give a score (number) or thumbs ('up' or 'down')", param="score")
-    assert state.evidence is not None
-    found = state.evidence.lookup(body.id)
-    if found is None:
+    routed = None if state.evidence is None else await asyncio.to_thread(state.evidence.lookup, body.id)
+    payloads = state.payloads
+    logged = payloads is not None and await asyncio.to_thread(payloads.logged, body.id)
+    if routed is None and not logged:
         raise NotFoundError(
-            f"no routed completion with id {body.id!r} (feedback applies to A/B routes)", param="id"
+            f"no routed or logged completion with id {body.id!r} (feedback applies to A/B routes "
+            "and to the adapters the server logs with --log-payloads)",
+            param="id",
         )
-    route, variant = found
     thumbs = None if body.thumbs is None else int(body.thumbs == "up")
-    state.evidence.feedback(body.id, route, variant, body.score, thumbs, body.comment)
-    return {"id": body.id, "route": route, "variant": variant, "recorded": True}
+    answer: dict[str, Any] = {"id": body.id, "recorded": True}
+    if routed is not None and state.evidence is not None:
+        route, variant = routed
+        await asyncio.to_thread(
+            state.evidence.feedback, body.id, route, variant, body.score, thumbs, body.comment
+        )
+        answer |= {"route": route, "variant": variant}
+    if logged and payloads is not None:
+        await asyncio.to_thread(payloads.feedback, body.id, body.score, thumbs, body.comment)
+    return answer

@@ -98,3 +98,27 @@ def test_preferred_answers_and_summaries_per_version(registry_location: str) -> 
     ]
     assert rv.summaries_for(reg, "bot@1")[0]["role"] == "a"
     assert rv.summaries_for(reg, "bot@3") == []
+
+
+def test_export_reviewed_adds_the_preferred_answers_of_the_name(registry_location: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from click.testing import CliRunner
+
+    from cli.main import cli
+
+    reg = Registry(registry_location)
+    _review(reg, n=2, k=1)
+    for who, index, choice in (("ann", 0, "b"), ("bob", 1, "a")):
+        assert rv.assign_next(reg, "r1", who) == index
+        it = rv.item(reg, "r1", index)
+        _complete(reg, index, who, "left" if it.side_version("left") == choice else "right")
+    out = tmp_path / "reviewed.jsonl"
+    args = ["data", "export", "bot", "--reviewed", "--out", str(out), "--registry", registry_location]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(r["messages"][-1]["content"] for r in rows) == ["a1", "b0"]  # each item's preferred answer
+    assert rows[0]["messages"][0]["role"] == "user"
+    other = CliRunner().invoke(cli, [*args[:2], "other", *args[3:]])
+    assert other.exit_code != 0 and "no rows" in other.output  # nothing reviewed for another name

@@ -1,0 +1,69 @@
+"""`platform data export`: logged production traffic -> a training file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from cli.errors import handle_errors
+from cli.options import registry_options
+
+console = Console()
+
+
+def duration(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    """A `--since`-style duration (`7d`, `12h`) in seconds; bad input is exit 2 naming the flag."""
+    if value is None:
+        return None
+    from serving.experiments.drift import parse_duration
+
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+
+
+@click.group("data")
+def data_group() -> None:
+    """Training data from production: export logged traffic."""
+
+
+@data_group.command("export")
+@click.argument("name")
+@click.option("--version", "version_ref", help="Only traffic this version answered (name@3, name:prod).")
+@click.option(
+    "--thumbs", type=click.Choice(["up", "down"]), help="Only completions with this thumbs feedback."
+)
+@click.option("--min-score", type=float, help="Only completions scored at least this.")
+@click.option("--since", callback=duration, help="Only traffic of the last 7d, 12h, 30m, ...")
+@click.option("--reviewed", is_flag=True, help="Add human-reviewed items with their preferred answer.")
+@click.option(
+    "--out", required=True, type=click.Path(dir_okay=False), help="Training file to write (.jsonl)."
+)
+@registry_options
+@handle_errors
+def export_cmd(
+    name: str,
+    version_ref: str | None,
+    thumbs: str | None,
+    min_score: float | None,
+    since: float | None,
+    reviewed: bool,
+    out: str,
+    registry_root: str | None,
+) -> None:
+    """Turn the logged traffic of adapter or route NAME (`platform serve --log-payloads NAME`)
+    into a chat-shaped training file for `platform train --data FILE`: deduplicated, and without
+    the rows whose prompt is in a serving version's held-out test set."""
+    from trainer.export import ExportFilters, export, sidecar
+
+    filters = ExportFilters(version_ref, thumbs, min_score, since, reviewed)
+    r = export(name, Path(out), filters, registry_root)
+    console.print(
+        f"{r.rows} rows written to {out} (sha256 {r.sha256[:12]}...): {r.logged} logged, "
+        f"{r.filtered_out} filtered out, {r.unusable} unusable, {r.duplicates_dropped} duplicates, "
+        f"{r.leaked_dropped} held-out leaks dropped (checked against {', '.join(r.heldout_checked) or 'none'})"
+    )
+    console.print(f"export record: {sidecar(Path(out))}")

@@ -1,0 +1,199 @@
+"""From production back to training, through a real server on the tiny model: opt-in payload
+logging (redacted, kept for a retention period), feedback on logged completions, export of the
+traffic to a training file, and a new version trained from the served one on it."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from click.testing import CliRunner
+
+from cli.main import cli
+from registry.payloads import PayloadRecord
+from registry.store import Registry
+from tests.serving.fixtures import Server, metric, running_server, train_tiny, wait_until
+from trainer.data import prepare
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def logging_server(tmp_path_factory: pytest.TempPathFactory, tiny_base) -> Iterator[Server]:  # type: ignore[no-untyped-def]
+    root = tmp_path_factory.mktemp("payloads")
+    registry = root / "registry"
+    train_tiny(registry, root / "runs", "support", "sample:support-tickets", seed=1)
+    env = {
+        **os.environ,
+        "LORA_PLATFORM_PAYLOAD_PURGE_INTERVAL_S": "0.5",
+        "LORA_PLATFORM_DRIFT_INTERVAL_S": "0.5",
+    }
+    flags = ["--dtype", "float32", "--max-lora-rank", "16", "--kv-cache-gb", "1"]
+    logging = ["--log-payloads", "support", "--payload-retention-days", "1"]
+    yield from running_server(registry, root, *flags, *logging, env=env)
+
+
+def _ask(server: Server, model: str, text: str) -> str:
+    reply = server.client().chat.completions.create(
+        model=model, messages=[{"role": "user", "content": text}], max_tokens=12, temperature=0
+    )
+    return reply.id
+
+
+def _logged(server: Server, completion_id: str) -> dict[str, object] | None:
+    store = Registry(server.registry).payloads()
+    found = [c for c in store.completions("support") if c.record.id == completion_id]
+    return json.loads(found[0].record.request) | {"completion": found[0].record.completion} if found else None
+
+
+def _feedback(server: Server, body: dict[str, object]) -> httpx.Response:
+    return httpx.post(server.url + "/v1/feedback", json=body, timeout=10)
+
+
+def test_logging_is_off_by_default_and_feedback_on_an_unlogged_completion_is_a_404(server: Server) -> None:
+    completion_id = _ask(server, "support:prod", "Hello there")
+    answer = _feedback(server, {"id": completion_id, "thumbs": "up"})
+    assert answer.status_code == 404 and answer.json()["error"]["param"] == "id"
+    assert Registry(server.registry).payloads().completions("support") == []
+
+
+def test_logged_text_is_redacted_and_feedback_errors_are_openai_shaped(logging_server: Server) -> None:
+    text = "Mail jane.doe@example.com or call +1 555 123 4567 about order 42."
+    completion_id = _ask(logging_server, "support", text)
+    wait_until(lambda: _logged(logging_server, completion_id) is not None, 10)
+    row = _logged(logging_server, completion_id)
+    assert row is not None
+    stored = row["messages"][0]["content"]  # type: ignore[index]
+    assert stored == "Mail [EMAIL] or call [NUMBER] about order 42."
+
+    unknown = _feedback(logging_server, {"id": "chatcmpl-nope", "score": 1})
+    assert unknown.status_code == 404 and set(unknown.json()["error"]) == {"message", "type", "param", "code"}
+    assert _feedback(logging_server, {"id": completion_id}).status_code == 400
+    assert _feedback(logging_server, {"id": completion_id, "thumbs": "sideways"}).status_code == 400
+
+
+def test_rows_past_retention_are_deleted_by_the_server(logging_server: Server) -> None:
+    store = Registry(logging_server.registry).payloads()
+    old = PayloadRecord(
+        "chatcmpl-old",
+        time.time() - 5 * 86400,
+        "support",
+        "support@1",
+        '{"prompt": "x"}',
+        "y",
+        "stop",
+        "ok",
+        0.1,
+        0.01,
+        1,
+        1,
+    )
+    store.insert([old])
+    wait_until(lambda: not store.exists("chatcmpl-old"), 10)
+
+
+def test_traffic_with_feedback_is_exported_and_trains_the_next_version_from_the_served_one(
+    logging_server: Server, tmp_path: Path
+) -> None:
+    splits, _ = prepare("sample:support-tickets")
+    prompts = [ex.messages[-1][1] for ex in splits["train"][:8]]
+    held_out = splits["test"][0].messages[-1][1]
+    liked = [_ask(logging_server, "support", p) for p in [*prompts[:6], prompts[0], held_out]]
+    disliked = [_ask(logging_server, "support@1", p) for p in prompts[6:8]]
+    _ask(logging_server, "support", "no feedback on this one")
+    for cid in liked:
+        assert _feedback(logging_server, {"id": cid, "thumbs": "up"}).json()["recorded"] is True
+    for cid in disliked:
+        assert _feedback(logging_server, {"id": cid, "thumbs": "down", "score": 0.1}).status_code == 200
+    wait_until(lambda: all(_logged(logging_server, c) for c in liked + disliked), 10)
+    drift = 'lora_drift_reference{signal="completion_tokens",version="support@1"}'
+    wait_until(lambda: metric(logging_server.url, drift) > 0, 10)  # the drift gauges follow the log
+
+    reg, out = str(logging_server.registry), tmp_path / "liked.jsonl"
+    export = CliRunner().invoke(
+        cli,
+        [
+            "data",
+            "export",
+            "support",
+            "--thumbs",
+            "up",
+            "--since",
+            "1h",
+            "--out",
+            str(out),
+            "--registry",
+            reg,
+        ],
+    )
+    assert export.exit_code == 0, export.output
+    record = json.loads((tmp_path / "liked.jsonl.export.json").read_text())
+    assert record["leaked_dropped"] == 1  # the held-out prompt, though its order number was redacted
+    assert record["duplicates_dropped"] == 1  # prompts[0] asked twice, same greedy answer
+    assert record["rows"] == 6 == len(out.read_text().splitlines())
+    assert record["heldout_checked"] == ["support@1"]
+
+    train = CliRunner().invoke(
+        cli,
+        [
+            "train",
+            "--base-model",
+            "tiny",
+            "--name",
+            "support",
+            "--data",
+            str(out),
+            "--init-adapter",
+            "support@1",
+            "--max-steps",
+            "2",
+            "--output-dir",
+            str(tmp_path / "runs"),
+            "--registry",
+            reg,
+            "lora.r=8",
+            "lora.alpha=16",
+            "data.max_seq_len=96",
+            "eval.max_examples=1",
+            "eval.max_new_tokens=2",
+            "eval.compare_base=false",
+            "data.test_fraction=0",
+            "data.val_fraction=0",
+        ],
+    )
+    assert train.exit_code == 0, train.output
+    new = Registry(reg).get("support")
+    assert new.version == 2 and new.parent == 1
+    assert new.lineage["init_adapter"]["ref"] == "support@1"
+    assert new.lineage["export"]["sha256"] == record["sha256"] and new.lineage["export"]["unchanged"]
+    assert new.lineage["export"]["filters"]["thumbs"] == "up"
+
+
+def test_init_adapter_of_another_rank_is_a_clear_error(logging_server: Server, tmp_path: Path) -> None:
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"q{i}", "completion": "a"}) + "\n" for i in range(20)))
+    result = CliRunner().invoke(
+        cli,
+        [
+            "train",
+            "--base-model",
+            "tiny",
+            "--data",
+            str(data),
+            "--init-adapter",
+            "support@1",
+            "--no-push",
+            "--output-dir",
+            str(tmp_path / "runs"),
+            "--registry",
+            str(logging_server.registry),
+            "lora.r=4",
+        ],
+    )
+    assert result.exit_code == 1 and "its rank is 8, this run's lora.r is 4" in result.output
+    assert "Traceback" not in result.output

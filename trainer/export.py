@@ -1,0 +1,233 @@
+"""Logged traffic -> a training file: `platform data export NAME --out FILE.jsonl`.
+
+Rows come from the payloads a server logged (`platform serve --log-payloads NAME`), filtered by
+version, feedback and age, and are written in the chat shape `platform train` reads (one
+`{"messages": [..., {"role": "assistant", ...}]}` per line), deduplicated. Rows whose prompt is
+one of the held-out test rows of the versions that answered them (the `heldout.json` training
+writes into each version's folder) are dropped and counted: training on them would leak the
+evaluation set (compared before redaction, by the digest the server logs beside each row). A sidecar `FILE.jsonl.export.json` records the filters, counts and the file's
+sha256; `platform train` copies it into the new version's lineage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from registry.errors import RegistryError
+from registry.payloads import LoggedCompletion, prompt_digest
+from registry.store import Registry
+from trainer.data import Example, dedup, row_to_example
+from trainer.errors import TrainerError
+
+HELDOUT_FILE = "heldout.json"
+SIDECAR_SUFFIX = ".export.json"
+_ROLE = {"developer": "system", "system": "system", "user": "user", "assistant": "assistant"}
+
+
+@dataclass(frozen=True)
+class ExportFilters:
+    """Which logged rows go into the file."""
+
+    version: str | None = None
+    """Only rows this version answered (a reference, resolved to `name@N`)."""
+    thumbs: str | None = None
+    """`up` or `down`: only rows with that latest thumbs feedback."""
+    min_score: float | None = None
+    """Only rows whose latest score is at least this."""
+    since_s: float | None = None
+    """Only rows logged in the last this many seconds."""
+    reviewed: bool = False
+    """Human-reviewed items with their preferred answer (`platform review`)."""
+
+
+@dataclass
+class ExportReport:
+    """What the export wrote and what it left out."""
+
+    name: str
+    out: str
+    filters: dict[str, Any]
+    logged: int = 0
+    filtered_out: int = 0
+    unusable: int = 0
+    """Rows that are not a training row: errors, empty answers, token-id prompts, other roles."""
+    duplicates_dropped: int = 0
+    leaked_dropped: int = 0
+    rows: int = 0
+    versions: list[str] = field(default_factory=list)
+    heldout_checked: list[str] = field(default_factory=list)
+    """Versions whose held-out rows were checked (a version without a record is not listed)."""
+    sha256: str = ""
+    created: str = ""
+
+
+def user_key(text: str) -> str:
+    return prompt_digest(text)
+
+
+def prompt_key(example: Example) -> str:
+    return hashlib.sha256(example.prompt_key.encode()).hexdigest()
+
+
+def heldout_record(test_rows: list[Example]) -> dict[str, Any]:
+    """What training writes to `heldout.json`: hashes of each test row's prompt and last user turn."""
+    return {
+        "prompt_sha256": sorted({prompt_key(ex) for ex in test_rows}),
+        "user_sha256": sorted({user_key(ex.messages[-1][1]) for ex in test_rows}),
+    }
+
+
+def _heldout_keys(folder: Path) -> set[str] | None:
+    """The held-out hashes of a version folder; from `predictions.jsonl` for older versions."""
+    record = folder / HELDOUT_FILE
+    if record.is_file():
+        data = json.loads(record.read_text())
+        return set(data.get("prompt_sha256", [])) | set(data.get("user_sha256", []))
+    predictions = folder / "predictions.jsonl"
+    if predictions.is_file():
+        lines = predictions.read_text().splitlines()
+        return {user_key(json.loads(line)["prompt"]) for line in lines if line.strip()}
+    return None
+
+
+def _example(c: LoggedCompletion) -> Example | None:
+    """A logged completion as a training row, or None when it cannot be one."""
+    r = c.record
+    if r.status != "ok" or not (r.completion or "").strip():
+        return None
+    request = r.request_json()
+    if isinstance(request.get("prompt"), str):
+        messages = [{"role": "user", "content": request["prompt"]}]
+    elif isinstance(request.get("messages"), list):
+        messages = [
+            {"role": _ROLE.get(m.get("role"), "?"), "content": m.get("content")} for m in request["messages"]
+        ]
+    else:
+        return None
+    problems: list[str] = []
+    row = {"messages": [*messages, {"role": "assistant", "content": r.completion}]}
+    example = row_to_example(row, "chat", f"payload {r.id}", problems)
+    return None if problems else example
+
+
+def _keep(c: LoggedCompletion, f: ExportFilters, since: float | None) -> bool:
+    if f.version is not None and c.record.version != f.version:
+        return False
+    if f.thumbs is not None and c.thumbs != (1 if f.thumbs == "up" else 0):
+        return False
+    if f.min_score is not None and (c.score is None or c.score < f.min_score):
+        return False
+    return since is None or c.record.ts >= since
+
+
+def reviewed_rows(registry: Registry, name: str) -> list[tuple[Example, str]]:
+    """Human-reviewed items whose preferred answer a version of `name` wrote (`platform review`),
+    as training rows with that version."""
+    from registry.reviews import preferred
+
+    rows: list[tuple[Example, str]] = []
+    for p in preferred(registry):
+        if p.version.split("@", 1)[0] != name:
+            continue
+        problems: list[str] = []
+        row = {"messages": [*p.messages, {"role": "assistant", "content": p.answer}]}
+        example = row_to_example(row, "chat", f"review {p.review} item {p.item}", problems)
+        if not problems:
+            rows.append((example, p.version))
+    return rows
+
+
+def export(name: str, out: Path, filters: ExportFilters, registry_root: str | None = None) -> ExportReport:
+    """Write the training file and its sidecar; return what was written and dropped."""
+    if filters.thumbs not in (None, "up", "down"):
+        raise TrainerError(f"thumbs must be 'up' or 'down', got {filters.thumbs!r}")
+    registry = Registry(registry_root)
+    try:
+        if filters.version is not None:
+            filters = ExportFilters(
+                **{**asdict(filters), "version": registry.get(filters.version, False).ref}
+            )
+        logged = registry.payloads().completions(name)
+        reviewed = reviewed_rows(registry, name) if filters.reviewed else []
+        report = ExportReport(name, str(out), asdict(filters), logged=len(logged))
+        since = None if filters.since_s is None else time.time() - filters.since_s
+        kept = [c for c in logged if _keep(c, filters, since)]
+        report.filtered_out = len(logged) - len(kept)
+        pairs = [(c, _example(c)) for c in kept]
+        report.unusable = sum(ex is None for _, ex in pairs)
+        examples = [(c, ex) for c, ex in pairs if ex is not None]
+        report.versions = sorted({c.record.version for c, _ in examples} | {v for _, v in reviewed})
+        heldout = _heldout(registry, report)
+    finally:
+        registry.close()
+    clean = [ex for c, ex in examples if not _leaks(ex, c.record.prompt_sha256, heldout)]
+    clean += [ex for ex, _ in reviewed if not _leaks(ex, None, heldout)]
+    report.leaked_dropped = len(examples) + len(reviewed) - len(clean)
+    rows, report.duplicates_dropped = dedup(clean)
+    report.rows = len(rows)
+    _write(out, rows, report)
+    return report
+
+
+def _heldout(registry: Registry, report: ExportReport) -> set[str]:
+    keys: set[str] = set()
+    for version in report.versions:
+        try:
+            folder = registry.get(version).path
+        except RegistryError:  # the base model, or a version removed since
+            continue
+        found = _heldout_keys(folder)
+        if found is not None:
+            keys |= found
+            report.heldout_checked.append(version)
+    return keys
+
+
+def _leaks(example: Example, logged_digest: str | None, heldout: set[str]) -> bool:
+    """Whether a row's prompt is held out: as logged before redaction, or as exported."""
+    keys = {prompt_key(example), user_key(example.messages[-1][1]), logged_digest}
+    return bool(keys & heldout)
+
+
+def _write(out: Path, rows: list[Example], report: ExportReport) -> None:
+    if not rows:
+        raise TrainerError(
+            f"no rows to export for {report.name!r}: {report.logged} logged, {report.filtered_out} filtered out, "
+            f"{report.unusable} unusable, {report.leaked_dropped} held-out leaks; loosen the filters"
+        )
+    lines = [
+        json.dumps({"messages": [*ex.prompt_messages, {"role": "assistant", "content": ex.completion}]})
+        for ex in rows
+    ]
+    data = ("\n".join(lines) + "\n").encode()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(data)
+    report.sha256 = hashlib.sha256(data).hexdigest()
+    report.created = datetime.now(UTC).isoformat(timespec="seconds")
+    sidecar(out).write_text(json.dumps(asdict(report), indent=2) + "\n")
+
+
+def sidecar(path: Path) -> Path:
+    return path.with_name(path.name + SIDECAR_SUFFIX)
+
+
+def export_lineage(spec: str) -> dict[str, Any] | None:
+    """The export record of a training file made by `platform data export` (None for other data),
+    with whether the file is still the one exported (`unchanged`)."""
+    path = Path(spec).expanduser()
+    if spec.startswith(("sample:", "hf:")) or not path.is_file() or not sidecar(path).is_file():
+        return None
+    try:
+        record = json.loads(sidecar(path).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if not isinstance(record, dict):
+        return None
+    actual = hashlib.sha256(path.read_bytes()).hexdigest()
+    return {**record, "file": str(path), "unchanged": actual == record.get("sha256")}
