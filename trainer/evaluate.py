@@ -85,6 +85,7 @@ def eval_loss(
             mask = (
                 torch.arange(width)[None, :] < torch.tensor([len(r.input_ids) for r in chunk])[:, None]
             ).long()
+            ids, mask, labels = ids.to(model.device), mask.to(model.device), labels.to(model.device)
             logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
             target = labels[:, 1:]
             loss = torch.nn.functional.cross_entropy(
@@ -113,8 +114,8 @@ def generate(
             ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
             mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
             gen = model.generate(
-                input_ids=ids,
-                attention_mask=mask,
+                input_ids=ids.to(model.device),
+                attention_mask=mask.to(model.device),
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
                 pad_token_id=pad,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +29,24 @@ def load_tokenizer(base: BaseModel) -> Any:
     return tok
 
 
+def accelerator() -> str | None:
+    """This process's CUDA device (`LOCAL_RANK` under torchrun/accelerate), or None on CPU."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+
+
 def load_base(base: BaseModel, dtype: str = "fp32", quantize: str | None = None) -> Any:
+    """The base model, on this process's GPU when there is one (so the evaluation before training
+    runs there too, and a 4-bit model, which cannot be moved after loading, is placed at once)."""
     from transformers import AutoModelForCausalLM
 
     kwargs: dict[str, Any] = {"dtype": torch_dtype(dtype)}
+    device = accelerator()
+    if device is not None:
+        kwargs["device_map"] = {"": device}
     if quantize == "nf4":
         from transformers import BitsAndBytesConfig
 
