@@ -112,8 +112,8 @@ class Metrics:
             "lora_rollout_step", "Rollout step (1-based; 0 in pre-flight)", ["route"], registry=self.registry
         )
         self.rollout_weight = Gauge(
-            "lora_rollout_candidate_weight",
-            "Candidate's share of traffic, percent",
+            "lora_rollout_candidate_weight_ratio",
+            "Candidate's share of the route's traffic (0 to 1)",
             ["route"],
             registry=self.registry,
         )

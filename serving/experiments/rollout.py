@@ -296,7 +296,7 @@ def _export(state: ServerState) -> None:
         if r.state in ro.TERMINAL and r.updated < time.time() - 3600:
             continue
         m.rollout_step.labels(r.name).set(r.step + 1)
-        m.rollout_weight.labels(r.name).set(r.weight)
+        m.rollout_weight.labels(r.name).set(r.weight / 100)
         last = ro.last_decision(state.registry, r.name) or r.state
         for d in DECISIONS:
             m.rollout_decision.labels(r.name, d).set(1 if d == last else 0)
