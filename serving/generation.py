@@ -127,11 +127,15 @@ class Generation:
 
     @classmethod
     async def open(
-        cls, state: ServerState, req: RequestBody, sticky_key: str | None, headers: Mapping[str, str]
+        cls,
+        state: ServerState,
+        req: RequestBody,
+        sticky_key: str | None,
+        headers: Mapping[str, str] | None = None,
     ) -> Generation:
         """Take a slot (or fail fast with 429), build the job, resolve and lease its adapter.
         The request's trace (when tracing is on) continues the caller's `traceparent` header."""
-        span = tracing.start_request(headers, {"gen_ai.request.model": req.model})
+        span = tracing.start_request(headers or {}, {"gen_ai.request.model": req.model})
         held = AsyncExitStack()
         try:
             with tracing.active(span):
@@ -139,7 +143,7 @@ class Generation:
                 job = build_job(state, req)
                 target = await _lease(state, job, sticky_key, held)
         except BaseException as exc:
-            tracing.end(span, {}, getattr(exc, "type", type(exc).__name__))
+            tracing.end(span, {}, str(getattr(exc, "type", type(exc).__name__)))
             await held.aclose()
             raise
         tracing.annotate(span, _span_attributes(job, target.served_name))
