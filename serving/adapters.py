@@ -23,6 +23,7 @@ from registry.basemodels import BaseModel
 from registry.errors import IntegrityError, InvalidAdapterError, NotFoundError, ReferenceError_
 from registry.refs import parse_ref
 from registry.store import Registry, Version
+from serving import tracing
 from serving.engine.base import AdapterHandle, Engine
 from serving.errors import AdapterLoadError, ModelNotFoundError
 from serving.metrics import Metrics
@@ -132,12 +133,13 @@ class AdapterManager:
         async with lock:  # concurrent first requests for one version load it once
             if key in self.loaded:
                 return self.loaded[key]
-            v = await asyncio.to_thread(self._fetch, name, version)  # sha256 of every file, once per load
-            await asyncio.to_thread(self._validate, v)
-            handle = AdapterHandle(self._next_id, v.ref, v.path)
-            self._next_id += 1
-            await self._make_room()
-            await self.engine.add_adapter(handle)
+            with tracing.span("load", {"lora.version": f"{name}@{version}"}):
+                v = await asyncio.to_thread(self._fetch, name, version)  # sha256 of every file, once per load
+                await asyncio.to_thread(self._validate, v)
+                handle = AdapterHandle(self._next_id, v.ref, v.path)
+                self._next_id += 1
+                await self._make_room()
+                await self.engine.add_adapter(handle)
             self.loads += 1
             if self.metrics is not None:
                 self.metrics.adapter_loads.inc()

@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from registry.basemodels import BaseModel, resolve_base_model
 from registry.errors import RegistryError, StorageError
 from registry.store import Registry
+from serving import tracing
 from serving.adapters import AdapterManager
 from serving.engine.base import Engine
 from serving.errors import (
@@ -113,6 +114,7 @@ async def _start(
     on_start: Callable[[ServerState], None] | None,
 ) -> ServerState:
     """Start the engine, load the pins and the catalog; on failure, the engine is stopped again."""
+    tracing.init()
     base = startup.base if startup else resolve_base_model(settings.base_model)
     registry = startup.registry if startup else Registry(settings.registry, settings.artifacts)
     model_len = context_length(base.path)
@@ -181,6 +183,7 @@ def create_app(
             if state.payloads is not None:
                 state.payloads.close()
             await state.engine.shutdown()
+            tracing.flush()
 
     app = FastAPI(title="lora-platform", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings

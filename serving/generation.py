@@ -13,23 +13,27 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Mapping
 from contextlib import AsyncExitStack
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from serving import tracing
 from serving.ab import apply_route, record
 from serving.adapters import Target
 from serving.encoding import DONE, Collected, StreamEncoder, error_event
-from serving.engine.base import Delta
+from serving.engine.base import Delta, EngineTimes
 from serving.errors import ClientGone, InternalError, ModelNotFoundError, ServingError, UnavailableError
 from serving.jobs import Job, RequestBody, build_job
 from serving.payloads import request_text
 from serving.protocol import ChatCompletion, Completion, Usage
 from serving.state import ServerState
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
 
 log = logging.getLogger("lora_platform.serving")
 T = TypeVar("T")
@@ -37,7 +41,7 @@ T = TypeVar("T")
 
 async def complete(state: ServerState, req: RequestBody, request: Request) -> Response:
     """Admit, build and run one completion request; JSON, or an SSE stream when it asks."""
-    gen = await Generation.open(state, req, req.user or request.headers.get("x-user-id"))
+    gen = await Generation.open(state, req, req.user or request.headers.get("x-user-id"), request.headers)
     if gen.job.stream:
         return EventStream(gen)
     try:
@@ -56,6 +60,9 @@ class Tracker:
         self.state, self.job, self.served = state, job, served
         self.start = time.monotonic()
         self.first: float | None = None
+        self.last: float | None = None
+        self.times: EngineTimes | None = None
+        """The engine's own timestamps, when it reports them."""
         self.completion_tokens = 0
         self.capture = capture
         """Whether choice 0's text and finish reason are kept (for payload logging)."""
@@ -68,11 +75,14 @@ class Tracker:
 
     def saw(self, deltas: list[Delta]) -> None:
         n = sum(len(d.token_ids) for d in deltas)
+        if n:
+            self.last = time.monotonic()
         if n and self.first is None:
-            self.first = time.monotonic()
+            self.first = self.last
             if self.adapter:
                 self.state.metrics.lora_info.first_token(self.served)
         self.completion_tokens += n
+        self.times = next((d.times for d in deltas if d.times is not None), self.times)
         if self.capture:
             for d in deltas:
                 if d.index == 0:
@@ -121,11 +131,19 @@ class Generation:
     """One admitted request: holds its admission slot and adapter lease until `close()`."""
 
     def __init__(
-        self, state: ServerState, job: Job, target: Target, held: AsyncExitStack, logged: str | None = None
+        self,
+        state: ServerState,
+        job: Job,
+        target: Target,
+        held: AsyncExitStack,
+        logged: str | None = None,
+        span: Span | None = None,
     ) -> None:
         self.state, self.job, self.served = state, job, target.served_name
         self.logged = logged
         """The request as its payload row keeps it, when this job is logged (`--log-payloads`)."""
+        self.span = span
+        """The request's trace span (None while tracing is off); it ends in `close()`."""
         self.tracker = Tracker(
             state, job, self.served, adapter=target.adapter is not None, capture=logged is not None
         )
@@ -135,20 +153,31 @@ class Generation:
         self._closed = False
 
     @classmethod
-    async def open(cls, state: ServerState, req: RequestBody, sticky_key: str | None) -> Generation:
-        """Take a slot (or fail fast with 429), build the job, resolve and lease its adapter."""
+    async def open(
+        cls,
+        state: ServerState,
+        req: RequestBody,
+        sticky_key: str | None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Generation:
+        """Take a slot (or fail fast with 429), build the job, resolve and lease its adapter.
+        The request's trace (when tracing is on) continues the caller's `traceparent` header."""
+        span = tracing.start_request(headers or {}, {"gen_ai.request.model": req.model})
         held = AsyncExitStack()
         try:
-            held.enter_context(state.admission())
-            job = build_job(state, req)
-            target = await _lease(state, job, sticky_key, held)
+            with tracing.active(span):
+                held.enter_context(state.admission())
+                job = build_job(state, req)
+                target = await _lease(state, job, sticky_key, held)
             logged = None
             if state.payloads is not None and state.payloads.name_of(job) is not None:
                 logged = request_text(req)
-        except BaseException:
+        except BaseException as exc:
+            tracing.end(span, {}, str(getattr(exc, "type", type(exc).__name__)))
             await held.aclose()
             raise
-        return cls(state, job, target, held, logged)
+        tracing.annotate(span, _span_attributes(job, target.served_name))
+        return cls(state, job, target, held, logged, span)
 
     @property
     def headers(self) -> dict[str, str]:
@@ -166,6 +195,7 @@ class Generation:
             self.tracker.finish(self.status)
             record(self.state, self.job, self.served, self.tracker, self.status)
             self._log_payload()
+            _trace_end(self.span, self.tracker, self.status)
             await self._held.aclose()
 
     def _log_payload(self) -> None:
@@ -244,14 +274,49 @@ class EventStream(StreamingResponse):
 async def _lease(state: ServerState, job: Job, sticky_key: str | None, held: AsyncExitStack) -> Target:
     """Route the job (A/B) and lease its adapter. A model that does not resolve gets one more try
     when the registry changed since the last poll: a route or version made a moment ago."""
-    apply_route(state, job, sticky_key)
     try:
-        return await held.enter_async_context(state.adapters.lease(job.model))
+        return await _lease_once(state, job, sticky_key, held)
     except ModelNotFoundError:
         if job.route or not await state.refresh():
             raise
-    apply_route(state, job, sticky_key)
+    return await _lease_once(state, job, sticky_key, held)
+
+
+async def _lease_once(state: ServerState, job: Job, sticky_key: str | None, held: AsyncExitStack) -> Target:
+    with tracing.span("resolve", {"gen_ai.request.model": job.model}) as span:
+        apply_route(state, job, sticky_key)
+        found = state.adapters.resolve(job.model)  # the lease finds it cached
+        version = state.served_base if found is None else f"{found[0]}@{found[1]}"
+        tracing.annotate(span, _span_attributes(job, version))
     return await held.enter_async_context(state.adapters.lease(job.model))
+
+
+def _span_attributes(job: Job, version: str) -> dict[str, str]:
+    routed = {"lora.route": job.route, "lora.variant": job.variant} if job.route else {}
+    return {"lora.version": version, "gen_ai.request.id": job.id, **routed}
+
+
+def _trace_end(span: Span | None, tracker: Tracker, status: str) -> None:
+    """The engine's spans (`queue`, `prefill`, `decode`) under the request's, then its end."""
+    if span is None:
+        return
+    t, first, last = tracker.times, tracker.first, tracker.last
+    if t is not None:
+        phases = [
+            ("queue", t.queued, t.scheduled),
+            ("prefill", t.scheduled, t.first_token),
+            ("decode", t.first_token, t.last_token),
+        ]
+        tracing.past(span, phases)
+    elif first is not None and last is not None:  # no engine stamps: from the engine call
+        tracing.past(span, [("prefill", tracker.start, first), ("decode", first, last)])
+    usage = tracker.usage()
+    attributes: tracing.Attributes = {
+        "gen_ai.usage.prompt_tokens": usage.prompt_tokens,
+        "gen_ai.usage.completion_tokens": usage.completion_tokens,
+        "lora.status": status,
+    }
+    tracing.end(span, attributes, None if status == "ok" else status)
 
 
 async def _until_disconnect(work: Coroutine[Any, Any, T], request: Request, poll_s: float = 0.25) -> T:

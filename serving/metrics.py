@@ -155,8 +155,8 @@ class Metrics:
             registry=self.registry,
         )
         self.rollout_weight = Gauge(
-            "lora_rollout_candidate_weight",
-            "Candidate's share of traffic, percent",
+            "lora_rollout_candidate_weight_ratio",
+            "Candidate's share of the route's traffic (0 to 1)",
             ["route"],
             registry=self.registry,
         )

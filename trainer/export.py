@@ -138,7 +138,7 @@ def reviewed_rows(registry: Registry, name: str) -> list[tuple[Example, str]]:
         problems: list[str] = []
         row = {"messages": [*p.messages, {"role": "assistant", "content": p.answer}]}
         example = row_to_example(row, "chat", f"review {p.review} item {p.item}", problems)
-        if not problems:
+        if example is not None and not problems:
             rows.append((example, p.version))
     return rows
 

@@ -127,6 +127,8 @@ class RemoteEngine(Engine):
                             self.book.note(item, model_id)
                             continue
                         sent = True
+                        for delta in item:  # a replica's clock may be another host's
+                            delta.times = None
                         yield item
                     return
                 except REPLICA_GONE as exc:

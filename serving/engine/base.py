@@ -40,6 +40,17 @@ class TokenLogprob:
     top: list[tuple[str, float]] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class EngineTimes:
+    """When the engine queued a request, first scheduled it, and produced its first and last
+    token (time.monotonic() seconds of this host); for the `queue`/`prefill`/`decode` spans."""
+
+    queued: float
+    scheduled: float
+    first_token: float
+    last_token: float
+
+
 @dataclass
 class Delta:
     """New output of one choice since the previous delta."""
@@ -49,6 +60,8 @@ class Delta:
     token_ids: list[int]
     finish_reason: str | None = None
     logprobs: list[TokenLogprob] | None = None
+    times: EngineTimes | None = None
+    """On a finished request's last delta, from engines that know them (vLLM)."""
 
 
 class Engine(abc.ABC):

@@ -11,7 +11,7 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 from registry.basemodels import BaseModel
-from serving.engine.base import AdapterHandle, Delta, Engine, GenParams, TokenLogprob
+from serving.engine.base import AdapterHandle, Delta, Engine, EngineTimes, GenParams, TokenLogprob
 from serving.errors import AdapterLoadError, BadRequestError, EngineDeadError
 from serving.settings import ServeSettings
 
@@ -94,7 +94,10 @@ class VLLMEngine(Engine):
         try:
             stream = self.llm.generate({"prompt_token_ids": prompt_ids}, sp, request_id, lora_request=lora)
             async for out in stream:
-                yield [self._delta(o) for o in out.outputs]
+                deltas = [self._delta(o) for o in out.outputs]
+                if out.finished and deltas:
+                    deltas[-1].times = _times(out.metrics)
+                yield deltas
         except ValueError as exc:
             raise BadRequestError(str(exc)) from exc
         except Exception as exc:
@@ -141,3 +144,10 @@ class VLLMEngine(Engine):
         if self.llm is None:
             return 0
         return int(self.llm.get_num_unfinished_requests())
+
+
+def _times(stats: Any) -> EngineTimes | None:
+    """vLLM's request stats (RequestOutput.metrics: engine-core time.monotonic() stamps)."""
+    if stats is None or not (0 < stats.queued_ts <= stats.scheduled_ts <= stats.first_token_ts):
+        return None
+    return EngineTimes(stats.queued_ts, stats.scheduled_ts, stats.first_token_ts, stats.last_token_ts)

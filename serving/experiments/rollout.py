@@ -356,7 +356,7 @@ def _export(state: ServerState) -> None:
         if r.state in ro.TERMINAL and r.updated < time.time() - 3600:
             continue
         m.rollout_step.labels(r.name).set(r.step + 1)
-        m.rollout_weight.labels(r.name).set(r.weight)
+        m.rollout_weight.labels(r.name).set(r.weight / 100)
         for phase in PHASES:
             m.rollout_phase.labels(r.name, phase).set(1 if phase == r.phase else 0)
         last = ro.last_decision(state.registry, r.name) or r.state

@@ -14,6 +14,7 @@ import pytest
 
 from loadtests.common import platform_cmd, stop_process, wait_ready
 from registry.store import Registry
+from tests.serving.otlp import Receiver
 
 START_TIMEOUT_S = 240
 
@@ -167,10 +168,21 @@ def running_server(
 
 
 @pytest.fixture(scope="session")
+def otlp() -> Iterator[Receiver]:
+    """The OTLP/HTTP receiver the session server sends its traces to."""
+    receiver = Receiver()
+    yield receiver
+    receiver.close()
+
+
+@pytest.fixture(scope="session")
 def server(
-    adapters: tuple[Path, dict[str, str]], tmp_path_factory: pytest.TempPathFactory
+    adapters: tuple[Path, dict[str, str]], tmp_path_factory: pytest.TempPathFactory, otlp: Receiver
 ) -> Iterator[Server]:
+    """The session server, tracing to `otlp` (spans leave in batches every 100 ms)."""
     registry, _ = adapters
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env |= {"OTEL_EXPORTER_OTLP_ENDPOINT": otlp.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "100"}
     yield from running_server(
         registry,
         tmp_path_factory.mktemp("server"),
@@ -186,6 +198,7 @@ def server(
         "1",
         "--pin",
         "support:prod",
+        env=env,
     )
 
 

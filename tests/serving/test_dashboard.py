@@ -12,6 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from registry import rollouts
+from registry.store import Registry
+from serving.experiments.rollout import abort
 from tests.serving.fixtures import Server, wait_until
 
 DASHBOARD = Path(__file__).parents[2] / "docker" / "grafana" / "dashboard.json"
@@ -78,6 +81,7 @@ def test_the_dashboard_covers_what_operators_watch() -> None:
         "errors",
         "evictions",
         "variant",
+        "rollout",
         "queue",
     ):
         assert topic in titles, topic
@@ -89,10 +93,26 @@ def test_the_dashboard_covers_what_operators_watch() -> None:
     assert names and all(n.startswith("lora_") for n in names), names
 
 
+def start_rollout(registry: Path, refs: dict[str, str], name: str) -> None:
+    """A rollout `name` between copies of the two session adapters (the server's controller runs it)."""
+    reg = Registry(registry)
+    baseline, candidate = (reg.get(refs[k]) for k in ("support", "contact"))
+    spec = rollouts.RolloutSpec(
+        candidate=reg.push(name, candidate.path, candidate.lineage).ref,
+        baseline=reg.push(name, baseline.path, baseline.lineage).ref,
+    )
+    rollouts.create(reg, name, spec)
+
+
 @pytest.mark.slow
 def test_every_dashboard_metric_is_exposed_by_a_real_server(
     server: Server, adapters: tuple[Path, dict[str, str]]
 ) -> None:
+    start_rollout(adapters[0], adapters[1], "dashroll")  # rollout series exist while one runs
+    wait_until(
+        lambda: 'lora_rollout_step{route="dashroll"} 1.0' in httpx.get(server.url + "/metrics").text, 60
+    )
+    abort(Registry(adapters[0]), "dashroll")
     client = server.client()
     client.completions.create(model=adapters[1]["support"], prompt="Order 12345", max_tokens=6, temperature=0)
     stream = client.completions.create(

@@ -206,7 +206,7 @@ def test_a_good_candidate_walks_the_steps_and_is_promoted(one: Setup) -> None:
     assert set(traffic.statuses) == {200}, traffic.statuses  # zero failed requests through every step
     assert {m for _, m in traffic.served} == {baseline, candidate}
     metrics = httpx.get(one.urls[0] + "/metrics").text
-    assert 'lora_rollout_candidate_weight{route="good"} 0.0' in metrics  # route ended
+    assert 'lora_rollout_candidate_weight_ratio{route="good"} 0.0' in metrics  # route ended
     assert 'lora_rollout_decision{decision="promote",route="good"} 1.0' in metrics
     out = one.rollout("status", "good")
     assert "promoted" in out and "advance" in out
