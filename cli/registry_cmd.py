@@ -96,13 +96,14 @@ def list_cmd(name: str | None, registry_root: str | None, as_json: bool) -> None
 @handle_errors
 def show_cmd(ref: str, registry_root: str | None, as_json: bool) -> None:
     """Show one version with its lineage (files are verified first)."""
-    from registry.card import review_lines
+    from registry.card import review_lines, rollout_lines
     from registry.reviews import summaries_for
+    from registry.rollouts import outcomes_for
 
     reg = Registry(registry_root)
     v = reg.get(ref)
-    reviews = summaries_for(reg, v.ref)
-    data = {**_summary(v), "lineage": v.lineage, "reviews": reviews}
+    reviews, rollouts = summaries_for(reg, v.ref), outcomes_for(reg, v.ref)
+    data = {**_summary(v), "lineage": v.lineage, "reviews": reviews, "rollouts": rollouts}
     if as_json:
         click.echo(json.dumps(data, indent=2, default=str))
         return
@@ -118,6 +119,8 @@ def show_cmd(ref: str, registry_root: str | None, as_json: bool) -> None:
         _field(side, ", ".join(f"{k}={val:.4f}" for k, val in metrics.items()))
     for line in review_lines(reviews):
         _field("human review", line)
+    for line in rollout_lines(rollouts):
+        _field("rollout", line)
 
 
 def _field(key: str, value: Any) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -73,10 +74,25 @@ def review_lines(summaries: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def with_reviews(card: str, summaries: list[dict[str, Any]]) -> str:
-    """The model card with a "Human review" section (the stored card is immutable: the section is
-    added where the card is shown or published)."""
-    lines = review_lines(summaries)
-    if not lines:
-        return card
-    return card.rstrip("\n") + "\n\n## Human review\n\n" + "\n".join(f"- {x}" for x in lines) + "\n"
+def rollout_lines(outcomes: list[dict[str, Any]]) -> list[str]:
+    """One line per rollout that had this version as its candidate (`registry.rollouts.outcomes_for`)."""
+    lines = []
+    for o in outcomes:
+        line = f"rollout {o['rollout']}: {o['outcome'].replace('_', ' ')}"
+        if o.get("baseline"):
+            line += f" against {o['baseline']}"
+        if o.get("ended"):
+            line += f" on {datetime.fromtimestamp(o['ended'], UTC).isoformat(timespec='seconds')}"
+        if o.get("reason"):
+            line += f": {o['reason']}"
+        lines.append(line)
+    return lines
+
+
+def with_records(card: str, summaries: list[dict[str, Any]], outcomes: list[dict[str, Any]]) -> str:
+    """The model card with "Human review" and "Rollouts" sections (the stored card is immutable:
+    the sections are added where the card is shown or published)."""
+    for title, lines in (("Human review", review_lines(summaries)), ("Rollouts", rollout_lines(outcomes))):
+        if lines:
+            card = card.rstrip("\n") + f"\n\n## {title}\n\n" + "\n".join(f"- {x}" for x in lines) + "\n"
+    return card

@@ -91,13 +91,16 @@ def push(registry: Registry, ref: str, target: str, token: str | None = None, pr
 
 
 def _upload(registry: Registry, v: Version, path: Path) -> str | bytes:
-    """The file to upload: the model card gets the version's human reviews added."""
+    """The file to upload: the model card gets the version's human reviews and rollouts added."""
     if path.name != "README.md":
         return str(path)
-    from registry.card import with_reviews
+    from registry.card import with_records
     from registry.reviews import summaries_for
+    from registry.rollouts import outcomes_for
 
-    return with_reviews(path.read_text(), summaries_for(registry, v.ref)).encode()
+    return with_records(
+        path.read_text(), summaries_for(registry, v.ref), outcomes_for(registry, v.ref)
+    ).encode()
 
 
 def _retag(api: Any, repo_id: str, tag: str, oid: str) -> None:

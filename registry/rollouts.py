@@ -152,6 +152,30 @@ def list_rollouts(reg: Registry) -> list[Rollout]:
         return [_row(r) for r in conn.execute(sa.select(t.rollouts).order_by(t.rollouts.c.name))]
 
 
+def outcomes_for(reg: Registry, ref: str) -> list[dict[str, Any]]:
+    """How the rollouts that had `ref` (`name@N`) as their candidate ended: for its card and
+    `registry show`. The rollout's row keeps the reason until a new rollout of that name starts;
+    the outcome tag on the version stays after that."""
+    out = [
+        {
+            "rollout": r.name,
+            "outcome": r.state,
+            "baseline": r.spec.baseline,
+            "ended": r.updated,
+            "reason": r.reason,
+        }
+        for r in list_rollouts(reg)
+        if r.spec.candidate == ref and r.state in TERMINAL
+    ]
+    name, version = ref.split("@")
+    row = reg.catalog.version(name, int(version))
+    tags = row.tags if row is not None else ()
+    for state, tag in OUTCOME_TAGS.items():
+        if tag in tags and not any(o["outcome"] == state for o in out):
+            out.append({"rollout": name, "outcome": state, "baseline": None, "ended": None, "reason": None})
+    return out
+
+
 def events(reg: Registry, name: str) -> list[Event]:
     """The decisions of the rollout `name` (its latest start), oldest first."""
     r = get(reg, name)

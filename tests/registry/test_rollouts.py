@@ -38,3 +38,36 @@ def test_one_holder_at_a_time_and_takeover_after_expiry(registry_location: str) 
     assert ro.lease_holder(reg, 15.2) == "b"
     ro.release_lease(reg, "b")
     assert ro.acquire_lease(reg, "a", 3.0, now=15.3)
+
+
+def test_the_outcome_is_recorded_with_the_candidate_version(registry_location: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from click.testing import CliRunner
+
+    from cli.main import cli
+    from registry.card import with_records
+    from tests.registry.test_store import LINEAGE, make_adapter
+
+    reg = Registry(registry_location)
+    for seed in (1, 2):
+        reg.push("bot", make_adapter(tmp_path / f"a{seed}", seed), LINEAGE)
+    r = ro.create(reg, "bot", ro.RolloutSpec("bot@2", "bot@1", steps=(5.0, 100.0)), now=100.0)
+    r = ro.transition(reg, r, state="running", step=0, route="weights", decision="preflight-ok", now=101.0)
+    why = "gate failed: error_rate +4.0pt > +1pt (p=0.003)"
+    ro.transition(
+        reg, r, state="rolled_back", route="hold_baseline", decision="rollback", reason=why, now=102.0
+    )
+    assert ro.outcomes_for(reg, "bot@1") == []
+    [outcome] = ro.outcomes_for(reg, "bot@2")
+    assert (outcome["outcome"], outcome["baseline"], outcome["reason"]) == ("rolled_back", "bot@1", why)
+    card = with_records("# bot@2\n", [], ro.outcomes_for(reg, "bot@2"))
+    assert "## Rollouts" in card and "rolled back against bot@1" in card and why in card
+    shown = CliRunner().invoke(cli, ["registry", "show", "bot@2", "--registry", registry_location])
+    assert shown.exit_code == 0 and "rolled back" in shown.output, shown.output
+    data = json.loads(
+        CliRunner()
+        .invoke(cli, ["registry", "show", "bot@2", "--json", "--registry", registry_location])
+        .output
+    )
+    assert data["rollouts"][0]["reason"] == why and "rollout:rolled-back" in data["tags"]
