@@ -188,6 +188,12 @@ def test_a_good_candidate_walks_the_steps_and_is_promoted(one: Setup) -> None:
     steps += ["--max-wait", "40s"]
     one.rollout("start", "good", "--candidate", candidate, *steps)
     with Traffic(one.urls, "good", thumbs=lambda _: "up") as traffic:
+        wait_until(lambda: state(one, "good") == "running", 60)
+        for model, version in ((baseline, baseline), ("good:prod", baseline), (candidate, candidate)):
+            for user in range(4):  # a version or an alias is never split by the rollout's route
+                body = {"model": model, "prompt": "hi", "max_tokens": 1, "user": f"pinned{user}"}
+                r = httpx.post(f"{one.urls[0]}/v1/completions", json=body, timeout=60)
+                assert r.json()["model"] == version, (model, r.text)
         wait_until(lambda: state(one, "good") not in ("preflight", "running"), 60)
         traffic.thumbs = None
         events = timeline(one, "good")
