@@ -17,8 +17,10 @@ pytestmark = pytest.mark.gpu
 @pytest.mark.parametrize("quantize", [None, "nf4"], ids=["lora-bf16", "qlora-nf4"])
 def test_a_run_trains_on_the_gpu_and_its_version_verifies(tmp_path: Path, quantize: str | None) -> None:
     import torch
+    from click.testing import CliRunner
     from rich.console import Console
 
+    from cli.main import cli
     from registry.store import Registry
     from trainer.config import load_config
     from trainer.publish import publish
@@ -47,6 +49,27 @@ def test_a_run_trains_on_the_gpu_and_its_version_verifies(tmp_path: Path, quanti
     losses = [r["loss"] for r in logged if "loss" in r]
     assert losses and all(math.isfinite(x) for x in losses)
     assert set(result.metrics) == {"base", "adapter"}  # eval ran base vs adapter, on the GPU too
-    ref = publish(result, str(tmp_path / "registry"))
-    assert Registry(tmp_path / "registry").verify_all() == {ref: None}
+    registry = str(tmp_path / "registry")
+    ref = publish(result, registry)
+    assert Registry(registry).verify_all() == {ref: None}
     print(f"\n{quantize or 'lora'}: losses {losses[0]:.3f} -> {losses[-1]:.3f}, metrics {result.metrics}")
+    # the next version continues from this one's weights, on the GPU too
+    again = run(load_config(None, [*overrides, f"init_adapter={ref}"]), Console(quiet=True), registry)
+    assert again.lineage["init_adapter"]["ref"] == ref
+    # `platform eval` of the version on the GPU
+    out = CliRunner().invoke(
+        cli,
+        [
+            "eval",
+            ref,
+            "--data",
+            "sample:support-tickets",
+            "--max-examples",
+            "4",
+            "--max-new-tokens",
+            "8",
+            "--registry",
+            registry,
+        ],
+    )
+    assert out.exit_code == 0, out.output
