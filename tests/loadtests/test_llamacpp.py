@@ -23,7 +23,7 @@ def test_every_adapter_goes_in_one_lora_flag_loaded_without_applying(tmp_path: P
 def test_connection_resets_are_counted_from_locusts_failures(tmp_path: Path) -> None:
     (tmp_path / "run_failures.csv").write_text(
         "Method,Name,Error,Occurrences\n"
-        'POST,/v1/chat/completions x,"ConnectionResetError(104, \'Connection reset by peer\')",3\n'
+        "POST,/v1/chat/completions x,\"ConnectionResetError(104, 'Connection reset by peer')\",3\n"
         "POST,/v1/chat/completions x,\"RemoteDisconnected('Remote end closed connection')\",1\n"
         "POST,/v1/chat/completions x,500: boom,2\n"
     )
