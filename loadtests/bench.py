@@ -257,7 +257,7 @@ def run_many(
         kind, base, registry, many, port, args, (MANY_MAX_LORAS, MANY_MAX_CPU_LORAS)
     )
     url = f"http://127.0.0.1:{port}"
-    label = f"{len(many)} adapters"
+    label = f"many {len(many)} adapters"
     with server_process(cmd, url, tmp / f"{kind}-many.log", env=env, ready_path=ready):
         before = (
             {m: metric(url, m) for m in ("lora_adapter_loads_total", "lora_adapter_evictions_total")}
@@ -307,7 +307,7 @@ def ratios(results: dict[str, Any]) -> dict[str, float]:
             )
     for label in list(SCENARIOS)[1:]:
         out[f"ours {label}/base"] = round(tput("ours", label) / max(tput("ours", "base"), 1e-9), 3)
-    many = [k for k in results.get("ours", {}) if k.endswith("adapters") and k not in SCENARIOS]
+    many = [k for k in results.get("ours", {}) if k.startswith("many ")]
     mixed = list(SCENARIOS)[-1]
     for label in many:
         out[f"ours {label}/{mixed} throughput"] = round(
@@ -374,8 +374,8 @@ def main() -> None:
     if args.reduced:
         args.base_model, args.users, args.duration, args.adapters, args.max_tokens = "tiny", 4, 4, 2, 8
         args.pushes = min(args.pushes, 3)
-        SCENARIOS.pop("8 adapters")
-        SCENARIOS["2 adapters"] = "uniform"
+    SCENARIOS.pop("8 adapters")
+    SCENARIOS[f"{args.adapters} adapters"] = "uniform"
 
     import torch
 
