@@ -286,6 +286,8 @@ def ratios(results: dict[str, Any]) -> dict[str, float]:
         return float(results[kind][label]["kinds"].get("TPOT", {}).get("p50_ms", 0)) or float("nan")
 
     out: dict[str, float] = {}
+    if "ours" not in results:
+        return out
     for label in SCENARIOS:
         if "vllm" in results:
             out[f"throughput ours/vllm {label}"] = round(
