@@ -170,7 +170,8 @@ def connection_resets(prefix: Path) -> int:
         return 0
     with path.open(newline="") as fh:
         rows = list(csv.DictReader(fh))
-    words = ("ConnectionReset", "RemoteDisconnected", "Connection aborted", "ConnectionError")
+    # status 0: Locust got no response at all (the connection dropped before one)
+    words = ("ConnectionReset", "RemoteDisconnected", "Connection aborted", "ConnectionError", "'0: ")
     return sum(int(r["Occurrences"]) for r in rows if any(w in r["Error"] for w in words))
 
 

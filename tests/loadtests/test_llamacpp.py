@@ -25,7 +25,8 @@ def test_connection_resets_are_counted_from_locusts_failures(tmp_path: Path) -> 
         "Method,Name,Error,Occurrences\n"
         "POST,/v1/chat/completions x,\"ConnectionResetError(104, 'Connection reset by peer')\",3\n"
         "POST,/v1/chat/completions x,\"RemoteDisconnected('Remote end closed connection')\",1\n"
+        "POST,/v1/chat/completions x,CatchResponseError('0: '),2\n"
         "POST,/v1/chat/completions x,500: boom,2\n"
     )
-    assert connection_resets(tmp_path / "run") == 4
+    assert connection_resets(tmp_path / "run") == 6
     assert connection_resets(tmp_path / "none") == 0
