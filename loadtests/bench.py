@@ -1,6 +1,8 @@
-"""Side-by-side benchmark: our `platform serve` vs vLLM's own OpenAI server vs a naive PEFT server.
+"""Side-by-side benchmark: our `platform serve` vs vLLM's own OpenAI server vs a naive PEFT server
+vs llama.cpp's `llama-server`.
 
     python loadtests/bench.py                    # embedded SmolLM2, 8 random r=16 adapters, 16 users, 30 s each
+    python loadtests/bench.py --servers ours,vllm,peft,llamacpp --many 64   # + llama.cpp, + 64 adapters
     python loadtests/bench.py --reduced          # tiny model, seconds (what CI runs)
 
 Each server is started on 127.0.0.1 in turn, with the same base model, adapters and prompts, and
@@ -9,17 +11,25 @@ same concurrency, for base-only, 1-adapter and 8-adapter traffic:
   ours - `platform serve` (vLLM AsyncLLM in-process, our CPU LoRA ops);
   vllm - `python -m vllm.entrypoints.openai.api_server --enable-lora --lora-modules ...` with vLLM's
          stock CPU LoRA ops (LORA_PLATFORM_STOCK_CPU_LORA=1);
-  peft - `platform serve --engine peft`: transformers + peft generate, one request at a time.
+  peft - `platform serve --engine peft`: transformers + peft generate, one request at a time;
+  llamacpp - `llama-server` built once into the cache (loadtests/llamacpp.py), the same bf16 base and
+         adapters converted with llama.cpp's own converters, one slot per user, per-request `lora`
+         scales, `cache_prompt: false`, a fresh server per scenario; connection resets counted.
+With --many N (ours and vllm only): N adapters with power-law popularity, --max-loras 8,
+--max-cpu-loras 16 (ours loads the rest from the registry on demand; vLLM gets all N as
+--lora-modules); our loads and evictions per 1000 requests come from /metrics.
 Also measured on ours: the first request to a newly pushed version (cold: verify + load) against
-the next one (warm). Writes loadtests/results/bench.json and bench.png with the machine description.
+the next one (warm), over --pushes pushes to a name in use (loaded ahead). Writes loadtests/results/bench.json and bench.png with the machine description.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -30,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import httpx
 
+from loadtests import llamacpp
 from loadtests.common import (
     BIN,
     ROOT,
@@ -43,15 +54,25 @@ from loadtests.common import (
 )
 
 SCENARIOS = {"base": "base", "1 adapter": "one", "8 adapters": "uniform"}
+PORTS = {"ours": 0, "vllm": 1, "peft": 2, "llamacpp": 3}
+MANY_MAX_LORAS, MANY_MAX_CPU_LORAS = 8, 16
 
 
 def server_commands(
-    kind: str, base: Any, registry: Path, adapters: dict[str, Path], port: int, args: argparse.Namespace
+    kind: str,
+    base: Any,
+    registry: Path,
+    adapters: dict[str, Path],
+    port: int,
+    args: argparse.Namespace,
+    slots: tuple[int, int] | None = None,
 ) -> tuple[list[str], dict[str, str], str]:
-    common = ["--max-lora-rank", str(args.rank)]
+    """Command, environment and readiness path of server `kind`; `slots`: (max_loras, max_cpu_loras)."""
+    max_loras, max_cpu_loras = slots or (len(adapters), len(adapters) + 4)
+    common = ["--max-lora-rank", str(args.rank), "--max-cpu-loras", str(max_cpu_loras)]
     if kind in ("ours", "peft"):
         # ours batches every adapter in vLLM; peft is the naive one-request-at-a-time engine
-        engine = ["--engine", "peft"] if kind == "peft" else ["--max-loras", str(len(adapters))]
+        engine = ["--engine", "peft"] if kind == "peft" else ["--max-loras", str(max_loras)]
         return (
             [
                 platform_cmd(),
@@ -63,8 +84,6 @@ def server_commands(
                 str(registry),
                 "--port",
                 str(port),
-                "--max-cpu-loras",
-                str(len(adapters) + 4),
                 *common,
             ],
             {},
@@ -86,7 +105,7 @@ def server_commands(
             str(port),
             "--enable-lora",
             "--max-loras",
-            str(len(adapters)),
+            str(max_loras),
             "--enforce-eager",
             "--lora-modules",
             *modules,
@@ -97,59 +116,164 @@ def server_commands(
     )
 
 
-def cold_vs_warm(url: str, registry: Path) -> dict[str, float]:
-    """Latency of the first request to a freshly pushed version, then of the next one."""
+def metric(url: str, name: str) -> float:
+    """Sum of the /metrics samples of `name` (every label set)."""
+    text = httpx.get(url + "/metrics", timeout=10).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{"))
+
+
+def cold_vs_warm(url: str, registry: Path, pushes: int) -> dict[str, float]:
+    """First request to a freshly pushed version of a name in use (the server loads it ahead once
+    it sees the push), then the next one; p50 over `pushes` pushes."""
     from registry.store import Registry
 
     reg = Registry(registry)
     src = reg.get("load0@1")
-    new = reg.push("coldcheck", src.path, src.lineage)
-    time.sleep(0.5)
-    body = {"model": new.ref, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
-    out = {}
-    for label in ("cold_ms", "warm_ms"):
+    reg.push("coldcheck", src.path, src.lineage)
+    body = {"model": "coldcheck", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
+
+    def timed() -> float:
         t = time.perf_counter()
         httpx.post(url + "/v1/chat/completions", json=body, timeout=120).raise_for_status()
-        out[label] = round((time.perf_counter() - t) * 1000, 1)
-    return out
+        return (time.perf_counter() - t) * 1000
+
+    timed()  # the name is in use from here on
+    cold, warm = [], []
+    for _ in range(pushes):
+        ahead = metric(url, "lora_adapter_loads_total")
+        reg.push("coldcheck", src.path, src.lineage)
+        deadline = time.monotonic() + 10
+        while metric(url, "lora_adapter_loads_total") == ahead and time.monotonic() < deadline:
+            time.sleep(0.05)
+        cold.append(timed())
+        warm.append(timed())
+    c, w = statistics.median(cold), statistics.median(warm)
+    return {"cold_ms": round(c, 1), "warm_ms": round(w, 1), "cold_minus_warm_ms": round(c - w, 1)}
+
+
+def locust_env(scenario: str, names: list[str], base: Any, args: argparse.Namespace) -> dict[str, str]:
+    return {
+        "LOADTEST_SCENARIO": scenario,
+        "LOADTEST_MODELS": ",".join(names),
+        "LOADTEST_BASE": base.id,
+        "LOADTEST_STREAM": "1",
+        "LOADTEST_CHAT": "1",
+        "LOADTEST_MAX_TOKENS": str(args.max_tokens),
+        "LOADTEST_SEED": "0",
+    }
+
+
+def connection_resets(prefix: Path) -> int:
+    """Requests that failed with a reset or dropped connection (Locust's failures CSV)."""
+    path = Path(f"{prefix}_failures.csv")
+    if not path.exists():
+        return 0
+    with path.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    # status 0: Locust got no response at all (the connection dropped before one)
+    words = ("ConnectionReset", "RemoteDisconnected", "Connection aborted", "ConnectionError", "'0: ")
+    return sum(int(r["Occurrences"]) for r in rows if any(w in r["Error"] for w in words))
+
+
+def measure(
+    kind: str,
+    url: str,
+    label: str,
+    scenario: str,
+    names: list[str],
+    base: Any,
+    args: argparse.Namespace,
+    extra_env: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """One Locust run of `scenario` (requests for `names`) against the server at `url`."""
+    prefix = Path(args.out_dir) / f"bench-{kind}-{scenario}"
+    env = {**locust_env(scenario, names, base, args), **(extra_env or {})}
+    done = run_locust(url, args.users, args.duration, prefix, env)
+    if done.returncode != 0:
+        raise SystemExit(f"locust failed on {kind}/{label}:\n{done.stderr[-2000:]}")
+    s = summarize(read_stats(prefix))
+    s["output_tokens_per_s"] = round(s.get("output_tokens", 0) / args.duration, 2)
+    s["connection_resets"] = connection_resets(prefix)
+    print(
+        f"{kind:8} {label:11} {s['output_tokens_per_s']:8.1f} tok/s {s['requests_per_s']:6.2f} req/s "
+        f"TTFT p50 {s['kinds'].get('TTFT', {}).get('p50_ms', 0):7.0f} ms  TPOT p50 "
+        f"{s['kinds'].get('TPOT', {}).get('p50_ms', 0):5.0f} ms  failures {s['failures']} "
+        f"(resets {s['connection_resets']})",
+        flush=True,
+    )
+    return s
+
+
+def scenario_models(scenario: str, adapters: dict[str, Path], base: Any) -> list[str]:
+    return [base.id] if scenario == "base" else list(adapters)[:1] if scenario == "one" else list(adapters)
 
 
 def run_server(
     kind: str, base: Any, registry: Path, adapters: dict[str, Path], args: argparse.Namespace, tmp: Path
 ) -> dict[str, Any]:
-    port = args.port + {"ours": 0, "vllm": 1, "peft": 2}[kind]
+    if kind == "llamacpp":
+        return run_llamacpp(base, adapters, args, tmp)
+    port = args.port + PORTS[kind]
     cmd, env, ready = server_commands(kind, base, registry, adapters, port, args)
     url = f"http://127.0.0.1:{port}"
     result: dict[str, Any] = {}
     with server_process(cmd, url, tmp / f"{kind}.log", env=env, ready_path=ready) as start_s:
         result["start_s"] = round(start_s, 1)
         for label, scenario in SCENARIOS.items():
-            names = list(adapters)[:1] if scenario == "one" else list(adapters)
-            lenv = {
-                "LOADTEST_SCENARIO": scenario,
-                "LOADTEST_MODELS": ",".join(names),
-                "LOADTEST_BASE": base.id,
-                "LOADTEST_STREAM": "1",
-                "LOADTEST_CHAT": "1",
-                "LOADTEST_MAX_TOKENS": str(args.max_tokens),
-                "LOADTEST_SEED": "0",
-            }
-            prefix = Path(args.out_dir) / f"bench-{kind}-{scenario}"
-            done = run_locust(url, args.users, args.duration, prefix, lenv)
-            if done.returncode != 0:
-                raise SystemExit(f"locust failed on {kind}/{label}:\n{done.stderr[-2000:]}")
-            s = summarize(read_stats(prefix))
-            s["output_tokens_per_s"] = round(s.get("output_tokens", 0) / args.duration, 2)
-            result[label] = s
-            print(
-                f"{kind:5} {label:10} {s['output_tokens_per_s']:8.1f} tok/s {s['requests_per_s']:6.2f} req/s "
-                f"TTFT p50 {s['kinds'].get('TTFT', {}).get('p50_ms', 0):7.0f} ms  E2E p50 "
-                f"{s['kinds'].get('E2E', {}).get('p50_ms', 0):7.0f} ms  failures {s['failures']}",
-                flush=True,
-            )
-        if kind == "ours":
-            result["cold_vs_warm"] = cold_vs_warm(url, registry)
+            names = scenario_models(scenario, adapters, base)
+            result[label] = measure(kind, url, label, scenario, names, base, args)
+        if kind == "ours" and args.pushes:
+            result["cold_vs_warm"] = cold_vs_warm(url, registry, args.pushes)
     return result
+
+
+def run_llamacpp(base: Any, adapters: dict[str, Path], args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    """llama-server, the same weights converted to GGUF, a fresh server per scenario."""
+    binary = llamacpp.build_server(jobs=args.build_jobs)
+    out = tmp / "gguf"
+    out.mkdir(exist_ok=True)
+    gguf_base = llamacpp.convert_base(base.path, out)
+    loras = {
+        n: llamacpp.convert_adapter(p, base.path, out / f"lora{i}.gguf")
+        for i, (n, p) in enumerate(adapters.items())
+    }
+    url = f"http://127.0.0.1:{args.port + PORTS['llamacpp']}"
+    result: dict[str, Any] = {}
+    port = args.port + PORTS["llamacpp"]
+    cmd = llamacpp.server_command(binary, gguf_base, list(loras.values()), port, args.users)
+    scales = {"LOADTEST_LLAMACPP_LORAS": ",".join(loras)}  # adapters in --lora order
+    for label, scenario in SCENARIOS.items():
+        names = scenario_models(scenario, adapters, base)
+        with server_process(cmd, url, tmp / f"llamacpp-{scenario}.log", ready_path="/health"):
+            result[label] = measure("llamacpp", url, label, scenario, names, base, args, scales)
+    return result
+
+
+def run_many(
+    kind: str, base: Any, registry: Path, many: dict[str, Path], args: argparse.Namespace, tmp: Path
+) -> dict[str, Any]:
+    """N adapters, power-law popularity, 8 in a batch, 16 in CPU memory; ours loads on demand."""
+    port = args.port + PORTS[kind]
+    cmd, env, ready = server_commands(
+        kind, base, registry, many, port, args, (MANY_MAX_LORAS, MANY_MAX_CPU_LORAS)
+    )
+    url = f"http://127.0.0.1:{port}"
+    label = f"many {len(many)} adapters"
+    with server_process(cmd, url, tmp / f"{kind}-many.log", env=env, ready_path=ready):
+        before = (
+            {m: metric(url, m) for m in ("lora_adapter_loads_total", "lora_adapter_evictions_total")}
+            if kind == "ours"
+            else {}
+        )
+        s = measure(kind, url, label, "powerlaw", list(many), base, args)
+        if kind == "ours" and s["requests"]:
+            for m, v in before.items():
+                key = m.removeprefix("lora_adapter_").removesuffix("_total")
+                s[f"{key}_per_1000_requests"] = round((metric(url, m) - v) * 1000 / s["requests"], 1)
+            print(
+                f"ours     {label}: loads/evictions per 1000 requests {s.get('loads_per_1000_requests')}/{s.get('evictions_per_1000_requests')}"
+            )
+    return {label: s}
 
 
 def ratios(results: dict[str, Any]) -> dict[str, float]:
@@ -159,7 +283,12 @@ def ratios(results: dict[str, Any]) -> dict[str, float]:
     def ttft(kind: str, label: str) -> float:
         return float(results[kind][label]["kinds"].get("TTFT", {}).get("p50_ms", 0)) or float("nan")
 
+    def tpot(kind: str, label: str) -> float:
+        return float(results[kind][label]["kinds"].get("TPOT", {}).get("p50_ms", 0)) or float("nan")
+
     out: dict[str, float] = {}
+    if "ours" not in results:
+        return out
     for label in SCENARIOS:
         if "vllm" in results:
             out[f"throughput ours/vllm {label}"] = round(
@@ -168,12 +297,31 @@ def ratios(results: dict[str, Any]) -> dict[str, float]:
             out[f"TTFT p50 vllm/ours {label} (>1: ours faster)"] = round(
                 ttft("vllm", label) / ttft("ours", label), 3
             )
+        if "llamacpp" in results:
+            out[f"throughput ours/llamacpp {label}"] = round(
+                tput("ours", label) / max(tput("llamacpp", label), 1e-9), 3
+            )
+            out[f"TPOT p50 llamacpp/ours {label} (>1: ours faster)"] = round(
+                tpot("llamacpp", label) / tpot("ours", label), 3
+            )
         if "peft" in results:
             out[f"throughput ours/peft {label}"] = round(
                 tput("ours", label) / max(tput("peft", label), 1e-9), 2
             )
     for label in list(SCENARIOS)[1:]:
         out[f"ours {label}/base"] = round(tput("ours", label) / max(tput("ours", "base"), 1e-9), 3)
+    many = [k for k in results.get("ours", {}) if k.startswith("many ")]
+    mixed = list(SCENARIOS)[-1]
+    for label in many:
+        out[f"ours {label}/{mixed} throughput"] = round(
+            tput("ours", label) / max(tput("ours", mixed), 1e-9), 3
+        )
+        p99 = {k: results["ours"][k]["kinds"].get("TTFT", {}).get("p99_ms", 0) for k in (label, mixed)}
+        out[f"ours {label}/{mixed} TTFT p99"] = round(p99[label] / max(p99[mixed], 1e-9), 3)
+        if label in results.get("vllm", {}):
+            out[f"throughput ours/vllm {label}"] = round(
+                tput("ours", label) / max(tput("vllm", label), 1e-9), 3
+            )
     return out
 
 
@@ -220,11 +368,17 @@ def main() -> None:
         "--reduced", action="store_true", help="tiny model, 4 users, 4 s per scenario, 2 adapters"
     )
     parser.add_argument("--out-dir", default=str(ROOT / "loadtests" / "results"))
+    parser.add_argument(
+        "--many", type=int, default=0, help="also N adapters, power-law popularity (ours, vllm); 0: skip"
+    )
+    parser.add_argument("--pushes", type=int, default=20, help="pushes measured for cold vs warm (ours)")
+    parser.add_argument("--build-jobs", type=int, default=2, help="compilers for the llama.cpp build")
     args = parser.parse_args()
     if args.reduced:
         args.base_model, args.users, args.duration, args.adapters, args.max_tokens = "tiny", 4, 4, 2, 8
-        SCENARIOS.pop("8 adapters")
-        SCENARIOS["2 adapters"] = "uniform"
+        args.pushes = min(args.pushes, 3)
+    SCENARIOS.pop("8 adapters")
+    SCENARIOS[f"{args.adapters} adapters"] = "uniform"
 
     import torch
 
@@ -249,6 +403,11 @@ def main() -> None:
         adapters = {ref: reg.get(ref).path for ref in refs}
         for kind in args.servers.split(","):
             report["servers"][kind] = run_server(kind, base, tmp / "registry", adapters, args, tmp)
+        if args.many:
+            paths = make_adapters(base.path, args.many, args.rank, tmp / "many")
+            many = {ref: reg.get(ref).path for ref in push_adapters(tmp / "registry", base, paths, "many")}
+            for kind in [k for k in args.servers.split(",") if k in ("ours", "vllm")]:
+                report["servers"][kind].update(run_many(kind, base, tmp / "registry", many, args, tmp))
     report["ratios"] = ratios(report["servers"])
     name = "bench-reduced" if args.reduced else "bench"
     (Path(args.out_dir) / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")

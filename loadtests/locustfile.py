@@ -14,6 +14,9 @@ Environment (all optional):
   LOADTEST_ARRIVAL    closed (default) | poisson: exponential think time with mean 1/LOADTEST_RATE per user
   LOADTEST_RATE       requests/s per user for poisson arrivals        (default 1.0)
   LOADTEST_SEED       seed of every user's random choices             (default 0)
+  LOADTEST_LLAMACPP_LORAS  llama-server's adapters in --lora order: each request sends every
+                      adapter's scale (1 for its model, 0 for the others; `--lora-init-without-apply`
+                      still lists 1.0) and `cache_prompt: false`
 
 Custom events (they land in Locust's CSV/HTML next to the HTTP rows):
   TTFT  time to the first non-empty content delta (the first chat chunk carries only the role);
@@ -41,6 +44,7 @@ MAX_TOKENS = int(os.environ.get("LOADTEST_MAX_TOKENS", "32"))
 ARRIVAL = os.environ.get("LOADTEST_ARRIVAL", "closed")
 RATE = float(os.environ.get("LOADTEST_RATE", "1.0"))
 SEED = int(os.environ.get("LOADTEST_SEED", "0"))
+LLAMACPP_LORAS = [m for m in os.environ.get("LOADTEST_LLAMACPP_LORAS", "").split(",") if m]
 PROMPTS = [
     "Turn this customer message into a ticket line.\n\nHi, my router has not arrived. Order 55555.",
     "Hello from Oslo! My name is Vera Lind and please send me your pricing.",
@@ -106,6 +110,9 @@ class OpenAIUser(HttpUser):
             "stream": stream,
             "user": self.user_id,
         }
+        if "LOADTEST_LLAMACPP_LORAS" in os.environ:
+            body["lora"] = [{"id": i, "scale": float(m == model)} for i, m in enumerate(LLAMACPP_LORAS)]
+            body["cache_prompt"] = False
         if chat:
             body["messages"] = [{"role": "user", "content": prompt}]
             path = "/v1/chat/completions"

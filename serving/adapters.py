@@ -1,5 +1,10 @@
 """Adapters: resolve a request's `model` to one immutable version, validate, load, evict.
 
+Load ahead: when the registry changes, a reference in use (one requests resolved whose version is
+loaded) that now names another version, and every new A/B or rollout variant, is verified and
+loaded before its first request. Verification, validation and resolution run in worker threads,
+never on the event loop.
+
 Nothing unchecked reaches the engine: a bad LoRA path passed to vLLM's `generate()` kills the
 whole engine, so every version is verified (sha256 manifest), validated (safetensors, rank,
 target modules present in this base model, same base weights) and loaded with `add_adapter`
@@ -12,7 +17,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,13 +30,14 @@ from registry.refs import parse_ref
 from registry.store import Registry, Version
 from serving import tracing
 from serving.engine.base import AdapterHandle, Engine
-from serving.errors import AdapterLoadError, ModelNotFoundError
+from serving.errors import AdapterLoadError, ModelNotFoundError, ServingError
 from serving.metrics import Metrics
 
 log = logging.getLogger("lora_platform.serving")
 
 UNSUPPORTED_TARGETS = {"embed_tokens", "lm_head"}
 BASE_ALIASES = {"base"}
+Key = tuple[str, int]
 
 
 @dataclass
@@ -74,7 +80,10 @@ class AdapterManager:
         self.loaded: dict[tuple[str, int], Loaded] = {}
         self._next_id = 1
         self._locks: dict[tuple[str, int], asyncio.Lock] = {}
-        self._resolved: dict[str, tuple[str, int]] = {}
+        self._resolved: dict[str, Key] = {}
+        self._moved: dict[str, Key] = {}
+        """References in use when the registry last changed, with the loaded version they named."""
+        self._variants: set[str] = set()
         self._seen_changes = -1
         self._base_weights: set[str] | None = None
         self.loads = 0
@@ -85,9 +94,45 @@ class AdapterManager:
         """Drop cached resolutions when the registry's change counter moved; True when it did."""
         if changes != self._seen_changes:
             self._seen_changes = changes
+            # name@N never moves; a name or an alias whose version is loaded is in use
+            moving = {ref: key for ref, key in self._resolved.items() if "@" not in ref}
+            self._moved.update({ref: key for ref, key in moving.items() if key in self.loaded})
             self._resolved.clear()
             return True
         return False
+
+    async def load_ahead(self, variants: Iterable[str] = ()) -> list[Key]:
+        """Load what references in use now name, before a request asks: versions a reference in use
+        moved to (new latest, alias move) and new route variants (A/B, rollout). Returns the
+        versions loaded; a version that fails its checks is logged and left to requests to report."""
+        variants = set(variants)
+        wanted = [*self._moved, *(variants - self._variants)]
+        self._variants = variants
+        self._moved = {}
+        seen = self._seen_changes
+        found = await asyncio.to_thread(self._resolve_all, wanted)
+        if seen == self._seen_changes:  # else the registry moved on meanwhile: resolve afresh
+            self._resolved.update({ref: key for ref, key in found.items() if ref not in variants})
+        out = []
+        for key in dict.fromkeys(found.values()):
+            if key in self.loaded:
+                continue
+            try:
+                await self._ensure_loaded(*key, ahead=True)
+            except ServingError as exc:
+                log.warning("not loading %s@%s ahead: %s", *key, exc.message)
+                continue
+            out.append(key)
+        return out
+
+    def _resolve_all(self, refs: list[str]) -> dict[str, Key]:
+        out = {}
+        for ref in refs:
+            try:
+                out[ref] = self.registry.resolve(ref)
+            except (ReferenceError_, NotFoundError):
+                continue  # deleted since: its requests will say so
+        return out
 
     def resolve(self, model: str) -> tuple[str, int] | None:
         """(name, version) for an adapter reference, None for the base model."""
@@ -123,7 +168,7 @@ class AdapterManager:
             loaded.in_use -= 1
             loaded.last_used = time.monotonic()
 
-    async def _ensure_loaded(self, name: str, version: int) -> Loaded:
+    async def _ensure_loaded(self, name: str, version: int, ahead: bool = False) -> Loaded:
         # a version number names one set of weights forever (the registry never reuses numbers),
         # so a loaded version is served without touching its files again
         key = (name, version)
@@ -133,6 +178,7 @@ class AdapterManager:
         async with lock:  # concurrent first requests for one version load it once
             if key in self.loaded:
                 return self.loaded[key]
+            started = time.perf_counter()
             with tracing.span("load", {"lora.version": f"{name}@{version}"}):
                 v = await asyncio.to_thread(self._fetch, name, version)  # sha256 of every file, once per load
                 await asyncio.to_thread(self._validate, v)
@@ -142,7 +188,7 @@ class AdapterManager:
                 await self.engine.add_adapter(handle)
             self.loads += 1
             if self.metrics is not None:
-                self.metrics.adapter_loads.inc()
+                self.metrics.loaded(v.ref, "ahead" if ahead else "request", time.perf_counter() - started)
             self.loaded[key] = Loaded(handle, v)
             return self.loaded[key]
 

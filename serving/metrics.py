@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import Counter as Tally
@@ -13,6 +14,8 @@ from prometheus_client.registry import Collector
 
 from serving.experiments.drift import VersionDrift
 from serving.experiments.evidence import EvidenceCounters
+
+log = logging.getLogger("lora_platform.serving")
 
 _LAT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 _TPOT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1, 2.5)
@@ -129,7 +132,23 @@ class Metrics:
             "lora_loaded_adapters", "Adapters loaded in the engine", registry=self.registry
         )
         self.adapter_loads = Counter(
-            "lora_adapter_loads", "Adapter loads into the engine", registry=self.registry
+            "lora_adapter_loads",
+            "Adapter loads into the engine, by trigger: a request, or ahead of requests (a reference in use moved)",
+            ["trigger"],
+            registry=self.registry,
+        )
+        self.adapter_load_seconds = Histogram(
+            "lora_adapter_load_seconds",
+            "Time to verify (sha256), validate and load an adapter version",
+            ["trigger"],
+            buckets=_LAT_BUCKETS,
+            registry=self.registry,
+        )
+        self.adapter_last_load = Gauge(
+            "lora_adapter_last_load_timestamp_seconds",
+            "Unix time the last adapter load finished, by trigger",
+            ["trigger"],
+            registry=self.registry,
         )
         self.adapter_evictions = Counter(
             "lora_adapter_evictions", "Idle adapters evicted to make room (LRU)", registry=self.registry
@@ -170,6 +189,13 @@ class Metrics:
         self.registry.register(self.evidence)
         self.drift = DriftGauges()
         self.registry.register(self.drift)
+
+    def loaded(self, model: str, trigger: str, seconds: float) -> None:
+        """One adapter version loaded (`trigger`: "request" or "ahead") in `seconds`."""
+        self.adapter_loads.labels(trigger).inc()
+        self.adapter_load_seconds.labels(trigger).observe(seconds)
+        self.adapter_last_load.labels(trigger).set(time.time())
+        log.info("loaded %s (%s) in %.0f ms", model, trigger, seconds * 1000)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -54,6 +54,8 @@ class ServerState:
             return False
         routes = await asyncio.to_thread(list_routes, self.registry)
         self.routes = {r.name: r for r in routes}
+        variants = [v.ref for r in routes for v in r.variants] + [r.shadow for r in routes if r.shadow]
+        await self.adapters.load_ahead(variants)
         self.metrics.loaded_adapters.set(len(self.adapters.loaded))
         return True
 

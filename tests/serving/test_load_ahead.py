@@ -1,0 +1,81 @@
+"""Load ahead: a version a reference in use moves to is verified and loaded before its first request,
+off the event loop (the session's `platform serve`)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from registry.store import Registry
+from tests.serving.fixtures import Server, metric, wait_until
+
+AHEAD = 'lora_adapter_loads_total{trigger="ahead"}'
+ON_REQUEST = 'lora_adapter_loads_total{trigger="request"}'
+PADDING_MB = 256
+
+
+def chat(server: Server, model: str) -> Any:
+    return server.client().chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=2, temperature=0
+    )
+
+
+def test_a_version_an_alias_in_use_moves_to_is_loaded_before_its_first_request(
+    server: Server, adapters
+) -> None:  # type: ignore[no-untyped-def]
+    registry, _ = adapters
+    reg = Registry(registry)
+    src = reg.get("contact@1")
+    first = reg.push("ahead", src.path, src.lineage)
+    reg.set_alias(first.ref, "live")
+    assert chat(server, "ahead:live").model == first.ref  # the alias is in use
+    loaded_ahead = metric(server.url, AHEAD)
+
+    second = reg.push("ahead", src.path, src.lineage)
+    reg.set_alias(second.ref, "live")
+    wait_until(lambda: metric(server.url, AHEAD) > loaded_ahead, 10)
+    loaded_at = metric(server.url, 'lora_adapter_last_load_timestamp_seconds{trigger="ahead"}')
+    on_request = metric(server.url, ON_REQUEST)
+    sent = time.time()
+    assert chat(server, "ahead:live").model == second.ref
+    assert loaded_at < sent  # loaded before the request was sent
+    assert metric(server.url, ON_REQUEST) == on_request  # and the request loaded nothing
+
+
+def test_verifying_a_large_version_ahead_does_not_block_the_event_loop(
+    server: Server, adapters, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    registry, _ = adapters
+    reg = Registry(registry)
+    src = reg.get("contact@1")
+    reg.push("bigahead", src.path, src.lineage)
+    chat(server, "bigahead")  # the name is in use
+    padding = tmp_path / "padding.dat"
+    with padding.open("wb") as fh:  # every file of a version is hashed before it loads
+        for _ in range(PADDING_MB):
+            fh.write(bytes(range(256)) * 4096)
+    loaded_ahead = metric(server.url, AHEAD)
+    load_s = metric(server.url, 'lora_adapter_load_seconds_sum{trigger="ahead"}')
+
+    big = reg.push("bigahead", src.path, src.lineage, extra_files={"padding.dat": padding})
+    health_ms: list[float] = []
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        while metric(server.url, AHEAD) == loaded_ahead:
+            assert len(health_ms) < 2000, "the new version was not loaded ahead"
+            t = time.perf_counter()
+            client.get("/health").raise_for_status()
+            health_ms.append((time.perf_counter() - t) * 1000)
+    took_s = metric(server.url, 'lora_adapter_load_seconds_sum{trigger="ahead"}') - load_s
+    health_ms.sort()
+    print(
+        f"\n{PADDING_MB} MiB verified and loaded ahead in {took_s * 1000:.0f} ms; /health p50 "
+        f"{health_ms[len(health_ms) // 2]:.1f} ms, max {health_ms[-1]:.1f} ms over {len(health_ms)} polls"
+    )
+    assert took_s > 0.25  # verification took clearly longer than the bound below
+    assert len(health_ms) >= 5
+    assert health_ms[-1] < 50
+    assert chat(server, "bigahead").model == big.ref
+    reg.remove(big.ref, force=True)
