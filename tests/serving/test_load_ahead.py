@@ -74,7 +74,7 @@ def test_verifying_a_large_version_ahead_does_not_block_the_event_loop(
         f"\n{PADDING_MB} MiB verified and loaded ahead in {took_s * 1000:.0f} ms; /health p50 "
         f"{health_ms[len(health_ms) // 2]:.1f} ms, max {health_ms[-1]:.1f} ms over {len(health_ms)} polls"
     )
-    assert took_s > 0.25  # verification took clearly longer than the bound below
+    assert took_s > 0.1  # verification took clearly longer than the 50 ms bound below
     assert len(health_ms) >= 5
     assert health_ms[-1] < 50
     assert chat(server, "bigahead").model == big.ref

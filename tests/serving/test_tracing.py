@@ -41,9 +41,9 @@ def test_a_routed_request_is_traced_from_resolve_and_load_to_decode(
     registry, refs = adapters
     reg = Registry(registry)
     src = reg.get(refs["contact"])
-    fresh = reg.push("traced", src.path, src.lineage).ref  # no request has loaded it yet
-    start_route(reg, "tracedroute", [(fresh, 1.0)])
-    body = {"model": "tracedroute", "prompt": "Order 12345", "max_tokens": 5, "temperature": 0}
+    # a version of a name nothing has asked for: not loaded ahead, so this request loads it
+    fresh = reg.push("traced", src.path, src.lineage).ref
+    body = {"model": fresh, "prompt": "Order 12345", "max_tokens": 5, "temperature": 0}
     r, trace_id, parent = traced_post(server, body)
     assert r.status_code == 200, r.text
     usage = r.json()["usage"]
@@ -52,10 +52,8 @@ def test_a_routed_request_is_traced_from_resolve_and_load_to_decode(
     root = spans["request"]
     assert root.parent_id == parent and root.service == "lora-platform" and not root.error
     assert root.attributes == {
-        "gen_ai.request.model": "tracedroute",
+        "gen_ai.request.model": fresh,
         "lora.version": fresh,
-        "lora.route": "tracedroute",
-        "lora.variant": fresh,
         "gen_ai.request.id": r.json()["id"],
         "gen_ai.usage.prompt_tokens": usage["prompt_tokens"],
         "gen_ai.usage.completion_tokens": usage["completion_tokens"],
@@ -65,11 +63,23 @@ def test_a_routed_request_is_traced_from_resolve_and_load_to_decode(
         assert spans[name].parent_id == root.span_id, name
         assert root.start_ns <= spans[name].start_ns <= spans[name].end_ns <= root.end_ns, name
     assert spans["resolve"].attributes["lora.version"] == fresh
-    assert spans["resolve"].attributes["lora.variant"] == fresh
     assert spans["load"].attributes == {"lora.version": fresh}
     queue, prefill, decode = (spans[n] for n in ENGINE_SPANS)
     assert spans["load"].end_ns <= queue.start_ns  # vLLM's own timestamps, in order
     assert queue.end_ns == prefill.start_ns and prefill.end_ns == decode.start_ns
+
+    # through an A/B route: the route and the variant it chose are on the spans
+    start_route(reg, "tracedroute", [(fresh, 1.0)])
+    wait_until(
+        lambda: "tracedroute" in {m["id"] for m in httpx.get(f"{server.url}/v1/models").json()["data"]}, 5
+    )
+    r, trace_id, _ = traced_post(server, {**body, "model": "tracedroute"})
+    assert r.status_code == 200, r.text
+    spans = spans_of(otlp, trace_id, {"request", "resolve", *ENGINE_SPANS})
+    routed = {"lora.route": "tracedroute", "lora.variant": fresh}
+    assert routed.items() <= spans["request"].attributes.items()
+    assert spans["request"].attributes["gen_ai.request.model"] == "tracedroute"
+    assert routed.items() <= spans["resolve"].attributes.items()
 
 
 @pytest.mark.slow
