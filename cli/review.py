@@ -70,11 +70,6 @@ def create_cmd(
 
     if (data is None) == (traffic is None):
         raise click.UsageError("give the prompts with --data FILE or --from-traffic REF (one of them)")
-    if traffic is not None:
-        raise click.UsageError(
-            f"--from-traffic {traffic}: needs payload logging (see `platform data`); "
-            "no logged traffic is stored in this registry yet: use --data FILE"
-        )
     try:
         parsed = load_rubric(rubric)
     except RubricError as exc:
@@ -86,8 +81,19 @@ def create_cmd(
         raise click.BadParameter(
             f"both are {refs[0]}: compare two different versions", param_hint="--versions"
         )
-    assert data is not None
-    examples, _, _ = load_examples(data)
+    if traffic is not None:
+        from trainer.export import traffic_prompts
+
+        examples = traffic_prompts(reg, traffic)
+        if not examples:
+            raise click.BadParameter(
+                f"no logged traffic for {traffic}: serve it with `platform serve --log-payloads "
+                f"{traffic.split('@')[0].split(':')[0]}` first, or use --data FILE",
+                param_hint="--from-traffic",
+            )
+    else:
+        assert data is not None
+        examples, _, _ = load_examples(data)
     console.print(Text(f"review {name}: answering up to {samples} prompts with {refs[0]} and {refs[1]}"))
     items = build_items(
         examples,
@@ -99,7 +105,8 @@ def create_cmd(
         server=server,
         max_new_tokens=max_new_tokens,
     )
-    spec = rv.ReviewSpec(refs[0], refs[1], parsed.to_dict(), reviewers_per_item, data, stratify, seed)
+    source = data if data is not None else f"traffic:{traffic}"
+    spec = rv.ReviewSpec(refs[0], refs[1], parsed.to_dict(), reviewers_per_item, source, stratify, seed)
     review = rv.create(reg, name, spec, items)
     strata = sorted({it.stratum for it in items})
     console.print(

@@ -126,6 +126,17 @@ def _keep(c: LoggedCompletion, f: ExportFilters, since: float | None) -> bool:
     return since is None or c.record.ts >= since
 
 
+def traffic_prompts(registry: Registry, ref: str) -> list[Example]:
+    """The prompts of logged traffic (`--log-payloads`) for `ref`: every version of a plain name,
+    or the version `name@N` / `name:alias` points to (`platform review create --from-traffic`)."""
+    from registry.refs import parse_ref
+
+    parsed = parse_ref(ref)
+    version = None if parsed.version is None and parsed.alias is None else registry.get(ref, False).ref
+    logged = registry.payloads().completions(parsed.name, version)
+    return [ex for ex in (_example(c) for c in logged) if ex is not None]
+
+
 def reviewed_rows(registry: Registry, name: str) -> list[tuple[Example, str]]:
     """Human-reviewed items whose preferred answer a version of `name` wrote (`platform review`),
     as training rows with that version."""

@@ -109,8 +109,44 @@ def test_bad_rubric_traffic_and_versions_are_clear_errors(two_versions: Path, tm
     code, out = run(
         *base[:3], "--from-traffic", "bot@2", "--versions", "bot@1", "bot@2", "--registry", str(two_versions)
     )
-    assert code == 2 and "needs payload logging (see `platform data`)" in out
+    assert code == 2 and "no logged traffic for bot@2" in out and "--log-payloads bot" in out
     code, out = run(*base, "--versions", "bot@2", "bot:latest")
     assert code == 2 and "compare two different versions" in out
     code, out = run(*base, "--versions", "bot@1", "bot@7")
     assert code == 1 and "version 7" in out
+
+
+def test_create_from_logged_traffic(two_versions: Path) -> None:
+    from registry.payloads import PayloadRecord
+
+    registry = Registry(two_versions)
+    asked = {1: "where is my order?", 2: "cancel it please", 3: "where is my order?"}  # one repeat
+    rows = [
+        PayloadRecord(
+            f"cmpl-{i}", 1000.0 + i, "bot", "bot@1" if i < 3 else "bot@2",
+            json.dumps({"messages": [{"role": "user", "content": text}]}), "sure", "stop", "ok",
+            0.1, 0.05, 4, 1,
+        )
+        for i, text in asked.items()
+    ]  # fmt: skip
+    registry.payloads().insert(rows)
+    reg = str(two_versions)
+    code, out = run(
+        "review", "create", "rt", "--versions", "bot@1", "bot@2", "--from-traffic", "bot", "--samples", "5",
+        "--max-new-tokens", "2", "--registry", reg,
+    )  # fmt: skip
+    assert code == 0, out
+    review = rv.get(Registry(reg), "rt")
+    assert review.spec.source == "traffic:bot"
+    assert sorted(it.prompt for it in rv.items(Registry(reg), "rt")) == [
+        "cancel it please",
+        "where is my order?",
+    ]
+    code, out = run(
+        "review", "create", "rt2", "--versions", "bot@1", "bot@2", "--from-traffic", "bot@2", "--samples", "5",
+        "--max-new-tokens", "2", "--registry", reg,
+    )  # fmt: skip
+    assert code == 0, out
+    assert [it.prompt for it in rv.items(Registry(reg), "rt2")] == [
+        "where is my order?"
+    ]  # what bot@2 answered
