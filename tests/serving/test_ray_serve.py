@@ -9,6 +9,7 @@ engine; two vLLM engines in Ray workers would double the suite's start-up time o
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import threading
@@ -156,6 +157,41 @@ def test_a_push_and_an_alias_move_are_served_within_2s(cluster: Cluster) -> None
     Registry(str(cluster.registry)).set_alias("beta@1", "prod")
     wait_until(lambda: ask(cluster.url, "beta:prod").json()["model"] == "beta@1", 2.0)
     assert time.monotonic() - pushed < 10
+
+
+def served_by(cluster: Cluster) -> dict[str, Counter[str]]:
+    return {str(r["replica"]): Counter(r["served"]) for r in cluster.replicas()}  # type: ignore[arg-type]
+
+
+def test_an_ab_routes_evidence_from_both_replicas_is_in_one_report(cluster: Cluster) -> None:
+    from click.testing import CliRunner
+
+    from cli.main import cli
+    from registry.routes import start_route
+
+    for n in NAMES:  # each version is loaded by a replica; one variant on each replica
+        assert ask(cluster.url, f"{n}@1").status_code == 200
+    holders = {str(r["replica"]): list(r["loaded"]) for r in cluster.replicas()}  # type: ignore[call-overload]
+    assert len(holders) == 2 and all(holders.values()), holders
+    first, second = holders.values()
+    variants = [first[0], next(v for v in second if v != first[0])]
+    start_route(Registry(str(cluster.registry)), "abray", [(v, 0.5) for v in variants])
+    models = f"{cluster.url}/v1/models"
+    wait_until(lambda: "abray" in {m["id"] for m in httpx.get(models, timeout=30).json()["data"]}, 5)
+    reg = Registry(str(cluster.registry))
+    before = served_by(cluster)
+    sent = 40
+    for i in range(sent):
+        assert ask(cluster.url, "abray", user=f"user-{i}").status_code == 200
+    after = served_by(cluster)
+    for replica, counts in after.items():  # both replicas served the route's requests
+        assert sum(counts[v] - before.get(replica, Counter())[v] for v in variants) > 0, (replica, after)
+    wait_until(lambda: len(reg.evidence().load("abray")[0]) == sent, 10)
+    out = CliRunner().invoke(cli, ["ab", "report", "abray", "--json", "--registry", str(cluster.registry)])
+    assert out.exit_code == 0, out.output
+    report = json.loads(out.output)
+    assert set(report["variants"]) == set(variants)
+    assert sum(v["requests"] for v in report["variants"].values()) == sent
 
 
 class Loop:
