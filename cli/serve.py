@@ -64,8 +64,6 @@ def serve_cmd(config_file: str | None, pin: tuple[str, ...], **flags: object) ->
         settings = load_settings(config_file, pin=list(pin) or None, **flags)
         if settings.replicas is None and (settings.ray_address or settings.max_replicas):
             raise click.UsageError("--ray-address and --max-replicas need --replicas N")
-        if settings.replicas is not None and settings.pin:
-            raise click.UsageError("--pin is not supported with --replicas yet")
         serve(settings)
     except StartupError as exc:  # a flag or file at fault: exit 2; else exit 1
         if exc.param is None:

@@ -83,8 +83,16 @@ class RemoteEngine(Engine):
 
     name = "ray"
 
-    def __init__(self, handle: DeploymentHandle[Any], base: BaseModel, multiplex: bool = True) -> None:
+    def __init__(
+        self,
+        handle: DeploymentHandle[Any],
+        base: BaseModel,
+        multiplex: bool = True,
+        pinned: tuple[str, ...] = (),
+    ) -> None:
         self.handle, self.base, self.multiplex = handle, base, multiplex
+        self.pinned = frozenset(pinned)
+        """Versions every replica loaded at start (`--pin`): routed to the least loaded replica."""
         self.book = ReplicaBook()
         self._tokenizer: Any = None
         self._running = 0
@@ -112,7 +120,7 @@ class RemoteEngine(Engine):
     ) -> AsyncGenerator[list[Delta], None]:
         model_id = adapter.name if adapter is not None else BASE_MODEL_ID
         options: dict[str, Any] = {"stream": True}
-        if self.multiplex:
+        if self.multiplex and model_id not in self.pinned:  # pinned: on every replica
             options["multiplexed_model_id"] = model_id
         self._running += 1
         try:

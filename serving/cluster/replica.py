@@ -61,6 +61,7 @@ class EngineReplica:
         self.adapters = AdapterManager(
             registry, self.engine, base, served, settings.max_lora_rank, settings.max_cpu_loras
         )
+        self.pinned = {(await self.adapters.pin(ref)).ref for ref in settings.pin}
         self.loop = asyncio.get_running_loop()
         self.replica_id = serve.get_replica_context().replica_id.unique_id
 
@@ -68,7 +69,8 @@ class EngineReplica:
             await self.adapters.pin(model_id)
             return Slot(self.adapters, model_id, self.loop)
 
-        self.load = serve.multiplexed(max_num_models_per_replica=settings.max_cpu_loras)(load)
+        slots = max(1, settings.max_cpu_loras - len(self.pinned))  # pins keep their slots
+        self.load = serve.multiplexed(max_num_models_per_replica=slots)(load)
 
     def report(self) -> ReplicaReport:
         loaded = tuple(sorted(v.handle.name for v in self.adapters.loaded.values()))
@@ -89,7 +91,8 @@ class EngineReplica:
             async for deltas in self.engine.generate(request_id, prompt_ids, params, None):
                 yield deltas
             return
-        await self.load(model_id)
+        if model_id not in self.pinned:  # a pinned version is never in Ray's LRU, never evicted
+            await self.load(model_id)
         yield self.report()
         async with self.adapters.lease(model_id) as target:
             stream = self.engine.generate(request_id, prompt_ids, params, target.adapter)

@@ -18,6 +18,7 @@ from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 
 from registry.basemodels import BaseModel
+from registry.store import Registry
 from serving.app import create_app
 from serving.cluster.remote import RemoteEngine, ReplicaCollector
 from serving.cluster.replica import EngineReplica
@@ -44,7 +45,7 @@ class Router:
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         def engine(settings: ServeSettings, base: BaseModel) -> RemoteEngine:
-            return RemoteEngine(self.replicas, base, self.multiplex)
+            return RemoteEngine(self.replicas, base, self.multiplex, tuple(self.settings.pin))
 
         def on_start(state: ServerState) -> None:
             assert isinstance(state.engine, RemoteEngine)
@@ -62,8 +63,22 @@ async def replicas_view(request: Request) -> dict[str, Any]:
     return {"object": "list", "data": state.engine.book.describe()}
 
 
+def pin_versions(settings: ServeSettings) -> ServeSettings:
+    """`pin` resolved once to immutable versions, so the router and every engine replica (a
+    replacement or an autoscaled one too) hold the same versions whatever aliases do later."""
+    if not settings.pin:
+        return settings
+    registry = Registry(settings.registry, settings.artifacts)
+    try:
+        pinned = [f"{name}@{version}" for name, version in map(registry.resolve, settings.pin)]
+    finally:
+        registry.close()
+    return settings.model_copy(update={"pin": pinned})
+
+
 def build(settings: ServeSettings, multiplex: bool = True) -> Application:
     """The application: the Router bound to the EngineReplica deployment."""
+    settings = pin_versions(settings)
     replica_options: dict[str, Any] = {
         "name": "EngineReplica",
         "ray_actor_options": {"num_cpus": settings.replica_cpus},

@@ -31,6 +31,8 @@ pytestmark = pytest.mark.slow
 ray = pytest.importorskip("ray")
 ADMIN = {"Authorization": "Bearer admin-secret"}
 NAMES = ["alpha", "beta", "gamma", "delta"]
+PINNED = "delta@1"
+"""`--pin delta` on the module's cluster (3 slots per replica: 1 pinned + 2 in Ray's LRU)."""
 
 
 @contextlib.contextmanager
@@ -103,6 +105,8 @@ def cluster(ray_serve: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             replicas=2,
             replica_cpus=0.5,
             admin_key="admin-secret",
+            max_cpu_loras=3,
+            pin=[PINNED.removesuffix("@1")],
         )
     serve.run(build(settings), name=APP_NAME, route_prefix="/")
     wait_until(lambda: httpx.get(f"{c.url}/ready", timeout=10).status_code == 200, 120)
@@ -159,8 +163,23 @@ def test_a_push_and_an_alias_move_are_served_within_2s(cluster: Cluster) -> None
     assert time.monotonic() - pushed < 10
 
 
+def test_a_pinned_version_is_on_every_replica_and_never_evicted(cluster: Cluster) -> None:
+    for i in range(len(NAMES), len(NAMES) + 3):  # 6 unpinned versions for 2 x 2 LRU slots
+        cluster.push(f"extra{i}", i % len(cluster.adapter_dirs))
+    unpinned = [f"{n}@1" for n in NAMES if f"{n}@1" != PINNED] + [f"extra{i}@1" for i in range(4, 7)]
+    for model in [*unpinned, *unpinned]:
+        assert ask(cluster.url, model).status_code == 200
+    replicas = cluster.replicas()
+    assert len(replicas) == 2 and all(PINNED in r["loaded"] for r in replicas), replicas  # type: ignore[operator]
+    assert all(len(r["loaded"]) <= 3 for r in replicas), replicas  # type: ignore[arg-type] # the LRU evicted
+    loads = sum(int(r["adapter_loads"]) for r in replicas)  # type: ignore[call-overload]
+    for i in range(8):  # spread over both replicas, never loaded again
+        assert ask(cluster.url, "delta", user=f"p{i}").json()["model"] == PINNED
+    assert sum(int(r["adapter_loads"]) for r in cluster.replicas()) == loads  # type: ignore[call-overload]
+
+
 def served_by(cluster: Cluster) -> dict[str, Counter[str]]:
-    return {str(r["replica"]): Counter(r["served"]) for r in cluster.replicas()}  # type: ignore[arg-type]
+    return {str(r["replica"]): Counter(r["served"]) for r in cluster.replicas()}  # type: ignore[call-overload]
 
 
 def test_an_ab_routes_evidence_from_both_replicas_is_in_one_report(cluster: Cluster) -> None:
@@ -171,7 +190,7 @@ def test_an_ab_routes_evidence_from_both_replicas_is_in_one_report(cluster: Clus
 
     for n in NAMES:  # each version is loaded by a replica; one variant on each replica
         assert ask(cluster.url, f"{n}@1").status_code == 200
-    holders = {str(r["replica"]): list(r["loaded"]) for r in cluster.replicas()}  # type: ignore[call-overload]
+    holders = {str(r["replica"]): [v for v in r["loaded"] if v != PINNED] for r in cluster.replicas()}  # type: ignore[attr-defined]
     assert len(holders) == 2 and all(holders.values()), holders
     first, second = holders.values()
     variants = [first[0], next(v for v in second if v != first[0])]
