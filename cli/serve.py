@@ -51,6 +51,11 @@ from cli.errors import handle_errors
     "--max-replicas", type=click.IntRange(min=1), help="Autoscaling upper bound: turns autoscaling on."
 )
 @click.option("--target-ongoing-requests", type=float, help="Autoscaling target per replica (default 8).")
+@click.option(
+    "--spill-threshold",
+    type=click.IntRange(min=1),
+    help="Queued requests more than the least loaded replica before a version spills (default 2).",
+)
 @handle_errors
 def serve_cmd(config_file: str | None, pin: tuple[str, ...], **flags: object) -> None:
     """Serve the base model and every registry adapter behind an OpenAI-compatible API.

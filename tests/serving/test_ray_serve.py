@@ -16,6 +16,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -152,6 +153,22 @@ def test_requests_stay_on_the_replica_that_loaded_their_version(cluster: Cluster
                 assert model in r["loaded"], (replica, model, r)  # type: ignore[operator]
     metrics = httpx.get(f"{cluster.url}/metrics", timeout=30).text
     assert 'lora_replica_adapter_loads_total{replica="' in metrics
+
+
+def test_a_hot_version_spills_to_the_other_replica_instead_of_piling_up(cluster: Cluster) -> None:
+    for n in NAMES:
+        assert ask(cluster.url, f"{n}@1").status_code == 200
+    loaded = [set(r["loaded"]) - {PINNED} for r in cluster.replicas()]  # type: ignore[call-overload]
+    hot = next(iter(loaded[0] - loaded[1] or loaded[1] - loaded[0]))  # held by one replica
+    before = served_by(cluster)
+    with ThreadPoolExecutor(12) as pool:
+        codes = list(
+            pool.map(lambda i: ask(cluster.url, hot, f"burst {i}", tokens=24).status_code, range(12))
+        )
+    assert codes == [200] * 12
+    after = served_by(cluster)
+    spread = [counts[hot] - before.get(replica, Counter())[hot] for replica, counts in after.items()]
+    assert len(spread) == 2 and min(spread) > 0, spread  # both replicas served the burst
 
 
 def test_a_push_and_an_alias_move_are_served_within_2s(cluster: Cluster) -> None:
