@@ -20,7 +20,7 @@ replica Ray finally picks within a rank is the one with the shortest queue that 
 
 from __future__ import annotations
 
-import zlib
+import hashlib
 from typing import Any
 
 from ray.serve.request_router import (
@@ -39,7 +39,8 @@ def home_order(model_id: str, replicas: list[RunningReplica]) -> list[RunningRep
     """Replicas by rendezvous hash of (version, replica): the first is the version's home."""
 
     def weight(r: RunningReplica) -> int:
-        return zlib.crc32(f"{model_id}|{r.replica_id.unique_id}".encode())
+        key = f"{model_id}|{r.replica_id.unique_id}".encode()
+        return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest())  # not CRC: it is linear
 
     return sorted(replicas, key=weight, reverse=True)
 

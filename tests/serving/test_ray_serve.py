@@ -26,7 +26,7 @@ import pytest
 from loadtests.common import server_process
 from registry.basemodels import resolve_base_model
 from registry.store import Registry
-from tests.serving.fixtures import free_port, random_adapter, serve_cmd, wait_until
+from tests.serving.fixtures import Server, free_port, random_adapter, serve_cmd, wait_until
 
 pytestmark = pytest.mark.slow
 ray = pytest.importorskip("ray")
@@ -291,3 +291,32 @@ def test_a_killed_replica_is_replaced_and_only_its_requests_fail(cluster: Cluste
     assert failed <= workers, loop.statuses  # at most the requests in flight on the killed replica
     assert set(loop.statuses) <= {200, 503}, loop.statuses  # failures are 503 + Retry-After, never 500
     assert set(loop.after) == {200}, loop.after  # every request after the replacement is up
+
+
+def test_a_vllm_engine_replica_answers_like_the_single_vllm_server(
+    ray_serve: str, server: Server, adapters: tuple[Path, dict[str, str]]
+) -> None:
+    """The same cluster on the vLLM engine (one replica, beside the module's peft application):
+    the session's single vLLM server's answers, the adapter's version named."""
+    from ray import serve
+
+    from serving.cluster.router import build
+    from serving.settings import ServeSettings
+
+    registry, refs = adapters
+    with clean_env():
+        settings = ServeSettings(
+            base_model="tiny", registry=str(registry), dtype="float32", replicas=1, replica_cpus=0.5,
+            max_loras=2, max_cpu_loras=4, max_lora_rank=16, kv_cache_gb=1,
+        )  # fmt: skip
+    url = f"{ray_serve}/vllm"
+    serve.run(build(settings), name="lora-vllm", route_prefix="/vllm")
+    try:
+        wait_until(lambda: httpx.get(f"{url}/ready", timeout=10).status_code == 200, 300)
+        for model in (refs["support"], refs["contact"], "support:prod", "base"):
+            ours, single = ask(url, model), ask(server.url, model)
+            assert ours.status_code == single.status_code == 200, ours.text
+            assert ours.json()["choices"] == single.json()["choices"]
+            assert ours.headers.get("x-adapter-version") == single.headers.get("x-adapter-version")
+    finally:
+        serve.delete("lora-vllm")
