@@ -54,7 +54,7 @@ from cli.errors import handle_errors
 @click.option(
     "--spill-threshold",
     type=click.IntRange(min=1),
-    help="Queued requests more than the least loaded replica before a version spills (default 2).",
+    help="Queued requests more than the least loaded replica before a version spills (default 4).",
 )
 @handle_errors
 def serve_cmd(config_file: str | None, pin: tuple[str, ...], **flags: object) -> None:

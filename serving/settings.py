@@ -69,7 +69,7 @@ class ServeSettings(BaseSettings):
     """Autoscaling target: ongoing requests per engine replica."""
     replica_cpus: float = Field(1.0, ge=0)
     """Ray CPUs reserved by each engine replica (the router reserves none)."""
-    spill_threshold: int = Field(2, ge=1)
+    spill_threshold: int = Field(4, ge=1)
     """Adapter affinity: a request goes to a replica holding its version unless that replica has
     this many more requests queued than the least loaded one (then it spills there)."""
 

@@ -31,7 +31,7 @@ from ray.serve.request_router import (
     RunningReplica,
 )
 
-SPILL_THRESHOLD = 2
+SPILL_THRESHOLD = 4
 """Default: how many more queued requests a holder may have than the least loaded replica."""
 
 
