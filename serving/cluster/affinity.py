@@ -1,17 +1,15 @@
 """Adapter-affine request routing for the engine replicas (a Ray Serve `RequestRouter`).
 
 Ray's default multiplexed routing sends a version to a replica that holds it as long as that
-replica accepts more requests, so a hot adapter piles up on one replica while the other idles;
-and a version no replica holds goes to any replica with the fewest versions, so every replica
-ends up loading every adapter. This router, like Ray Serve LLM's prefix-aware router, prefers
-locality until the load is imbalanced:
+replica accepts more requests (`max_ongoing_requests`, here `max_num_seqs`), so a hot adapter
+piles up on one replica while the others idle. This router, like Ray Serve LLM's prefix-aware
+router, prefers locality until the load is imbalanced:
 
 - a version some replica holds goes to the least loaded holder, unless its queue is
   `spill_threshold` requests longer than the least loaded replica's: then it spills there (which
   loads the version, so a hot adapter ends up on several replicas);
-- a version no replica holds goes to its home replica (rendezvous hashing on the version, the
-  same in every router process), so each replica loads a stable share of the adapters, unless
-  the home is `spill_threshold` requests busier than the least loaded replica;
+- a version no replica holds (a load either way) goes to the least loaded replica, ties to its
+  home replica (rendezvous hashing on the version, the same in every router process);
 - a request without a version (the base model, pinned versions) goes to the least loaded one.
 
 Queue lengths come from Ray's per-router cache (probed replicas, updated on every send); the
@@ -46,8 +44,8 @@ def home_order(model_id: str, replicas: list[RunningReplica]) -> list[RunningRep
 
 
 class AdapterAffinityRouter(FIFOMixin, MultiplexMixin, RequestRouter):
-    """Locality first (holders, then the version's home), the least loaded replica when the
-    preferred ones are `spill_threshold` requests busier."""
+    """Holders first, unless they are `spill_threshold` requests busier than the least loaded
+    replica; versions no replica holds to the least loaded one."""
 
     def initialize_state(self, spill_threshold: int = SPILL_THRESHOLD, **kwargs: Any) -> None:
         self.spill_threshold = spill_threshold
@@ -68,8 +66,11 @@ class AdapterAffinityRouter(FIFOMixin, MultiplexMixin, RequestRouter):
             return [candidate_replicas]
         by_load = sorted(candidate_replicas, key=self.queue)
         holders = [r for r in by_load if model_id in r.multiplexed_model_ids]
-        preferred = holders or home_order(model_id, candidate_replicas)[:1]
-        rest = [r for r in by_load if r not in preferred]
-        if rest and self.queue(preferred[0]) - self.queue(by_load[0]) >= self.spill_threshold:
-            return [by_load[:1], preferred, rest]  # imbalanced: spill to the least loaded
-        return [preferred, rest]
+        if not holders:  # a load either way: the least loaded replica, ties to the version's home
+            home = {r.replica_id: i for i, r in enumerate(home_order(model_id, candidate_replicas))}
+            cold = sorted(candidate_replicas, key=lambda r: (self.queue(r), home[r.replica_id]))
+            return [cold[:1], cold[1:]]
+        rest = [r for r in by_load if r not in holders]
+        if rest and self.queue(holders[0]) - self.queue(by_load[0]) >= self.spill_threshold:
+            return [by_load[:1], holders, rest]  # imbalanced: spill to the least loaded
+        return [holders, rest]
