@@ -1,9 +1,10 @@
 """`platform serve --replicas N`: a Router and two engine replicas on a local Ray Serve.
 
 One local Ray instance (2 CPUs, no dashboard, HTTP proxy on 127.0.0.1) for the test session, one
-application for this module. The engine replicas run the `peft` engine on the tiny model: what is
-tested is the router/replica split, the multiplexed routing and Ray's restarts, which sit above the
-engine; two vLLM engines in Ray workers would double the suite's start-up time on 2 cores.
+application for this module. Its engine replicas run the `peft` engine on the tiny model: what is
+tested is the router/replica split, the routing and Ray's restarts, which sit above the engine;
+two vLLM engines in Ray workers would double the suite's start-up time on 2 cores. One test runs a
+second application with one vLLM engine replica against the session's single vLLM server.
 """
 
 from __future__ import annotations
