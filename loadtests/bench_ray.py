@@ -32,6 +32,7 @@ from loadtests.common import make_adapters, platform_cmd, push_adapters, server_
 
 RESULTS = Path(__file__).parent / "results" / "bench_ray.json"
 ADMIN = {"Authorization": "Bearer bench"}
+BUSY = " (other jobs were running on the machine: more runnable processes than cores)"
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -163,8 +164,8 @@ def main() -> None:
         "setup": f"SmolLM2-135M, {args.engine} engine, 2 replicas x max_cpu_loras 4, 16 adapters Zipf 1.1, "
         "concurrency 4, the same request sequence in every mode",
         "machine": f"{os.cpu_count()} CPU cores shared by the replicas, the router, the proxy and the client, "
-        "and with other processes: load average (1 min) {:.1f} at the start, {:.1f} at the end".format(
-            load_before[0], os.getloadavg()[0]
+        "and with other processes: load average (1 min) {:.1f} at the start, {:.1f} at the end{}".format(
+            load_before[0], os.getloadavg()[0], BUSY if load_before[0] > (os.cpu_count() or 1) else ""
         ),
         "modes": modes,
         "loads_per_1000_static_best": round(

@@ -109,6 +109,7 @@ def cluster(ray_serve: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             admin_key="admin-secret",
             max_cpu_loras=3,
             pin=[PINNED.removesuffix("@1")],
+            spill_threshold=2,  # the default 4 did not spill a 12-request burst on the tiny model here
         )
     serve.run(build(settings), name=APP_NAME, route_prefix="/")
     wait_until(lambda: httpx.get(f"{c.url}/ready", timeout=10).status_code == 200, 120)
