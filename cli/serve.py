@@ -63,6 +63,11 @@ from cli.errors import handle_errors
     "--payload-redactor",
     help="module:function applied to logged text (default: e-mails and numbers redacted).",
 )
+@click.option(
+    "--spill-threshold",
+    type=click.IntRange(min=1),
+    help="Queued requests more than the least loaded replica before a version spills (default 4).",
+)
 @handle_errors
 def serve_cmd(
     config_file: str | None, pin: tuple[str, ...], log_payloads: tuple[str, ...], **flags: object
@@ -79,8 +84,6 @@ def serve_cmd(
         settings = load_settings(config_file, pin=list(pin) or None, log_payloads=names or None, **flags)
         if settings.replicas is None and (settings.ray_address or settings.max_replicas):
             raise click.UsageError("--ray-address and --max-replicas need --replicas N")
-        if settings.replicas is not None and settings.pin:
-            raise click.UsageError("--pin is not supported with --replicas yet")
         serve(settings)
     except StartupError as exc:  # a flag or file at fault: exit 2; else exit 1
         if exc.param is None:

@@ -1,21 +1,27 @@
-"""Ray Serve scale-out: multiplexed (adapter-affine) routing against plain round-robin, and the
-router's added latency against a single `platform serve`.
+"""Ray Serve scale-out: adapter-affine routing against Ray's default multiplexed routing and plain
+round-robin, and the router's added latency against a single `platform serve`.
 
     PYTHONPATH=$PWD .venv/bin/python -m loadtests.bench_ray [--requests 300] [--engine peft]
 
-16 adapters, requests drawn power-law (Zipf s=1.1), 2 engine replicas with --max-cpu-loras 4 each
-(the slots Ray's multiplexed LRU and our AdapterManager keep), concurrency 4, streaming. Both modes
-run in one process, one after the other, on one local Ray (2 CPUs). On a 2-core machine the two
-replicas share the cores: compare the ratios, not absolute figures. Writes results/bench_ray.json.
+16 adapters, requests drawn power-law (Zipf s=1.1, the same sequence in every mode), 2 engine
+replicas with --max-cpu-loras 4 each (the slots Ray's multiplexed LRU and our AdapterManager keep),
+concurrency 4, streaming. The modes run in one process, one after the other, on one local Ray
+(2 CPUs). Router latency: a single server runs beside the cluster and the two are asked in turn
+(one request each, base model, 1 token), so both see the same machine load; the figure is the
+median of the paired differences. On a 2-core machine the replicas share the cores (and here
+other processes shared them too: the load average is recorded): compare ratios, not absolute
+figures. Writes results/bench_ray.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import tempfile
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -26,6 +32,7 @@ from loadtests.common import make_adapters, platform_cmd, push_adapters, server_
 
 RESULTS = Path(__file__).parent / "results" / "bench_ray.json"
 ADMIN = {"Authorization": "Bearer bench"}
+BUSY = " (other jobs were running on the machine: more runnable processes than cores)"
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -45,38 +52,64 @@ def ttft(url: str, model: str, prompt: str, tokens: int = 8) -> float:
     return first if first is not None else time.monotonic() - start
 
 
-def latency(url: str, n: int) -> list[float]:
-    out = []
-    for i in range(n):
-        body = {"model": "base", "prompt": f"hi {i}", "max_tokens": 1, "temperature": 0}
-        start = time.monotonic()
-        httpx.post(f"{url}/v1/completions", json=body, timeout=120).raise_for_status()
-        out.append(time.monotonic() - start)
-    return out
+def one(client: httpx.Client, url: str, i: int) -> float:
+    body = {"model": "base", "prompt": f"hi {i}", "max_tokens": 1, "temperature": 0}
+    start = time.monotonic()
+    client.post(f"{url}/v1/completions", json=body).raise_for_status()
+    return time.monotonic() - start
 
 
-def run_mode(url: str, refs: list[str], requests: int, multiplex: bool) -> dict[str, Any]:
+def paired_latency(ray_url: str, single_url: str, n: int) -> dict[str, float]:
+    """The cluster and the single server asked in turn; p50s and the median paired difference."""
+    pairs = []
+    with httpx.Client(timeout=120) as client:
+        for i in range(n + 5):
+            pair = (one(client, ray_url, i), one(client, single_url, i))
+            if i >= 5:  # warm-up
+                pairs.append(pair)
+    return {
+        "router_p50_ms": pct([r for r, _ in pairs], 0.5),
+        "single_server_p50_ms": pct([s for _, s in pairs], 0.5),
+        "router_added_p50_ms": pct([r - s for r, s in pairs], 0.5),
+    }
+
+
+def zipf_requests(refs: list[str], requests: int) -> list[str]:
     rng = random.Random(0)
     weights = [1 / (k + 1) ** 1.1 for k in range(len(refs))]
-    models = rng.choices(refs, weights, k=requests)
+    return rng.choices(refs, weights, k=requests)
+
+
+def static_best_loads(models: list[str], slots: int) -> int:
+    """Loads if the `slots` most requested versions never left their slots: each version loaded
+    once, each request for another version one load (a bound no routing beats by much)."""
+    counts = Counter(models).most_common()
+    return len(counts[:slots]) + sum(n for _, n in counts[slots:])
+
+
+def run_mode(url: str, refs: list[str], requests: int, routing: str) -> dict[str, Any]:
+    models = zipf_requests(refs, requests)
     with ThreadPoolExecutor(4) as pool:
         times = list(pool.map(lambda im: ttft(url, im[1], f"request {im[0]}"), enumerate(models)))
     replicas = httpx.get(f"{url}/admin/replicas", headers=ADMIN, timeout=30).json()["data"]
     loads = sum(r["adapter_loads"] for r in replicas)
     return {
-        "routing": "multiplexed" if multiplex else "round-robin",
+        "routing": routing,
         "requests": requests,
         "adapter_loads": loads,
         "loads_per_1000": round(1000 * loads / requests, 1),
         "ttft_p50_ms": pct(times, 0.5),
         "ttft_p99_ms": pct(times, 0.99),
+        "requests_per_replica": sorted(sum(r["served"].values()) for r in replicas),
     }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=300)
+    ap.add_argument("--latency-requests", type=int, default=100)
     ap.add_argument("--engine", default="peft", choices=["peft", "vllm"])
+    ap.add_argument("--modes", default="affinity,ray,round-robin")
     args = ap.parse_args()
 
     import ray
@@ -91,6 +124,14 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="bench_ray"))
     registry = root / "registry"
     refs = push_adapters(registry, base, make_adapters(base.path, 16, 8, root / "adapters"), "ray")
+    load_before = os.getloadavg()
+    sport = free_port()
+    cmd = [platform_cmd(), "serve", "--base-model", base.id, "--registry", str(registry)]
+    single = server_process(
+        [*cmd, "--port", str(sport), "--engine", args.engine],
+        f"http://127.0.0.1:{sport}",
+        root / "single.log",
+    )
     ray.init(num_cpus=2, include_dashboard=False)
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -99,44 +140,45 @@ def main() -> None:
         base_model=base.id, registry=str(registry), engine=args.engine, replicas=2, max_loras=4,
         max_cpu_loras=4, replica_cpus=0.5, admin_key="bench",
     )  # fmt: skip
-    modes, router_lat = [], []
-    for multiplex in (True, False):
-        serve.run(build(settings, multiplex), name="bench", route_prefix="/")
-        latency(url, 5)  # warm-up
-        if multiplex:
-            router_lat = latency(url, 50)
-        modes.append(run_mode(url, refs, args.requests, multiplex))
-        print(modes[-1], flush=True)
+    modes, latency = [], {}
+    try:
+        serve.run(build(settings, "round-robin"), name="bench", route_prefix="/")
+        for ref in refs:  # warm-up (files, code paths), so that the first mode is not the coldest
+            ttft(url, ref, "warm-up")
         serve.delete("bench")
-    serve.shutdown()
-    ray.shutdown()
-    sport = free_port()
-    cmd = [
-        platform_cmd(),
-        "serve",
-        "--base-model",
-        base.id,
-        "--registry",
-        str(registry),
-        "--port",
-        str(sport),
-    ]
-    with server_process([*cmd, "--engine", args.engine], f"http://127.0.0.1:{sport}", root / "single.log"):
-        latency(f"http://127.0.0.1:{sport}", 5)
-        single_lat = latency(f"http://127.0.0.1:{sport}", 50)
-    mux, rr = modes
-    result = {
+        for routing in args.modes.split(","):
+            serve.run(build(settings, routing), name="bench", route_prefix="/")  # type: ignore[arg-type]
+            if not latency:
+                with single:
+                    latency = paired_latency(url, f"http://127.0.0.1:{sport}", args.latency_requests)
+                print(latency, flush=True)
+            modes.append(run_mode(url, refs, args.requests, routing))
+            print(modes[-1], flush=True)
+            serve.delete("bench")
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    by = {m["routing"]: m for m in modes}
+    rr = by.get("round-robin")
+    result: dict[str, Any] = {
         "setup": f"SmolLM2-135M, {args.engine} engine, 2 replicas x max_cpu_loras 4, 16 adapters Zipf 1.1, "
-        "concurrency 4, 2 shared CPU cores",
-        "modes": modes,
-        "load_ratio_round_robin_over_multiplexed": round(
-            rr["adapter_loads"] / max(1, mux["adapter_loads"]), 2
+        "concurrency 4, the same request sequence in every mode",
+        "machine": f"{os.cpu_count()} CPU cores shared by the replicas, the router, the proxy and the client, "
+        "and with other processes: load average (1 min) {:.1f} at the start, {:.1f} at the end{}".format(
+            load_before[0], os.getloadavg()[0], BUSY if load_before[0] > (os.cpu_count() or 1) else ""
         ),
-        "ttft_p99_ratio_round_robin_over_multiplexed": round(rr["ttft_p99_ms"] / mux["ttft_p99_ms"], 2),
-        "router_p50_ms": pct(router_lat, 0.5),
-        "single_server_p50_ms": pct(single_lat, 0.5),
-        "router_added_p50_ms": round(pct(router_lat, 0.5) - pct(single_lat, 0.5), 1),
+        "modes": modes,
+        "loads_per_1000_static_best": round(
+            1000 * static_best_loads(zipf_requests(refs, args.requests), 8) / args.requests, 1
+        ),
+        **latency,
     }
+    for name, m in by.items():
+        if rr is not None and m is not rr:
+            result[f"load_ratio_round_robin_over_{name}"] = round(
+                rr["adapter_loads"] / max(1, m["adapter_loads"]), 2
+            )
+            result[f"ttft_p99_ratio_round_robin_over_{name}"] = round(rr["ttft_p99_ms"] / m["ttft_p99_ms"], 2)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 

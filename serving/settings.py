@@ -84,6 +84,9 @@ class ServeSettings(BaseSettings):
     """Drift gauges: the recent window compared with the reference."""
     drift_interval_s: float = Field(60.0, gt=0)
     """How often the drift gauges are recomputed from the logged payloads."""
+    spill_threshold: int = Field(4, ge=1)
+    """Adapter affinity: a request goes to a replica holding its version unless that replica has
+    this many more requests queued than the least loaded one (then it spills there)."""
 
 
 class StartupError(Exception):

@@ -83,8 +83,17 @@ class RemoteEngine(Engine):
 
     name = "ray"
 
-    def __init__(self, handle: DeploymentHandle[Any], base: BaseModel, multiplex: bool = True) -> None:
+    def __init__(
+        self,
+        handle: DeploymentHandle[Any],
+        base: BaseModel,
+        multiplex: bool = True,
+        pinned: tuple[str, ...] = (),
+    ) -> None:
         self.handle, self.base, self.multiplex = handle, base, multiplex
+        self.streaming = handle.options(stream=True)
+        self.pinned = frozenset(pinned)
+        """Versions every replica loaded at start (`--pin`): routed to the least loaded replica."""
         self.book = ReplicaBook()
         self._tokenizer: Any = None
         self._running = 0
@@ -111,21 +120,20 @@ class RemoteEngine(Engine):
         self, request_id: str, prompt_ids: list[int], params: GenParams, adapter: AdapterHandle | None
     ) -> AsyncGenerator[list[Delta], None]:
         model_id = adapter.name if adapter is not None else BASE_MODEL_ID
-        options: dict[str, Any] = {"stream": True}
-        if self.multiplex:
-            options["multiplexed_model_id"] = model_id
+        handle = self.streaming
+        if self.multiplex and model_id not in self.pinned:  # pinned: on every replica
+            handle = handle.options(multiplexed_model_id=model_id)
         self._running += 1
         try:
             for attempt in (1, 2):
                 sent = False
-                call = self.handle.options(**options).generate
-                stream = call.remote(request_id, model_id, prompt_ids, params)
+                stream = handle.generate.remote(request_id, model_id, prompt_ids, params)
                 assert isinstance(stream, DeploymentResponseGenerator)
                 try:
                     async for item in stream:
-                        if isinstance(item, ReplicaReport):
-                            self.book.note(item, model_id)
-                            continue
+                        if isinstance(item, tuple):  # the first batch comes with the replica's report
+                            report, item = item
+                            self.book.note(report, model_id)
                         sent = True
                         for delta in item:  # a replica's clock may be another host's
                             delta.times = None

@@ -61,6 +61,7 @@ class EngineReplica:
         self.adapters = AdapterManager(
             registry, self.engine, base, served, settings.max_lora_rank, settings.max_cpu_loras
         )
+        self.pinned = {(await self.adapters.pin(ref)).ref for ref in settings.pin}
         self.loop = asyncio.get_running_loop()
         self.replica_id = serve.get_replica_context().replica_id.unique_id
 
@@ -68,7 +69,8 @@ class EngineReplica:
             await self.adapters.pin(model_id)
             return Slot(self.adapters, model_id, self.loop)
 
-        self.load = serve.multiplexed(max_num_models_per_replica=settings.max_cpu_loras)(load)
+        slots = max(1, settings.max_cpu_loras - len(self.pinned))  # pins keep their slots
+        self.load = serve.multiplexed(max_num_models_per_replica=slots)(load)
 
     def report(self) -> ReplicaReport:
         loaded = tuple(sorted(v.handle.name for v in self.adapters.loaded.values()))
@@ -81,23 +83,33 @@ class EngineReplica:
 
     async def generate(
         self, request_id: str, model_id: str, prompt_ids: list[int], params: GenParams
-    ) -> AsyncIterator[ReplicaReport | list[Delta]]:
-        """Load the version if this replica does not hold it, then stream the engine's deltas.
+    ) -> AsyncIterator[tuple[ReplicaReport, list[Delta]] | list[Delta]]:
+        """Load the version if this replica does not hold it, then stream the engine's deltas, the
+        first batch with this replica's report (one streamed item fewer per request).
         Cancelling the call (the client went away) closes the engine's stream: it aborts."""
         if model_id == BASE_MODEL_ID:
-            yield self.report()
-            async for deltas in self.engine.generate(request_id, prompt_ids, params, None):
-                yield deltas
+            async for item in self.with_report(self.engine.generate(request_id, prompt_ids, params, None)):
+                yield item
             return
-        await self.load(model_id)
-        yield self.report()
+        if model_id not in self.pinned:  # a pinned version is never in Ray's LRU, never evicted
+            await self.load(model_id)
         async with self.adapters.lease(model_id) as target:
             stream = self.engine.generate(request_id, prompt_ids, params, target.adapter)
             try:
-                async for deltas in stream:
-                    yield deltas
+                async for item in self.with_report(stream):
+                    yield item
             finally:
                 await stream.aclose()
+
+    async def with_report(
+        self, stream: AsyncIterator[list[Delta]]
+    ) -> AsyncIterator[tuple[ReplicaReport, list[Delta]] | list[Delta]]:
+        first = True
+        async for deltas in stream:
+            yield (self.report(), deltas) if first else deltas
+            first = False
+        if first:
+            yield (self.report(), [])
 
     async def check_health(self) -> None:
         """Ray Serve's health check: raises (EngineDeadError) when the engine is dead, and Ray

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from typing import Any
+from typing import Any, Literal
 
 import ray
 from fastapi import Depends, FastAPI, Request
@@ -18,6 +18,7 @@ from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 
 from registry.basemodels import BaseModel
+from registry.store import Registry
 from serving.app import create_app
 from serving.cluster.remote import RemoteEngine, ReplicaCollector
 from serving.cluster.replica import EngineReplica
@@ -27,6 +28,7 @@ from serving.state import ServerState
 
 log = logging.getLogger("lora_platform.serving")
 APP_NAME = "lora-platform"
+Routing = Literal["affinity", "ray", "round-robin"]
 ROUTER_SLOTS = 1 << 20
 """The router's AdapterManager only resolves and verifies versions (engine replicas load them):
 it keeps every version it has checked, so it never evicts and re-verifies."""
@@ -44,7 +46,7 @@ class Router:
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         def engine(settings: ServeSettings, base: BaseModel) -> RemoteEngine:
-            return RemoteEngine(self.replicas, base, self.multiplex)
+            return RemoteEngine(self.replicas, base, self.multiplex, tuple(self.settings.pin))
 
         def on_start(state: ServerState) -> None:
             assert isinstance(state.engine, RemoteEngine)
@@ -62,8 +64,24 @@ async def replicas_view(request: Request) -> dict[str, Any]:
     return {"object": "list", "data": state.engine.book.describe()}
 
 
-def build(settings: ServeSettings, multiplex: bool = True) -> Application:
-    """The application: the Router bound to the EngineReplica deployment."""
+def pin_versions(settings: ServeSettings) -> ServeSettings:
+    """`pin` resolved once to immutable versions, so the router and every engine replica (a
+    replacement or an autoscaled one too) hold the same versions whatever aliases do later."""
+    if not settings.pin:
+        return settings
+    registry = Registry(settings.registry, settings.artifacts)
+    try:
+        pinned = [f"{name}@{version}" for name, version in map(registry.resolve, settings.pin)]
+    finally:
+        registry.close()
+    return settings.model_copy(update={"pin": pinned})
+
+
+def build(settings: ServeSettings, routing: Routing = "affinity") -> Application:
+    """The application: the Router bound to the EngineReplica deployment. `routing`: "affinity"
+    (AdapterAffinityRouter), "ray" (Ray's default multiplexed routing) or "round-robin" (no
+    multiplexing: the baseline the benchmark compares against)."""
+    settings = pin_versions(settings)
     replica_options: dict[str, Any] = {
         "name": "EngineReplica",
         "ray_actor_options": {"num_cpus": settings.replica_cpus},
@@ -71,6 +89,11 @@ def build(settings: ServeSettings, multiplex: bool = True) -> Application:
         "health_check_period_s": 2,
         "health_check_timeout_s": 30,
     }
+    if routing == "affinity":
+        replica_options["request_router_config"] = {
+            "request_router_class": "serving.cluster.affinity.AdapterAffinityRouter",
+            "request_router_kwargs": {"spill_threshold": settings.spill_threshold},
+        }
     if settings.max_replicas is not None:
         replica_options["autoscaling_config"] = {
             "min_replicas": settings.min_replicas if settings.min_replicas is not None else 1,
@@ -84,7 +107,7 @@ def build(settings: ServeSettings, multiplex: bool = True) -> Application:
     router = serve.deployment(
         name="Router", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=settings.max_queue
     )(Router)
-    app: Application = router.bind(replicas, settings, multiplex)
+    app: Application = router.bind(replicas, settings, routing != "round-robin")
     return app
 
 

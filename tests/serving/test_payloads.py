@@ -33,7 +33,14 @@ def logging_server(tmp_path_factory: pytest.TempPathFactory, tiny_base) -> Itera
         "LORA_PLATFORM_PAYLOAD_PURGE_INTERVAL_S": "0.5",
         "LORA_PLATFORM_DRIFT_INTERVAL_S": "0.5",
     }
-    flags = ["--engine", "peft", "--dtype", "float32", "--max-lora-rank", "16"]  # logging sits above the engine
+    flags = [
+        "--engine",
+        "peft",
+        "--dtype",
+        "float32",
+        "--max-lora-rank",
+        "16",
+    ]  # logging sits above the engine
     logging = ["--log-payloads", "support", "--payload-retention-days", "1"]
     yield from running_server(registry, root, *flags, *logging, env=env)
 

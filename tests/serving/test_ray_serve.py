@@ -1,20 +1,23 @@
 """`platform serve --replicas N`: a Router and two engine replicas on a local Ray Serve.
 
 One local Ray instance (2 CPUs, no dashboard, HTTP proxy on 127.0.0.1) for the test session, one
-application for this module. The engine replicas run the `peft` engine on the tiny model: what is
-tested is the router/replica split, the multiplexed routing and Ray's restarts, which sit above the
-engine; two vLLM engines in Ray workers would double the suite's start-up time on 2 cores.
+application for this module. Its engine replicas run the `peft` engine on the tiny model: what is
+tested is the router/replica split, the routing and Ray's restarts, which sit above the engine;
+two vLLM engines in Ray workers would double the suite's start-up time on 2 cores. One test runs a
+second application with one vLLM engine replica against the session's single vLLM server.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,12 +27,14 @@ import pytest
 from loadtests.common import server_process
 from registry.basemodels import resolve_base_model
 from registry.store import Registry
-from tests.serving.fixtures import free_port, random_adapter, serve_cmd, wait_until
+from tests.serving.fixtures import Server, free_port, random_adapter, serve_cmd, wait_until
 
 pytestmark = pytest.mark.slow
 ray = pytest.importorskip("ray")
 ADMIN = {"Authorization": "Bearer admin-secret"}
 NAMES = ["alpha", "beta", "gamma", "delta"]
+PINNED = "delta@1"
+"""`--pin delta` on the module's cluster (3 slots per replica: 1 pinned + 2 in Ray's LRU)."""
 
 
 @contextlib.contextmanager
@@ -102,6 +107,9 @@ def cluster(ray_serve: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             replicas=2,
             replica_cpus=0.5,
             admin_key="admin-secret",
+            max_cpu_loras=3,
+            pin=[PINNED.removesuffix("@1")],
+            spill_threshold=2,  # the default 4 did not spill a 12-request burst on the tiny model here
         )
     serve.run(build(settings), name=APP_NAME, route_prefix="/")
     wait_until(lambda: httpx.get(f"{c.url}/ready", timeout=10).status_code == 200, 120)
@@ -149,6 +157,22 @@ def test_requests_stay_on_the_replica_that_loaded_their_version(cluster: Cluster
     assert 'lora_replica_adapter_loads_total{replica="' in metrics
 
 
+def test_a_hot_version_spills_to_the_other_replica_instead_of_piling_up(cluster: Cluster) -> None:
+    for n in NAMES:
+        assert ask(cluster.url, f"{n}@1").status_code == 200
+    loaded = [set(r["loaded"]) - {PINNED} for r in cluster.replicas()]  # type: ignore[call-overload]
+    hot = next(iter(loaded[0] - loaded[1] or loaded[1] - loaded[0]))  # held by one replica
+    before = served_by(cluster)
+    with ThreadPoolExecutor(12) as pool:
+        codes = list(
+            pool.map(lambda i: ask(cluster.url, hot, f"burst {i}", tokens=24).status_code, range(12))
+        )
+    assert codes == [200] * 12
+    after = served_by(cluster)
+    spread = [counts[hot] - before.get(replica, Counter())[hot] for replica, counts in after.items()]
+    assert len(spread) == 2 and min(spread) > 0, spread  # both replicas served the burst
+
+
 def test_a_push_and_an_alias_move_are_served_within_2s(cluster: Cluster) -> None:
     new = cluster.push("alpha", 1)
     pushed = time.monotonic()
@@ -156,6 +180,56 @@ def test_a_push_and_an_alias_move_are_served_within_2s(cluster: Cluster) -> None
     Registry(str(cluster.registry)).set_alias("beta@1", "prod")
     wait_until(lambda: ask(cluster.url, "beta:prod").json()["model"] == "beta@1", 2.0)
     assert time.monotonic() - pushed < 10
+
+
+def test_a_pinned_version_is_on_every_replica_and_never_evicted(cluster: Cluster) -> None:
+    for i in range(len(NAMES), len(NAMES) + 3):  # 6 unpinned versions for 2 x 2 LRU slots
+        cluster.push(f"extra{i}", i % len(cluster.adapter_dirs))
+    unpinned = [f"{n}@1" for n in NAMES if f"{n}@1" != PINNED] + [f"extra{i}@1" for i in range(4, 7)]
+    for model in [*unpinned, *unpinned]:
+        assert ask(cluster.url, model).status_code == 200
+    replicas = cluster.replicas()
+    assert len(replicas) == 2 and all(PINNED in r["loaded"] for r in replicas), replicas  # type: ignore[operator]
+    assert all(len(r["loaded"]) <= 3 for r in replicas), replicas  # type: ignore[arg-type] # the LRU evicted
+    loads = sum(int(r["adapter_loads"]) for r in replicas)  # type: ignore[call-overload]
+    for i in range(8):  # spread over both replicas, never loaded again
+        assert ask(cluster.url, "delta", user=f"p{i}").json()["model"] == PINNED
+    assert sum(int(r["adapter_loads"]) for r in cluster.replicas()) == loads  # type: ignore[call-overload]
+
+
+def served_by(cluster: Cluster) -> dict[str, Counter[str]]:
+    return {str(r["replica"]): Counter(r["served"]) for r in cluster.replicas()}  # type: ignore[call-overload]
+
+
+def test_an_ab_routes_evidence_from_both_replicas_is_in_one_report(cluster: Cluster) -> None:
+    from click.testing import CliRunner
+
+    from cli.main import cli
+    from registry.routes import start_route
+
+    for n in NAMES:  # each version is loaded by a replica; one variant on each replica
+        assert ask(cluster.url, f"{n}@1").status_code == 200
+    holders = {str(r["replica"]): [v for v in r["loaded"] if v != PINNED] for r in cluster.replicas()}  # type: ignore[attr-defined]
+    assert len(holders) == 2 and all(holders.values()), holders
+    first, second = holders.values()
+    variants = [first[0], next(v for v in second if v != first[0])]
+    start_route(Registry(str(cluster.registry)), "abray", [(v, 0.5) for v in variants])
+    models = f"{cluster.url}/v1/models"
+    wait_until(lambda: "abray" in {m["id"] for m in httpx.get(models, timeout=30).json()["data"]}, 5)
+    reg = Registry(str(cluster.registry))
+    before = served_by(cluster)
+    sent = 40
+    for i in range(sent):
+        assert ask(cluster.url, "abray", user=f"user-{i}").status_code == 200
+    after = served_by(cluster)
+    for replica, counts in after.items():  # both replicas served the route's requests
+        assert sum(counts[v] - before.get(replica, Counter())[v] for v in variants) > 0, (replica, after)
+    wait_until(lambda: len(reg.evidence().load("abray")[0]) == sent, 10)
+    out = CliRunner().invoke(cli, ["ab", "report", "abray", "--json", "--registry", str(cluster.registry)])
+    assert out.exit_code == 0, out.output
+    report = json.loads(out.output)
+    assert set(report["variants"]) == set(variants)
+    assert sum(v["requests"] for v in report["variants"].values()) == sent
 
 
 class Loop:
@@ -219,3 +293,32 @@ def test_a_killed_replica_is_replaced_and_only_its_requests_fail(cluster: Cluste
     assert failed <= workers, loop.statuses  # at most the requests in flight on the killed replica
     assert set(loop.statuses) <= {200, 503}, loop.statuses  # failures are 503 + Retry-After, never 500
     assert set(loop.after) == {200}, loop.after  # every request after the replacement is up
+
+
+def test_a_vllm_engine_replica_answers_like_the_single_vllm_server(
+    ray_serve: str, server: Server, adapters: tuple[Path, dict[str, str]]
+) -> None:
+    """The same cluster on the vLLM engine (one replica, beside the module's peft application):
+    the session's single vLLM server's answers, the adapter's version named."""
+    from ray import serve
+
+    from serving.cluster.router import build
+    from serving.settings import ServeSettings
+
+    registry, refs = adapters
+    with clean_env():
+        settings = ServeSettings(
+            base_model="tiny", registry=str(registry), dtype="float32", replicas=1, replica_cpus=0.5,
+            max_loras=2, max_cpu_loras=4, max_lora_rank=16, kv_cache_gb=1,
+        )  # fmt: skip
+    url = f"{ray_serve}/vllm"
+    serve.run(build(settings), name="lora-vllm", route_prefix="/vllm")
+    try:
+        wait_until(lambda: httpx.get(f"{url}/ready", timeout=10).status_code == 200, 300)
+        for model in (refs["support"], refs["contact"], "support:prod", "base"):
+            ours, single = ask(url, model), ask(server.url, model)
+            assert ours.status_code == single.status_code == 200, ours.text
+            assert ours.json()["choices"] == single.json()["choices"]
+            assert ours.headers.get("x-adapter-version") == single.headers.get("x-adapter-version")
+    finally:
+        serve.delete("lora-vllm")
