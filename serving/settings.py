@@ -38,6 +38,10 @@ class ServeSettings(BaseSettings):
     max_num_seqs: int = Field(64, ge=1)
     kv_cache_gb: float = Field(1.0, gt=0)
     """CPU KV cache size in GiB (vLLM's CPU memory check needs it set)."""
+    cpu_reserved_cores: int | None = Field(None, ge=0)
+    """CPU only: cores kept off the model's OpenMP threads for vLLM's engine core (its
+    VLLM_CPU_NUM_OF_RESERVED_CPU, which wins when exported). Default: 0 on machines with 2 usable
+    CPUs or fewer (vLLM's 1 would leave the model a single thread), vLLM's own default elsewhere."""
     max_tokens_cap: int = Field(1024, ge=1)
     """Largest max_tokens a request may ask for."""
     max_n: int = Field(8, ge=1)

@@ -182,6 +182,7 @@ def server(
     """The session server, tracing to `otlp` (spans leave in batches every 100 ms)."""
     registry, _ = adapters
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env.pop("VLLM_CPU_NUM_OF_RESERVED_CPU", None)  # the server picks it (test_server.py)
     env |= {"OTEL_EXPORTER_OTLP_ENDPOINT": otlp.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "100"}
     yield from running_server(
         registry,

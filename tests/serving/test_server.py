@@ -6,6 +6,7 @@ run on both backends through `catalog_server`: the session's folder registry and
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import threading
 import time
@@ -15,6 +16,7 @@ from typing import Any
 
 import httpx
 import openai
+import psutil
 import pytest
 
 from registry.basemodels import EMBEDDED_TINY
@@ -181,6 +183,18 @@ def test_the_cpu_lora_plugin_runs_in_the_engine_process(server: Server) -> None:
     assert engine, "the plugin must be registered inside vLLM's engine-core process"
     if lora_kernel.cpu_supported():  # the compiled bf16 op is loaded there too
         assert set(engine) <= {"amx", "avx512"}, engine
+
+
+def test_on_two_cpus_the_model_computes_on_both(server: Server) -> None:
+    """vLLM keeps a core off the model for its engine core; on 2 CPUs that left it one thread."""
+    cpus = os.sched_getaffinity(server.proc.pid)
+    if len(cpus) > 2:
+        pytest.skip("vLLM's own reservation applies on machines with more than 2 CPUs")
+    children = psutil.Process(server.proc.pid).children(recursive=True)
+    workers = [p for p in children if "Worker" in " ".join(p.cmdline())]
+    assert workers, [p.cmdline() for p in children]
+    used = set().union(*(os.sched_getaffinity(t.id) for t in workers[0].threads()))
+    assert used == cpus
 
 
 def test_a_new_version_and_an_alias_move_are_served_without_restart(catalog_server: CatalogServer) -> None:
