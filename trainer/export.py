@@ -110,9 +110,14 @@ def _example(c: LoggedCompletion) -> Example | None:
         ]
     else:
         return None
+    return _chat_example(messages, r.completion or "", f"payload {r.id}")
+
+
+def _chat_example(messages: list[dict[str, Any]], answer: str, source: str) -> Example | None:
+    """Prompt messages and an answer as a training row (what `platform train` reads), or None."""
     problems: list[str] = []
-    row = {"messages": [*messages, {"role": "assistant", "content": r.completion}]}
-    example = row_to_example(row, "chat", f"payload {r.id}", problems)
+    row = {"messages": [*messages, {"role": "assistant", "content": answer}]}
+    example = row_to_example(row, "chat", source, problems)
     return None if problems else example
 
 
@@ -146,10 +151,8 @@ def reviewed_rows(registry: Registry, name: str) -> list[tuple[Example, str]]:
     for p in preferred(registry):
         if p.version.split("@", 1)[0] != name:
             continue
-        problems: list[str] = []
-        row = {"messages": [*p.messages, {"role": "assistant", "content": p.answer}]}
-        example = row_to_example(row, "chat", f"review {p.review} item {p.item}", problems)
-        if example is not None and not problems:
+        example = _chat_example(list(p.messages), p.answer, f"review {p.review} item {p.item}")
+        if example is not None:
             rows.append((example, p.version))
     return rows
 
