@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -18,6 +19,8 @@ from serving.experiments.evidence import EvidenceWriter
 from serving.metrics import Metrics
 from serving.payloads import PayloadLogger
 from serving.settings import ServeSettings
+
+log = logging.getLogger("lora_platform.serving")
 
 
 @dataclass
@@ -55,9 +58,17 @@ class ServerState:
         routes = await asyncio.to_thread(list_routes, self.registry)
         self.routes = {r.name: r for r in routes}
         variants = [v.ref for r in routes for v in r.variants] + [r.shadow for r in routes if r.shadow]
-        await self.adapters.load_ahead(variants)
-        self.metrics.loaded_adapters.set(len(self.adapters.loaded))
+        # loading ahead runs beside: a request whose miss re-read the catalog does not wait for it
+        self.tasks = [t for t in self.tasks if not t.done()]
+        self.tasks.append(asyncio.create_task(self._load_ahead(variants)))
         return True
+
+    async def _load_ahead(self, variants: list[str]) -> None:
+        try:
+            await self.adapters.load_ahead(variants)
+        except Exception:  # e.g. the catalog went away mid-way: the next change tries again
+            log.exception("loading ahead failed")
+        self.metrics.loaded_adapters.set(len(self.adapters.loaded))
 
     @contextmanager
     def admission(self) -> Iterator[None]:
