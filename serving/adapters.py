@@ -84,6 +84,7 @@ class AdapterManager:
         self._moved: dict[str, Key] = {}
         """References in use when the registry last changed, with the loaded version they named."""
         self._variants: set[str] = set()
+        self._ahead = asyncio.Lock()
         self._seen_changes = -1
         self._base_weights: set[str] | None = None
         self.loads = 0
@@ -105,14 +106,20 @@ class AdapterManager:
         """Load what references in use now name, before a request asks: versions a reference in use
         moved to (new latest, alias move) and new route variants (A/B, rollout). Returns the
         versions loaded; a version that fails its checks is logged and left to requests to report."""
-        variants = set(variants)
+        async with self._ahead:  # one run at a time: a run for a later change sees what this one left
+            return await self._load_ahead(set(variants))
+
+    async def _load_ahead(self, variants: set[str]) -> list[Key]:
         wanted = [*self._moved, *(variants - self._variants)]
         self._variants = variants
         self._moved = {}
         seen = self._seen_changes
         found = await asyncio.to_thread(self._resolve_all, wanted)
-        if seen == self._seen_changes:  # else the registry moved on meanwhile: resolve afresh
-            self._resolved.update({ref: key for ref, key in found.items() if ref not in variants})
+        in_use = {ref: key for ref, key in found.items() if ref not in variants}
+        if seen == self._seen_changes:
+            self._resolved.update(in_use)
+        else:  # the registry moved on while resolving: the run for that change resolves them afresh
+            self._moved.update(in_use)
         out = []
         for key in dict.fromkeys(found.values()):
             if key in self.loaded:

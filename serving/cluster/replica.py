@@ -18,6 +18,12 @@ from serving.engine.base import Delta, GenParams
 from serving.settings import ServeSettings
 
 
+def replica_slots(settings: ServeSettings) -> int:
+    """Adapter slots per engine replica that Ray's multiplexing manages: `max_cpu_loras` less the
+    pinned versions (`settings.pin` holds immutable versions here), which keep theirs."""
+    return max(1, settings.max_cpu_loras - len(set(settings.pin)))
+
+
 @dataclass(frozen=True)
 class ReplicaReport:
     """What a replica tells the router at the start of every answer (its per-replica figures)."""
@@ -69,8 +75,7 @@ class EngineReplica:
             await self.adapters.pin(model_id)
             return Slot(self.adapters, model_id, self.loop)
 
-        slots = max(1, settings.max_cpu_loras - len(self.pinned))  # pins keep their slots
-        self.load = serve.multiplexed(max_num_models_per_replica=slots)(load)
+        self.load = serve.multiplexed(max_num_models_per_replica=replica_slots(settings))(load)
 
     def report(self) -> ReplicaReport:
         loaded = tuple(sorted(v.handle.name for v in self.adapters.loaded.values()))

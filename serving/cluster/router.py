@@ -21,7 +21,7 @@ from registry.basemodels import BaseModel
 from registry.store import Registry
 from serving.app import create_app
 from serving.cluster.remote import RemoteEngine, ReplicaCollector
-from serving.cluster.replica import EngineReplica
+from serving.cluster.replica import EngineReplica, replica_slots
 from serving.deps import get_state, require_admin_key
 from serving.settings import ServeSettings, load_settings
 from serving.state import ServerState
@@ -92,7 +92,10 @@ def build(settings: ServeSettings, routing: Routing = "affinity") -> Application
     if routing == "affinity":
         replica_options["request_router_config"] = {
             "request_router_class": "serving.cluster.affinity.AdapterAffinityRouter",
-            "request_router_kwargs": {"spill_threshold": settings.spill_threshold},
+            "request_router_kwargs": {
+                "spill_threshold": settings.spill_threshold,
+                "slots": replica_slots(settings),
+            },
         }
     if settings.max_replicas is not None:
         replica_options["autoscaling_config"] = {

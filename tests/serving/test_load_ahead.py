@@ -3,12 +3,16 @@ off the event loop (the session's `platform serve`)."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
+from registry.basemodels import EMBEDDED_TINY
 from registry.store import Registry
 from tests.serving.fixtures import Server, metric, wait_until
 
@@ -79,3 +83,50 @@ def test_verifying_a_large_version_ahead_does_not_block_the_event_loop(
     assert health_ms[-1] < 50
     assert chat(server, "bigahead").model == big.ref
     reg.remove(big.ref, force=True)
+
+
+def test_an_alias_moved_while_loading_ahead_resolves_is_still_loaded_ahead(
+    adapters, tiny_base, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """A push, then an alias move landing while the push's load-ahead run is reading the catalog
+    (CI saw it: the move's run found nothing to do and the new version waited for a request)."""
+    from serving.adapters import AdapterManager
+    from serving.engine.peft import PeftEngine
+    from serving.settings import ServeSettings
+
+    registry, _ = adapters
+    other = Registry(registry)  # another machine: pushes and moves the alias
+    src = other.get("contact@1")
+    first = other.push("racing", src.path, src.lineage)
+    other.set_alias(first.ref, "live")
+    second = other.push("racing", src.path, src.lineage)
+    reg = Registry(registry)
+    manager = AdapterManager(
+        reg, PeftEngine(ServeSettings(base_model="tiny"), tiny_base), tiny_base, EMBEDDED_TINY, 64, 4
+    )
+    resolving, moved = threading.Event(), threading.Event()
+    resolve_all = manager._resolve_all
+
+    def held_resolve(refs: list[str]) -> dict[str, tuple[str, int]]:
+        found = resolve_all(refs)
+        if "racing:live" in refs and not resolving.is_set():  # the first run: wait for the move
+            resolving.set()
+            assert moved.wait(30)
+        return found
+
+    async def go() -> None:
+        await manager.engine.start()
+        async with manager.lease("racing:live") as target:  # in use: the alias names version 2's
+            assert target.adapter is not None and target.adapter.name == first.ref  # predecessor
+        manager.note_changes(reg.changes())  # the push of version 2
+        monkeypatch.setattr(manager, "_resolve_all", held_resolve)
+        first_run = asyncio.create_task(manager.load_ahead())
+        assert await asyncio.to_thread(resolving.wait, 30)
+        other.set_alias(second.ref, "live")  # lands while the first run reads the catalog
+        manager.note_changes(reg.changes())
+        second_run = asyncio.create_task(manager.load_ahead())
+        moved.set()
+        await asyncio.gather(first_run, second_run)
+
+    asyncio.run(go())
+    assert ("racing", second.version) in manager.loaded

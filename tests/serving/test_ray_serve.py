@@ -53,7 +53,8 @@ def ray_serve() -> Iterator[str]:
     from ray import serve
 
     env = {"PYTHONPATH": os.environ.get("PYTHONPATH", ""), "HF_HUB_OFFLINE": "1"}
-    ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": env})
+    # workers' logs stay in Ray's session folder: printed here they land in CliRunner's output
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
