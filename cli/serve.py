@@ -27,7 +27,7 @@ from cli.errors import handle_errors
 @click.option("--engine", type=click.Choice(["vllm", "peft"]), help="Inference engine (default vllm).")
 @click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16"]))
 @click.option("--max-loras", type=int, help="Adapters per batch.")
-@click.option("--max-cpu-loras", type=int, help="Adapters kept loaded (LRU beyond).")
+@click.option("--max-cpu-loras", type=int, help="Adapters kept loaded (beyond: the fewest recently requested is evicted).")
 @click.option("--max-lora-rank", type=int)
 @click.option("--max-model-len", type=int)
 @click.option("--kv-cache-gb", type=float)

@@ -30,7 +30,7 @@ class ServeSettings(BaseSettings):
     max_loras: int = Field(4, ge=1)
     """Adapters in one batch (vLLM GPU/CPU slots)."""
     max_cpu_loras: int = Field(16, ge=1)
-    """Adapters kept loaded; colder ones are evicted LRU."""
+    """Adapters kept loaded; beyond, the idle one with the fewest recent requests is evicted."""
     max_lora_rank: Literal[1, 8, 16, 32, 64, 128, 256, 320, 512] = 64
     """Largest LoRA rank accepted (vLLM's allowed values); larger adapters are refused."""
     max_model_len: int | None = Field(None, ge=16)
