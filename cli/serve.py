@@ -27,7 +27,11 @@ from cli.errors import handle_errors
 @click.option("--engine", type=click.Choice(["vllm", "peft"]), help="Inference engine (default vllm).")
 @click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16"]))
 @click.option("--max-loras", type=int, help="Adapters per batch.")
-@click.option("--max-cpu-loras", type=int, help="Adapters kept loaded (beyond: the fewest recently requested is evicted).")
+@click.option(
+    "--max-cpu-loras",
+    type=int,
+    help="Adapters kept loaded (beyond: the fewest recently requested is evicted).",
+)
 @click.option("--max-lora-rank", type=int)
 @click.option("--max-model-len", type=int)
 @click.option("--kv-cache-gb", type=float)
@@ -43,6 +47,12 @@ from cli.errors import handle_errors
     "--ray-address",
     envvar="LORA_PLATFORM_RAY_ADDRESS",
     help="Ray cluster (auto, ray://host:10001); default: local.",
+)
+@click.option(
+    "--ingress",
+    type=click.Choice(["process", "ray"]),
+    help="With --replicas: the HTTP endpoint in this process (default; one Ray hop per request) "
+    "or a Router deployment behind Ray Serve's proxy (two hops).",
 )
 @click.option(
     "--min-replicas", type=click.IntRange(min=0), help="Autoscaling lower bound (with --max-replicas)."
@@ -82,8 +92,10 @@ def serve_cmd(
     try:
         names = [n.strip() for item in log_payloads for n in item.split(",") if n.strip()]
         settings = load_settings(config_file, pin=list(pin) or None, log_payloads=names or None, **flags)
-        if settings.replicas is None and (settings.ray_address or settings.max_replicas):
-            raise click.UsageError("--ray-address and --max-replicas need --replicas N")
+        if settings.replicas is None and (
+            settings.ray_address or settings.max_replicas or flags.get("ingress")
+        ):
+            raise click.UsageError("--ray-address, --ingress and --max-replicas need --replicas N")
         serve(settings)
     except StartupError as exc:  # a flag or file at fault: exit 2; else exit 1
         if exc.param is None:

@@ -16,6 +16,7 @@ figures. Writes results/bench_ray.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -28,7 +29,7 @@ from typing import Any
 
 import httpx
 
-from loadtests.common import make_adapters, platform_cmd, push_adapters, server_process
+from loadtests.common import make_adapters, platform_cmd, push_adapters, server_process, wait_ready
 
 RESULTS = Path(__file__).parent / "results" / "bench_ray.json"
 ADMIN = {"Authorization": "Bearer bench"}
@@ -61,6 +62,7 @@ def one(client: httpx.Client, url: str, i: int) -> float:
 
 def paired_latency(ray_url: str, single_url: str, n: int) -> dict[str, float]:
     """The cluster and the single server asked in turn; p50s and the median paired difference."""
+    wait_ready(ray_url, None, 120, "/ready")
     pairs = []
     with httpx.Client(timeout=120) as client:
         for i in range(n + 5):
@@ -141,23 +143,31 @@ def main() -> None:
         max_cpu_loras=4, replica_cpus=0.5, admin_key="bench",
     )  # fmt: skip
     modes, latency = [], {}
-    try:
+    single_url = f"http://127.0.0.1:{sport}"
+    with contextlib.ExitStack() as stack:
+        stack.callback(ray.shutdown)
+        stack.callback(serve.shutdown)
+        stack.enter_context(single)
+        pport = free_port()  # what `platform serve --replicas 2` runs: the router app in its process
+        process_cmd = [*cmd, "--port", str(pport), "--engine", args.engine, "--replicas", "2"]
+        process_cmd += ["--ray-address", ray.get_runtime_context().gcs_address, "--max-cpu-loras", "4"]
+        with server_process(process_cmd, f"http://127.0.0.1:{pport}", root / "process.log"):
+            latency = paired_latency(f"http://127.0.0.1:{pport}", single_url, args.latency_requests)
+        print(latency, flush=True)
         serve.run(build(settings, "round-robin"), name="bench", route_prefix="/")
         for ref in refs:  # warm-up (files, code paths), so that the first mode is not the coldest
             ttft(url, ref, "warm-up")
         serve.delete("bench")
         for routing in args.modes.split(","):
             serve.run(build(settings, routing), name="bench", route_prefix="/")  # type: ignore[arg-type]
-            if not latency:
-                with single:
-                    latency = paired_latency(url, f"http://127.0.0.1:{sport}", args.latency_requests)
+            if "ray_ingress_added_p50_ms" not in latency:  # the Router deployment behind Ray's proxy
+                two_hops = paired_latency(url, single_url, args.latency_requests)
+                latency["ray_ingress_p50_ms"] = two_hops["router_p50_ms"]
+                latency["ray_ingress_added_p50_ms"] = two_hops["router_added_p50_ms"]
                 print(latency, flush=True)
             modes.append(run_mode(url, refs, args.requests, routing))
             print(modes[-1], flush=True)
             serve.delete("bench")
-    finally:
-        serve.shutdown()
-        ray.shutdown()
     by = {m["routing"]: m for m in modes}
     rr = by.get("round-robin")
     result: dict[str, Any] = {

@@ -151,7 +151,9 @@ class Metrics:
             registry=self.registry,
         )
         self.adapter_evictions = Counter(
-            "lora_adapter_evictions", "Idle adapters evicted to make room (fewest recent requests first)", registry=self.registry
+            "lora_adapter_evictions",
+            "Idle adapters evicted to make room (fewest recent requests first)",
+            registry=self.registry,
         )
         self.lora_info = LoraRequestsInfo()
         self.registry.register(self.lora_info)

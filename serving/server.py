@@ -161,12 +161,24 @@ def serve(settings: ServeSettings) -> None:
     `replicas`, N engine replicas behind one router on Ray Serve."""
     startup = check_startup(settings)
     if settings.replicas is not None:
-        from serving.cluster.router import run
-
         startup.registry.close()
+        _serve_replicas(settings)
+        return
+    _run(settings, create_app(settings, startup))
+
+
+def _serve_replicas(settings: ServeSettings) -> None:
+    from serving.cluster.router import engine_replicas, router_app, run
+
+    if settings.ingress == "ray":
         run(settings)
         return
-    app = create_app(settings, startup)
+    with engine_replicas(settings) as (settings, handle):
+        _run(settings, router_app(settings, handle))
+
+
+def _run(settings: ServeSettings, app: Any) -> None:
+    """`app` under uvicorn on host:port until a signal (drained) or a dead engine (exit 3)."""
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_level="warning", timeout_graceful_shutdown=5
     )

@@ -88,6 +88,10 @@ class ServeSettings(BaseSettings):
     """Drift gauges: the recent window compared with the reference."""
     drift_interval_s: float = Field(60.0, gt=0)
     """How often the drift gauges are recomputed from the logged payloads."""
+    ingress: Literal["process", "ray"] = "process"
+    """With `replicas`: where the router app runs. "process": under uvicorn in the `platform serve`
+    process, Ray Serve runs the engine replicas only (one Ray hop per request); "ray": a Router
+    deployment behind Ray Serve's HTTP proxy (two hops; what a Ray Serve config deploys)."""
     spill_threshold: int = Field(4, ge=1)
     """Adapter affinity: a request goes to a replica holding its version unless that replica has
     this many more requests queued than the least loaded one (then it spills there)."""

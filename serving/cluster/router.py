@@ -1,7 +1,13 @@
-"""The Ray Serve application: the Router ingress deployment in front of EngineReplica deployments.
+"""The Ray Serve application: the router app in front of EngineReplica deployments.
 
-`build(settings)` makes the application; `app_builder(args)` is the import path a Ray Serve config
-(KubeRay `serveConfigV2`) names; `run(settings)` is `platform serve --replicas N`.
+Two ways to run the router app (`router_app`: the single server's app on a RemoteEngine):
+- `platform serve --replicas N` (`--ingress process`, the default): the app runs under uvicorn in
+  the `platform serve` process itself, and Ray Serve runs only the engine replicas
+  (`engine_replicas`, no HTTP proxy): one Ray hop per request (the handle call to a replica);
+- `build(settings)`, also what `--ingress ray` and `app_builder(args)` (the import path a Ray
+  Serve config, KubeRay `serveConfigV2`, names) deploy: a `Router` ingress deployment behind Ray
+  Serve's HTTP proxy, which Ray places and restarts like any deployment: two Ray hops per request
+  (proxy -> Router -> EngineReplica).
 """
 
 from __future__ import annotations
@@ -9,6 +15,8 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Literal
 
 import ray
@@ -45,17 +53,23 @@ class Router:
         self.replicas, self.settings, self.multiplex = replicas, settings, multiplex
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        def engine(settings: ServeSettings, base: BaseModel) -> RemoteEngine:
-            return RemoteEngine(self.replicas, base, self.multiplex, tuple(self.settings.pin))
+        return router_app(self.settings, self.replicas, self.multiplex)
 
-        def on_start(state: ServerState) -> None:
-            assert isinstance(state.engine, RemoteEngine)
-            state.metrics.registry.register(ReplicaCollector(state.engine.book))
 
-        settings = self.settings.model_copy(update={"max_cpu_loras": ROUTER_SLOTS})
-        app = create_app(settings, engine_factory=engine, on_start=on_start)
-        app.add_api_route("/admin/replicas", replicas_view, dependencies=[Depends(require_admin_key)])
-        return app
+def router_app(settings: ServeSettings, replicas: DeploymentHandle[Any], multiplex: bool = True) -> FastAPI:
+    """The single server's app whose engine forwards to the engine replicas behind `replicas`."""
+
+    def engine(settings: ServeSettings, base: BaseModel) -> RemoteEngine:
+        return RemoteEngine(replicas, base, multiplex, tuple(settings.pin))
+
+    def on_start(state: ServerState) -> None:
+        assert isinstance(state.engine, RemoteEngine)
+        state.metrics.registry.register(ReplicaCollector(state.engine.book))
+
+    settings = settings.model_copy(update={"max_cpu_loras": ROUTER_SLOTS})
+    app = create_app(settings, engine_factory=engine, on_start=on_start)
+    app.add_api_route("/admin/replicas", replicas_view, dependencies=[Depends(require_admin_key)])
+    return app
 
 
 async def replicas_view(request: Request) -> dict[str, Any]:
@@ -82,6 +96,15 @@ def build(settings: ServeSettings, routing: Routing = "affinity") -> Application
     (AdapterAffinityRouter), "ray" (Ray's default multiplexed routing) or "round-robin" (no
     multiplexing: the baseline the benchmark compares against)."""
     settings = pin_versions(settings)
+    router = serve.deployment(
+        name="Router", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=settings.max_queue
+    )(Router)
+    app: Application = router.bind(engines_app(settings, routing), settings, routing != "round-robin")
+    return app
+
+
+def engines_app(settings: ServeSettings, routing: Routing = "affinity") -> Application:
+    """The EngineReplica deployment (`settings.pin` already resolved to versions)."""
     replica_options: dict[str, Any] = {
         "name": "EngineReplica",
         "ray_actor_options": {"num_cpus": settings.replica_cpus},
@@ -106,11 +129,7 @@ def build(settings: ServeSettings, routing: Routing = "affinity") -> Application
         }
     else:
         replica_options["num_replicas"] = settings.replicas or 1
-    replicas = serve.deployment(**replica_options)(EngineReplica).bind(settings)
-    router = serve.deployment(
-        name="Router", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=settings.max_queue
-    )(Router)
-    app: Application = router.bind(replicas, settings, routing != "round-robin")
+    app: Application = serve.deployment(**replica_options)(EngineReplica).bind(settings)
     return app
 
 
@@ -121,9 +140,29 @@ def app_builder(args: dict[str, Any]) -> Application:
     return build(load_settings(args.pop("config", None), **args))
 
 
+@contextmanager
+def engine_replicas(settings: ServeSettings) -> Iterator[tuple[ServeSettings, DeploymentHandle[Any]]]:
+    """The engine replicas deployed on Ray (the cluster at `ray_address`, or a local instance)
+    without Ray's HTTP proxy, for a router app in this process: the settings with pins resolved,
+    and the handle. On exit the application is deleted (and a local Ray stopped)."""
+    ray.init(address=settings.ray_address, include_dashboard=False)
+    try:
+        serve.start(proxy_location="Disabled")
+        settings = pin_versions(settings)
+        handle: DeploymentHandle[Any] = serve.run(engines_app(settings), name=APP_NAME, route_prefix=None)
+        log.warning("%s engine replicas on Ray Serve", settings.replicas)
+        yield settings, handle
+    finally:
+        serve.delete(APP_NAME)
+        if settings.ray_address is None:
+            serve.shutdown()  # type: ignore[no-untyped-call]
+        ray.shutdown()
+
+
 def run(settings: ServeSettings) -> None:
-    """Deploy on Ray (the cluster at `ray_address`, or a local instance) and serve on host:port
-    until SIGINT/SIGTERM; then delete the application (and stop a local Ray)."""
+    """`--ingress ray`: deploy the Router and the engine replicas on Ray (the cluster at
+    `ray_address`, or a local instance), Ray's HTTP proxy on host:port, until SIGINT/SIGTERM; then
+    delete the application (and stop a local Ray)."""
     ray.init(address=settings.ray_address, include_dashboard=False)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
