@@ -17,7 +17,8 @@ same concurrency, for base-only, 1-adapter and 8-adapter traffic:
          scales, `cache_prompt: false`, a fresh server per scenario; connection resets counted.
 With --many N (ours and vllm only): N adapters with power-law popularity, --max-loras 8,
 --max-cpu-loras 16 (ours loads the rest from the registry on demand; vLLM gets all N as
---lora-modules); our loads and evictions per 1000 requests come from /metrics.
+--lora-modules), measured after --many-warmup seconds (default 30) of the same traffic, as a
+server in service has met its adapters; our loads and evictions per 1000 requests come from /metrics.
 Also measured on ours: the first request to a newly pushed version (cold: verify + load) against
 the next one (warm), over --pushes pushes to a name in use (loaded ahead). Writes loadtests/results/bench.json and bench.png with the machine description.
 """
@@ -260,6 +261,9 @@ def run_many(
     url = f"http://127.0.0.1:{port}"
     label = f"many {len(many)} adapters"
     with server_process(cmd, url, tmp / f"{kind}-many.log", env=env, ready_path=ready):
+        if args.many_warmup:  # the same traffic first: a server in service has met most adapters
+            warm = argparse.Namespace(**{**vars(args), "duration": args.many_warmup})
+            measure(kind, url, "warm-up", "powerlaw", list(many), base, warm)
         before = (
             {m: metric(url, m) for m in ("lora_adapter_loads_total", "lora_adapter_evictions_total")}
             if kind == "ours"
@@ -370,6 +374,9 @@ def main() -> None:
     parser.add_argument("--out-dir", default=str(ROOT / "loadtests" / "results"))
     parser.add_argument(
         "--many", type=int, default=0, help="also N adapters, power-law popularity (ours, vllm); 0: skip"
+    )
+    parser.add_argument(
+        "--many-warmup", type=int, default=30, help="seconds of the same traffic before --many is measured"
     )
     parser.add_argument("--pushes", type=int, default=20, help="pushes measured for cold vs warm (ours)")
     parser.add_argument("--build-jobs", type=int, default=2, help="compilers for the llama.cpp build")
