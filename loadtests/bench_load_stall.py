@@ -5,7 +5,7 @@
     python loadtests/bench_load_stall.py --reduced        # tiny model, seconds (a smoke test)
 
 Starts `platform serve` (vLLM engine, --max-lora-rank 64) on a registry holding `stall@1`, a random
-r=16 all-linear adapter, with `stall:live` pointing at it, and drives --users streaming chat users
+r=16 all-linear adapter (r=8 with --reduced), with `stall:live` pointing at it, and drives --users streaming chat users
 on `stall:live` in a closed loop (no think time, temperature 0, fixed max_tokens; the API has no
 ignore_eos, so a stream may end early: its token count comes from the usage chunk). Every stream
 records its start, each content chunk's arrival (wall clock, as the server's metrics) and its end:
@@ -32,9 +32,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -72,7 +74,7 @@ class Stream:
 
     @property
     def max_gap_ms(self) -> float:
-        gaps = [b - a for a, b in zip(self.chunks, self.chunks[1:], strict=False)]
+        gaps = [b - a for a, b in itertools.pairwise(self.chunks)]
         return max(gaps, default=0.0) * 1000
 
     def overlaps(self, lo: float, hi: float) -> bool:
@@ -182,6 +184,21 @@ def groups(streams: list[Stream], loads: list[dict[str, Any]], t0: float, settle
     }
 
 
+def pauses(streams: list[Stream], loads: list[dict[str, Any]], t0: float) -> dict[str, Any]:
+    """Longest time no stream received a chunk: in the steady window, and around each load (from
+    the move to 0.5 s after the load: a paused engine shows here whatever the streams' lengths)."""
+
+    def longest(lo: float, hi: float) -> float:
+        times = sorted(c for s in streams for c in s.chunks if lo <= c <= hi)
+        return round(max((b - a for a, b in itertools.pairwise(times)), default=0.0) * 1000, 1)
+
+    first_move = min(x["moved"] for x in loads)
+    return {
+        "steady_ms": longest(t0, first_move),
+        "loads_ms": [longest(x["moved"], x["end"] + 0.5) for x in loads],
+    }
+
+
 def ratios(g: dict[str, Any]) -> dict[str, float]:
     out = {}
     for kind, q in (("TPOT", "p50_ms"), ("TPOT", "p99_ms"), ("max_gap", "p99_ms"), ("max_gap", "max_ms")):
@@ -220,12 +237,20 @@ async def drive(url: str, args: argparse.Namespace, model: str, moves: list[Any]
             await asyncio.sleep(args.gap)
         stop.set()
         await asyncio.gather(*users)
+    if args.raw:  # every stream's times from the steady window's start, and the loads', for analysis
+        raw = {
+            "t0": t0,
+            "loads": [{k: v - t0 for k, v in x.items() if k in ("moved", "start", "end")} for x in loads],
+            "streams": [[s.start - t0, s.end - t0, s.tokens, [c - t0 for c in s.chunks]] for s in streams],
+        }
+        Path(args.raw).write_text(json.dumps(raw))
     errors = [s.error for s in streams if s.error]
     return {
         "loads": [{k: round(v, 3) if isinstance(v, float) else v for k, v in x.items()} for x in loads],
         "errors": len(errors),
         "first_errors": errors[:3],
         "groups": groups(streams, loads, t0, args.settle),
+        "all_streams_paused": pauses(streams, loads, t0),
     }
 
 
@@ -244,6 +269,8 @@ def main() -> None:
     parser.add_argument("--settle", type=float, default=1, help="seconds after a load counted as `after`")
     parser.add_argument("--move", choices=("alias", "push"), default="alias")
     parser.add_argument("--port", type=int, default=8460)
+    parser.add_argument("--raw", help="also write every stream's chunk times to this JSON file")
+    parser.add_argument("--server-log", help="keep the server's log here")
     parser.add_argument("--reduced", action="store_true", help="tiny model, 4 users, 2 loads, seconds")
     parser.add_argument("--out-dir", default=str(ROOT / "loadtests" / "results"))
     args = parser.parse_args()
@@ -270,7 +297,7 @@ def main() -> None:
     }
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
-        small = make_adapters(base.path, 1, 16, tmp / "r16")[0]
+        small = make_adapters(base.path, 1, min(16, args.rank), tmp / "small")[0]
         big = make_adapters(base.path, 1, args.rank, tmp / "big")[0]
         size = (big / "adapter_model.safetensors").stat().st_size
         report["adapter"] = {
@@ -313,7 +340,12 @@ def main() -> None:
         ]
         with server_process(cmd, url, tmp / "serve.log", ready_path="/ready") as start_s:
             report["start_s"] = round(start_s, 1)
+            load_before = os.getloadavg()[0]
             report.update(asyncio.run(drive(url, args, model, moves)))
+            # other work on the machine shows here (the server and this client make about 2)
+            report["machine"]["loadavg_1min"] = {"before": load_before, "after": os.getloadavg()[0]}
+        if args.server_log:
+            shutil.copyfile(tmp / "serve.log", args.server_log)
     report["ratios"] = ratios(report["groups"])
     name = "load_stall-reduced" if args.reduced else "load_stall"
     Path(args.out_dir).mkdir(parents=True, exist_ok=True)
