@@ -188,13 +188,19 @@ def pauses(streams: list[Stream], loads: list[dict[str, Any]], t0: float) -> dic
     """Longest time no stream received a chunk: in the steady window, and around each load (from
     the move to 0.5 s after the load: a paused engine shows here whatever the streams' lengths)."""
 
-    def longest(lo: float, hi: float) -> float:
-        times = sorted(c for s in streams for c in s.chunks if lo <= c <= hi)
-        return round(max((b - a for a, b in itertools.pairwise(times)), default=0.0) * 1000, 1)
+    def longest(lo: float, hi: float, within: bool = False) -> float:
+        gaps = [
+            b - a
+            for a, b in itertools.pairwise(times)
+            if (a >= lo and b <= hi if within else b > lo and a < hi)
+        ]
+        return round(max(gaps, default=0.0) * 1000, 1)
+
+    times = sorted(c for s in streams for c in s.chunks)
 
     first_move = min(x["moved"] for x in loads)
     return {
-        "steady_ms": longest(t0, first_move),
+        "steady_ms": longest(t0, first_move, within=True),
         "loads_ms": [longest(x["moved"], x["end"] + 0.5) for x in loads],
     }
 
