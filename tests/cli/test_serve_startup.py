@@ -77,6 +77,7 @@ MISTAKES = {
     ),
     "unknown pin": ({}, ["--pin", "nope@3"], 2, ["--pin nope@3", "no adapter named 'nope'"]),
     "pin of another base model": ({}, ["--pin", "other@1"], 2, ["--pin other@1", "trained on"]),
+    "ingress without replicas": ({}, ["--ingress", "ray"], 2, ["--ingress", "--replicas N"]),
 }
 
 
