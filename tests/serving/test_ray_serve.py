@@ -47,23 +47,6 @@ def clean_env() -> Iterator[None]:
         os.environ.update(saved)
 
 
-@pytest.fixture(scope="session")
-def ray_serve() -> Iterator[str]:
-    """One local Ray (2 CPUs) and Serve's HTTP proxy on a free loopback port, per test session."""
-    from ray import serve
-
-    env = {"PYTHONPATH": os.environ.get("PYTHONPATH", ""), "HF_HUB_OFFLINE": "1"}
-    # workers' logs stay in Ray's session folder: printed here they land in CliRunner's output
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        serve.shutdown()
-        ray.shutdown()
-
-
 @dataclass
 class Cluster:
     url: str
