@@ -120,7 +120,11 @@ def server_commands(
 def metric(url: str, name: str) -> float:
     """Sum of the /metrics samples of `name` (every label set)."""
     text = httpx.get(url + "/metrics", timeout=10).text
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith((name + "{", name + " ")))
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith((name + "{", name + " "))
+    )
 
 
 def cold_vs_warm(url: str, registry: Path, pushes: int) -> dict[str, float]:
