@@ -50,7 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from loadtests.bench_registry import cpu_name  # noqa: E402
-from loadtests.common import make_adapters, platform_cmd, server_process  # noqa: E402
+from loadtests.common import make_adapters, serve_command, server_process  # noqa: E402
 
 PROMPT = "Write a long story about a lighthouse keeper and the sea, with many details."
 LOAD_METRICS = ("lora_adapter_loads_total", "lora_adapter_load_seconds_sum")
@@ -328,22 +328,10 @@ def main() -> None:
             moves = [lambda: reg.push("stall", big, lineage) for _ in range(args.loads)]
             model = "stall"
         url = f"http://127.0.0.1:{args.port}"
-        cmd = [
-            platform_cmd(),
-            "serve",
-            "--base-model",
-            args.base_model,
-            "--registry",
-            str(tmp / "registry"),
-            "--port",
-            str(args.port),
-            "--max-lora-rank",
-            str(args.rank),
-            "--max-loras",
-            "2",
-            "--max-cpu-loras",
-            "4",
-        ]
+        cmd = serve_command(
+            args.base_model, tmp / "registry", args.port, "--max-lora-rank", str(args.rank),
+            "--max-loras", "2", "--max-cpu-loras", "4",
+        )  # fmt: skip
         with server_process(cmd, url, tmp / "serve.log", ready_path="/ready") as start_s:
             report["start_s"] = round(start_s, 1)
             load_before = os.getloadavg()[0]

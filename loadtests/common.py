@@ -108,6 +108,21 @@ def platform_cmd() -> str:
     return shutil.which("platform", path=str(BIN)) or "platform"
 
 
+def serve_command(base_model: str, registry: Path | str, port: int, *extra: str) -> list[str]:
+    """`platform serve` on a base model, a registry and a loopback port, plus `extra` flags."""
+    return [
+        platform_cmd(),
+        "serve",
+        "--base-model",
+        base_model,
+        "--registry",
+        str(registry),
+        "--port",
+        str(port),
+        *extra,
+    ]
+
+
 def run_locust(
     url: str, users: int, seconds: int, prefix: Path, env: dict[str, str]
 ) -> subprocess.CompletedProcess[str]:

@@ -25,10 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from loadtests.common import (
     ROOT,
     make_adapters,
-    platform_cmd,
     push_adapters,
     read_stats,
     run_locust,
+    serve_command,
     server_process,
     summarize,
 )
@@ -125,20 +125,10 @@ def main() -> int:
 
             start_route(Registry(registry), "loadab", [(refs[0], 50), (refs[1 % len(refs)], 50)])
         url = f"http://127.0.0.1:{args.port}"
-        cmd = [
-            platform_cmd(),
-            "serve",
-            "--base-model",
-            args.base_model,
-            "--registry",
-            str(registry),
-            "--port",
-            str(args.port),
-            "--max-loras",
-            str(args.max_loras),
-            "--max-lora-rank",
-            str(max(16, args.rank)),
-        ]
+        cmd = serve_command(
+            args.base_model, registry, args.port, "--max-loras", str(args.max_loras),
+            "--max-lora-rank", str(max(16, args.rank)),
+        )  # fmt: skip
         with server_process(cmd, url, Path(tmp) / "server.log", ready_path="/ready") as start_s:
             print(
                 f"server ready in {start_s:.1f}s; {args.scenario} for {args.duration}s with {args.users} users"
