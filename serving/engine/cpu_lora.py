@@ -24,7 +24,7 @@ import logging
 import os
 from typing import Any
 
-from serving.engine import lora_kernel
+from serving.engine import lora_kernel, lora_slots
 
 ENV_DISABLE = "LORA_PLATFORM_STOCK_CPU_LORA"
 """Set to 1 to leave vLLM's own CPU LoRA ops in place (register() then changes nothing)."""
@@ -498,6 +498,7 @@ def register() -> None:
         wrapper = make_wrapper_class()
         wrapper._lora_platform = True  # type: ignore[attr-defined]
         punica_cpu.PunicaWrapperCPU = wrapper  # type: ignore[attr-defined]
+    lora_slots.install()
     _ACTIVE = True
     from vllm.platforms import current_platform
 
