@@ -10,8 +10,8 @@ load of a version from the registry activates it at once, vLLM's add_adapter) or
 request's adapter is not the oldest. Each activation copies the adapter into every LoRA layer
 (vLLM's set_lora) and re-packs the slot for the compiled op (lora_kernel.PackedLayer.repack), on
 the engine loop. Two changes, measured on the 64-adapter scenario of loadtests/bench.py (power-law
-popularity, 8 slots, 16 in CPU memory), where 594 activations per 1000 requests were needed and 2029
-were made:
+popularity, 8 slots, 16 in CPU memory) vLLM made 2029 activations per 1000 requests where steps
+needed 594 (every load from the registry set off a chain of them); with both, 421, all needed:
 - a step touches its adapters that are in a slot first, so the oldest slots are ones it does not
   use: one activation per adapter new to the slots, as LRU intends;
 - `add_lora` puts the adapter in vLLM's CPU cache only (read from disk, LRU there as before); it
