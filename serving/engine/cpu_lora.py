@@ -13,6 +13,9 @@ into the compiled op of lora_kernel.py (CompiledLoRA: every slice and adapter ro
 otherwise on the torch path (TorchLoRA: two matrix products for one adapter, slices fused, or two
 `bmm` over padded row segments for several adapters).
 
+It also installs lora_slots.py: a step evicts only adapter slots it does not use, and add_lora
+leaves the slots alone.
+
 `register()` runs in every vLLM process of the environment (the engine core and its workers load
 general plugins), so the patch is active wherever the model runs, a user's own `vllm serve`
 included; it logs one line saying so. LORA_PLATFORM_STOCK_CPU_LORA=1 switches it off.
@@ -24,7 +27,7 @@ import logging
 import os
 from typing import Any
 
-from serving.engine import lora_kernel
+from serving.engine import lora_kernel, lora_slots
 
 ENV_DISABLE = "LORA_PLATFORM_STOCK_CPU_LORA"
 """Set to 1 to leave vLLM's own CPU LoRA ops in place (register() then changes nothing)."""
@@ -498,6 +501,7 @@ def register() -> None:
         wrapper = make_wrapper_class()
         wrapper._lora_platform = True  # type: ignore[attr-defined]
         punica_cpu.PunicaWrapperCPU = wrapper  # type: ignore[attr-defined]
+    lora_slots.install()
     _ACTIVE = True
     from vllm.platforms import current_platform
 

@@ -170,25 +170,26 @@ class PackedLayer:
         self.repack(range(slots))
 
     def repack(self, slots: Any) -> None:
-        import torch
+        """Copy the adapters now in `slots` from vLLM's stacked weights into the packed buffers: one
+        strided copy per slice and matrix, no temporaries (a slot activation re-packs every layer)."""
+        for slot in slots:
+            a = self.a[slot].view(self.k2, self.rt, 2)  # [K2, RT, 2]: pairs of K next to each other
+            for i, w in enumerate(self.a_stacked):
+                _pairs_into(a[:, i * self.r : i * self.r + self.rank], w[slot, 0].t())
+            off = 0
+            for w, n, npad in zip(self.b_stacked, self.n, self.npad, strict=True):
+                b = self.b[slot, off : off + self.r * npad].view(self.r // 2, npad, 2)  # [r/2, npad, 2]
+                _pairs_into(b[:, :n], w[slot, 0, :n].t())
+                off += self.r * npad
 
-        slots = list(slots)
-        if not slots:
-            return
-        idx = torch.tensor(slots)
-        k, r, rank, rt, k2 = self.k, self.r, self.rank, self.rt, self.k2
-        a = torch.zeros(len(slots), 2 * k2, rt, dtype=torch.bfloat16)
-        for i, w in enumerate(self.a_stacked):
-            a[:, :k, i * r : i * r + rank] = w[idx, 0].transpose(1, 2)
-        # [n, 2*K2, RT] -> [n, K2, RT, 2]: pairs of K next to each other, as VDPBF16PS and AMX read
-        self.a[idx] = a.view(len(slots), k2, 2, rt).transpose(2, 3).reshape(len(slots), -1)
-        blocks = []
-        for w, n, npad in zip(self.b_stacked, self.n, self.npad, strict=True):
-            b = torch.zeros(len(slots), r, npad, dtype=torch.bfloat16)
-            b[:, :rank, :n] = w[idx, 0, :n].transpose(1, 2)
-            # [n, r, npad] -> [n, r/2, npad, 2]
-            blocks.append(b.view(len(slots), r // 2, 2, npad).transpose(2, 3).reshape(len(slots), -1))
-        self.b[idx] = torch.cat(blocks, 1)
+
+def _pairs_into(dst: Any, src: Any) -> None:
+    """dst[i // 2, j, i % 2] = src[i, j] for every row i of src (dst: [rows/2 rounded up, cols, 2];
+    an odd last row fills only the first of its pair, whose other half stays zero)."""
+    even = src.shape[0] // 2 * 2
+    dst[: even // 2].copy_(src[:even].unflatten(0, (even // 2, 2)).transpose(1, 2))
+    if even < src.shape[0]:
+        dst[even // 2, :, 0].copy_(src[even])
 
 
 def bfloat16() -> Any:

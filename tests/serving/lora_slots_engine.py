@@ -1,0 +1,77 @@
+"""Run by test_lora_slots.py in a subprocess: a vLLM engine (in-process engine core) on the tiny
+model with two LoRA slots and three adapters. Batches of two adapters take turns; a third adapter
+is also added between steps (what our server's load from the registry does). Prints JSON: per
+batch, the slot activations vLLM logged and the adapters new to the slots; and the outputs of
+the first batch, asked for again at the end."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+
+os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # engine core in this process: its log is visible
+
+
+class Activations(logging.Handler):
+    """Counts vLLM's "Activating LoRA" debug lines (one per adapter copied into a slot)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.count += record.getMessage().startswith("Activating LoRA")
+
+
+def main() -> None:
+    from vllm import LLM, SamplingParams
+    from vllm.lora.request import LoRARequest
+
+    base, *paths = sys.argv[1:5]
+    llm = LLM(
+        model=base,
+        enable_lora=True,
+        max_loras=2,
+        max_cpu_loras=3,
+        max_lora_rank=8,
+        max_model_len=256,
+        max_num_seqs=8,
+        kv_cache_memory_bytes=256 << 20,
+        enforce_eager=True,
+        seed=0,
+    )
+    counter = Activations()
+    manager_log = logging.getLogger("vllm.lora.model_manager")
+    manager_log.addHandler(counter)
+    manager_log.setLevel(logging.DEBUG)
+    sp = SamplingParams(max_tokens=6, temperature=0)
+    prompts = ["The order arrived late", "Reset my password"]
+    a, b, c = (LoRARequest(name, i + 1, p) for i, (name, p) in enumerate(zip("abc", paths, strict=True)))
+    slots: set[str] = set()
+    batches = []
+
+    def gen(pair: list[LoRARequest]) -> list[list[int]]:
+        counter.count = 0
+        outs = llm.generate(prompts, sp, lora_request=pair, use_tqdm=False)
+        new = {r.lora_name for r in pair} - slots
+        slots.intersection_update(r.lora_name for r in pair)
+        slots.update(r.lora_name for r in pair)
+        batches.append(
+            {"adapters": [r.lora_name for r in pair], "activations": counter.count, "new": len(new)}
+        )
+        return [list(o.outputs[0].token_ids) for o in outs]
+
+    first = gen([a, b])
+    llm.llm_engine.add_lora(c)  # our server's load: c into vLLM's CPU cache
+    again = gen([a, b])
+    # every change of one adapter, both ways: whatever order vLLM visits a step's adapters in, one
+    # of these finds the adapter it keeps in the least recently used slot
+    for pair in ([b, c], [c, a], [a, b], [c, a], [b, c], [a, b]):
+        gen(pair)
+    print("RESULT " + json.dumps({"batches": batches, "first": first, "again": again}))
+
+
+if __name__ == "__main__":
+    main()
