@@ -501,9 +501,11 @@ def register() -> None:
         wrapper = make_wrapper_class()
         wrapper._lora_platform = True  # type: ignore[attr-defined]
         punica_cpu.PunicaWrapperCPU = wrapper  # type: ignore[attr-defined]
-    lora_slots.install()
-    _ACTIVE = True
     from vllm.platforms import current_platform
+
+    if current_platform.is_cpu():  # measured on CPU only; GPUs keep vLLM's slot handling
+        lora_slots.install()
+    _ACTIVE = True
 
     # the compiled op, built here if `make setup` did not; None where it cannot run
     kernel = lora_kernel.load() if current_platform.is_cpu() else None
