@@ -141,17 +141,13 @@ def app_builder(args: dict[str, Any]) -> Application:
 
 
 @contextmanager
-def engine_replicas(settings: ServeSettings) -> Iterator[tuple[ServeSettings, DeploymentHandle[Any]]]:
-    """The engine replicas deployed on Ray (the cluster at `ray_address`, or a local instance)
-    without Ray's HTTP proxy, for a router app in this process: the settings with pins resolved,
-    and the handle. On exit the application is deleted (and a local Ray stopped)."""
+def on_ray(settings: ServeSettings, **serve_options: Any) -> Iterator[None]:
+    """Ray (the cluster at `ray_address`, or a local instance) with Serve started; on exit the
+    application is deleted (and a local Ray stopped)."""
     ray.init(address=settings.ray_address, include_dashboard=False)
     try:
-        serve.start(proxy_location="Disabled")
-        settings = pin_versions(settings)
-        handle: DeploymentHandle[Any] = serve.run(engines_app(settings), name=APP_NAME, route_prefix=None)
-        log.warning("%s engine replicas on Ray Serve", settings.replicas)
-        yield settings, handle
+        serve.start(**serve_options)
+        yield
     finally:
         serve.delete(APP_NAME)
         if settings.ray_address is None:
@@ -159,23 +155,26 @@ def engine_replicas(settings: ServeSettings) -> Iterator[tuple[ServeSettings, De
         ray.shutdown()
 
 
+@contextmanager
+def engine_replicas(settings: ServeSettings) -> Iterator[tuple[ServeSettings, DeploymentHandle[Any]]]:
+    """The engine replicas deployed on Ray without Ray's HTTP proxy, for a router app in this
+    process: the settings with pins resolved, and the handle."""
+    with on_ray(settings, proxy_location="Disabled"):
+        settings = pin_versions(settings)
+        handle: DeploymentHandle[Any] = serve.run(engines_app(settings), name=APP_NAME, route_prefix=None)
+        log.warning("%s engine replicas on Ray Serve", settings.replicas)
+        yield settings, handle
+
+
 def run(settings: ServeSettings) -> None:
-    """`--ingress ray`: deploy the Router and the engine replicas on Ray (the cluster at
-    `ray_address`, or a local instance), Ray's HTTP proxy on host:port, until SIGINT/SIGTERM; then
-    delete the application (and stop a local Ray)."""
-    ray.init(address=settings.ray_address, include_dashboard=False)
+    """`--ingress ray`: deploy the Router and the engine replicas on Ray, Ray's HTTP proxy on
+    host:port, until SIGINT/SIGTERM; then delete the application (and stop a local Ray)."""
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    try:
-        serve.start(http_options={"host": settings.host, "port": settings.port})
+    with on_ray(settings, http_options={"host": settings.host, "port": settings.port}):
         serve.run(build(settings), name=APP_NAME, route_prefix="/")
         log.warning(
             "serving on http://%s:%d with %s engine replicas", settings.host, settings.port, settings.replicas
         )
         stop.wait()
-    finally:
-        serve.delete(APP_NAME)
-        if settings.ray_address is None:
-            serve.shutdown()  # type: ignore[no-untyped-call]
-        ray.shutdown()
