@@ -6,30 +6,39 @@ from __future__ import annotations
 import json
 import os
 import sys
+from typing import Any
 
 os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # engine core in this process: the kernel is visible
 
 
+def tiny_lora_llm(base: str, **options: object) -> Any:
+    """A small LoRA-enabled vLLM `LLM` on the tiny model at `base` (rank 8, 8 sequences, 256 MiB of
+    KV cache, eager, seeded); `options` adds or overrides engine arguments (slots, dtype)."""
+    from vllm import LLM
+
+    return LLM(
+        **{
+            "model": base,
+            "enable_lora": True,
+            "max_lora_rank": 8,
+            "max_model_len": 256,
+            "max_num_seqs": 8,
+            "kv_cache_memory_bytes": 256 << 20,
+            "enforce_eager": True,
+            "seed": 0,
+            **options,
+        }
+    )
+
+
 def main() -> None:
-    from vllm import LLM, SamplingParams
+    from vllm import SamplingParams
     from vllm.lora.request import LoRARequest
 
     from serving.engine import cpu_lora, lora_kernel
 
     base, first, second = sys.argv[1:4]
-    llm = LLM(
-        model=base,
-        dtype="bfloat16",
-        enable_lora=True,
-        max_loras=1,
-        max_cpu_loras=1,
-        max_lora_rank=8,
-        max_model_len=256,
-        max_num_seqs=8,
-        kv_cache_memory_bytes=256 << 20,
-        enforce_eager=True,
-        seed=0,
-    )
+    llm = tiny_lora_llm(base, max_loras=1, max_cpu_loras=1, dtype="bfloat16")
     sp = SamplingParams(max_tokens=12, temperature=0)
     prompts = ["The order arrived late", "Reset my password", "Where is my refund?", "Hello there"]
 

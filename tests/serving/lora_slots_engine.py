@@ -26,22 +26,13 @@ class Activations(logging.Handler):
 
 
 def main() -> None:
-    from vllm import LLM, SamplingParams
+    from vllm import SamplingParams
     from vllm.lora.request import LoRARequest
 
+    from tests.serving.bf16_engine import tiny_lora_llm
+
     base, *paths = sys.argv[1:5]
-    llm = LLM(
-        model=base,
-        enable_lora=True,
-        max_loras=2,
-        max_cpu_loras=3,
-        max_lora_rank=8,
-        max_model_len=256,
-        max_num_seqs=8,
-        kv_cache_memory_bytes=256 << 20,
-        enforce_eager=True,
-        seed=0,
-    )
+    llm = tiny_lora_llm(base, max_loras=2, max_cpu_loras=3)
     counter = Activations()
     manager_log = logging.getLogger("vllm.lora.model_manager")
     manager_log.addHandler(counter)
