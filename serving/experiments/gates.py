@@ -7,7 +7,7 @@ Every gate gives one of three outcomes on the evidence of a step:
 - inconclusive: neither yet (more data is needed).
 
 Kinds: `pt` gates compare proportions (absolute difference in points, 1pt = 0.01; normal
-approximation, unpooled for the margin, the pooled two-proportion z-test for "worse"); `x` gates
+approximation, unpooled, for the margin; Fisher's exact test for "worse"); `x` gates
 compare distributions on a ratio scale (Mann-Whitney U against the baseline scaled by the margin,
 reported as the ratio of the percentiles); `score` compares means (Welch).
 """
@@ -215,9 +215,11 @@ def _proportions(gate: Gate, xa: int, na: int, xb: int, nb: int) -> GateResult:
     d = worse_sign * (pb - pa)  # how much worse the candidate is, as a proportion
     margin = worse_sign * gate.limit / 100
     value = (pb - pa) * 100
-    test = stats.two_proportion_z(xa, na, xb, nb)
-    assert test is not None
-    p_worse = stats.normal_sf(worse_sign * test.statistic) if test.p_value < 1 else 1.0
+    # exact: a handful of events (one empty answer) must not look significant against many zeros
+    if worse_sign > 0:
+        p_worse = stats.fisher_greater(xa, na, xb, nb)
+    else:
+        p_worse = stats.fisher_greater(na - xa, na, nb - xb, nb)
     if d > margin and p_worse < ALPHA:
         return GateResult(gate.name, "fail", value, gate.limit, p_worse)
     se = math.sqrt(pa * (1 - pa) / na + pb * (1 - pb) / nb)

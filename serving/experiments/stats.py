@@ -84,6 +84,25 @@ def two_proportion_z(x1: int, n1: int, x2: int, n2: int) -> Test | None:
     return Test("two-proportion z-test", z, two_sided_p(z) if se else 1.0, p2 - p1)
 
 
+def fisher_greater(x1: int, n1: int, x2: int, n2: int) -> float:
+    """One-sided Fisher exact p of "group 2's proportion is higher than group 1's": P(X >= x2) for
+    X hypergeometric (x1 + x2 successes among n1 + n2, n2 drawn). Exact where the normal
+    approximation is not: with few events (one empty answer in 38 is no evidence, whatever n1)."""
+    k, n = x1 + x2, n1 + n2
+    if n1 == 0 or n2 == 0:
+        return 1.0
+
+    def log_pmf(i: int) -> float:
+        return _log_choose(k, i) + _log_choose(n - k, n2 - i) - _log_choose(n, n2)
+
+    top = min(k, n2)
+    return min(1.0, sum(math.exp(log_pmf(i)) for i in range(max(x2, k - n1, 0), top + 1)))
+
+
+def _log_choose(n: int, k: int) -> float:
+    return math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
+
+
 def welch_z(a: Sequence[float], b: Sequence[float]) -> Test | None:
     if len(a) < 2 or len(b) < 2:
         return None

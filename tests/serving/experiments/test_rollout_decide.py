@@ -48,6 +48,16 @@ def test_a_candidate_that_errors_fails_on_error_rate() -> None:
     assert "error_rate +25.00pt" in d.reason and "p=" in d.reason
 
 
+def test_one_empty_answer_against_many_clean_ones_is_no_reason_to_roll_back() -> None:
+    # seen in a real rollout: at the last step 1 empty completion in 38 candidate requests against
+    # 0 in 300 baseline ones made the normal approximation "significant" (p=0.0024): rolled back
+    d = decide(SPEC, 2, ev(sample(300), replace(sample(38), empty=1)))
+    assert d.numbers["gates"]["empty_rate"]["outcome"] != "fail", d.reason
+    assert d.kind != "fail", d.reason
+    many = decide(SPEC, 2, ev(sample(300), replace(sample(38), empty=6)))  # 16% empty: a real problem
+    assert many.kind == "fail" and "empty_rate" in many.reason
+
+
 def test_worse_feedback_fails_on_thumbs_up() -> None:
     d = decide(SPEC, 1, ev(sample(100, thumbs_up=0.9), sample(100, thumbs_up=0.4)))
     assert d.kind == "fail" and "thumbs_up" in d.reason and "error_rate" not in d.reason

@@ -42,3 +42,11 @@ def test_percentiles_interpolate_like_numpy() -> None:
     assert abstats.percentile([1, 2, 3, 4], 50) == 2.5
     assert abstats.percentile([10, 20, 30, 40, 50], 95) == pytest.approx(48)
     assert abstats.percentile([], 50) is None
+
+
+def test_fisher_exact_one_sided_hand_computed() -> None:
+    # 1/4 vs 3/4: P(X >= 3) = (C(4,3)C(4,1) + C(4,4)C(4,0)) / C(8,4) = 17/70
+    assert abstats.fisher_greater(1, 4, 3, 4) == pytest.approx(17 / 70)
+    # one event in 38 against none in 300: the one event lands in the 38 with probability 38/338
+    assert abstats.fisher_greater(0, 300, 1, 38) == pytest.approx(38 / 338)
+    assert abstats.fisher_greater(3, 4, 1, 4) == pytest.approx(69 / 70)
