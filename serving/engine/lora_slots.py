@@ -16,6 +16,9 @@ needed 594 (every load from the registry set off a chain of them); with both, 42
   use: one activation per adapter new to the slots, as LRU intends;
 - `add_lora` puts the adapter in vLLM's CPU cache only (read from disk, LRU there as before); it
   takes a slot when a step asks for it, instead of evicting one a running request may be using.
+And every activation tells the CPU punica wrapper which LoRAModel a slot now holds (`slot_filled`),
+so the compiled op packs an adapter once and copies its packed blocks when it comes back
+(cpu_lora.CompiledLoRA).
 """
 
 from __future__ import annotations
@@ -48,8 +51,22 @@ def load_into_cpu_cache(worker: Any, request: Any) -> bool:
         return bool(manager.add_adapter(lora))
 
 
+def tell_wrappers(manager: Any, lora_id: int) -> None:
+    """After vLLM's manager copied adapter `lora_id` into a slot: tell its punica wrappers which
+    LoRAModel the slot now holds (the CPU wrapper keeps that adapter's packed weights with it)."""
+    slot = manager.lora_index_to_id.index(lora_id)
+    adapter = manager._registered_adapters.get(lora_id)
+    wrappers = {id(w): w for w in getattr(manager, "punica_wrapper_mapping", {}).values()}
+    for wrapper in wrappers.values():
+        filled = getattr(wrapper, "slot_filled", None)
+        if filled is not None and adapter is not None:
+            filled(slot, adapter)
+
+
 def install() -> None:
-    """Patch vLLM's LRU worker manager and the model runner's add_lora (once per process)."""
+    """Patch vLLM's LRU worker manager, its model manager's activation and the model runner's
+    add_lora (once per process)."""
+    from vllm.lora.model_manager import LoRAModelManager
     from vllm.lora.worker_manager import LRUCacheWorkerLoRAManager
     from vllm.v1.worker.lora_model_runner_mixin import LoRAModelRunnerMixin
 
@@ -57,6 +74,7 @@ def install() -> None:
         return
     apply_adapters = LRUCacheWorkerLoRAManager._apply_adapters
     add_lora = LoRAModelRunnerMixin.add_lora
+    activate_adapter = LoRAModelManager.activate_adapter
 
     def _apply_adapters(self: Any, lora_requests: set[Any]) -> None:
         slots = getattr(self._adapter_manager, "_active_adapters", None)
@@ -69,6 +87,13 @@ def install() -> None:
             return bool(add_lora(self, lora_request))
         return load_into_cpu_cache(self.lora_manager, lora_request)
 
+    def _activate_adapter(self: Any, lora_id: int) -> bool:
+        activated = bool(activate_adapter(self, lora_id))
+        if activated:
+            tell_wrappers(self, lora_id)
+        return activated
+
     LRUCacheWorkerLoRAManager._apply_adapters = _apply_adapters  # type: ignore[method-assign]
+    LoRAModelManager.activate_adapter = _activate_adapter  # type: ignore[method-assign]
     LoRAModelRunnerMixin.add_lora = _add_lora  # type: ignore[method-assign]
     LRUCacheWorkerLoRAManager._lora_platform_slots = True  # type: ignore[attr-defined]

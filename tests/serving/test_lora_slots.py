@@ -18,7 +18,9 @@ TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 
 
 @pytest.mark.slow
-def test_a_step_activates_only_adapters_new_to_the_slots(tmp_path: Path, tiny_base: Any) -> None:
+def test_a_step_activates_only_adapters_new_to_the_slots_and_packs_each_once(
+    tmp_path: Path, tiny_base: Any
+) -> None:
     ranks = {"a": 8, "b": 4, "c": 2}
     adapters = [str(random_adapter(tmp_path / name, rank, TARGETS)) for name, rank in ranks.items()]
     proc = subprocess.run(
@@ -35,3 +37,8 @@ def test_a_step_activates_only_adapters_new_to_the_slots(tmp_path: Path, tiny_ba
     # evicts the one it does not use (vLLM's order also evicted, and re-activated, the other)
     assert [b["activations"] for b in out["batches"]] == [b["new"] for b in out["batches"]], out["batches"]
     assert out["again"] == out["first"], "each adapter must still give its own outputs"
+    assert all(len({json.dumps(t) for t in ts}) == 1 for ts in out["outputs"].values()), out["outputs"]
+    stats = out["stats"]
+    if stats["compiled"]:  # each adapter is packed for the compiled op once; later activations copy
+        assert stats["slot_copies"] >= stats["layers_bound"], stats
+        assert stats["slot_packs"] <= len(ranks) * stats["layers_bound"], stats
