@@ -54,13 +54,14 @@ def load_into_cpu_cache(worker: Any, request: Any) -> bool:
 def tell_wrappers(manager: Any, lora_id: int) -> None:
     """After vLLM's manager copied adapter `lora_id` into a slot: tell its punica wrappers which
     LoRAModel the slot now holds (the CPU wrapper keeps that adapter's packed weights with it)."""
-    slot = manager.lora_index_to_id.index(lora_id)
     adapter = manager._registered_adapters.get(lora_id)
+    if adapter is None:
+        return
+    slot = manager.lora_index_to_id.index(lora_id)
     wrappers = {id(w): w for w in getattr(manager, "punica_wrapper_mapping", {}).values()}
     for wrapper in wrappers.values():
-        filled = getattr(wrapper, "slot_filled", None)
-        if filled is not None and adapter is not None:
-            filled(slot, adapter)
+        if hasattr(wrapper, "slot_filled"):
+            wrapper.slot_filled(slot, adapter)
 
 
 def install() -> None:
