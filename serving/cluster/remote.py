@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import Counter
 from collections.abc import AsyncGenerator, Iterator
@@ -91,12 +92,16 @@ class RemoteEngine(Engine):
         pinned: tuple[str, ...] = (),
     ) -> None:
         self.handle, self.base, self.multiplex = handle, base, multiplex
-        self.streaming = handle.options(stream=True)
+        try:  # by value, over Ray Serve's gRPC transport: 1.3 ms a call here instead of 3 ms
+            self.streaming = handle.options(stream=True, _by_reference=False)
+        except TypeError:  # a Ray Serve without that (private) option: Ray's actor calls
+            self.streaming = handle.options(stream=True)
         self.pinned = frozenset(pinned)
         """Versions every replica loaded at start (`--pin`): routed to the least loaded replica."""
         self.book = ReplicaBook()
         self._tokenizer: Any = None
         self._running = 0
+        self._draining: set[asyncio.Future[None]] = set()
 
     async def start(self) -> None:
         from transformers import AutoTokenizer
@@ -126,7 +131,8 @@ class RemoteEngine(Engine):
         self._running += 1
         try:
             for attempt in (1, 2):
-                sent = False
+                sent = drained = False
+                finished: set[int] = set()
                 stream = handle.generate.remote(request_id, model_id, prompt_ids, params)
                 assert isinstance(stream, DeploymentResponseGenerator)
                 try:
@@ -137,7 +143,13 @@ class RemoteEngine(Engine):
                         sent = True
                         for delta in item:  # a replica's clock may be another host's
                             delta.times = None
+                            if delta.finish_reason is not None:
+                                finished.add(delta.index)
                         yield item
+                        if len(finished) == params.n:  # answer now: the stream's end comes later
+                            drained = True
+                            self.drain(stream)
+                            return
                     return
                 except REPLICA_GONE as exc:
                     if sent or attempt == 2:
@@ -147,9 +159,23 @@ class RemoteEngine(Engine):
                         ) from exc
                     log.warning("engine replica gone before answering %s; retrying", request_id)
                 finally:
-                    stream.cancel()  # type: ignore[no-untyped-call] # a no-op when it finished; aborts the replica's request otherwise
+                    if not drained:  # a no-op when it finished; aborts the replica's request otherwise
+                        stream.cancel()  # type: ignore[no-untyped-call]
         finally:
             self._running -= 1
+
+    def drain(self, stream: DeploymentResponseGenerator[Any]) -> None:
+        """Read a finished request's stream to its end in the background (the replica sends its
+        end after the last delta: the client need not wait for it)."""
+
+        async def read() -> None:
+            with contextlib.suppress(Exception):  # the answer is out; nothing is lost
+                async for _ in stream:
+                    pass
+
+        task = asyncio.ensure_future(read())
+        self._draining.add(task)
+        task.add_done_callback(self._draining.discard)
 
     async def check_health(self) -> None:
         """The router stays up; Ray Serve replaces engine replicas whose health check fails."""

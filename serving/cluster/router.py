@@ -111,6 +111,8 @@ def engines_app(settings: ServeSettings, routing: Routing = "affinity") -> Appli
         "max_ongoing_requests": settings.max_num_seqs,
         "health_check_period_s": 2,
         "health_check_timeout_s": 30,
+        # the router logs every request; a line per call here too would only travel to each driver
+        "logging_config": {"enable_access_log": False},
     }
     if routing == "affinity":
         replica_options["request_router_config"] = {
