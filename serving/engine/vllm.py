@@ -15,6 +15,8 @@ from serving.engine.base import AdapterHandle, Delta, Engine, EngineTimes, GenPa
 from serving.errors import AdapterLoadError, BadRequestError, EngineDeadError
 from serving.settings import ServeSettings
 
+SLOT_AWARE_SCHEDULER = "serving.engine.lora_admission.SlotAwareScheduler"
+
 
 class VLLMEngine(Engine):
     name = "vllm"
@@ -51,6 +53,8 @@ class VLLMEngine(Engine):
             enforce_eager=True,
             seed=0,
             trust_remote_code=False,
+            # CPU: slot-aware admission (the GPU path keeps vLLM's asynchronous scheduler)
+            scheduler_cls=SLOT_AWARE_SCHEDULER if current_platform.is_cpu() else None,
         )
         self.llm = AsyncLLM.from_engine_args(args)
 
