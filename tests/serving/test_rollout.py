@@ -390,11 +390,19 @@ def test_two_replicas_one_controller_acts_and_a_killed_holder_is_replaced(pair: 
         wait_until(lambda: ro.get(pair.registry(), "duo").step >= 1, 40)
         first = ro.lease_holder(pair.registry(), time.time())
         assert first is not None
-        port = first.rsplit(":", 1)[1]
-        os.kill(int(first.split(":")[1]), signal.SIGKILL)  # the leaseholder dies mid-rollout
+        pid = int(first.split(":")[1])
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+        port = argv[argv.index("--port") + 1]
+        os.kill(pid, signal.SIGKILL)  # the leaseholder dies mid-rollout
         killed = time.time()
         traffic.urls[:] = [u for u in pair.urls if not u.endswith(f":{port}")]
-        wait_until(lambda: state(pair, "duo") == "promoted", 50)
+        assert len(traffic.urls) == 1  # users now reach the other replica only
+        try:
+            wait_until(lambda: state(pair, "duo") == "promoted", 50)
+        except AssertionError:
+            timeline(pair, "duo")
+            print("traffic:", dict(traffic.statuses), "feedback refused:", traffic.feedback_refused)
+            raise
         traffic.thumbs = None
     events = timeline(pair, "duo")
     acts = [e for e in events if e.decision in ("preflight-ok", "advance", "promote")]
