@@ -13,6 +13,7 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 from registry.basemodels import BaseModel
+from serving.engine import lora_kernel
 from serving.engine.base import AdapterHandle, Delta, Engine, GenParams
 from serving.errors import AdapterLoadError, EngineDeadError
 from serving.settings import ServeSettings
@@ -38,7 +39,10 @@ class PeftEngine(Engine):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "auto": "auto"}[self.settings.dtype]
+        setting = (
+            self.settings.dtype if torch.cuda.is_available() else lora_kernel.cpu_dtype(self.settings.dtype)
+        )
+        dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "auto": "auto"}[setting]
         self._tokenizer = AutoTokenizer.from_pretrained(self.base.path)
         if self._tokenizer.pad_token is None:
             self._tokenizer.pad_token = self._tokenizer.eos_token
