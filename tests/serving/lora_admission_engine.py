@@ -1,14 +1,8 @@
 """Run by test_lora_admission.py in a subprocess: a vLLM engine (in-process engine core) on the tiny
 model with two LoRA slots, the scheduler our server sets on CPU (or vLLM's with `stock`), stepped
-one step at a time on a virtual clock (STEP_S per step: requests' arrival times and the scheduler's
-clock), so waits in seconds are the same on any machine. Prints JSON: per request, the step of its
-first token, the step it finished, its token count and its token ids.
-
-Scenarios:
-- `drain`: adapters x and y run (x further along); then a request for z, which needs a slot,
-  arrives before more requests for x and y (the bounded slot wait is off).
-- `preempt`: x and y run long requests; z arrives and waits for a slot (bounded slot wait 0.5 s).
-"""
+one step at a time. Adapters x and y run (x further along); then a request for z, which needs a
+slot, arrives before more requests for x and y. Prints JSON: per request, the step of its first
+token and the step it finished, and its token count."""
 
 from __future__ import annotations
 
@@ -18,9 +12,6 @@ import sys
 
 os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # engine core in this process, stepped by hand
 
-STEP_S = 0.1
-SLOT_WAIT_S = 0.5
-
 
 def main() -> None:
     from vllm import SamplingParams
@@ -29,30 +20,19 @@ def main() -> None:
     from serving.engine.vllm import SLOT_AWARE_SCHEDULER
     from tests.serving.bf16_engine import tiny_lora_llm
 
-    base, mode, scenario, *paths = sys.argv[1:7]
-    scheduler = None if mode == "stock" else SLOT_AWARE_SCHEDULER
-    wait = SLOT_WAIT_S if scenario == "preempt" else None
-    llm = tiny_lora_llm(
-        base,
-        max_loras=2,
-        max_cpu_loras=3,
-        dtype="float32",
-        scheduler_cls=scheduler,
-        additional_config={"lora_slot_wait_s": wait},
-    )
+    base, stock, *paths = sys.argv[1:6]
+    scheduler = None if stock == "stock" else SLOT_AWARE_SCHEDULER
+    llm = tiny_lora_llm(base, max_loras=2, max_cpu_loras=3, dtype="float32", scheduler_cls=scheduler)
     engine = llm.llm_engine
-    step = 0
-    if scheduler is not None:
-        engine.engine_core.engine_core.scheduler.clock = lambda: step * STEP_S
     x, y, z = (LoRARequest(name, i + 1, p) for i, (name, p) in enumerate(zip("xyz", paths, strict=True)))
     first: dict[str, int] = {}
     finished: dict[str, int] = {}
-    tokens: dict[str, list[int]] = {}
+    tokens: dict[str, int] = {}
+    step = 0
 
     def add(request_id: str, lora: LoRARequest, max_tokens: int) -> None:
         sp = SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=True)
-        prompt = f"Request {request_id} for the support team"
-        engine.add_request(request_id, prompt, sp, arrival_time=step * STEP_S, lora_request=lora)
+        engine.add_request(request_id, f"Request {request_id} for the support team", sp, lora_request=lora)
 
     def run(steps: int) -> None:
         nonlocal step
@@ -65,23 +45,16 @@ def main() -> None:
                     first.setdefault(out.request_id, step)
                 if out.finished:
                     finished[out.request_id] = step
-                    tokens[out.request_id] = list(out.outputs[0].token_ids)
+                    tokens[out.request_id] = len(out.outputs[0].token_ids)
 
-    if scenario == "drain":
-        add("x1", x, 6)
-        run(2)
-        add("y1", y, 16)
-        run(1)
-        add("z1", z, 2)  # both slots are taken: z waits for one
-        for request_id, lora in (("x2", x), ("x3", x), ("y2", y)):
-            add(request_id, lora, 16)
-    else:
-        add("x1", x, 40)
-        run(1)
-        add("y1", y, 40)
-        run(2)
-        add("z1", z, 4)  # both slots are taken for about 40 steps
-    run(300)
+    add("x1", x, 6)
+    run(2)
+    add("y1", y, 16)
+    run(1)
+    add("z1", z, 2)  # both slots are taken: z waits for one
+    for request_id, lora in (("x2", x), ("x3", x), ("y2", y)):
+        add(request_id, lora, 16)
+    run(200)
     print("RESULT " + json.dumps({"first": first, "finished": finished, "tokens": tokens}))
 
 
