@@ -53,6 +53,7 @@ from loadtests.common import (
     server_process,
     summarize,
 )
+from serving.engine.lora_kernel import cpu_dtype
 
 SCENARIOS = {"base": "base", "1 adapter": "one", "8 adapters": "uniform"}
 PORTS = {"ours": 0, "vllm": 1, "peft": 2, "llamacpp": 3}
@@ -108,6 +109,10 @@ def server_commands(
             "--max-loras",
             str(max_loras),
             "--enforce-eager",
+            # the dtype ours runs with --dtype auto (float32 on CPUs without bf16 instructions,
+            # where vLLM's own default, the model's bf16, is emulated)
+            "--dtype",
+            cpu_dtype("auto"),
             "--lora-modules",
             *modules,
             *common,
