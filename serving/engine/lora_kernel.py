@@ -58,7 +58,7 @@ def _cpu_flags() -> set[str]:
     except OSError:
         return set()
     for line in text.splitlines():
-        if line.startswith("flags"):
+        if line.startswith(("flags", "Features")):  # x86, ARM
             return set(line.split(":", 1)[1].split())
     return set()
 
@@ -77,11 +77,12 @@ Dtype = Literal["auto", "float32", "bfloat16"]
 
 def cpu_dtype(setting: Dtype, flags: set[str] | None = None) -> Dtype:
     """The dtype a CPU engine runs for the `--dtype` setting: `auto` (the model's own, bf16 for
-    SmolLM2) becomes float32 on a CPU without bf16 instructions (no AVX512-BF16 or AMX-BF16: AVX2
-    machines such as AMD Zen 2/3), where bf16 products are emulated: 3.5x slower than float32 on
-    SmolLM2-135M (README). An explicit dtype is kept."""
+    SmolLM2) becomes float32 on a CPU without bf16 instructions (x86 without AVX512-BF16 or
+    AMX-BF16, such as AMD Zen 2/3; ARM without BF16), where bf16 products are emulated: 3.5x slower
+    than float32 on SmolLM2-135M (README). An explicit dtype is kept, and so is `auto` where the
+    CPU's features cannot be read (no /proc/cpuinfo)."""
     flags = _cpu_flags() if flags is None else flags
-    if setting == "auto" and not {"avx512_bf16", "amx_bf16"} & flags:
+    if setting == "auto" and flags and not {"avx512_bf16", "amx_bf16", "bf16"} & flags:
         return "float32"
     return setting
 
