@@ -83,6 +83,7 @@ def cpu_dtype(setting: Dtype, flags: set[str] | None = None) -> Dtype:
     CPU's features cannot be read (no /proc/cpuinfo)."""
     flags = _cpu_flags() if flags is None else flags
     if setting == "auto" and flags and not {"avx512_bf16", "amx_bf16", "bf16"} & flags:
+        log.info("dtype auto: float32 (this CPU has no bf16 instructions)")
         return "float32"
     return setting
 

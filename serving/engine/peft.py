@@ -39,9 +39,7 @@ class PeftEngine(Engine):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        setting = (
-            self.settings.dtype if torch.cuda.is_available() else lora_kernel.cpu_dtype(self.settings.dtype)
-        )
+        setting = lora_kernel.cpu_dtype(self.settings.dtype)  # this engine always runs on the CPU
         dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "auto": "auto"}[setting]
         self._tokenizer = AutoTokenizer.from_pretrained(self.base.path)
         if self._tokenizer.pad_token is None:

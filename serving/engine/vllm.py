@@ -6,7 +6,6 @@ our tokenizer, so both engines see identical inputs.
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import AsyncGenerator
 from typing import Any
@@ -16,8 +15,6 @@ from serving.engine import lora_kernel
 from serving.engine.base import AdapterHandle, Delta, Engine, EngineTimes, GenParams, TokenLogprob
 from serving.errors import AdapterLoadError, BadRequestError, EngineDeadError
 from serving.settings import ServeSettings
-
-log = logging.getLogger("lora_platform.serving")
 
 SLOT_AWARE_SCHEDULER = "serving.engine.lora_admission.SlotAwareScheduler"
 
@@ -44,8 +41,6 @@ class VLLMEngine(Engine):
         self._tokenizer = AutoTokenizer.from_pretrained(self.base.path)
         s = self.settings
         dtype = lora_kernel.cpu_dtype(s.dtype) if current_platform.is_cpu() else s.dtype
-        if dtype != s.dtype:
-            log.info("dtype auto: float32 (this CPU has no bf16 instructions)")
         args = AsyncEngineArgs(
             model=str(self.base.path),
             served_model_name=[s.served_model_name or self.base.id],
