@@ -67,11 +67,12 @@ def test_verifying_a_large_version_ahead_does_not_block_the_event_loop(
     big = reg.push("bigahead", src.path, src.lineage, extra_files={"padding.dat": padding})
     health_ms: list[float] = []
     with httpx.Client(base_url=server.url, timeout=10) as client:
-        while metric(server.url, AHEAD) == loaded_ahead:
+        while metric(server.url, AHEAD) == loaded_ahead:  # a /metrics scrape: most of a round
             assert len(health_ms) < 2000, "the new version was not loaded ahead"
-            t = time.perf_counter()
-            client.get("/health").raise_for_status()
-            health_ms.append((time.perf_counter() - t) * 1000)
+            for _ in range(5):  # so /health is asked often while the version is verified
+                t = time.perf_counter()
+                client.get("/health").raise_for_status()
+                health_ms.append((time.perf_counter() - t) * 1000)
     took_s = metric(server.url, 'lora_adapter_load_seconds_sum{trigger="ahead"}') - load_s
     health_ms.sort()
     print(
