@@ -32,6 +32,13 @@ from cli.errors import handle_errors
     type=int,
     help="Adapters kept loaded (beyond: the fewest recently requested is evicted).",
 )
+@click.option(
+    "--lora-slot-turn",
+    "lora_slot_turn_s",
+    type=click.FloatRange(min=0),
+    help="CPU: seconds an adapter waits for a batch slot before a running one is paused for it "
+    "(default 0.5; 0: off).",
+)
 @click.option("--max-lora-rank", type=int)
 @click.option("--max-model-len", type=int)
 @click.option("--kv-cache-gb", type=float)

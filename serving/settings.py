@@ -31,6 +31,10 @@ class ServeSettings(BaseSettings):
     """Adapters in one batch (vLLM GPU/CPU slots)."""
     max_cpu_loras: int = Field(16, ge=1)
     """Adapters kept loaded; beyond, the idle one with the fewest recent requests is evicted."""
+    lora_slot_turn_s: float = Field(0.5, ge=0)
+    """CPU: once an adapter has waited this long for one of the `max_loras` slots, the running
+    requests of an adapter that has held its slot as long are paused for it (their KV cache is
+    kept; they go on when a slot is theirs again). 0: off (it waits for a slot to drain)."""
     max_lora_rank: Literal[1, 8, 16, 32, 64, 128, 256, 320, 512] = 64
     """Largest LoRA rank accepted (vLLM's allowed values); larger adapters are refused."""
     max_model_len: int | None = Field(None, ge=16)

@@ -5,18 +5,31 @@ adapter is not among the running ones while all slots are taken, and goes on adm
 requests for the running adapters, so a slot frees only when one of them happens to have no
 request left: while those adapters have steady traffic, the request waits behind every later one.
 
-`SlotAwareScheduler` holds back, while such a request waits, the waiting requests of one running
-adapter: the one whose running requests end soonest (at most their `max_tokens`; ties: the one
-with fewer requests), so it drains and its slot goes to the request that waited. Requests for the
-other running adapters and for the base model are admitted as before; held requests keep their
-place in the queue. The engine core imports it by name (vLLM's `scheduler_cls`); used with the CPU
-platform's synchronous scheduler. (On the 64-adapter benchmark it measured no change: there slots
-turn over anyway, README.)
+Drain: `SlotAwareScheduler` holds back, while such a request waits, the waiting requests of one
+running adapter: the one whose running requests end soonest (at most their `max_tokens`; ties: the
+one with fewer requests), so it drains and its slot goes to the request that waited. Requests for
+the other running adapters and for the base model are admitted as before; held requests keep their
+place in the queue.
+
+Slot turns: a drain still makes the request wait as long as the running requests last. So once an
+adapter has waited `turn_s` for a slot (`additional_config["lora_slot_turn_s"]`, default TURN_S;
+None: off) and no slot drains sooner, the running requests of one adapter that has held its slot
+at least `turn_s` are paused: they leave the running list but keep their KV cache (nothing is
+recomputed; on the CPU that cache is host memory anyway), and the adapter that waited takes the
+slot. A paused adapter waits for a slot like any other and resumes where it stopped. The adapter
+paused is the one with the fewest running requests (the step loses the fewest), then the one that
+has held its slot longest. So no request waits for its first token much longer than `turn_s`
+however many adapters are asked for at once, and the step keeps its size: a pause moves waiting
+from before a request's first token to between its tokens.
+
+The engine core imports it by name (vLLM's `scheduler_cls`); used with the CPU platform's
+synchronous scheduler.
 """
 
 from __future__ import annotations
 
 import heapq
+import time
 from collections import Counter
 from collections.abc import Iterable
 from typing import Any
@@ -24,46 +37,139 @@ from typing import Any
 from vllm.v1.core.sched.request_queue import SchedulingPolicy
 from vllm.v1.core.sched.scheduler import Scheduler
 
+TURN_S = 0.5
+"""How long an adapter waits for a slot before a running adapter is paused for it (seconds)."""
+
 
 def adapter(request: Any) -> int | None:
     lora = request.lora_request
     return lora.lora_int_id if lora is not None and lora.lora_int_id > 0 else None
 
 
+def tokens_left(running: Iterable[Any]) -> dict[int, int]:
+    """Per running adapter: the most tokens one of its running requests may still add."""
+    left: dict[int, int] = {}
+    for r in running:
+        if (a := adapter(r)) is not None:
+            left[a] = max(left.get(a, 0), r.max_tokens - r.num_output_tokens)
+    return left
+
+
 def adapter_to_drain(running: Iterable[Any], waiting: Iterable[Any], max_loras: int) -> int | None:
     """The running adapter whose waiting requests to hold back, or None when no waiting request
     needs a slot that is taken."""
-    counts: Counter[int] = Counter()
-    left: dict[int, int] = {}  # per adapter: the most tokens one of its running requests may add
-    for r in running:
-        if (a := adapter(r)) is not None:
-            counts[a] += 1
-            left[a] = max(left.get(a, 0), r.max_tokens - r.num_output_tokens)
+    running = list(running)
+    counts = Counter(a for r in running if (a := adapter(r)) is not None)
     if len(counts) < max_loras:
         return None
     if not any((a := adapter(r)) is not None and a not in counts for r in waiting):
         return None
+    left = tokens_left(running)
     return min(counts, key=lambda a: (left[a], counts[a]))
 
 
+def adapter_to_pause(running: Iterable[Any], held_since: dict[int, float], before: float) -> int | None:
+    """The running adapter to pause for one that waited: among those holding their slot since
+    `before` or earlier, the fewest running requests, then the longest held; None if none has."""
+    counts = Counter(a for r in running if (a := adapter(r)) is not None)
+    candidates = [a for a in counts if held_since.get(a, before) <= before]
+    return min(candidates, key=lambda a: (counts[a], held_since.get(a, before))) if candidates else None
+
+
 class SlotAwareScheduler(Scheduler):
-    """vLLM's scheduler with slot-aware admission (the module docstring)."""
+    """vLLM's scheduler with slot-aware admission and slot turns (the module docstring)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        extra = self.vllm_config.additional_config
+        self.turn_s: float | None = (
+            extra.get("lora_slot_turn_s", TURN_S) if isinstance(extra, dict) else TURN_S
+        )
+        self.clock = time.time  # the clock of requests' arrival_time
+        self.paused: dict[int, tuple[float, list[Any]]] = {}
+        """per paused adapter: since when, and its requests (out of `running`, KV cache kept)"""
+        self.held_since: dict[int, float] = {}
+        """per running adapter: since when it holds its slot"""
+        self.step_s = 0.0
+        """a running average of the time between steps while requests run"""
+        self._last_step: float | None = None
 
     def schedule(self, *args: Any, **kwargs: Any) -> Any:
+        now = self.clock()
+        if self.lora_config is not None and self.policy == SchedulingPolicy.FCFS:
+            self._time_step(now)
+            self._take_turns(now)
         held = self._hold_back()
         try:
-            return super().schedule(*args, **kwargs)
+            out = super().schedule(*args, **kwargs)
         finally:
             if held:
                 self._restore(held)
+        if self.lora_config is not None:
+            active = {a for r in self.running if (a := adapter(r)) is not None}
+            self.held_since = {a: self.held_since.get(a, now) for a in active}
+        return out
+
+    def _time_step(self, now: float) -> None:
+        if self._last_step is not None and self.running:
+            gap = now - self._last_step
+            self.step_s = gap if self.step_s == 0 else 0.8 * self.step_s + 0.2 * gap
+        self._last_step = now
+
+    def _take_turns(self, now: float) -> None:
+        """Resume paused adapters into free slots (the longest waiting first, beside the waiting
+        requests that need one), and pause one running adapter for the adapter that has waited
+        longest once it has waited `turn_s`."""
+        if self.lora_config is None or (self.turn_s is None and not self.paused):
+            return
+        max_loras = self.lora_config.max_loras
+        active = {a for r in self.running if (a := adapter(r)) is not None}
+        contenders: dict[int, float] = {a: since for a, (since, _) in self.paused.items()}
+        for r in self.waiting:
+            if (a := adapter(r)) is not None and a not in active and a not in contenders:
+                contenders[a] = r.arrival_time
+        order = sorted(contenders, key=lambda a: contenders[a])
+        free = max_loras - len(active)
+        while order and free > 0:
+            self._resume(order.pop(0), now)  # a waiting adapter is admitted by vLLM's pass
+            free -= 1
+        if not order or self.turn_s is None or now - contenders[order[0]] < self.turn_s:
+            return
+        drain = adapter_to_drain(self.running, self.waiting, max_loras)
+        if drain is not None and tokens_left(self.running)[drain] * self.step_s <= self.turn_s:
+            return  # a slot drains within a turn anyway
+        victim = adapter_to_pause(self.running, self.held_since, now - self.turn_s)
+        if victim is None:
+            return
+        paused = [r for r in self.running if adapter(r) == victim]
+        first = self.paused.get(order[0])
+        if first is not None and len(self.running) - len(paused) + len(first[1]) > self.max_num_running_reqs:
+            return
+        self.running = [r for r in self.running if adapter(r) != victim]
+        self.paused[victim] = (now, paused)
+        self.held_since.pop(victim, None)
+        self._resume(order[0], now)
+
+    def _resume(self, lora_id: int, now: float) -> bool:
+        """Put a paused adapter's requests back into `running` (False: not paused, or no room for
+        them under `max_num_seqs`)."""
+        entry = self.paused.get(lora_id)
+        if entry is None or len(self.running) + len(entry[1]) > self.max_num_running_reqs:
+            return False
+        del self.paused[lora_id]
+        self.running.extend(entry[1])
+        self.held_since[lora_id] = now
+        return True
 
     def _hold_back(self) -> list[Any]:
+        """Take out of this step's admission the waiting requests of the adapter to drain and of
+        paused adapters (those run when their adapter resumes, not in its place)."""
         if self.lora_config is None or self.policy != SchedulingPolicy.FCFS or not self.waiting:
             return []
         drain = adapter_to_drain(self.running, self.waiting, self.lora_config.max_loras)
-        if drain is None:
+        if drain is None and not self.paused:
             return []
-        held = [r for r in self.waiting if adapter(r) == drain]
+        held = [r for r in self.waiting if (a := adapter(r)) is not None and (a == drain or a in self.paused)]
         if held:
             self.waiting.remove_requests(held)
         return held
@@ -73,3 +179,29 @@ class SlotAwareScheduler(Scheduler):
         rest = list(self.waiting)
         self.waiting.clear()  # type: ignore[attr-defined] # FCFS: a deque
         self.waiting.extend(heapq.merge(rest, held, key=lambda r: r.arrival_time))  # type: ignore[attr-defined]
+
+    # paused requests still run as far as the engine and its metrics are concerned
+
+    def get_request_counts(self) -> tuple[int, int]:
+        running, waiting = super().get_request_counts()
+        return running + sum(len(rs) for _, rs in self.paused.values()), waiting
+
+    def finish_requests(self, request_ids: Any, finished_status: Any) -> list[Any]:
+        """vLLM's, for paused requests too (an abort while paused): they go back to `running`
+        first, where vLLM removes them."""
+        if self.paused:
+            if isinstance(request_ids, str):
+                request_ids = (request_ids,)
+            ids = None if request_ids is None else set(request_ids)
+            for lora_id, (since, requests) in list(self.paused.items()):
+                finishing = [r for r in requests if ids is None or r.request_id in ids]
+                if not finishing:
+                    continue
+                self.running.extend(finishing)
+                rest = [r for r in requests if r not in finishing]
+                if rest:
+                    self.paused[lora_id] = (since, rest)
+                else:
+                    del self.paused[lora_id]
+            request_ids = ids
+        return super().finish_requests(request_ids, finished_status)

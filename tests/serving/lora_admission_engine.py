@@ -1,8 +1,15 @@
 """Run by test_lora_admission.py in a subprocess: a vLLM engine (in-process engine core) on the tiny
 model with two LoRA slots, the scheduler our server sets on CPU (or vLLM's with `stock`), stepped
-one step at a time. Adapters x and y run (x further along); then a request for z, which needs a
-slot, arrives before more requests for x and y. Prints JSON: per request, the step of its first
-token and the step it finished, and its token count."""
+one step at a time on a virtual clock (STEP_S per step: requests' arrival times and the scheduler's
+clock), so waits in seconds are the same on any machine. Prints JSON: per request, the step of its
+first token, the step it finished and its token ids.
+
+Scenarios:
+- `drain`: adapters x and y run (x further along); then a request for z, which needs a slot,
+  arrives before more requests for x and y (slot turns off).
+- `turn`: x and y run long requests; z arrives and waits for a slot (slot turns of TURN_S).
+- `abort`: as `turn`, and x's request is aborted while it is paused.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +19,9 @@ import sys
 
 os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # engine core in this process, stepped by hand
 
+STEP_S = 0.1
+TURN_S = 0.5
+
 
 def main() -> None:
     from vllm import SamplingParams
@@ -20,19 +30,29 @@ def main() -> None:
     from serving.engine.vllm import SLOT_AWARE_SCHEDULER
     from tests.serving.bf16_engine import tiny_lora_llm
 
-    base, stock, *paths = sys.argv[1:6]
-    scheduler = None if stock == "stock" else SLOT_AWARE_SCHEDULER
-    llm = tiny_lora_llm(base, max_loras=2, max_cpu_loras=3, dtype="float32", scheduler_cls=scheduler)
+    base, mode, scenario, *paths = sys.argv[1:7]
+    scheduler = None if mode == "stock" else SLOT_AWARE_SCHEDULER
+    llm = tiny_lora_llm(
+        base,
+        max_loras=2,
+        max_cpu_loras=3,
+        dtype="float32",
+        scheduler_cls=scheduler,
+        additional_config={"lora_slot_turn_s": None if scenario == "drain" else TURN_S},
+    )
     engine = llm.llm_engine
+    step = 0
+    if scheduler is not None:
+        engine.engine_core.engine_core.scheduler.clock = lambda: step * STEP_S
     x, y, z = (LoRARequest(name, i + 1, p) for i, (name, p) in enumerate(zip("xyz", paths, strict=True)))
     first: dict[str, int] = {}
     finished: dict[str, int] = {}
-    tokens: dict[str, int] = {}
-    step = 0
+    tokens: dict[str, list[int]] = {}
 
     def add(request_id: str, lora: LoRARequest, max_tokens: int) -> None:
         sp = SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=True)
-        engine.add_request(request_id, f"Request {request_id} for the support team", sp, lora_request=lora)
+        prompt = f"Request {request_id} for the support team"
+        engine.add_request(request_id, prompt, sp, arrival_time=step * STEP_S, lora_request=lora)
 
     def run(steps: int) -> None:
         nonlocal step
@@ -45,17 +65,32 @@ def main() -> None:
                     first.setdefault(out.request_id, step)
                 if out.finished:
                     finished[out.request_id] = step
-                    tokens[out.request_id] = len(out.outputs[0].token_ids)
+                    tokens[out.request_id] = list(out.outputs[0].token_ids)
 
-    add("x1", x, 6)
-    run(2)
-    add("y1", y, 16)
-    run(1)
-    add("z1", z, 2)  # both slots are taken: z waits for one
-    for request_id, lora in (("x2", x), ("x3", x), ("y2", y)):
-        add(request_id, lora, 16)
-    run(200)
-    print("RESULT " + json.dumps({"first": first, "finished": finished, "tokens": tokens}))
+    if scenario == "drain":
+        add("x1", x, 6)
+        run(2)
+        add("y1", y, 16)
+        run(1)
+        add("z1", z, 2)  # both slots are taken: z waits for one
+        for request_id, lora in (("x2", x), ("x3", x), ("y2", y)):
+            add(request_id, lora, 16)
+    else:
+        add("x1", x, 40)
+        run(1)
+        add("y1", y, 40)
+        run(2)
+        add("z1", z, 4)  # both slots are taken for about 40 steps
+    paused: list[str] = []
+    if scenario == "abort":
+        run(8)  # z has taken x's slot
+        scheduler = engine.engine_core.engine_core.scheduler
+        paused = [r.request_id.split("-")[0] for _, requests in scheduler.paused.values() for r in requests]
+        engine.abort_request(["x1"])
+    run(300)
+    result = {"first": first, "finished": finished, "tokens": tokens, "paused": paused}
+    result["unfinished"] = engine.has_unfinished_requests()
+    print("RESULT " + json.dumps(result))
 
 
 if __name__ == "__main__":

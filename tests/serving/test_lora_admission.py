@@ -1,5 +1,7 @@
 """Slot-aware admission (serving/engine/lora_admission.py): a request whose adapter needs a slot
-gets the first one that drains, instead of waiting behind later requests for the running adapters."""
+gets the first one that drains, instead of waiting behind later requests for the running adapters;
+and it waits for a slot no longer than a turn, after which one running adapter is paused (its
+requests go on later from where they were, with the same tokens)."""
 
 from __future__ import annotations
 
@@ -10,15 +12,23 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.serving.fixtures import random_adapter
 
 TARGETS = ["q_proj", "v_proj"]
 
 
-def test_a_request_waiting_for_a_slot_gets_the_first_one_that_drains(tmp_path: Path, tiny_base: Any) -> None:
-    adapters = [str(random_adapter(tmp_path / name, 4, TARGETS)) for name in "xyz"]
+@pytest.fixture(scope="module")
+def xyz(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    root = tmp_path_factory.mktemp("admission")
+    return [str(random_adapter(root / name, 4, TARGETS)) for name in "xyz"]
+
+
+def stepped(base: Any, mode: str, scenario: str, adapters: list[str]) -> dict[str, Any]:
+    command = [sys.executable, "-m", "tests.serving.lora_admission_engine", str(base.path), mode, scenario]
     proc = subprocess.run(
-        [sys.executable, "-m", "tests.serving.lora_admission_engine", str(tiny_base.path), "ours", *adapters],
+        [*command, *adapters],
         capture_output=True,
         text=True,
         timeout=300,
@@ -26,7 +36,12 @@ def test_a_request_waiting_for_a_slot_gets_the_first_one_that_drains(tmp_path: P
     )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stderr[-3000:]
-    out = json.loads(lines[-1].removeprefix("RESULT "))
+    out: dict[str, Any] = json.loads(lines[-1].removeprefix("RESULT "))
+    return out
+
+
+def test_a_request_waiting_for_a_slot_gets_the_first_one_that_drains(tiny_base: Any, xyz: list[str]) -> None:
+    out = stepped(tiny_base, "ours", "drain", xyz)
     first, finished = out["first"], out["finished"]
     # x and y hold both slots; z came before more requests for x and y. x ends sooner, so
     # its new requests wait and z takes x's slot the step after x1 ends (vLLM's own scheduler
@@ -34,4 +49,29 @@ def test_a_request_waiting_for_a_slot_gets_the_first_one_that_drains(tmp_path: P
     assert first["z1"] == finished["x1"] + 1, out
     assert first["y2"] < first["z1"], "requests for the other running adapter are admitted as before"
     assert first["x2"] == first["x3"] > finished["z1"], "x's later requests run once z has a slot"
-    assert out["tokens"] == {"x1": 6, "y1": 16, "z1": 2, "x2": 16, "x3": 16, "y2": 16}, out
+    counts = {k: len(v) for k, v in out["tokens"].items()}
+    assert counts == {"x1": 6, "y1": 16, "z1": 2, "x2": 16, "x3": 16, "y2": 16}, out
+
+
+def test_a_request_waits_for_a_slot_no_longer_than_a_turn(tiny_base: Any, xyz: list[str]) -> None:
+    ours = stepped(tiny_base, "ours", "turn", xyz)
+    stock = stepped(tiny_base, "stock", "turn", xyz)
+    # z arrives at step 3 (0.3 s) with both slots held for about 40 steps; after a turn of 0.5 s
+    # (5 steps of 0.1 s) x, the adapter that has held its slot longer, is paused, z takes its slot
+    assert stock["first"]["z1"] > stock["finished"]["x1"], "vLLM: z waits until x ends"
+    assert ours["first"]["z1"] <= 3 + 5 + 2, ours
+    assert ours["finished"]["z1"] < ours["finished"]["y1"] < ours["finished"]["x1"], ours
+    # x goes on from where it paused (its KV cache kept): every request ends with the same tokens,
+    # and x ends a few steps after y, not the 40 of a recompute from scratch
+    assert ours["tokens"] == stock["tokens"], (ours, stock)
+    assert {k: len(v) for k, v in ours["tokens"].items()} == {"x1": 40, "y1": 40, "z1": 4}
+    assert ours["finished"]["x1"] <= ours["finished"]["y1"] + 10, ours
+
+
+def test_a_paused_request_can_be_aborted(tiny_base: Any, xyz: list[str]) -> None:
+    out = stepped(tiny_base, "ours", "abort", xyz)
+    stock = stepped(tiny_base, "stock", "turn", xyz)
+    assert out["paused"] == ["x1"], out
+    # the abort ends x1 (no tokens after it) and the others run to the end as without it
+    assert "x1" not in out["tokens"] and not out["unfinished"], out
+    assert out["tokens"] == {k: v for k, v in stock["tokens"].items() if k != "x1"}, out
