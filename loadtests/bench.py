@@ -42,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import httpx
 
 from loadtests import llamacpp
+from loadtests.bench_registry import cpu_name
 from loadtests.common import (
     BIN,
     ROOT,
@@ -405,7 +406,12 @@ def main() -> None:
     report: dict[str, Any] = {
         "base_model": base.id,
         "args": vars(args),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "cpu": cpu_name(),
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+        },
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "servers": {},
     }
