@@ -17,8 +17,8 @@ None: off) and no slot drains sooner, the running requests of one adapter that h
 at least `turn_s` are paused: they leave the running list but keep their KV cache (nothing is
 recomputed; on the CPU that cache is host memory anyway), and the adapter that waited takes the
 slot. A paused adapter waits for a slot like any other and resumes where it stopped. The adapter
-paused is the one with the fewest running requests (the step loses the fewest), then the one that
-has held its slot longest. So no request waits for its first token much longer than `turn_s`
+paused is one whose requests all have their first token, the one with the fewest running requests
+(the step loses the fewest), then the most tokens left (one about to end frees its slot anyway). So no request waits for its first token much longer than `turn_s`
 however many adapters are asked for at once, and the step keeps its size: a pause moves waiting
 from before a request's first token to between its tokens.
 
@@ -70,10 +70,14 @@ def adapter_to_drain(running: Iterable[Any], waiting: Iterable[Any], max_loras: 
 
 def adapter_to_pause(running: Iterable[Any], held_since: dict[int, float], before: float) -> int | None:
     """The running adapter to pause for one that waited: among those holding their slot since
-    `before` or earlier, the fewest running requests, then the longest held; None if none has."""
+    `before` or earlier and whose requests all have their first token, the fewest running
+    requests, then the most tokens left; None if there is none."""
+    running = list(running)
     counts = Counter(a for r in running if (a := adapter(r)) is not None)
-    candidates = [a for a in counts if held_since.get(a, before) <= before]
-    return min(candidates, key=lambda a: (counts[a], held_since.get(a, before))) if candidates else None
+    starting = {a for r in running if (a := adapter(r)) is not None and r.num_output_tokens == 0}
+    left = tokens_left(running)
+    candidates = [a for a in counts if held_since.get(a, before) <= before and a not in starting]
+    return min(candidates, key=lambda a: (counts[a], -left[a])) if candidates else None
 
 
 class SlotAwareScheduler(Scheduler):
@@ -128,15 +132,16 @@ class SlotAwareScheduler(Scheduler):
         for r in self.waiting:
             if (a := adapter(r)) is not None and a not in active and a not in contenders:
                 contenders[a] = r.arrival_time
-        order = sorted(contenders, key=lambda a: contenders[a])
+        # nothing running (KV cache preemptions): paused adapters first, their blocks are held
+        order = sorted(contenders, key=lambda a: (bool(self.running) or a not in self.paused, contenders[a]))
         free = max_loras - len(active)
         while order and free > 0:
             self._resume(order.pop(0), now)  # a waiting adapter is admitted by vLLM's pass
             free -= 1
         if not order or self.turn_s is None or now - contenders[order[0]] < self.turn_s:
             return
-        drain = adapter_to_drain(self.running, self.waiting, max_loras)
-        if drain is not None and tokens_left(self.running)[drain] * self.step_s <= self.turn_s:
+        left = tokens_left(self.running)
+        if left and min(left.values()) * self.step_s <= self.turn_s:
             return  # a slot drains within a turn anyway
         victim = adapter_to_pause(self.running, self.held_since, now - self.turn_s)
         if victim is None:

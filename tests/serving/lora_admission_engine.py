@@ -8,7 +8,7 @@ Scenarios:
 - `drain`: adapters x and y run (x further along); then a request for z, which needs a slot,
   arrives before more requests for x and y (slot turns off).
 - `turn`: x and y run long requests; z arrives and waits for a slot (slot turns of TURN_S).
-- `abort`: as `turn`, and x's request is aborted while it is paused.
+- `abort`: as `turn`, and y's request is aborted while it is paused.
 """
 
 from __future__ import annotations
@@ -83,10 +83,10 @@ def main() -> None:
         add("z1", z, 4)  # both slots are taken for about 40 steps
     paused: list[str] = []
     if scenario == "abort":
-        run(8)  # z has taken x's slot
+        run(8)  # z has taken y's slot
         scheduler = engine.engine_core.engine_core.scheduler
         paused = [r.request_id.split("-")[0] for _, requests in scheduler.paused.values() for r in requests]
-        engine.abort_request(["x1"])
+        engine.abort_request(["y1"])
     run(300)
     result = {"first": first, "finished": finished, "tokens": tokens, "paused": paused}
     result["unfinished"] = engine.has_unfinished_requests()

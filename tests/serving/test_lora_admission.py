@@ -57,21 +57,38 @@ def test_a_request_waits_for_a_slot_no_longer_than_a_turn(tiny_base: Any, xyz: l
     ours = stepped(tiny_base, "ours", "turn", xyz)
     stock = stepped(tiny_base, "stock", "turn", xyz)
     # z arrives at step 3 (0.3 s) with both slots held for about 40 steps; after a turn of 0.5 s
-    # (5 steps of 0.1 s) x, the adapter that has held its slot longer, is paused, z takes its slot
+    # (5 steps of 0.1 s) y, the adapter with more tokens left, is paused and z takes its slot
     assert stock["first"]["z1"] > stock["finished"]["x1"], "vLLM: z waits until x ends"
     assert ours["first"]["z1"] <= 3 + 5 + 2, ours
-    assert ours["finished"]["z1"] < ours["finished"]["y1"] < ours["finished"]["x1"], ours
-    # x goes on from where it paused (its KV cache kept): every request ends with the same tokens,
-    # and x ends a few steps after y, not the 40 of a recompute from scratch
+    assert ours["finished"]["z1"] < ours["finished"]["x1"] < ours["finished"]["y1"], ours
+    # y goes on from where it paused (its KV cache kept): every request ends with the same tokens,
+    # and y ends a few steps after x, not the 40 of a recompute from scratch
     assert ours["tokens"] == stock["tokens"], (ours, stock)
     assert {k: len(v) for k, v in ours["tokens"].items()} == {"x1": 40, "y1": 40, "z1": 4}
-    assert ours["finished"]["x1"] <= ours["finished"]["y1"] + 10, ours
+    assert ours["finished"]["y1"] <= ours["finished"]["x1"] + 10, ours
 
 
 def test_a_paused_request_can_be_aborted(tiny_base: Any, xyz: list[str]) -> None:
     out = stepped(tiny_base, "ours", "abort", xyz)
     stock = stepped(tiny_base, "stock", "turn", xyz)
-    assert out["paused"] == ["x1"], out
-    # the abort ends x1 (no tokens after it) and the others run to the end as without it
-    assert "x1" not in out["tokens"] and not out["unfinished"], out
-    assert out["tokens"] == {k: v for k, v in stock["tokens"].items() if k != "x1"}, out
+    assert out["paused"] == ["y1"], out
+    # the abort ends y1 (no tokens after it) and the others run to the end as without it
+    assert "y1" not in out["tokens"] and not out["unfinished"], out
+    assert out["tokens"] == {k: v for k, v in stock["tokens"].items() if k != "y1"}, out
+
+
+def test_the_adapter_paused_has_its_first_tokens_and_the_most_left() -> None:
+    from types import SimpleNamespace
+
+    from serving.engine.lora_admission import adapter_to_pause
+
+    def req(lora_id: int, out: int, max_tokens: int = 32) -> Any:
+        lora = SimpleNamespace(lora_int_id=lora_id)
+        return SimpleNamespace(lora_request=lora, num_output_tokens=out, max_tokens=max_tokens)
+
+    held = {1: 0.0, 2: 0.0, 3: 0.0, 4: 0.9, 5: 0.7}
+    running = [req(1, 30), req(2, 4), req(3, 0), req(4, 1), req(5, 2)]
+    # 1 ends in 2 tokens, 2 has 28 left; 3 has no first token yet; 4 and 5 took their slot < a turn ago
+    assert adapter_to_pause(running, held, before=0.5) == 2
+    assert adapter_to_pause([*running, req(2, 5)], held, before=0.5) == 1, "fewest requests first"
+    assert adapter_to_pause([req(3, 0), req(4, 1)], held, before=0.5) is None
