@@ -18,9 +18,10 @@ at least `turn_s` are paused: they leave the running list but keep their KV cach
 recomputed; on the CPU that cache is host memory anyway), and the adapter that waited takes the
 slot. A paused adapter waits for a slot like any other and resumes where it stopped. The adapter
 paused is one whose requests all have their first token, the one with the fewest running requests
-(the step loses the fewest), then the most tokens left (one about to end frees its slot anyway). So no request waits for its first token much longer than `turn_s`
-however many adapters are asked for at once, and the step keeps its size: a pause moves waiting
-from before a request's first token to between its tokens.
+(the step loses the fewest), then the most tokens left (one about to end frees its slot anyway).
+So no request waits for its first token much longer than `turn_s` however many adapters are asked
+for at once, and the step keeps its size: a pause moves waiting from before a request's first
+token to between its tokens.
 
 The engine core imports it by name (vLLM's `scheduler_cls`); used with the CPU platform's
 synchronous scheduler.
@@ -81,7 +82,10 @@ def adapter_to_pause(running: Iterable[Any], held_since: dict[int, float], befor
 
 
 class SlotAwareScheduler(Scheduler):
-    """vLLM's scheduler with slot-aware admission and slot turns (the module docstring)."""
+    """vLLM's scheduler with slot-aware admission and slot turns (the module docstring).
+
+    A paused adapter's requests stay in `running` (so aborts, request counts and metrics need
+    nothing of ours); each step sets them aside while vLLM schedules."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -90,8 +94,8 @@ class SlotAwareScheduler(Scheduler):
             extra.get("lora_slot_turn_s", TURN_S) if isinstance(extra, dict) else TURN_S
         )
         self.clock = time.time  # the clock of requests' arrival_time
-        self.paused: dict[int, tuple[float, list[Any]]] = {}
-        """per paused adapter: since when, and its requests (out of `running`, KV cache kept)"""
+        self.paused: dict[int, float] = {}
+        """per paused adapter: since when"""
         self.held_since: dict[int, float] = {}
         """per running adapter: since when it holds its slot"""
         self.step_s = 0.0
@@ -102,17 +106,33 @@ class SlotAwareScheduler(Scheduler):
         now = self.clock()
         if self.lora_config is not None and self.policy == SchedulingPolicy.FCFS:
             self._time_step(now)
-            self._take_turns(now)
+            self._take_turns(now, self.lora_config.max_loras)
+        aside = self._set_aside()
         held = self._hold_back()
         try:
             out = super().schedule(*args, **kwargs)
         finally:
             if held:
                 self._restore(held)
+            self.running.extend(aside)
         if self.lora_config is not None:
-            active = {a for r in self.running if (a := adapter(r)) is not None}
-            self.held_since = {a: self.held_since.get(a, now) for a in active}
+            self.held_since = {a: self.held_since.get(a, now) for a in self._active()}
         return out
+
+    def _live(self) -> list[Any]:
+        """The running requests that are not paused."""
+        return [r for r in self.running if adapter(r) not in self.paused] if self.paused else self.running
+
+    def _active(self) -> set[int]:
+        return {a for r in self._live() if (a := adapter(r)) is not None}
+
+    def _set_aside(self) -> list[Any]:
+        """Take the paused requests out of `running` for this step."""
+        if not self.paused:
+            return []
+        aside = [r for r in self.running if adapter(r) in self.paused]
+        self.running = self._live()
+        return aside
 
     def _time_step(self, now: float) -> None:
         if self._last_step is not None and self.running:
@@ -120,51 +140,50 @@ class SlotAwareScheduler(Scheduler):
             self.step_s = gap if self.step_s == 0 else 0.8 * self.step_s + 0.2 * gap
         self._last_step = now
 
-    def _take_turns(self, now: float) -> None:
+    def _take_turns(self, now: float, max_loras: int) -> None:
         """Resume paused adapters into free slots (the longest waiting first, beside the waiting
         requests that need one), and pause one running adapter for the adapter that has waited
         longest once it has waited `turn_s`."""
-        if self.lora_config is None or (self.turn_s is None and not self.paused):
+        if self.turn_s is None and not self.paused:
             return
-        max_loras = self.lora_config.max_loras
-        active = {a for r in self.running if (a := adapter(r)) is not None}
-        contenders: dict[int, float] = {a: since for a, (since, _) in self.paused.items()}
+        requests = Counter(adapter(r) for r in self.running)
+        self.paused = {a: since for a, since in self.paused.items() if requests[a]}  # all aborted: gone
+        live = self._live()
+        active = {a for r in live if (a := adapter(r)) is not None}
+        contenders = dict(self.paused)
         for r in self.waiting:
             if (a := adapter(r)) is not None and a not in active and a not in contenders:
                 contenders[a] = r.arrival_time
         # nothing running (KV cache preemptions): paused adapters first, their blocks are held
-        order = sorted(contenders, key=lambda a: (bool(self.running) or a not in self.paused, contenders[a]))
-        free = max_loras - len(active)
+        order = sorted(contenders, key=lambda a: (bool(live) or a not in self.paused, contenders[a]))
+        free, n_live = max_loras - len(active), len(live)
         while order and free > 0:
-            self._resume(order.pop(0), now)  # a waiting adapter is admitted by vLLM's pass
+            n_live += self._resume(order.pop(0), now, n_live, requests)  # a waiting one: vLLM admits it
             free -= 1
         if not order or self.turn_s is None or now - contenders[order[0]] < self.turn_s:
             return
-        left = tokens_left(self.running)
+        live = self._live()
+        left = tokens_left(live)
         if left and min(left.values()) * self.step_s <= self.turn_s:
             return  # a slot drains within a turn anyway
-        victim = adapter_to_pause(self.running, self.held_since, now - self.turn_s)
+        victim = adapter_to_pause(live, self.held_since, now - self.turn_s)
         if victim is None:
             return
-        paused = [r for r in self.running if adapter(r) == victim]
-        first = self.paused.get(order[0])
-        if first is not None and len(self.running) - len(paused) + len(first[1]) > self.max_num_running_reqs:
+        after = len(live) - requests[victim]
+        if order[0] in self.paused and after + requests[order[0]] > self.max_num_running_reqs:
             return
-        self.running = [r for r in self.running if adapter(r) != victim]
-        self.paused[victim] = (now, paused)
+        self.paused[victim] = now
         self.held_since.pop(victim, None)
-        self._resume(order[0], now)
+        self._resume(order[0], now, after, requests)
 
-    def _resume(self, lora_id: int, now: float) -> bool:
-        """Put a paused adapter's requests back into `running` (False: not paused, or no room for
-        them under `max_num_seqs`)."""
-        entry = self.paused.get(lora_id)
-        if entry is None or len(self.running) + len(entry[1]) > self.max_num_running_reqs:
-            return False
+    def _resume(self, lora_id: int, now: float, live: int, requests: Counter[int | None]) -> int:
+        """Resume a paused adapter if its requests fit beside the `live` ones under `max_num_seqs`;
+        returns how many requests it resumed."""
+        if lora_id not in self.paused or live + requests[lora_id] > self.max_num_running_reqs:
+            return 0
         del self.paused[lora_id]
-        self.running.extend(entry[1])
         self.held_since[lora_id] = now
-        return True
+        return requests[lora_id]
 
     def _hold_back(self) -> list[Any]:
         """Take out of this step's admission the waiting requests of the adapter to drain and of
@@ -184,29 +203,3 @@ class SlotAwareScheduler(Scheduler):
         rest = list(self.waiting)
         self.waiting.clear()  # type: ignore[attr-defined] # FCFS: a deque
         self.waiting.extend(heapq.merge(rest, held, key=lambda r: r.arrival_time))  # type: ignore[attr-defined]
-
-    # paused requests still run as far as the engine and its metrics are concerned
-
-    def get_request_counts(self) -> tuple[int, int]:
-        running, waiting = super().get_request_counts()
-        return running + sum(len(rs) for _, rs in self.paused.values()), waiting
-
-    def finish_requests(self, request_ids: Any, finished_status: Any) -> list[Any]:
-        """vLLM's, for paused requests too (an abort while paused): they go back to `running`
-        first, where vLLM removes them."""
-        if self.paused:
-            if isinstance(request_ids, str):
-                request_ids = (request_ids,)
-            ids = None if request_ids is None else set(request_ids)
-            for lora_id, (since, requests) in list(self.paused.items()):
-                finishing = [r for r in requests if ids is None or r.request_id in ids]
-                if not finishing:
-                    continue
-                self.running.extend(finishing)
-                rest = [r for r in requests if r not in finishing]
-                if rest:
-                    self.paused[lora_id] = (since, rest)
-                else:
-                    del self.paused[lora_id]
-            request_ids = ids
-        return super().finish_requests(request_ids, finished_status)

@@ -57,7 +57,9 @@ class VLLMEngine(Engine):
             trust_remote_code=False,
             # CPU: slot-aware admission and slot turns (the GPU path keeps vLLM's asynchronous scheduler)
             scheduler_cls=SLOT_AWARE_SCHEDULER if current_platform.is_cpu() else None,
-            additional_config={"lora_slot_turn_s": s.lora_slot_turn_s or None},
+            additional_config={"lora_slot_turn_s": s.lora_slot_turn_s or None}
+            if current_platform.is_cpu()
+            else {},
         )
         self.llm = AsyncLLM.from_engine_args(args)
 

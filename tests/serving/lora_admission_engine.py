@@ -27,6 +27,7 @@ def main() -> None:
     from vllm import SamplingParams
     from vllm.lora.request import LoRARequest
 
+    from serving.engine.lora_admission import adapter
     from serving.engine.vllm import SLOT_AWARE_SCHEDULER
     from tests.serving.bf16_engine import tiny_lora_llm
 
@@ -85,7 +86,7 @@ def main() -> None:
     if scenario == "abort":
         run(8)  # z has taken y's slot
         scheduler = engine.engine_core.engine_core.scheduler
-        paused = [r.request_id.split("-")[0] for _, requests in scheduler.paused.values() for r in requests]
+        paused = [r.request_id.split("-")[0] for r in scheduler.running if adapter(r) in scheduler.paused]
         engine.abort_request(["y1"])
     run(300)
     result = {"first": first, "finished": finished, "tokens": tokens, "paused": paused}
