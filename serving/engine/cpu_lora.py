@@ -14,7 +14,8 @@ otherwise on the torch path (TorchLoRA: two matrix products for one adapter, sli
 `bmm` over padded row segments for several adapters).
 
 It also installs lora_slots.py: a step evicts only adapter slots it does not use, and add_lora
-leaves the slots alone.
+leaves the slots alone; and, on CPU, cpu_norms.py: RMSNorm on vLLM's compiled CPU kernels instead
+of its PyTorch reference.
 
 `register()` runs in every vLLM process of the environment (the engine core and its workers load
 general plugins), so the patch is active wherever the model runs, a user's own `vllm serve`
@@ -29,7 +30,7 @@ import weakref
 from collections import Counter
 from typing import Any
 
-from serving.engine import lora_kernel, lora_slots
+from serving.engine import cpu_norms, lora_kernel, lora_slots
 
 ENV_DISABLE = "LORA_PLATFORM_STOCK_CPU_LORA"
 """Set to 1 to leave vLLM's own CPU LoRA ops in place (register() then changes nothing)."""
@@ -541,17 +542,20 @@ def register() -> None:
         punica_cpu.PunicaWrapperCPU = wrapper  # type: ignore[attr-defined]
     from vllm.platforms import current_platform
 
+    norms = False
     if current_platform.is_cpu():  # measured on CPU only; GPUs keep vLLM's slot handling
         lora_slots.install()
+        norms = cpu_norms.install()
     _ACTIVE = True
 
     # the compiled op, built here if `make setup` did not; None where it cannot run
     kernel = lora_kernel.load() if current_platform.is_cpu() else None
     log.info(
-        "lora-platform plugin active in process %d: vLLM's CPU LoRA ops replaced (%s); "
+        "lora-platform plugin active in process %d: vLLM's CPU LoRA ops replaced (%s)%s; "
         "set %s=1 to use vLLM's own",
         os.getpid(),
         f"compiled op: {kernel.name}" if kernel else "torch path",
+        ", RMSNorm on vLLM's CPU kernels" if norms else "",
         ENV_DISABLE,
     )
     marker = os.environ.get(ENV_MARKER)
