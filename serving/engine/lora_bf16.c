@@ -8,9 +8,10 @@
  * Both products use VDPBF16PS (bf16 pairs, fp32 accumulate); the shrink result stays in
  * registers and a small stack buffer, the expand accumulates straight into y (no temporary, no
  * second pass over the output), and no per-token weight copy is ever made. Rows not listed
- * (base-model rows) are not touched. lora_bf16_fused (AVX512-BF16) runs on the calling thread:
- * decode batches are small. lora_bf16_fused_amx splits its 16-row blocks over OpenMP threads
- * (the engine's pool, or lora_set_threads(n); LORA_PLATFORM_LORA_THREADS in lora_kernel.py).
+ * (base-model rows) are not touched. lora_bf16_fused (AVX512-BF16) runs decode batches on the
+ * calling thread and splits prefill chunks' 4-row blocks over OpenMP threads; lora_bf16_fused_amx
+ * splits its 16-row blocks over OpenMP threads (the engine's pool, or lora_set_threads(n);
+ * LORA_PLATFORM_LORA_THREADS in lora_kernel.py).
  * Neither checks that its buffers are large enough: lora_kernel.py checks y's width, the row and
  * slot indices and the shapes before every call.
  *
@@ -106,68 +107,95 @@ static inline __attribute__((always_inline)) void expand_block(
  * slot are consecutive. ap/bp: packed weights of slot 0; a_stride/b_stride: elements per slot.
  * S slices of rank R each; offs/sizes: each slice's output columns. Returns 0, or -1 on a bad size.
  */
+static int lora_threads = 0; /* 0: the OpenMP pool's size */
+
+/* Threads for one call (1: the calling thread only); LORA_PLATFORM_LORA_THREADS sets it. */
+void lora_set_threads(int n) { lora_threads = n; }
+
+/* One block of up to MB rows of one slot: rows[0:rows_in] of x/y. */
+static void avx512_block(const bf16_t *x, int64_t sx, bf16_t *y, int64_t sy, const int32_t *rows, int rows_in,
+                         const bf16_t *a, const bf16_t *b, int64_t K, int64_t R, int64_t RT, int64_t S,
+                         const int64_t *offs, const int64_t *sizes, float scale) {
+    const int64_t RV = RT / 16;
+    float h[MB][MAXRT];
+    int32_t hb[MB][MAXRT / 2];
+    const bf16_t *xr[MB];
+    bf16_t *yr[MB];
+    for (int m = 0; m < MB; m++) { /* pad the block with the last row (not stored) */
+        int r = m < rows_in ? m : rows_in - 1;
+        xr[m] = x + (int64_t)rows[r] * sx;
+        yr[m] = y + (int64_t)rows[r] * sy;
+    }
+    for (int64_t rv = 0; rv < RV; rv += 4) {
+        int64_t nv = RV - rv < 4 ? RV - rv : 4;
+        switch (nv) {
+            case 1: shrink_block(xr, K, a, RT, rv, 1, h); break;
+            case 2: shrink_block(xr, K, a, RT, rv, 2, h); break;
+            case 3: shrink_block(xr, K, a, RT, rv, 3, h); break;
+            default: shrink_block(xr, K, a, RT, rv, 4, h); break;
+        }
+    }
+    for (int64_t s = 0; s < S; s++) {
+        for (int m = 0; m < MB; m++) {
+            for (int64_t q = 0; q < R / 2; q++) {
+                __m128 two = _mm_set_ps(0.f, 0.f, h[m][s * R + 2 * q + 1] * scale, h[m][s * R + 2 * q] * scale);
+                __m128bh pr = _mm_cvtneps_pbh(two);
+                int32_t v;
+                memcpy(&v, &pr, 4);
+                hb[m][q] = v;
+            }
+        }
+        const int64_t n = sizes[s], NP = ((n + 15) / 16) * 16, NVT = NP / 16;
+        bf16_t *yo[MB];
+        for (int m = 0; m < MB; m++) yo[m] = yr[m] + offs[s];
+        for (int64_t v0 = 0; v0 < NVT; v0 += 4) {
+            int64_t nv = NVT - v0 < 4 ? NVT - v0 : 4;
+            switch (nv) {
+                case 1: expand_block(yo, rows_in, hb, R / 2, b, NP, v0 * 16, n, 1); break;
+                case 2: expand_block(yo, rows_in, hb, R / 2, b, NP, v0 * 16, n, 2); break;
+                case 3: expand_block(yo, rows_in, hb, R / 2, b, NP, v0 * 16, n, 3); break;
+                default: expand_block(yo, rows_in, hb, R / 2, b, NP, v0 * 16, n, 4); break;
+            }
+        }
+        b += (R / 2) * NP * 2;
+    }
+}
+
+#define PARALLEL_BLOCKS 16 /* blocks (of MB rows) from which a call splits them over threads */
+
+/*
+ * x: bf16 activations, row stride sx; y: bf16 output, row stride sy (both in elements).
+ * rows[i], slots[i] for i < n_rows: the row of x/y and its packed-weight slot; rows of one
+ * slot are consecutive. ap/bp: packed weights of slot 0; a_stride/b_stride: elements per slot.
+ * S slices of rank R each; offs/sizes: each slice's output columns. Returns 0, or -1 on a bad size.
+ * Decode batches (few blocks) run on the calling thread; prefill chunks (PARALLEL_BLOCKS blocks or
+ * more) split their blocks over OpenMP threads (each block writes its own rows of y).
+ */
 int lora_bf16_fused(const bf16_t *x, int64_t sx, bf16_t *y, int64_t sy, const int32_t *rows,
                     const int32_t *slots, int64_t n_rows, const bf16_t *ap, int64_t a_stride,
                     const bf16_t *bp, int64_t b_stride, int64_t K, int64_t R, int64_t S,
                     const int64_t *offs, const int64_t *sizes, float scale) {
     const int64_t RT = ((S * R + 15) / 16) * 16;
     if (RT > MAXRT || R % 2 != 0 || R <= 0) return -1;
-    const int64_t RV = RT / 16;
-    float h[MB][MAXRT];
-    int32_t hb[MB][MAXRT / 2];
-    int64_t i = 0;
-    while (i < n_rows) {
-        const int32_t slot = slots[i];
-        int rows_in = 0;
-        const bf16_t *xr[MB];
-        bf16_t *yr[MB];
-        while (rows_in < MB && i + rows_in < n_rows && slots[i + rows_in] == slot) {
-            xr[rows_in] = x + (int64_t)rows[i + rows_in] * sx;
-            yr[rows_in] = y + (int64_t)rows[i + rows_in] * sy;
-            rows_in++;
-        }
-        for (int m = rows_in; m < MB; m++) { /* pad the block with the last row (not stored) */
-            xr[m] = xr[rows_in - 1];
-            yr[m] = yr[rows_in - 1];
-        }
-        const bf16_t *a = ap + (int64_t)slot * a_stride;
-        for (int64_t rv = 0; rv < RV; rv += 4) {
-            int64_t nv = RV - rv < 4 ? RV - rv : 4;
-            switch (nv) {
-                case 1: shrink_block(xr, K, a, RT, rv, 1, h); break;
-                case 2: shrink_block(xr, K, a, RT, rv, 2, h); break;
-                case 3: shrink_block(xr, K, a, RT, rv, 3, h); break;
-                default: shrink_block(xr, K, a, RT, rv, 4, h); break;
-            }
-        }
-        const bf16_t *b = bp + (int64_t)slot * b_stride;
-        for (int64_t s = 0; s < S; s++) {
-            for (int m = 0; m < MB; m++) {
-                for (int64_t q = 0; q < R / 2; q++) {
-                    __m128 two = _mm_set_ps(0.f, 0.f, h[m][s * R + 2 * q + 1] * scale,
-                                            h[m][s * R + 2 * q] * scale);
-                    __m128bh pr = _mm_cvtneps_pbh(two);
-                    int32_t v;
-                    memcpy(&v, &pr, 4);
-                    hb[m][q] = v;
-                }
-            }
-            const int64_t n = sizes[s], NP = ((n + 15) / 16) * 16, NVT = NP / 16;
-            bf16_t *yo[MB];
-            for (int m = 0; m < MB; m++) yo[m] = yr[m] + offs[s];
-            for (int64_t v0 = 0; v0 < NVT; v0 += 4) {
-                int64_t nv = NVT - v0 < 4 ? NVT - v0 : 4;
-                switch (nv) {
-                    case 1: expand_block(yo, rows_in, hb, R / 2, b, NP, v0 * 16, n, 1); break;
-                    case 2: expand_block(yo, rows_in, hb, R / 2, b, NP, v0 * 16, n, 2); break;
-                    case 3: expand_block(yo, rows_in, hb, R / 2, b, NP, v0 * 16, n, 3); break;
-                    default: expand_block(yo, rows_in, hb, R / 2, b, NP, v0 * 16, n, 4); break;
-                }
-            }
-            b += (R / 2) * NP * 2;
-        }
-        i += rows_in;
+    int64_t *starts = malloc(sizeof(int64_t) * (size_t)(n_rows + 1));
+    if (!starts) return -1;
+    int64_t nb = 0;
+    for (int64_t i = 0; i < n_rows;) {
+        int64_t j = i + 1;
+        while (j < n_rows && j - i < MB && slots[j] == slots[i]) j++;
+        starts[nb++] = i;
+        i = j;
     }
+    starts[nb] = n_rows;
+    const int nt = lora_threads > 0 ? lora_threads : omp_get_max_threads();
+#pragma omp parallel for schedule(static) if (nb >= PARALLEL_BLOCKS && nt > 1) num_threads(nt)
+    for (int64_t bi = 0; bi < nb; bi++) {
+        const int64_t i = starts[bi];
+        const int32_t slot = slots[i];
+        avx512_block(x, sx, y, sy, rows + i, (int)(starts[bi + 1] - i), ap + (int64_t)slot * a_stride,
+                     bp + (int64_t)slot * b_stride, K, R, RT, S, offs, sizes, scale);
+    }
+    free(starts);
     return 0;
 }
 
@@ -186,11 +214,6 @@ typedef struct {
     uint16_t colsb[16];
     uint8_t rows[16];
 } tilecfg_t;
-
-static int lora_threads = 0; /* 0: the OpenMP pool's size */
-
-/* Threads for one call (1: the calling thread only); LORA_PLATFORM_LORA_THREADS sets it. */
-void lora_set_threads(int n) { lora_threads = n; }
 
 /* Ask the kernel for AMX state (once per process; oneDNN may have done it already). 0 = usable. */
 int lora_amx_init(void) {

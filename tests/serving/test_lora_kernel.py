@@ -71,17 +71,18 @@ def restore_variant():  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"K{s[0]}-r{s[1]}-{'x'.join(map(str, s[2]))}")
-@pytest.mark.parametrize("batch", ["one-adapter", "mixed-with-base", "single-row"])
+@pytest.mark.parametrize("batch", ["one-adapter", "mixed-with-base", "single-row", "prefill-mixed"])
 def test_fused_lora_matches_the_float32_reference(shape, batch) -> None:  # type: ignore[no-untyped-def]
     k, rank, sizes = shape
     gen = torch.Generator().manual_seed(k + rank)
     slots = 4
     a_stacked = tuple(torch.randn(slots, 1, rank, k, generator=gen).bfloat16() * 0.05 for _ in sizes)
     b_stacked = tuple(torch.randn(slots, 1, n + 5, rank, generator=gen).bfloat16() * 0.05 for n in sizes)
-    rows = {"one-adapter": 40, "mixed-with-base": 37, "single-row": 1}[batch]
+    # prefill-mixed: enough 4-row blocks that the AVX512 variant splits them over threads
+    rows = {"one-adapter": 40, "mixed-with-base": 37, "single-row": 1, "prefill-mixed": 203}[batch]
     x = torch.randn(rows, k, generator=gen).bfloat16()
     y = torch.randn(rows, sum(sizes), generator=gen).bfloat16()
-    if batch == "mixed-with-base":
+    if batch in ("mixed-with-base", "prefill-mixed"):
         indices = torch.randint(-1, slots, (rows,), generator=gen)
     else:
         indices = torch.full((rows,), 2)
