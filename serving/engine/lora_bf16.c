@@ -8,10 +8,10 @@
  * Both products use VDPBF16PS (bf16 pairs, fp32 accumulate); the shrink result stays in
  * registers and a small stack buffer, the expand accumulates straight into y (no temporary, no
  * second pass over the output), and no per-token weight copy is ever made. Rows not listed
- * (base-model rows) are not touched. lora_bf16_fused (AVX512-BF16) runs decode batches on the
- * calling thread and splits prefill chunks' 4-row blocks over OpenMP threads; lora_bf16_fused_amx
- * splits its 16-row blocks over OpenMP threads (the engine's pool, or lora_set_threads(n);
- * LORA_PLATFORM_LORA_THREADS in lora_kernel.py).
+ * (base-model rows) are not touched. lora_bf16_fused (AVX512-BF16) splits its 4-row blocks, and
+ * lora_bf16_fused_amx its 16-row blocks, over OpenMP threads (the engine's pool, or
+ * lora_set_threads(n); LORA_PLATFORM_LORA_THREADS in lora_kernel.py); a small call stays on the
+ * calling thread.
  * Neither checks that its buffers are large enough: lora_kernel.py checks y's width, the row and
  * slot indices and the shapes before every call.
  *
@@ -161,15 +161,16 @@ static void avx512_block(const bf16_t *x, int64_t sx, bf16_t *y, int64_t sy, con
     }
 }
 
-#define PARALLEL_BLOCKS 16 /* blocks (of MB rows) from which a call splits them over threads */
+#define PARALLEL_BLOCKS 4 /* blocks (of MB rows) from which a call splits them over threads */
 
 /*
  * x: bf16 activations, row stride sx; y: bf16 output, row stride sy (both in elements).
  * rows[i], slots[i] for i < n_rows: the row of x/y and its packed-weight slot; rows of one
  * slot are consecutive. ap/bp: packed weights of slot 0; a_stride/b_stride: elements per slot.
  * S slices of rank R each; offs/sizes: each slice's output columns. Returns 0, or -1 on a bad size.
- * Decode batches (few blocks) run on the calling thread; prefill chunks (PARALLEL_BLOCKS blocks or
- * more) split their blocks over OpenMP threads (each block writes its own rows of y).
+ * A call with PARALLEL_BLOCKS blocks or more (16 rows of one adapter, or a few rows each of several)
+ * splits them over OpenMP threads, each block writing its own rows of y; smaller calls run on the
+ * calling thread.
  */
 int lora_bf16_fused(const bf16_t *x, int64_t sx, bf16_t *y, int64_t sy, const int32_t *rows,
                     const int32_t *slots, int64_t n_rows, const bf16_t *ap, int64_t a_stride,

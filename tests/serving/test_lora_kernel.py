@@ -78,7 +78,7 @@ def test_fused_lora_matches_the_float32_reference(shape, batch) -> None:  # type
     slots = 4
     a_stacked = tuple(torch.randn(slots, 1, rank, k, generator=gen).bfloat16() * 0.05 for _ in sizes)
     b_stacked = tuple(torch.randn(slots, 1, n + 5, rank, generator=gen).bfloat16() * 0.05 for n in sizes)
-    # prefill-mixed: enough 4-row blocks that the AVX512 variant splits them over threads
+    # prefill-mixed: many 4-row blocks of several adapters, split over threads
     rows = {"one-adapter": 40, "mixed-with-base": 37, "single-row": 1, "prefill-mixed": 203}[batch]
     x = torch.randn(rows, k, generator=gen).bfloat16()
     y = torch.randn(rows, sum(sizes), generator=gen).bfloat16()
