@@ -10,7 +10,8 @@ same two kernels for CPUs (csrc/cpu/layernorm.cpp), 3-5x faster per call here.
 
 install() registers them as the `lora_platform_cpu` provider and puts it first in the CPU
 platform's default priority (before `native`, which still takes calls they do not cover: a
-`variance_size`, a weight of another dtype, a non-contiguous input, a width not a multiple of 16). It runs in every vLLM process
+`variance_size`, a weight of another dtype, a non-contiguous input, a width not a multiple of 16,
+fp16, and bf16 on CPUs without bf16 instructions). It runs in every vLLM process
 through the plugin, so the API process, the engine core and the model worker agree on the
 provider list that vLLM's config carries to the worker.
 
@@ -29,6 +30,11 @@ ENV_DISABLE = "LORA_PLATFORM_NO_CPU_NORMS"
 """Set to 1 to leave vLLM's RMSNorm priority alone (its PyTorch reference on CPU)."""
 
 
+_DTYPES: tuple[torch.dtype, ...] = (torch.float32,)
+"""Dtypes given to the kernels: float32, and bf16 where the CPU has bf16 instructions (elsewhere vLLM
+emulates bf16, and `platform serve --dtype auto` runs float32)."""
+
+
 def _plain(x: Tensor, weight: Tensor | None, variance_size: int | None) -> bool:
     """What the kernels take: rows back to back, a width of whole vectors (they check a multiple of
     8; 16 covers every vector width), a weight of the input's dtype, the whole row normalized."""
@@ -36,6 +42,7 @@ def _plain(x: Tensor, weight: Tensor | None, variance_size: int | None) -> bool:
         variance_size is None
         and weight is not None
         and weight.dtype == x.dtype
+        and x.dtype in _DTYPES
         and x.is_contiguous()
         and x.shape[-1] % 16 == 0
     )
@@ -91,6 +98,9 @@ def install() -> bool:
     current_platform.import_kernels()
     if not _kernels_present():
         return False
+    global _DTYPES
+    if torch.cpu._is_avx512_bf16_supported():
+        _DTYPES = (torch.float32, torch.bfloat16)
     for op, fn, args, inplace in (
         (ir.ops.rms_norm, rms_norm, _rms_args, False),
         (ir.ops.fused_add_rms_norm, fused_add_rms_norm, _add_rms_args, True),

@@ -1,5 +1,5 @@
-"""Run by test_cpu_norms.py in a subprocess: a bf16 vLLM engine (in-process engine core and model)
-on the tiny model. Prints, as JSON, the RMSNorm provider vLLM picks for the model's hidden states,
+"""Run by test_cpu_norms.py in a subprocess: a vLLM engine (in-process engine core and model) on
+the tiny model, in the dtype `platform serve --dtype auto` runs on this CPU. Prints, as JSON, the RMSNorm provider vLLM picks for the model's hidden states,
 and the greedy tokens and their logprobs of a few prompts with that provider and with vLLM's
 PyTorch reference (`native`) in its place."""
 
@@ -16,12 +16,15 @@ def main() -> None:
     import torch
     from vllm import SamplingParams, ir
 
+    from serving.engine import lora_kernel
     from tests.serving.bf16_engine import tiny_lora_llm
 
-    llm = tiny_lora_llm(sys.argv[1], dtype="bfloat16")
+    # SmolLM2's dtype as `platform serve --dtype auto` runs it here: bf16, or float32 without bf16 instructions
+    dtype = "float32" if lora_kernel.cpu_dtype("auto") == "float32" else "bfloat16"
+    llm = tiny_lora_llm(sys.argv[1], dtype=dtype)
     hidden = llm.llm_engine.model_config.get_hidden_size()
-    x, residual = torch.randn(4, hidden, dtype=torch.bfloat16), torch.randn(4, hidden, dtype=torch.bfloat16)
-    weight = torch.ones(hidden, dtype=torch.bfloat16)
+    x, residual = (torch.randn(4, hidden, dtype=getattr(torch, dtype)) for _ in range(2))
+    weight = torch.ones(hidden, dtype=getattr(torch, dtype))
     sp = SamplingParams(max_tokens=12, temperature=0, logprobs=1)
     prompts = ["The order arrived late", "Reset my password", "Where is my refund?", "Hello there"]
 
