@@ -1,7 +1,7 @@
 """Run by test_cpu_norms.py in a subprocess: a vLLM engine (in-process engine core and model) on
-the tiny model, in the dtype `platform serve --dtype auto` runs on this CPU. Prints, as JSON, the RMSNorm provider vLLM picks for the model's hidden states,
-and the greedy tokens and their logprobs of a few prompts with that provider and with vLLM's
-PyTorch reference (`native`) in its place."""
+the tiny model, in the dtype `platform serve --dtype auto` runs on this CPU. Prints, as JSON, the
+RMSNorm provider vLLM picks for the model's hidden states, and the greedy tokens and their logprobs
+of a few prompts with that provider and with vLLM's PyTorch reference (`native`) in its place."""
 
 from __future__ import annotations
 
