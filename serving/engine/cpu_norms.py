@@ -25,6 +25,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from serving.engine import lora_kernel
+
 PROVIDER = "lora_platform_cpu"
 ENV_DISABLE = "LORA_PLATFORM_NO_CPU_NORMS"
 """Set to 1 to leave vLLM's RMSNorm priority alone (its PyTorch reference on CPU)."""
@@ -99,7 +101,7 @@ def install() -> bool:
     if not _kernels_present():
         return False
     global _DTYPES
-    if torch.cpu._is_avx512_bf16_supported():
+    if lora_kernel.cpu_has_bf16():
         _DTYPES = (torch.float32, torch.bfloat16)
     for op, fn, args, inplace in (
         (ir.ops.rms_norm, rms_norm, _rms_args, False),

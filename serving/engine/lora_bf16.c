@@ -112,6 +112,22 @@ static int lora_threads = 0; /* 0: the OpenMP pool's size */
 /* Threads for one call (1: the calling thread only); LORA_PLATFORM_LORA_THREADS sets it. */
 void lora_set_threads(int n) { lora_threads = n; }
 
+/* Blocks of up to `size` consecutive entries of one slot: their starts, then n_rows (a malloc'ed
+ * array of *nb + 1 entries; NULL when out of memory). */
+static int64_t *block_starts(const int32_t *slots, int64_t n_rows, int64_t size, int64_t *nb) {
+    int64_t *starts = malloc(sizeof(int64_t) * (size_t)(n_rows + 1));
+    if (!starts) return NULL;
+    *nb = 0;
+    for (int64_t i = 0; i < n_rows;) {
+        int64_t j = i + 1;
+        while (j < n_rows && j - i < size && slots[j] == slots[i]) j++;
+        starts[(*nb)++] = i;
+        i = j;
+    }
+    starts[*nb] = n_rows;
+    return starts;
+}
+
 /* One block of up to MB rows of one slot: rows[0:rows_in] of x/y. */
 static void avx512_block(const bf16_t *x, int64_t sx, bf16_t *y, int64_t sy, const int32_t *rows, int rows_in,
                          const bf16_t *a, const bf16_t *b, int64_t K, int64_t R, int64_t RT, int64_t S,
@@ -178,16 +194,9 @@ int lora_bf16_fused(const bf16_t *x, int64_t sx, bf16_t *y, int64_t sy, const in
                     const int64_t *offs, const int64_t *sizes, float scale) {
     const int64_t RT = ((S * R + 15) / 16) * 16;
     if (RT > MAXRT || R % 2 != 0 || R <= 0) return -1;
-    int64_t *starts = malloc(sizeof(int64_t) * (size_t)(n_rows + 1));
+    int64_t nb;
+    int64_t *starts = block_starts(slots, n_rows, MB, &nb);
     if (!starts) return -1;
-    int64_t nb = 0;
-    for (int64_t i = 0; i < n_rows;) {
-        int64_t j = i + 1;
-        while (j < n_rows && j - i < MB && slots[j] == slots[i]) j++;
-        starts[nb++] = i;
-        i = j;
-    }
-    starts[nb] = n_rows;
     const int nt = lora_threads > 0 ? lora_threads : omp_get_max_threads();
 #pragma omp parallel for schedule(static) if (nb >= PARALLEL_BLOCKS && nt > 1) num_threads(nt)
     for (int64_t bi = 0; bi < nb; bi++) {
@@ -332,17 +341,9 @@ int lora_bf16_fused_amx(const bf16_t *x, int64_t sx, bf16_t *y, int64_t sy, cons
     const int64_t Kp = ((K + 31) / 32) * 32;
     const int64_t kc = R <= 32 ? R : 32;
     if (RT > MAXRT || R % 2 != 0 || R <= 0 || (R > 32 && R % 32 != 0) || Kp > MAXK) return -1;
-    /* blocks of up to 16 consecutive entries of one slot */
-    int64_t *starts = malloc(sizeof(int64_t) * (size_t)(n_rows + 1));
+    int64_t nb;
+    int64_t *starts = block_starts(slots, n_rows, 16, &nb);
     if (!starts) return -1;
-    int64_t nb = 0;
-    for (int64_t i = 0; i < n_rows;) {
-        int64_t j = i + 1;
-        while (j < n_rows && j - i < 16 && slots[j] == slots[i]) j++;
-        starts[nb++] = i;
-        i = j;
-    }
-    starts[nb] = n_rows;
     /* scratch for every thread, allocated before any row is touched: a failure changes nothing */
     const int nt = lora_threads > 0 ? lora_threads : omp_get_max_threads();
     const size_t scratch = (size_t)(16 * Kp * 2);

@@ -72,6 +72,13 @@ def cpu_has_amx() -> bool:
     return {"amx_tile", "amx_bf16"} <= _cpu_flags()
 
 
+def cpu_has_bf16(flags: set[str] | None = None) -> bool:
+    """True on a CPU with bf16 instructions (x86 AVX512-BF16 or AMX-BF16, ARM BF16); elsewhere bf16
+    products are emulated. Also True where the CPU's features cannot be read (no /proc/cpuinfo)."""
+    flags = _cpu_flags() if flags is None else flags
+    return not flags or bool({"avx512_bf16", "amx_bf16", "bf16"} & flags)
+
+
 Dtype = Literal["auto", "float32", "bfloat16"]
 
 
@@ -81,8 +88,7 @@ def cpu_dtype(setting: Dtype, flags: set[str] | None = None) -> Dtype:
     AMX-BF16, such as AMD Zen 2/3; ARM without BF16), where bf16 products are emulated: 3.5x slower
     than float32 on SmolLM2-135M (README). An explicit dtype is kept, and so is `auto` where the
     CPU's features cannot be read (no /proc/cpuinfo)."""
-    flags = _cpu_flags() if flags is None else flags
-    if setting == "auto" and flags and not {"avx512_bf16", "amx_bf16", "bf16"} & flags:
+    if setting == "auto" and not cpu_has_bf16(flags):
         log.info("dtype auto: float32 (this CPU has no bf16 instructions)")
         return "float32"
     return setting

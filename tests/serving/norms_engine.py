@@ -20,7 +20,7 @@ def main() -> None:
     from tests.serving.bf16_engine import tiny_lora_llm
 
     # SmolLM2's dtype as `platform serve --dtype auto` runs it here: bf16, or float32 without bf16 instructions
-    dtype = "float32" if lora_kernel.cpu_dtype("auto") == "float32" else "bfloat16"
+    dtype = "bfloat16" if lora_kernel.cpu_has_bf16() else "float32"
     llm = tiny_lora_llm(sys.argv[1], dtype=dtype)
     hidden = llm.llm_engine.model_config.get_hidden_size()
     x, residual = (torch.randn(4, hidden, dtype=getattr(torch, dtype)) for _ in range(2))
