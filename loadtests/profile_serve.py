@@ -2,6 +2,7 @@
 
     python loadtests/profile_serve.py                       # SmolLM2, base traffic, 16 users
     python loadtests/profile_serve.py --adapters 1          # one adapter
+    python loadtests/profile_serve.py --adapters 64 --many  # 64, power-law popularity, 8 slots (bench.py --many)
 
 Starts the server, drives it with the Locust scenario of bench.py (streamed chat, 32 tokens), and
 after a warm-up records every process of the server (API process, engine core, CPU worker) with
@@ -61,6 +62,9 @@ def main() -> None:
     )
     parser.add_argument("--base-model", default="embedded/smollm2-135m-instruct-q4_1")
     parser.add_argument("--adapters", type=int, default=0, help="0: base traffic; 1: one adapter")
+    parser.add_argument(
+        "--many", action="store_true", help="power-law popularity over --adapters, 8 slots, 16 in CPU memory"
+    )
     parser.add_argument("--users", type=int, default=16)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--seconds", type=int, default=20)
@@ -80,9 +84,11 @@ def main() -> None:
         else []
     )
     cmd = [platform_cmd(), "serve", "--base-model", args.base_model, "--registry", str(out / "registry")]
-    cmd += ["--port", str(args.port)]
+    if args.many:
+        cmd += ["--max-loras", "8", "--max-cpu-loras", "16", "--max-lora-rank", "16"]
+    cmd += ["--port", str(args.port)]  # last: found by pgrep below
     env = {
-        "LOADTEST_SCENARIO": "one" if refs else "base",
+        "LOADTEST_SCENARIO": "powerlaw" if args.many else "one" if refs else "base",
         "LOADTEST_MODELS": ",".join(refs),
         "LOADTEST_BASE": base.id,
         "LOADTEST_STREAM": "1",

@@ -5,12 +5,21 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
+import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 from registry.errors import IntegrityError
 
 MANIFEST = "manifest.json"
+RACY_NS = 2_000_000_000
+"""A file changed this close to when it was hashed is hashed again next time: a write in the same
+tick of the file system's clock could leave its size and times as they were (git's racy rule)."""
+_HASHED: OrderedDict[tuple[object, ...], str] = OrderedDict()
+_HASHED_MAX = 4096
+_HASHED_LOCK = threading.Lock()
 
 
 def file_sha256(path: Path) -> str:
@@ -19,6 +28,28 @@ def file_sha256(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def unchanged_file_sha256(path: Path) -> str:
+    """file_sha256, remembered in this process for a file whose inode, size, mtime and ctime are
+    those it had when hashed (any write, rename over it or chmod changes its ctime, which no user
+    call can set back). For a process that checks the same files again and again (a server loading
+    versions back into memory); `registry verify` and pushes always read every byte."""
+    st = path.stat()
+    key = (str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    with _HASHED_LOCK:
+        digest = _HASHED.get(key)
+        if digest is not None:
+            _HASHED.move_to_end(key)
+            return digest
+    started = time.time_ns()
+    digest = file_sha256(path)
+    if max(st.st_mtime_ns, st.st_ctime_ns) < started - RACY_NS:
+        with _HASHED_LOCK:
+            _HASHED[key] = digest
+            while len(_HASHED) > _HASHED_MAX:
+                _HASHED.popitem(last=False)
+    return digest
 
 
 def _files(folder: Path) -> list[Path]:
@@ -50,8 +81,11 @@ def write_manifest(folder: Path) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def verify(folder: Path, manifest_sha256: str | None, label: str) -> None:
-    """Raise IntegrityError naming `label` when any file is missing, extra, or altered."""
+def verify(folder: Path, manifest_sha256: str | None, label: str, rehash_unchanged: bool = True) -> None:
+    """Raise IntegrityError naming `label` when any file is missing, extra, or altered; with
+    rehash_unchanged=False, a file this process hashed before and that has not changed since (its
+    stat) is not read again (unchanged_file_sha256)."""
+    digest = file_sha256 if rehash_unchanged else unchanged_file_sha256
     path = folder / MANIFEST
     if not path.is_file():
         raise IntegrityError(f"{label}: manifest.json is missing from {folder}")
@@ -68,7 +102,7 @@ def verify(folder: Path, manifest_sha256: str | None, label: str) -> None:
         raise IntegrityError(f"{label}: unexpected extra file(s) {extra}")
     for rel, meta in expected.items():
         p = actual[rel]
-        if p.stat().st_size != meta["size"] or file_sha256(p) != meta["sha256"]:
+        if p.stat().st_size != meta["size"] or digest(p) != meta["sha256"]:
             raise IntegrityError(f"{label}: {rel} does not match its sha256 (tampered or truncated)")
 
 

@@ -221,16 +221,17 @@ class Registry:
         if not self.catalog.has_name(name):
             raise NotFoundError(f"no adapter named {name!r} in the registry", path=self.location)
 
-    def get(self, ref: str | Ref, verify_files: bool = True) -> Version:
+    def get(self, ref: str | Ref, verify_files: bool = True, rehash_unchanged: bool = True) -> Version:
         """The version a reference points at; with verify_files, its files are fetched (remote
-        stores) and every file is checked first."""
+        stores) and every file is checked first (rehash_unchanged=False: files this process hashed
+        before and that have not changed since are not read again; manifest.verify)."""
         name, version = self.resolve(ref)
         row = self.catalog.version(name, version)
         if row is None:  # removed between the two reads
             raise NotFoundError(f"{name}@{version}: version {version} of {name!r} does not exist")
         v = self._version(row, fetch=verify_files)
         if verify_files:
-            verify(v.path, v.manifest_sha256, v.ref)
+            verify(v.path, v.manifest_sha256, v.ref, rehash_unchanged)
         return v
 
     def _version(self, row: VersionRow, fetch: bool = False) -> Version:

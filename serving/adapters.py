@@ -215,7 +215,7 @@ class AdapterManager:
                 return self.loaded[key]
             started = time.perf_counter()
             with tracing.span("load", {"lora.version": f"{name}@{version}"}):
-                v = await asyncio.to_thread(self._fetch, name, version)  # sha256 of every file, once per load
+                v = await asyncio.to_thread(self._fetch, name, version)  # sha256 of every changed file
                 await asyncio.to_thread(self._validate, v)
                 handle = AdapterHandle(self._next_id, v.ref, v.path)
                 self._next_id += 1
@@ -229,7 +229,9 @@ class AdapterManager:
 
     def _fetch(self, name: str, version: int) -> Version:
         try:
-            return self.registry.get(f"{name}@{version}", verify_files=True)
+            # a version loaded before and evicted: files unchanged since this process hashed them
+            # are not read again (a load is the hot path with many adapters; bench.py --many)
+            return self.registry.get(f"{name}@{version}", verify_files=True, rehash_unchanged=False)
         except NotFoundError as exc:
             raise ModelNotFoundError(exc.message) from exc
         except IntegrityError as exc:  # its message names files on this server: the log has it

@@ -41,7 +41,7 @@ ENV_NO_ONEDNN = "LORA_PLATFORM_NO_ONEDNN_LORA"
 _ACTIVE = False
 STATS: Counter[str] = Counter()
 """Per process: `layers_bound` (LoRA layers on the compiled op), `slot_packs` (a layer's slot packed
-from vLLM's weights) and `slot_copies` (copied from the adapter's packed blocks, kept since)."""
+from vLLM's weights) and `slot_reuses` (pointed at the adapter's packed blocks, kept since)."""
 log = logging.getLogger("vllm.lora_platform")  # under vLLM's logger: printed with its own lines
 
 
@@ -277,30 +277,29 @@ class CompiledLoRA:
         return entry
 
     def repack(self, slots: list[int], adapters: dict[int, Any] | None = None) -> None:
-        """The adapters in `slots` changed: re-pack those slots of every layer, in place. A slot
-        whose adapter (`adapters`: slot -> vLLM's LoRAModel now in it) was packed before gets a
-        copy of its packed blocks; the others are packed from vLLM's weights and kept."""
+        """The adapters in `slots` changed: point those slots of every layer at their adapter's
+        packed blocks (`adapters`: slot -> vLLM's LoRAModel now in it), packing them from vLLM's
+        weights the first time and keeping them with the adapter; a slot without a known adapter is
+        packed in place."""
         adapters = adapters or {}
         for slot in slots:
             model = adapters.get(slot)
-            kept = self._packed.get(model) if model is not None else None
-            fresh: dict[int, tuple[Any, Any]] = {}
+            kept = self._packed.setdefault(model, {}) if model is not None else None
             for key, entry in self._layers.items():
                 if entry is None:
                     continue
                 layer = entry[1]
-                block = kept.get(key) if kept is not None else None
-                if block is not None:
-                    layer.a[slot].copy_(block[0])
-                    layer.b[slot].copy_(block[1])
-                    STATS["slot_copies"] += 1
+                if kept is None:
+                    layer.repack([slot])
+                    STATS["slot_packs"] += 1
                     continue
-                layer.repack([slot])
-                STATS["slot_packs"] += 1
-                if model is not None:
-                    fresh[key] = (layer.a[slot].clone(), layer.b[slot].clone())
-            if model is not None and fresh:
-                self._packed.setdefault(model, {}).update(fresh)
+                blocks = kept.get(key)
+                if blocks is None:
+                    blocks = kept[key] = layer.pack(slot)
+                    STATS["slot_packs"] += 1
+                else:
+                    STATS["slot_reuses"] += 1
+                layer.point(slot, blocks)
 
 
 class _Fused:
@@ -401,13 +400,13 @@ class TorchLoRA:
 
 class ZeroSlots:
     """Which slots of a stacked weight (logits, embeddings) are all zeros, i.e. their adapter has
-    no such weights. Cache: (weights' id, slot) -> bool, forgotten when the slots change."""
+    no such weights. Cache: (weights' id, slot) -> bool, forgotten for a slot whose adapter changes."""
 
     def __init__(self) -> None:
         self._zero: dict[tuple[int, int], bool] = {}
 
-    def clear(self) -> None:
-        self._zero.clear()
+    def forget(self, slots: list[int]) -> None:
+        self._zero = {k: v for k, v in self._zero.items() if k[1] not in slots}
 
     def plan(self, weights: Any, groups: list[tuple[int, Any]]) -> list[tuple[int, Any]]:
         """The groups whose slot has non-zero weights."""
@@ -453,7 +452,7 @@ def make_wrapper_class() -> type:
             if ids != self._ids:  # slots changed: forget what was derived from their weights
                 changed = [i for i, v in enumerate(ids) if i >= len(self._ids) or self._ids[i] != v]
                 self._ids = ids
-                self._zero.clear()
+                self._zero.forget(changed)
                 self._torch.clear()
                 self._compiled.repack(changed, {i: self._filled.pop(i) for i in changed if i in self._filled})
 

@@ -15,7 +15,7 @@
  * Neither checks that its buffers are large enough: lora_kernel.py checks y's width, the row and
  * slot indices and the shapes before every call.
  *
- * Weights are pre-packed per slot by serving/engine/lora_kernel.py:
+ * Weights are pre-packed per adapter by serving/engine/lora_kernel.py:
  *   A: [K2][RT][2]  bf16, K2 = ceil(K / 2), RT = slices * R rounded up to 16 (zero padded)
  *   B: per slice s, [R / 2][NP_s][2] bf16, NP_s = n_s rounded up to 16, slices back to back
  * R (the rank, per slice) is even.
@@ -101,12 +101,6 @@ static inline __attribute__((always_inline)) void expand_block(
         for (int v = 0; v < NV; v++) store_bf16_16(yr[m] + col + v * 16, acc[m][v], mask[v]);
 }
 
-/*
- * x: bf16 activations, row stride sx; y: bf16 output, row stride sy (both in elements).
- * rows[i], slots[i] for i < n_rows: the row of x/y and its packed-weight slot; rows of one
- * slot are consecutive. ap/bp: packed weights of slot 0; a_stride/b_stride: elements per slot.
- * S slices of rank R each; offs/sizes: each slice's output columns. Returns 0, or -1 on a bad size.
- */
 static int lora_threads = 0; /* 0: the OpenMP pool's size */
 
 /* Threads for one call (1: the calling thread only); LORA_PLATFORM_LORA_THREADS sets it. */
@@ -182,15 +176,16 @@ static void avx512_block(const bf16_t *x, int64_t sx, bf16_t *y, int64_t sy, con
 /*
  * x: bf16 activations, row stride sx; y: bf16 output, row stride sy (both in elements).
  * rows[i], slots[i] for i < n_rows: the row of x/y and its packed-weight slot; rows of one
- * slot are consecutive. ap/bp: packed weights of slot 0; a_stride/b_stride: elements per slot.
+ * slot are consecutive. a_slots[slot]/b_slots[slot]: the slot's packed weights (a slot is a pointer:
+ * an adapter packed once takes a slot without its weights being copied).
  * S slices of rank R each; offs/sizes: each slice's output columns. Returns 0, or -1 on a bad size.
  * A call with PARALLEL_BLOCKS blocks or more (16 rows of one adapter, or a few rows each of several)
  * splits them over OpenMP threads, each block writing its own rows of y; smaller calls run on the
  * calling thread.
  */
 int lora_bf16_fused(const bf16_t *x, int64_t sx, bf16_t *y, int64_t sy, const int32_t *rows,
-                    const int32_t *slots, int64_t n_rows, const bf16_t *ap, int64_t a_stride,
-                    const bf16_t *bp, int64_t b_stride, int64_t K, int64_t R, int64_t S,
+                    const int32_t *slots, int64_t n_rows, const bf16_t *const *a_slots,
+                    const bf16_t *const *b_slots, int64_t K, int64_t R, int64_t S,
                     const int64_t *offs, const int64_t *sizes, float scale) {
     const int64_t RT = ((S * R + 15) / 16) * 16;
     if (RT > MAXRT || R % 2 != 0 || R <= 0) return -1;
@@ -202,8 +197,8 @@ int lora_bf16_fused(const bf16_t *x, int64_t sx, bf16_t *y, int64_t sy, const in
     for (int64_t bi = 0; bi < nb; bi++) {
         const int64_t i = starts[bi];
         const int32_t slot = slots[i];
-        avx512_block(x, sx, y, sy, rows + i, (int)(starts[bi + 1] - i), ap + (int64_t)slot * a_stride,
-                     bp + (int64_t)slot * b_stride, K, R, RT, S, offs, sizes, scale);
+        avx512_block(x, sx, y, sy, rows + i, (int)(starts[bi + 1] - i), a_slots[slot], b_slots[slot], K, R,
+                     RT, S, offs, sizes, scale);
     }
     free(starts);
     return 0;
@@ -334,8 +329,8 @@ static void amx_block(const bf16_t *x, int64_t sx, bf16_t *y, int64_t sy, const 
 }
 
 int lora_bf16_fused_amx(const bf16_t *x, int64_t sx, bf16_t *y, int64_t sy, const int32_t *rows,
-                        const int32_t *slots, int64_t n_rows, const bf16_t *ap, int64_t a_stride,
-                        const bf16_t *bp, int64_t b_stride, int64_t K, int64_t R, int64_t S,
+                        const int32_t *slots, int64_t n_rows, const bf16_t *const *a_slots,
+                        const bf16_t *const *b_slots, int64_t K, int64_t R, int64_t S,
                         const int64_t *offs, const int64_t *sizes, float scale) {
     const int64_t RT = ((S * R + 15) / 16) * 16;
     const int64_t Kp = ((K + 31) / 32) * 32;
@@ -360,8 +355,8 @@ int lora_bf16_fused_amx(const bf16_t *x, int64_t sx, bf16_t *y, int64_t sy, cons
         for (int64_t bi = 0; bi < nb; bi++) {
             const int64_t i = starts[bi];
             const int32_t slot = slots[i];
-            amx_block(x, sx, y, sy, rows + i, (int)(starts[bi + 1] - i), ap + (int64_t)slot * a_stride,
-                      bp + (int64_t)slot * b_stride, K, Kp, R, RT, S, kc, offs, sizes, scale, xb);
+            amx_block(x, sx, y, sy, rows + i, (int)(starts[bi + 1] - i), a_slots[slot], b_slots[slot], K,
+                      Kp, R, RT, S, kc, offs, sizes, scale, xb);
         }
         _tile_release();
     }

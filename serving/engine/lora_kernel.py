@@ -128,7 +128,7 @@ class Kernel:
 
     def __init__(self, lib: Any) -> None:
         p, i64 = ctypes.c_void_p, ctypes.c_int64
-        argtypes = [p, i64, p, i64, p, p, i64, p, i64, p, i64, i64, i64, i64, p, p, ctypes.c_float]
+        argtypes = [p, i64, p, i64, p, p, i64, p, p, i64, i64, i64, p, p, ctypes.c_float]
         self.avx512 = lib.lora_bf16_fused
         self.amx = lib.lora_bf16_fused_amx
         for fn in (self.avx512, self.amx):
@@ -166,11 +166,13 @@ def load() -> Kernel | None:
 
 
 class PackedLayer:
-    """One LoRA layer's stacked weights (every slot), packed for the kernel.
+    """One LoRA layer's weights for the kernel: per slot, pointers to an adapter's packed blocks.
 
-    a_stacked[i]: [slots, 1, R, K]; b_stacked[i]: [slots, 1, n_i, R] (vLLM's layout). The packed
-    buffers never move (the bound call holds their addresses); `repack(slots)` refreshes the slots
-    whose adapter changed, in place.
+    a_stacked[i]: [slots, 1, R, K]; b_stacked[i]: [slots, 1, n_i, R] (vLLM's layout). A slot points
+    at the layer's own buffers (`repack(slots)`: packed from vLLM's stacked weights, in place) or at
+    blocks packed once and kept with an adapter (`pack(slot)`, then `point(slot, blocks)`), so an
+    adapter that comes back to a slot is not packed or copied again. The pointer tables and buffers
+    never move (the bound call holds their addresses); the layer holds every block a slot points at.
     """
 
     def __init__(self, a_stacked: tuple[Any, ...], b_stacked: tuple[Any, ...], sizes: tuple[int, ...]):
@@ -185,6 +187,9 @@ class PackedLayer:
         self.npad = tuple(-(-n // 16) * 16 for n in sizes)
         self.a = torch.zeros(slots, self.k2 * self.rt * 2, dtype=torch.bfloat16)
         self.b = torch.zeros(slots, r * sum(self.npad), dtype=torch.bfloat16)
+        self.a_slots = (ctypes.c_void_p * slots)()  # the kernel's pointer tables, slot -> block
+        self.b_slots = (ctypes.c_void_p * slots)()
+        self._held: list[tuple[Any, Any] | None] = [None] * slots
         self.k, self.r, self.s = k, r, s
         self.offs = torch.tensor([sum(sizes[:i]) for i in range(s)], dtype=torch.int64)
         self.sizes = torch.tensor(sizes, dtype=torch.int64)
@@ -192,17 +197,40 @@ class PackedLayer:
         self.repack(range(slots))
 
     def repack(self, slots: Any) -> None:
-        """Copy the adapters now in `slots` from vLLM's stacked weights into the packed buffers: one
-        strided copy per slice and matrix, no temporaries (a slot activation re-packs every layer)."""
+        """Pack the adapters now in `slots` from vLLM's stacked weights into the layer's own buffers
+        and point the slots at them."""
         for slot in slots:
-            a = self.a[slot].view(self.k2, self.rt, 2)  # [K2, RT, 2]: pairs of K next to each other
-            for i, w in enumerate(self.a_stacked):
-                _pairs_into(a[:, i * self.r : i * self.r + self.rank], w[slot, 0].t())
-            off = 0
-            for w, n, npad in zip(self.b_stacked, self.n, self.npad, strict=True):
-                b = self.b[slot, off : off + self.r * npad].view(self.r // 2, npad, 2)  # [r/2, npad, 2]
-                _pairs_into(b[:, :n], w[slot, 0, :n].t())
-                off += self.r * npad
+            self._pack_into(slot, self.a[slot], self.b[slot])
+            self.point(slot, (self.a[slot], self.b[slot]))
+
+    def pack(self, slot: int) -> tuple[Any, Any]:
+        """New blocks (A, B) packed from the adapter in `slot` of vLLM's stacked weights, to keep."""
+        import torch
+
+        blocks = (torch.zeros_like(self.a[slot]), torch.zeros_like(self.b[slot]))
+        self._pack_into(slot, *blocks)
+        return blocks
+
+    def point(self, slot: int, blocks: tuple[Any, Any]) -> None:
+        """Make `slot` read `blocks` (from `pack`, or the layer's own buffers); no copy."""
+        a, b = blocks
+        for block, own in ((a, self.a), (b, self.b)):
+            if block.numel() != own.shape[1] or block.dtype != own.dtype or not block.is_contiguous():
+                raise KernelCallError("packed blocks of another layer's shape")
+        self._held[slot] = blocks  # before the pointers: the kernel never reads freed memory
+        self.a_slots[slot] = a.data_ptr()
+        self.b_slots[slot] = b.data_ptr()
+
+    def _pack_into(self, slot: int, a_out: Any, b_out: Any) -> None:
+        """One strided copy per slice and matrix, no temporaries; padding is left as it is (zero)."""
+        a = a_out.view(self.k2, self.rt, 2)  # [K2, RT, 2]: pairs of K next to each other
+        for i, w in enumerate(self.a_stacked):
+            _pairs_into(a[:, i * self.r : i * self.r + self.rank], w[slot, 0].t())
+        off = 0
+        for w, n, npad in zip(self.b_stacked, self.n, self.npad, strict=True):
+            b = b_out[off : off + self.r * npad].view(self.r // 2, npad, 2)  # [r/2, npad, 2]
+            _pairs_into(b[:, :n], w[slot, 0, :n].t())
+            off += self.r * npad
 
 
 def _pairs_into(dst: Any, src: Any) -> None:
@@ -248,10 +276,8 @@ def bind(kernel: Kernel, layer: PackedLayer) -> Any | None:
         return None
     fn = kernel.pick(layer)
     tail = (
-        layer.a.data_ptr(),
-        layer.a[0].numel(),
-        layer.b.data_ptr(),
-        layer.b[0].numel(),
+        ctypes.addressof(layer.a_slots),
+        ctypes.addressof(layer.b_slots),
         layer.k,
         layer.r,
         layer.s,

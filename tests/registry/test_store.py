@@ -156,6 +156,42 @@ def test_tampered_missing_and_extra_files_fail_verification(registry_location: s
     assert all(report[r] for r in ("t@1", "t@2", "t@3"))
 
 
+def test_a_server_reload_reads_only_files_changed_since_it_hashed_them(
+    registry_location: str, adapter: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server loading a version again (rehash_unchanged=False) does not read the files it hashed
+    before and that have not changed since; a file written since is read and refused; a file just
+    written is read every time (a write in the same clock tick would leave its times unchanged);
+    plain verification reads every byte."""
+    import registry.manifest as manifest
+
+    reg = Registry(registry_location)
+    v = reg.push("t", adapter, LINEAGE)
+    reads: list[str] = []
+    real = manifest.file_sha256
+    monkeypatch.setattr(manifest, "file_sha256", lambda p: reads.append(p.name) or real(p))
+    files = len(json.loads((v.path / "manifest.json").read_text())["files"])
+
+    reg.get("t@1", rehash_unchanged=False)
+    reg.get("t@1", rehash_unchanged=False)
+    assert len(reads) == 2 * files, "files written within RACY_NS are hashed every time"
+    newest = max(max(p.stat().st_mtime_ns, p.stat().st_ctime_ns) for p in v.path.iterdir())
+    wait_until(lambda: time.time_ns() - newest > manifest.RACY_NS + 10**8, 10)
+    reg.get("t@1", rehash_unchanged=False)
+    assert len(reads) == 3 * files
+    reg.get("t@1", rehash_unchanged=False)
+    assert len(reads) == 3 * files, "unchanged files hashed before must not be read again"
+    reg.get("t@1")
+    assert len(reads) == 4 * files, "plain verification reads every file"
+
+    weights = v.path / "adapter_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))  # same size
+    with pytest.raises(IntegrityError, match=r"t@1: adapter_model.safetensors does not match its sha256"):
+        reg.get("t@1", rehash_unchanged=False)
+
+
 def test_bad_adapters_are_refused_and_nothing_is_stored(registry_root: Path, tmp_path: Path) -> None:
     reg = Registry(registry_root)
     pickled = make_adapter(tmp_path / "p")

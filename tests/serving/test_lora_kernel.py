@@ -206,6 +206,38 @@ def test_repacking_one_slot_equals_packing_from_scratch() -> None:
     assert (layer.a.data_ptr(), layer.b.data_ptr()) == (a_addr, b_addr), "bound calls hold these addresses"
 
 
+def test_an_adapter_packed_once_takes_a_slot_again_without_vllms_weights() -> None:
+    """Blocks packed from one adapter and kept (the engine keeps them with vLLM's LoRAModel) give
+    that adapter's outputs when a slot is pointed back at them, after another adapter took the slot
+    in vLLM's stacked weights; the layer holds the blocks a slot points at."""
+    kernel = lora_kernel.load()
+    assert kernel is not None
+    gen, a_stacked, b_stacked, layer = _one_layer(64, sizes=(40, 24))
+    x = torch.randn(12, 64, generator=gen).bfloat16()
+    y = torch.randn(12, 64, generator=gen).bfloat16()
+    indices = torch.ones(12, dtype=torch.long)
+    want = reference(x, y, a_stacked, b_stacked, (40, 24), indices, 1.0)
+    kept = layer.pack(1)
+    for w in (*a_stacked, *b_stacked):  # another adapter lands in slot 1
+        w[1].normal_(generator=gen).mul_(0.05)
+    layer.repack([1])
+    other = reference(x, y, a_stacked, b_stacked, (40, 24), indices, 1.0)
+    layer.point(1, kept)
+    del kept
+    rows = torch.arange(12).int()
+    for variant in variants():
+        kernel.use_amx = variant == "amx"
+        got = y.clone()
+        assert lora_kernel.run(kernel, layer, x, got, rows, indices.int(), 1.0)
+        torch.testing.assert_close(got.float(), want, rtol=2e-2, atol=2e-2, msg=variant)
+    layer.repack([1])  # back to the adapter now in vLLM's weights
+    got = y.clone()
+    assert lora_kernel.run(kernel, layer, x, got, rows, indices.int(), 1.0)
+    torch.testing.assert_close(got.float(), other, rtol=2e-2, atol=2e-2)
+    with pytest.raises(lora_kernel.KernelCallError):
+        layer.point(0, _one_layer(96, sizes=(40, 24))[3].pack(0))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("env", "path"),
