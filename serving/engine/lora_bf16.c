@@ -106,6 +106,18 @@ static int lora_threads = 0; /* 0: the OpenMP pool's size */
 /* Threads for one call (1: the calling thread only); LORA_PLATFORM_LORA_THREADS sets it. */
 void lora_set_threads(int n) { lora_threads = n; }
 
+/* Packing (lora_kernel.PackedLayer): dst[(i / 2) * d0 + j * 2 + i % 2] = src[i * s0 + j * s1] for
+ * i < rows, j < cols, i.e. rows i and i + 1 side by side in pairs (an odd last row fills the first
+ * half of its pair only). One call per slice and matrix instead of a few strided torch copies. */
+void lora_pack_pairs(bf16_t *dst, int64_t d0, const bf16_t *src, int64_t s0, int64_t s1, int64_t rows,
+                     int64_t cols) {
+    for (int64_t i = 0; i < rows; i++) {
+        bf16_t *d = dst + (i / 2) * d0 + (i % 2);
+        const bf16_t *sr = src + i * s0;
+        for (int64_t j = 0; j < cols; j++) d[j * 2] = sr[j * s1];
+    }
+}
+
 /* Blocks of up to `size` consecutive entries of one slot: their starts, then n_rows (a malloc'ed
  * array of *nb + 1 entries; NULL when out of memory). */
 static int64_t *block_starts(const int32_t *slots, int64_t n_rows, int64_t size, int64_t *nb) {

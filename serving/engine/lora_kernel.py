@@ -136,6 +136,9 @@ class Kernel:
             fn.restype = ctypes.c_int
         self.use_amx = cpu_has_amx() and os.environ.get(ENV_NO_AMX) != "1" and lib.lora_amx_init() == 0
         lib.lora_set_threads(int(os.environ.get(ENV_THREADS) or 0))
+        self.pack_pairs = lib.lora_pack_pairs
+        self.pack_pairs.argtypes = [p, i64, p, i64, i64, i64, i64]
+        self.pack_pairs.restype = None
 
     @property
     def name(self) -> str:
@@ -194,6 +197,18 @@ class PackedLayer:
         self.offs = torch.tensor([sum(sizes[:i]) for i in range(s)], dtype=torch.int64)
         self.sizes = torch.tensor(sizes, dtype=torch.int64)
         self.ok = s * r <= MAX_RANKS
+        # the packing as calls of the library's lora_pack_pairs, one per slice and matrix:
+        # (A or B, element offset in the block, d0, weights, s0, s1, rows, cols); None: torch copies
+        bf16 = torch.bfloat16
+        self._copies: list[tuple[int, int, int, Any, int, int, int, int]] | None = None
+        if load() is not None and all(w.dtype == bf16 for w in (*a_stacked, *b_stacked)):
+            self._copies = [
+                (0, i * r * 2, self.rt * 2, w, w.stride(3), w.stride(2), k, self.rank)
+                for i, w in enumerate(a_stacked)
+            ]
+            for i, (w, n, npad) in enumerate(zip(b_stacked, sizes, self.npad, strict=True)):
+                off = r * sum(self.npad[:i])
+                self._copies.append((1, off, npad * 2, w, w.stride(3), w.stride(2), self.rank, n))
         self.repack(range(slots))
 
     def repack(self, slots: Any) -> None:
@@ -222,7 +237,15 @@ class PackedLayer:
         self.b_slots[slot] = b.data_ptr()
 
     def _pack_into(self, slot: int, a_out: Any, b_out: Any) -> None:
-        """One strided copy per slice and matrix, no temporaries; padding is left as it is (zero)."""
+        """Pack `slot` of vLLM's stacked weights into contiguous blocks: one C call per slice and
+        matrix (a few strided torch copies each without the library); padding is left zero."""
+        kernel = load()
+        if kernel is not None and self._copies is not None:
+            outs = (a_out.data_ptr(), b_out.data_ptr())
+            for which, off, d0, w, s0, s1, rows, cols in self._copies:
+                src = w.data_ptr() + 2 * slot * w.stride(0)
+                kernel.pack_pairs(outs[which] + 2 * off, d0, src, s0, s1, rows, cols)
+            return
         a = a_out.view(self.k2, self.rt, 2)  # [K2, RT, 2]: pairs of K next to each other
         for i, w in enumerate(self.a_stacked):
             _pairs_into(a[:, i * self.r : i * self.r + self.rank], w[slot, 0].t())

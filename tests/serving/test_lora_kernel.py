@@ -206,6 +206,22 @@ def test_repacking_one_slot_equals_packing_from_scratch() -> None:
     assert (layer.a.data_ptr(), layer.b.data_ptr()) == (a_addr, b_addr), "bound calls hold these addresses"
 
 
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"K{s[0]}-r{s[1]}-{'x'.join(map(str, s[2]))}")
+def test_the_compiled_packing_writes_what_the_torch_packing_writes(shape) -> None:  # type: ignore[no-untyped-def]
+    """PackedLayer packs with the library's lora_pack_pairs (one C call per slice and matrix); the
+    strided torch copies it replaced write the same blocks."""
+    k, rank, sizes = shape
+    gen = torch.Generator().manual_seed(k)
+    a_stacked = tuple(torch.randn(3, 1, rank, k, generator=gen).bfloat16() for _ in sizes)
+    b_stacked = tuple(torch.randn(3, 1, n + 5, rank, generator=gen).bfloat16() for n in sizes)
+    layer = lora_kernel.PackedLayer(a_stacked, b_stacked, sizes)
+    assert layer._copies is not None
+    compiled = layer.pack(1)
+    layer._copies = None
+    torch_copies = layer.pack(1)
+    assert torch.equal(compiled[0], torch_copies[0]) and torch.equal(compiled[1], torch_copies[1])
+
+
 def test_an_adapter_packed_once_takes_a_slot_again_without_vllms_weights() -> None:
     """Blocks packed from one adapter and kept (the engine keeps them with vLLM's LoRAModel) give
     that adapter's outputs when a slot is pointed back at them, after another adapter took the slot
