@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import logging
 import os
-import weakref
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from serving.engine import cpu_norms, lora_kernel, lora_slots
@@ -41,7 +41,7 @@ ENV_NO_ONEDNN = "LORA_PLATFORM_NO_ONEDNN_LORA"
 _ACTIVE = False
 STATS: Counter[str] = Counter()
 """Per process: `layers_bound` (LoRA layers on the compiled op), `slot_packs` (a layer's slot packed
-from vLLM's weights) and `slot_reuses` (pointed at the adapter's packed blocks, kept since)."""
+from an adapter's or vLLM's weights) and `slot_reuses` (pointed at an adapter's blocks, kept since)."""
 log = logging.getLogger("vllm.lora_platform")  # under vLLM's logger: printed with its own lines
 
 
@@ -243,25 +243,36 @@ class CompiledLoRA:
     CPUs): every slice and adapter row in one C call. Cache: the layer's stacked A weights (held by
     the entry, so their id is not reused) -> its packed weights and call, or None for the torch path.
 
-    An adapter is packed from vLLM's stacked weights the first time it takes a slot; its packed
-    blocks are kept with its vLLM LoRAModel (weakly: they go when vLLM drops the adapter from its
-    CPU cache), so a later activation of the same adapter copies one contiguous block per layer
-    instead of re-packing (SmolLM2, r=16 all-linear, 8 slots, one thread: 2.1 ms instead of 21 ms
-    per activation, 9.8 MB kept per adapter)."""
+    A slot of a layer is a pointer to an adapter's packed blocks. When vLLM activates an adapter it
+    copies the adapter's weights into every layer's stacked weights (set_lora, ~9 ms for SmolLM2 r=16
+    all-linear); for a layer on the compiled op, `take` packs them from the adapter's own weights
+    instead (once: the blocks are kept while vLLM keeps the adapter's weights, 9.8 MB per adapter)
+    and points the slot at them, and vLLM's copy is made only if the torch path ever runs for that
+    layer (`run`). An adapter back in a slot costs a pointer per layer."""
 
     def __init__(self) -> None:
         self._layers: dict[int, tuple[Any, lora_kernel.PackedLayer, Any] | None] = {}
-        self._packed: weakref.WeakKeyDictionary[Any, dict[int, tuple[Any, Any]]] = weakref.WeakKeyDictionary()
+        # an adapter's weights for one layer (its first A tensor, vLLM's LoRAModel holds it) -> blocks
+        from torch.utils.weak import WeakIdKeyDictionary  # tensors compare by value: keyed by identity
+
+        self._kept: WeakIdKeyDictionary = WeakIdKeyDictionary()
+        # (layer, slot) -> vLLM's copy of the adapter pointed at there, not made yet
+        self._behind: dict[tuple[int, int], Callable[[], None]] = {}
 
     def run(
         self, y: Any, x: Any, a_stacked: Any, b_stacked: Any, sizes: Any, plan: StepPlan, scale: float
     ) -> bool:
-        """y += LoRA(x) for the plan's adapter rows; False where the torch path must do it."""
+        """y += LoRA(x) for the plan's adapter rows; False where the torch path must do it (vLLM's
+        stacked weights of this layer are brought up to date first)."""
         try:
             entry = self._layers[id(a_stacked)]
         except KeyError:
             entry = self._bind(a_stacked, b_stacked, tuple(sizes), x)
-        return entry is not None and bool(entry[2](x, y, plan.kernel_rows(), scale))
+        if entry is not None and entry[2](x, y, plan.kernel_rows(), scale):
+            return True
+        for key in [k for k in self._behind if k[0] == id(a_stacked)]:
+            self._behind.pop(key)()
+        return False
 
     def _bind(
         self, a_stacked: Any, b_stacked: Any, sizes: tuple[int, ...], x: Any
@@ -276,30 +287,45 @@ class CompiledLoRA:
         self._layers[id(a_stacked)] = entry
         return entry
 
-    def repack(self, slots: list[int], adapters: dict[int, Any] | None = None) -> None:
-        """The adapters in `slots` changed: point those slots of every layer at their adapter's
-        packed blocks (`adapters`: slot -> vLLM's LoRAModel now in it), packing them from vLLM's
-        weights the first time and keeping them with the adapter; a slot without a known adapter is
-        packed in place."""
-        adapters = adapters or {}
+    def take(self, a_stacked: Any, slot: int, lora_a: Any, lora_b: Any, copy: Callable[[], None]) -> bool:
+        """vLLM is about to copy an adapter's weights (`lora_a`, `lora_b`: a tensor, or one per
+        slice) into `slot` of the layer whose stacked A weights are `a_stacked`. On a layer bound to
+        the compiled op, point the slot at the adapter's packed blocks instead and keep vLLM's `copy`
+        for later; False (vLLM copies now) elsewhere."""
+        entry = self._layers.get(id(a_stacked))
+        if entry is None:
+            return False
+        layer = entry[1]
+        a_list = lora_a if isinstance(lora_a, list) else [lora_a]
+        b_list = lora_b if isinstance(lora_b, list) else [lora_b]
+        key = next((a for a in a_list if a is not None), None)
+        if key is None:
+            return False
+        blocks: tuple[Any, Any] | None = self._kept.get(key)  # type: ignore[no-untyped-call]
+        if blocks is None:
+            blocks = layer.pack_weights(a_list, b_list)
+            if blocks is None:
+                return False
+            self._kept[key] = blocks
+            STATS["slot_packs"] += 1
+        else:
+            STATS["slot_reuses"] += 1
+        layer.point(slot, blocks)
+        self._behind[(id(a_stacked), slot)] = copy
+        return True
+
+    def copied(self, a_stacked: Any, slot: int) -> None:
+        """vLLM wrote `slot` of this layer's stacked weights itself (set_lora or reset_lora)."""
+        self._behind.pop((id(a_stacked), slot), None)
+
+    def repack(self, slots: list[int]) -> None:
+        """The adapters in `slots` changed: a slot that vLLM wrote into its stacked weights is
+        packed from them, in place; a slot `take` pointed at an adapter's blocks keeps them."""
         for slot in slots:
-            model = adapters.get(slot)
-            kept = self._packed.setdefault(model, {}) if model is not None else None
             for key, entry in self._layers.items():
-                if entry is None:
-                    continue
-                layer = entry[1]
-                if kept is None:
-                    layer.repack([slot])
+                if entry is not None and (key, slot) not in self._behind:
+                    entry[1].repack([slot])
                     STATS["slot_packs"] += 1
-                    continue
-                blocks = kept.get(key)
-                if blocks is None:
-                    blocks = kept[key] = layer.pack(slot)
-                    STATS["slot_packs"] += 1
-                else:
-                    STATS["slot_reuses"] += 1
-                layer.point(slot, blocks)
 
 
 class _Fused:
@@ -437,11 +463,17 @@ def make_wrapper_class() -> type:
             self._compiled = CompiledLoRA()
             self._torch = TorchLoRA()
             self._zero = ZeroSlots()
-            self._filled: dict[int, Any] = {}
 
-        def slot_filled(self, slot: int, adapter: Any) -> None:
-            """vLLM's manager copied `adapter` (its LoRAModel) into `slot` (lora_slots.py calls this)."""
-            self._filled[slot] = adapter
+        def take_lora(
+            self, a_stacked: Any, slot: int, lora_a: Any, lora_b: Any, copy: Callable[[], None]
+        ) -> bool:
+            """lora_slots.py asks before vLLM's set_lora: True when the compiled op took the adapter
+            (CompiledLoRA.take) and vLLM's copy is left for later."""
+            return self._compiled.take(a_stacked, slot, lora_a, lora_b, copy)
+
+        def lora_copied(self, a_stacked: Any, slot: int) -> None:
+            """lora_slots.py tells after vLLM wrote a slot of a layer's stacked weights itself."""
+            self._compiled.copied(a_stacked, slot)
 
         def update_metadata(
             self, mapping: Any, lora_index_to_id: list[Any], max_loras: int, vocab_size: int, **kwargs: Any
@@ -454,7 +486,7 @@ def make_wrapper_class() -> type:
                 self._ids = ids
                 self._zero.forget(changed)
                 self._torch.clear()
-                self._compiled.repack(changed, {i: self._filled.pop(i) for i in changed if i in self._filled})
+                self._compiled.repack(changed)
 
         def add_lora_linear(
             self,

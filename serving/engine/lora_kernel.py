@@ -226,6 +226,39 @@ class PackedLayer:
         self._pack_into(slot, *blocks)
         return blocks
 
+    def pack_weights(self, lora_a: list[Any], lora_b: list[Any]) -> tuple[Any, Any] | None:
+        """New blocks (A, B) packed from one adapter's own weights, per slice A [r, K] and B [n, r]
+        (None for both: no weights for that slice), r up to the layer's rank; as `pack` would pack
+        them from vLLM's stacked weights. None where they do not fit the layer or the library."""
+        import torch
+
+        kernel = load()
+        if kernel is None or len(lora_a) != self.s or len(lora_b) != self.s:
+            return None
+        for a, b, n in zip(lora_a, lora_b, self.n, strict=True):
+            if a is None and b is None:
+                continue
+            if a is None or b is None or a.dim() != 2 or b.dim() != 2:
+                return None
+            if a.dtype != torch.bfloat16 or b.dtype != torch.bfloat16 or a.device.type != "cpu":
+                return None
+            if a.shape[0] > self.rank or a.shape[1] != self.k or b.shape[1] != a.shape[0] or b.shape[0] > n:
+                return None
+        blocks = (torch.zeros_like(self.a[0]), torch.zeros_like(self.b[0]))
+        a_out, b_out = blocks[0].data_ptr(), blocks[1].data_ptr()
+        for i, (a, b, npad) in enumerate(zip(lora_a, lora_b, self.npad, strict=True)):
+            if a is None:
+                continue
+            r = a.shape[0]  # A^T [K, r] into the slice's columns; B^T [r, n] into its block
+            kernel.pack_pairs(
+                a_out + 2 * i * self.r * 2, self.rt * 2, a.data_ptr(), a.stride(1), a.stride(0), self.k, r
+            )
+            off = self.r * sum(self.npad[:i])
+            kernel.pack_pairs(
+                b_out + 2 * off, npad * 2, b.data_ptr(), b.stride(1), b.stride(0), r, b.shape[0]
+            )
+        return blocks
+
     def point(self, slot: int, blocks: tuple[Any, Any]) -> None:
         """Make `slot` read `blocks` (from `pack`, or the layer's own buffers); no copy."""
         a, b = blocks

@@ -16,13 +16,15 @@ needed 594 (every load from the registry set off a chain of them); with both, 42
   use: one activation per adapter new to the slots, as LRU intends;
 - `add_lora` puts the adapter in vLLM's CPU cache only (read from disk, LRU there as before); it
   takes a slot when a step asks for it, instead of evicting one a running request may be using.
-And every activation tells the CPU punica wrapper which LoRAModel a slot now holds (`slot_filled`),
-so the compiled op packs an adapter once and copies its packed blocks when it comes back
-(cpu_lora.CompiledLoRA).
+And vLLM's copy of an adapter into a LoRA linear layer's stacked weights (set_lora) asks the CPU
+punica wrapper first: a layer on the compiled op points the slot at the adapter's packed blocks
+instead (packed once from the adapter's own weights, cpu_lora.CompiledLoRA.take), and the copy is
+made only if the torch path ever runs for that layer.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 
@@ -51,17 +53,39 @@ def load_into_cpu_cache(worker: Any, request: Any) -> bool:
         return bool(manager.add_adapter(lora))
 
 
-def tell_wrappers(manager: Any, lora_id: int) -> None:
-    """After vLLM's manager copied adapter `lora_id` into a slot: tell its punica wrappers which
-    LoRAModel the slot now holds (the CPU wrapper keeps that adapter's packed weights with it)."""
-    adapter = manager._registered_adapters.get(lora_id)
-    if adapter is None:
+def defer_copies(manager: Any) -> None:
+    """Route the set_lora / reset_lora of every LoRA linear layer of `manager`'s model through its
+    punica wrapper (take_lora / lora_copied; once per manager). Only layers whose set_lora is one of
+    vLLM's two plain copies (one slice; one per slice, merged) and that are not sharded."""
+    from vllm.lora.layers.base_linear import BaseLinearLayerWithLoRA
+    from vllm.lora.layers.column_parallel_linear import MergedColumnParallelLinearWithLoRA
+
+    if getattr(manager, "_lora_platform_deferred", False):
         return
-    slot = manager.lora_index_to_id.index(lora_id)
-    wrappers = {id(w): w for w in getattr(manager, "punica_wrapper_mapping", {}).values()}
-    for wrapper in wrappers.values():
-        if hasattr(wrapper, "slot_filled"):
-            wrapper.slot_filled(slot, adapter)
+    manager._lora_platform_deferred = True
+    plain = (BaseLinearLayerWithLoRA.set_lora, MergedColumnParallelLinearWithLoRA.set_lora)
+    for module in manager.modules.values():
+        if getattr(type(module), "set_lora", None) in plain and getattr(module, "tp_size", 1) == 1:
+            _defer(module)
+
+
+def _defer(module: Any) -> None:
+    set_lora, reset_lora = module.set_lora, module.reset_lora  # vLLM's, bound
+
+    def deferred_set_lora(index: int, lora_a: Any, lora_b: Any) -> None:
+        take = getattr(getattr(module, "punica_wrapper", None), "take_lora", None)
+        copy = functools.partial(set_lora, index, lora_a, lora_b)
+        if take is None or not take(module.lora_a_stacked, index, lora_a, lora_b, copy):
+            copy()
+
+    def noted_reset_lora(index: int) -> None:  # vLLM's set_lora starts with it, too
+        copied = getattr(getattr(module, "punica_wrapper", None), "lora_copied", None)
+        if copied is not None:
+            copied(module.lora_a_stacked, index)
+        reset_lora(index)
+
+    module.set_lora = deferred_set_lora
+    module.reset_lora = noted_reset_lora
 
 
 def install() -> None:
@@ -89,10 +113,8 @@ def install() -> None:
         return load_into_cpu_cache(self.lora_manager, lora_request)
 
     def _activate_adapter(self: Any, lora_id: int) -> bool:
-        activated = bool(activate_adapter(self, lora_id))
-        if activated:
-            tell_wrappers(self, lora_id)
-        return activated
+        defer_copies(self)
+        return bool(activate_adapter(self, lora_id))
 
     LRUCacheWorkerLoRAManager._apply_adapters = _apply_adapters  # type: ignore[method-assign]
     LoRAModelManager.activate_adapter = _activate_adapter  # type: ignore[method-assign]

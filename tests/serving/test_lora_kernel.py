@@ -254,6 +254,51 @@ def test_an_adapter_packed_once_takes_a_slot_again_without_vllms_weights() -> No
         layer.point(0, _one_layer(96, sizes=(40, 24))[3].pack(0))
 
 
+def test_an_adapter_taken_from_its_own_weights_gives_its_outputs_and_vllms_copy_waits() -> None:
+    """CompiledLoRA.take (before vLLM's set_lora): the slot points at blocks packed from the
+    adapter's own weights (rank 8 in a rank-16 layer), the same blocks packing vLLM's stacked
+    weights would give; vLLM's copy is made only when the torch path runs for the layer."""
+    from serving.engine.cpu_lora import CompiledLoRA, StepPlan
+
+    gen, a_stacked, b_stacked, _ = _one_layer(64, slots=3, sizes=(40, 24))
+    x = torch.randn(6, 64, generator=gen).bfloat16()
+    y = torch.randn(6, 64, generator=gen).bfloat16()
+    plan = StepPlan(torch.full((6,), 2), torch.full((6,), 2))
+    compiled = CompiledLoRA()
+    assert compiled.run(y.clone(), x, a_stacked, b_stacked, (40, 24), plan, 1.0)  # binds the layer
+    lora_a = [torch.randn(8, 64, generator=gen).bfloat16() * 0.05 for _ in range(2)]
+    lora_b = [torch.randn(n, 8, generator=gen).bfloat16() * 0.05 for n in (40, 24)]
+    copies = []
+
+    def copy() -> None:  # what vLLM's set_lora does to the stacked weights
+        for w, a in zip(a_stacked, lora_a, strict=True):
+            w[2].zero_()
+            w[2, 0, :8].copy_(a)
+        for w, b in zip(b_stacked, lora_b, strict=True):
+            w[2].zero_()
+            w[2, 0, : b.shape[0], :8].copy_(b)
+        copies.append(2)
+
+    assert compiled.take(a_stacked, 2, lora_a, lora_b, copy)
+    adapter_a = tuple(torch.zeros_like(w) for w in a_stacked)
+    adapter_b = tuple(torch.zeros_like(w) for w in b_stacked)
+    for w, a in zip(adapter_a, lora_a, strict=True):
+        w[2, 0, :8] = a
+    for w, b in zip(adapter_b, lora_b, strict=True):
+        w[2, 0, : b.shape[0], :8] = b
+    want = reference(x, y, adapter_a, adapter_b, (40, 24), torch.full((6,), 2), 1.0)
+    got = y.clone()
+    assert compiled.run(got, x, a_stacked, b_stacked, (40, 24), plan, 1.0)
+    torch.testing.assert_close(got.float(), want, rtol=2e-2, atol=2e-2)
+    assert not copies, "vLLM's copy waits while only the compiled op reads the layer"
+
+    assert not compiled.run(y.float(), x.float(), a_stacked, b_stacked, (40, 24), plan, 1.0)
+    assert copies == [2], "the torch path reads vLLM's stacked weights: the copy is made first"
+    layer = compiled._layers[id(a_stacked)][1]  # type: ignore[index]
+    taken, packed = layer._held[2], layer.pack(2)
+    assert torch.equal(taken[0], packed[0]) and torch.equal(taken[1], packed[1])
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("env", "path"),
