@@ -7,9 +7,8 @@ turn comes, so an adapter new to the slots can evict one the same step uses furt
 list, which then evicts the next, and so on around the slots. This happens whenever the slot
 holding the least recently used adapter is one the step still needs: after `add_lora` (our server's
 load of a version from the registry activates it at once, vLLM's add_adapter) or when a finished
-request's adapter is not the oldest. Each activation copies the adapter into every LoRA layer
-(vLLM's set_lora) and re-packs the slot for the compiled op (lora_kernel.PackedLayer.repack), on
-the engine loop. Two changes, measured on the 64-adapter scenario of loadtests/bench.py (power-law
+request's adapter is not the oldest. Each activation cost vLLM's set_lora copies into every LoRA
+layer and a re-pack of the slot for the compiled op, on the engine loop. Two changes, measured on the 64-adapter scenario of loadtests/bench.py (power-law
 popularity, 8 slots, 16 in CPU memory) vLLM made 2029 activations per 1000 requests where steps
 needed 594 (every load from the registry set off a chain of them); with both, 421, all needed:
 - a step touches its adapters that are in a slot first, so the oldest slots are ones it does not
