@@ -197,18 +197,9 @@ class PackedLayer:
         self.offs = torch.tensor([sum(sizes[:i]) for i in range(s)], dtype=torch.int64)
         self.sizes = torch.tensor(sizes, dtype=torch.int64)
         self.ok = s * r <= MAX_RANKS
-        # the packing as calls of the library's lora_pack_pairs, one per slice and matrix:
-        # (A or B, element offset in the block, d0, weights, s0, s1, rows, cols); None: torch copies
-        bf16 = torch.bfloat16
-        self._copies: list[tuple[int, int, int, Any, int, int, int, int]] | None = None
-        if load() is not None and all(w.dtype == bf16 for w in (*a_stacked, *b_stacked)):
-            self._copies = [
-                (0, i * r * 2, self.rt * 2, w, w.stride(3), w.stride(2), k, self.rank)
-                for i, w in enumerate(a_stacked)
-            ]
-            for i, (w, n, npad) in enumerate(zip(b_stacked, sizes, self.npad, strict=True)):
-                off = r * sum(self.npad[:i])
-                self._copies.append((1, off, npad * 2, w, w.stride(3), w.stride(2), self.rank, n))
+        # where slice i's A^T and B^T go in a block: (element offset, stride between pairs of rows)
+        self._a_dst = [(i * r * 2, self.rt * 2) for i in range(s)]
+        self._b_dst = [(r * sum(self.npad[:i]), npad * 2) for i, npad in enumerate(self.npad)]
         self.repack(range(slots))
 
     def repack(self, slots: Any) -> None:
@@ -218,12 +209,13 @@ class PackedLayer:
             self._pack_into(slot, self.a[slot], self.b[slot])
             self.point(slot, (self.a[slot], self.b[slot]))
 
-    def pack(self, slot: int) -> tuple[Any, Any]:
-        """New blocks (A, B) packed from the adapter in `slot` of vLLM's stacked weights, to keep."""
+    def pack(self, slot: int, compiled: bool = True) -> tuple[Any, Any]:
+        """New blocks (A, B) packed from the adapter in `slot` of vLLM's stacked weights, to keep
+        (compiled=False: with torch copies, not the library)."""
         import torch
 
         blocks = (torch.zeros_like(self.a[slot]), torch.zeros_like(self.b[slot]))
-        self._pack_into(slot, *blocks)
+        self._pack_into(slot, *blocks, compiled=compiled)
         return blocks
 
     def pack_weights(self, lora_a: list[Any], lora_b: list[Any]) -> tuple[Any, Any] | None:
@@ -245,19 +237,21 @@ class PackedLayer:
             if a.shape[0] > self.rank or a.shape[1] != self.k or b.shape[1] != a.shape[0] or b.shape[0] > n:
                 return None
         blocks = (torch.zeros_like(self.a[0]), torch.zeros_like(self.b[0]))
-        a_out, b_out = blocks[0].data_ptr(), blocks[1].data_ptr()
-        for i, (a, b, npad) in enumerate(zip(lora_a, lora_b, self.npad, strict=True)):
+        self._pack_pairs(kernel, *blocks, lora_a, lora_b)
+        return blocks
+
+    def _pack_pairs(
+        self, kernel: Kernel, a_out: Any, b_out: Any, lora_a: list[Any], lora_b: list[Any]
+    ) -> None:
+        """One lora_pack_pairs call per slice and matrix: A^T [K, r] into the slice's columns of
+        a_out, B^T [r, n] into its block of b_out (bf16, any strides; None: slice left as it is)."""
+        a_ptr, b_ptr = a_out.data_ptr(), b_out.data_ptr()
+        for (a_off, a_d0), (b_off, b_d0), a, b in zip(self._a_dst, self._b_dst, lora_a, lora_b, strict=True):
             if a is None:
                 continue
-            r = a.shape[0]  # A^T [K, r] into the slice's columns; B^T [r, n] into its block
-            kernel.pack_pairs(
-                a_out + 2 * i * self.r * 2, self.rt * 2, a.data_ptr(), a.stride(1), a.stride(0), self.k, r
-            )
-            off = self.r * sum(self.npad[:i])
-            kernel.pack_pairs(
-                b_out + 2 * off, npad * 2, b.data_ptr(), b.stride(1), b.stride(0), r, b.shape[0]
-            )
-        return blocks
+            r = a.shape[0]
+            kernel.pack_pairs(a_ptr + 2 * a_off, a_d0, a.data_ptr(), a.stride(1), a.stride(0), self.k, r)
+            kernel.pack_pairs(b_ptr + 2 * b_off, b_d0, b.data_ptr(), b.stride(1), b.stride(0), r, b.shape[0])
 
     def point(self, slot: int, blocks: tuple[Any, Any]) -> None:
         """Make `slot` read `blocks` (from `pack`, or the layer's own buffers); no copy."""
@@ -269,24 +263,23 @@ class PackedLayer:
         self.a_slots[slot] = a.data_ptr()
         self.b_slots[slot] = b.data_ptr()
 
-    def _pack_into(self, slot: int, a_out: Any, b_out: Any) -> None:
-        """Pack `slot` of vLLM's stacked weights into contiguous blocks: one C call per slice and
-        matrix (a few strided torch copies each without the library); padding is left zero."""
-        kernel = load()
-        if kernel is not None and self._copies is not None:
-            outs = (a_out.data_ptr(), b_out.data_ptr())
-            for which, off, d0, w, s0, s1, rows, cols in self._copies:
-                src = w.data_ptr() + 2 * slot * w.stride(0)
-                kernel.pack_pairs(outs[which] + 2 * off, d0, src, s0, s1, rows, cols)
+    def _pack_into(self, slot: int, a_out: Any, b_out: Any, compiled: bool = True) -> None:
+        """Pack `slot` of vLLM's stacked weights into contiguous blocks: the library's packing for
+        bf16, strided torch copies otherwise; padding is left zero."""
+        import torch
+
+        a_list = [w[slot, 0] for w in self.a_stacked]
+        b_list = [w[slot, 0, :n] for w, n in zip(self.b_stacked, self.n, strict=True)]
+        kernel = load() if compiled else None
+        if kernel is not None and all(w.dtype == torch.bfloat16 for w in (*a_list, *b_list)):
+            self._pack_pairs(kernel, a_out, b_out, a_list, b_list)
             return
         a = a_out.view(self.k2, self.rt, 2)  # [K2, RT, 2]: pairs of K next to each other
-        for i, w in enumerate(self.a_stacked):
-            _pairs_into(a[:, i * self.r : i * self.r + self.rank], w[slot, 0].t())
-        off = 0
-        for w, n, npad in zip(self.b_stacked, self.n, self.npad, strict=True):
+        for i, w in enumerate(a_list):
+            _pairs_into(a[:, i * self.r : i * self.r + self.rank], w.t())
+        for (off, _), w, npad in zip(self._b_dst, b_list, self.npad, strict=True):
             b = b_out[off : off + self.r * npad].view(self.r // 2, npad, 2)  # [r/2, npad, 2]
-            _pairs_into(b[:, :n], w[slot, 0, :n].t())
-            off += self.r * npad
+            _pairs_into(b[:, : w.shape[0]], w.t())
 
 
 def _pairs_into(dst: Any, src: Any) -> None:
