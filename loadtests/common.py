@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shutil
 import subprocess
@@ -157,6 +158,38 @@ def run_locust(
 def read_stats(prefix: Path) -> list[dict[str, str]]:
     with open(f"{prefix}_stats.csv", newline="") as fh:
         return list(csv.DictReader(fh))
+
+
+def read_trace(path: Path) -> list[dict[str, Any]]:
+    """The LOADTEST_TRACE lines of a Locust run (none if it wrote no file)."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def tokens_in_window(requests: list[dict[str, Any]], seconds: float) -> float:
+    """Output tokens streamed inside the first `seconds` after the first request started.
+
+    A streamed request's first token counts at its `first` time and the rest evenly over
+    (`first`, `end`]; a request with no first-token time counts all its tokens at `end`. So the
+    tokens a server streams after the window (Locust lets running requests finish) are not credited
+    to it: dividing every token of the requests started in the window by the window overstates the
+    throughput of a server whose requests take a large part of the window."""
+    if not requests:
+        return 0.0
+    t0 = min(r["start"] for r in requests)
+    stop = t0 + seconds
+    total = 0.0
+    for r in requests:
+        tokens, first, end = r["tokens"], r["first"], r["end"]
+        if tokens <= 0:
+            continue
+        if first is None or tokens == 1 or end <= first:
+            total += tokens if end <= stop else 0
+            continue
+        total += first <= stop
+        total += (tokens - 1) * min(max((stop - first) / (end - first), 0.0), 1.0)
+    return total
 
 
 def summarize(rows: list[dict[str, str]]) -> dict[str, Any]:

@@ -14,6 +14,9 @@ Environment (all optional):
   LOADTEST_ARRIVAL    closed (default) | poisson: exponential think time with mean 1/LOADTEST_RATE per user
   LOADTEST_RATE       requests/s per user for poisson arrivals        (default 1.0)
   LOADTEST_SEED       seed of every user's random choices             (default 0)
+  LOADTEST_TRACE      a file to append one JSON line per completed request to: wall-clock
+                      `start`, `first` (first token, null if none) and `end`, and `tokens`
+                      (the benchmark counts the tokens streamed inside its window from it)
   LOADTEST_LLAMACPP_LORAS  llama-server's adapters in --lora order: each request sends every
                       adapter's scale (1 for its model, 0 for the others; `--lora-init-without-apply`
                       still lists 1.0) and `cache_prompt: false`
@@ -44,6 +47,7 @@ MAX_TOKENS = int(os.environ.get("LOADTEST_MAX_TOKENS", "32"))
 ARRIVAL = os.environ.get("LOADTEST_ARRIVAL", "closed")
 RATE = float(os.environ.get("LOADTEST_RATE", "1.0"))
 SEED = int(os.environ.get("LOADTEST_SEED", "0"))
+TRACE = os.environ.get("LOADTEST_TRACE")
 LLAMACPP_LORAS = [m for m in os.environ.get("LOADTEST_LLAMACPP_LORAS", "").split(",") if m]
 PROMPTS = [
     "Turn this customer message into a ticket line.\n\nHi, my router has not arrived. Order 55555.",
@@ -66,6 +70,16 @@ def _fire(kind: str, name: str, ms: float, length: int = 0) -> None:
             exception=None,
             context={},
         )
+
+
+def _trace(start: float, first: float | None, end: float, tokens: int) -> None:
+    """One line of LOADTEST_TRACE: wall-clock times of a completed request (from perf_counter ones)."""
+    if not TRACE:
+        return
+    shift = time.time() - time.perf_counter()
+    line = {"start": start + shift, "first": None if first is None else first + shift, "end": end + shift}
+    with open(TRACE, "a") as fh:
+        fh.write(json.dumps({**line, "tokens": tokens}) + "\n")
 
 
 def zipf_weights(n: int, s: float = 1.1) -> list[float]:
@@ -132,6 +146,8 @@ class OpenAIUser(HttpUser):
                     return
                 usage = r.json().get("usage", {})
                 _fire("E2E", name, r.elapsed.total_seconds() * 1000, usage.get("completion_tokens", 0))
+                end = time.perf_counter()
+                _trace(end - r.elapsed.total_seconds(), None, end, usage.get("completion_tokens", 0))
                 r.success()
 
     def _stream(self, path: str, body: dict[str, Any], label: str, name: str, chat: bool) -> None:
@@ -159,6 +175,7 @@ class OpenAIUser(HttpUser):
             e2e = (end - start) * 1000
             r.request_meta["response_time"] = e2e
             _fire("E2E", name, e2e, tokens)
+            _trace(start, first, end, tokens)
             if first is not None:
                 ttft = (first - start) * 1000
                 _fire("TTFT", name, ttft)

@@ -6,10 +6,11 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from loadtests.common import read_stats, run_locust, summarize
+from loadtests.common import read_stats, read_trace, run_locust, summarize, tokens_in_window
 from tests.serving.fixtures import Server
 
 ROOT = Path(__file__).parents[2]
@@ -24,6 +25,7 @@ def test_short_locust_run_has_no_failures_and_records_ttft_and_tpot(
         "LOADTEST_MODELS": "support@1,contact@1,support:prod",
         "LOADTEST_MAX_TOKENS": "8",
         "LOADTEST_STREAM": "0.7",
+        "LOADTEST_TRACE": str(tmp_path / "trace.jsonl"),
     }
     done = run_locust(server.url, users=3, seconds=5, prefix=tmp_path / "run", env=env)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -34,6 +36,28 @@ def test_short_locust_run_has_no_failures_and_records_ttft_and_tpot(
     assert summary["kinds"]["TTFT"]["p50_ms"] <= summary["kinds"]["E2E"]["p99_ms"]
     assert any(r["Name"].endswith("(cold)") for r in rows if r["Type"] == "E2E")
     assert (tmp_path / "run.html").is_file()
+    # one line per completed request (Locust's CSV may miss those of its last second)
+    trace = read_trace(tmp_path / "trace.jsonl")
+    assert len(trace) >= summary["requests"]
+    assert sum(r["tokens"] for r in trace) >= summary["output_tokens"]
+    assert all(0 < r["tokens"] <= 8 for r in trace)
+    streamed = [r for r in trace if r["first"] is not None]
+    assert streamed and all(r["start"] < r["first"] <= r["end"] for r in streamed)
+    assert 0 < tokens_in_window(trace, 5) <= sum(r["tokens"] for r in trace)
+
+
+def test_throughput_counts_only_the_tokens_streamed_inside_the_window() -> None:
+    """A server whose last requests stream after the window is not credited with those tokens."""
+    trace: list[dict[str, Any]] = [
+        {"start": 100.0, "first": 101.0, "end": 105.0, "tokens": 9},  # all inside
+        {"start": 104.0, "first": 108.0, "end": 112.0, "tokens": 9},  # first token + half inside
+        {"start": 109.0, "first": 111.0, "end": 115.0, "tokens": 5},  # started inside, streams after
+        {"start": 102.0, "first": None, "end": 109.0, "tokens": 4},  # not streamed: at its end
+        {"start": 103.0, "first": None, "end": 111.0, "tokens": 4},
+    ]
+    assert tokens_in_window(trace, 10) == pytest.approx(9 + 1 + 4 + 4)
+    assert tokens_in_window(trace, 20) == 9 + 9 + 5 + 4 + 4
+    assert tokens_in_window([], 10) == 0
 
 
 @pytest.mark.slow
