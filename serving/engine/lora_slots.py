@@ -19,10 +19,15 @@ And vLLM's copy of an adapter into a LoRA linear layer's stacked weights (set_lo
 punica wrapper first: a layer on the compiled op points the slot at the adapter's packed blocks
 instead (packed once from the adapter's own weights, cpu_lora.CompiledLoRA.take), and the copy is
 made only if the torch path ever runs for that layer.
+Reading an adapter from disk (vLLM's LoRAModel.from_local_checkpoint, on the engine loop) parses
+each tensor name three times through the model's name mapper; the names are the same for every
+adapter of a model, so the parse is memoized (`memo_lora_names`): in the 64-adapter scenario it
+took 2% of the model worker's time (py-spy), 0.2% memoized; a load alone 10.5 -> 9.2 ms.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any
 
@@ -87,13 +92,63 @@ def _defer(module: Any) -> None:
     module.reset_lora = noted_reset_lora
 
 
+NAMES_MAX = 65536
+"""Parsed tensor names kept (a 7-module adapter of a 30-layer model has 420)."""
+
+
+class NameMemo:
+    """vLLM's parse_fine_tuned_lora_name, memoized per (name, mapper content). A mapper with
+    renaming rules (objects whose repr may not say all they do) is passed through unmemoized."""
+
+    def __init__(self, parse: Any) -> None:
+        self.parse = parse
+        self.parsed: dict[tuple[str, str | None], tuple[str, bool]] = {}
+        self.mappers: dict[int, tuple[Any, str | None]] = {}
+        """id -> (mapper, its content key): vLLM makes a mapper per load, kept here while in use"""
+
+    def content(self, mapper: Any) -> str | None:
+        seen = self.mappers.get(id(mapper))
+        if seen is not None and seen[0] is mapper:
+            return seen[1]
+        if getattr(mapper, "orig_to_new_renaming", None) or not dataclasses.is_dataclass(mapper):
+            return None
+        key = repr(mapper)  # the dataclass's fields: dicts of strings, patterns and tuples
+        if len(self.mappers) >= 8:
+            self.mappers.pop(next(iter(self.mappers)))
+        self.mappers[id(mapper)] = (mapper, key)
+        return key
+
+    def __call__(self, name: str, weights_mapper: Any = None) -> tuple[str, bool]:
+        mapper = "" if weights_mapper is None else self.content(weights_mapper)
+        if mapper is None:
+            return self.parse(name, weights_mapper)  # type: ignore[no-any-return]
+        key = (name, mapper)
+        hit = self.parsed.get(key)
+        if hit is None:
+            hit = self.parse(name, weights_mapper)
+            if len(self.parsed) >= NAMES_MAX:
+                self.parsed.clear()
+            self.parsed[key] = hit
+        return hit
+
+
+def memo_lora_names() -> None:
+    """Memoize the tensor-name parse of vLLM's LoRA loader (once per process)."""
+    from vllm.lora import lora_model
+
+    parse = getattr(lora_model, "parse_fine_tuned_lora_name", None)
+    if parse is not None and not isinstance(parse, NameMemo):
+        lora_model.parse_fine_tuned_lora_name = NameMemo(parse)  # type: ignore[attr-defined]
+
+
 def install() -> None:
-    """Patch vLLM's LRU worker manager, its model manager's activation and the model runner's
-    add_lora (once per process)."""
+    """Patch vLLM's LRU worker manager, its model manager's activation, the model runner's
+    add_lora and the LoRA loader's name parse (once per process)."""
     from vllm.lora.model_manager import LoRAModelManager
     from vllm.lora.worker_manager import LRUCacheWorkerLoRAManager
     from vllm.v1.worker.lora_model_runner_mixin import LoRAModelRunnerMixin
 
+    memo_lora_names()
     if getattr(LRUCacheWorkerLoRAManager, "_lora_platform_slots", False):
         return
     apply_adapters = LRUCacheWorkerLoRAManager._apply_adapters
