@@ -71,19 +71,24 @@ def restore_variant():  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"K{s[0]}-r{s[1]}-{'x'.join(map(str, s[2]))}")
-@pytest.mark.parametrize("batch", ["one-adapter", "mixed-with-base", "single-row", "prefill-mixed"])
+@pytest.mark.parametrize(
+    "batch", ["one-adapter", "mixed-with-base", "single-row", "prefill-mixed", "decode-many-adapters"]
+)
 def test_fused_lora_matches_the_float32_reference(shape, batch) -> None:  # type: ignore[no-untyped-def]
     k, rank, sizes = shape
     gen = torch.Generator().manual_seed(k + rank)
     slots = 4
     a_stacked = tuple(torch.randn(slots, 1, rank, k, generator=gen).bfloat16() * 0.05 for _ in sizes)
     b_stacked = tuple(torch.randn(slots, 1, n + 5, rank, generator=gen).bfloat16() * 0.05 for n in sizes)
-    # prefill-mixed: many 4-row blocks of several adapters, split over threads
-    rows = {"one-adapter": 40, "mixed-with-base": 37, "single-row": 1, "prefill-mixed": 203}[batch]
+    # prefill-mixed: many 4-row blocks of several adapters, split over threads; decode-many-adapters:
+    # blocks of 1, 2, 3 and 4 rows (each row count is compiled apart)
+    rows = {"one-adapter": 40, "mixed-with-base": 37, "single-row": 1, "prefill-mixed": 203}.get(batch, 11)
     x = torch.randn(rows, k, generator=gen).bfloat16()
     y = torch.randn(rows, sum(sizes), generator=gen).bfloat16()
     if batch in ("mixed-with-base", "prefill-mixed"):
         indices = torch.randint(-1, slots, (rows,), generator=gen)
+    elif batch == "decode-many-adapters":
+        indices = torch.tensor([3, 0, -1, 3, 1, 2, 1, 3, 2, 2, 3])
     else:
         indices = torch.full((rows,), 2)
     want = reference(x, y, a_stacked, b_stacked, sizes, indices, 0.5)
