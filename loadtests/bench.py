@@ -10,8 +10,10 @@ driven by the same Locust scenario (closed loop, every request streamed, fixed m
 same concurrency, for base-only, 1-adapter and 8-adapter traffic. Throughput counts the output
 tokens streamed inside each scenario's window (Locust's per-request trace: a request's tokens
 spread from its first token to its end); the tokens of the last requests, which Locust lets finish
-after the window, are not credited (`output_tokens_per_s_started_in_window`, the figure before
-session 12, credited them: ~3% for a server whose requests take 2 s, ~15% for one whose take 11 s).
+after the window, are not credited. `output_tokens_per_s_started_in_window`, the figure before
+session 12, credited them, the more the longer a server's requests take, and missed the requests
+that end in the last second of Locust's CSV: against the new figure, -4% to +1% for ours, up to
++31% for vLLM's server on adapters (README).
   ours - `platform serve` (vLLM AsyncLLM in-process, our CPU LoRA ops);
   vllm - `python -m vllm.entrypoints.openai.api_server --enable-lora --lora-modules ...` with vLLM's
          stock CPU LoRA ops (LORA_PLATFORM_STOCK_CPU_LORA=1);

@@ -102,7 +102,7 @@ class NameMemo:
 
     def __init__(self, parse: Any) -> None:
         self.parse = parse
-        self.parsed: dict[tuple[str, str | None], tuple[str, bool]] = {}
+        self.parsed: dict[tuple[str, str], tuple[str, bool]] = {}
         self.mappers: dict[int, tuple[Any, str | None]] = {}
         """id -> (mapper, its content key): vLLM makes a mapper per load, kept here while in use"""
 
