@@ -187,8 +187,8 @@ def tokens_in_window(requests: list[dict[str, Any]], seconds: float) -> float:
         if first is None or tokens == 1 or end <= first:
             total += tokens if end <= stop else 0
             continue
-        total += first <= stop
-        total += (tokens - 1) * min(max((stop - first) / (end - first), 0.0), 1.0)
+        if first <= stop:  # the first token, then the share of the rest streamed before `stop`
+            total += 1 + (tokens - 1) * min((stop - first) / (end - first), 1.0)
     return total
 
 

@@ -8,9 +8,10 @@ list, which then evicts the next, and so on around the slots. This happens whene
 holding the least recently used adapter is one the step still needs: after `add_lora` (our server's
 load of a version from the registry activates it at once, vLLM's add_adapter) or when a finished
 request's adapter is not the oldest. Each activation cost vLLM's set_lora copies into every LoRA
-layer and a re-pack of the slot for the compiled op, on the engine loop. Two changes, measured on the 64-adapter scenario of loadtests/bench.py (power-law
-popularity, 8 slots, 16 in CPU memory) vLLM made 2029 activations per 1000 requests where steps
-needed 594 (every load from the registry set off a chain of them); with both, 421, all needed:
+layer and a re-pack of the slot for the compiled op, on the engine loop. Two changes, measured on
+the 64-adapter scenario of loadtests/bench.py (power-law popularity, 8 slots, 16 in CPU memory):
+vLLM made 2029 activations per 1000 requests where steps needed 594 (every load from the
+registry set off a chain of them); with both, 421, all needed:
 - a step touches its adapters that are in a slot first, so the oldest slots are ones it does not
   use: one activation per adapter new to the slots, as LRU intends;
 - `add_lora` puts the adapter in vLLM's CPU cache only (read from disk, LRU there as before); it
@@ -103,7 +104,7 @@ class NameMemo:
     def __init__(self, parse: Any) -> None:
         self.parse = parse
         self.parsed: dict[tuple[str, str], tuple[str, bool]] = {}
-        self.mappers: dict[int, tuple[Any, str | None]] = {}
+        self.mappers: dict[int, tuple[Any, str]] = {}
         """id -> (mapper, its content key): vLLM makes a mapper per load, kept here while in use"""
 
     def content(self, mapper: Any) -> str | None:

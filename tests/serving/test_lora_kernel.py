@@ -81,7 +81,7 @@ def test_fused_lora_matches_the_float32_reference(shape, batch) -> None:  # type
     a_stacked = tuple(torch.randn(slots, 1, rank, k, generator=gen).bfloat16() * 0.05 for _ in sizes)
     b_stacked = tuple(torch.randn(slots, 1, n + 5, rank, generator=gen).bfloat16() * 0.05 for n in sizes)
     # prefill-mixed: many 4-row blocks of several adapters, split over threads; decode-many-adapters:
-    # blocks of 1, 2, 3 and 4 rows (each row count is compiled apart)
+    # one step's blocks of 1, 2, 3 and 4 rows of four adapters, a base row between
     rows = {"one-adapter": 40, "mixed-with-base": 37, "single-row": 1, "prefill-mixed": 203}.get(batch, 11)
     x = torch.randn(rows, k, generator=gen).bfloat16()
     y = torch.randn(rows, sum(sizes), generator=gen).bfloat16()
