@@ -13,9 +13,9 @@ into the compiled op of lora_kernel.py (CompiledLoRA: every slice and adapter ro
 otherwise on the torch path (TorchLoRA: two matrix products for one adapter, slices fused, or two
 `bmm` over padded row segments for several adapters).
 
-It also installs lora_slots.py: a step evicts only adapter slots it does not use, and add_lora
-leaves the slots alone; and, on CPU, cpu_norms.py: RMSNorm on vLLM's compiled CPU kernels instead
-of its PyTorch reference.
+It also installs, on CPU, lora_slots.py: a step evicts only adapter slots it does not use, and
+add_lora leaves the slots alone; lora_files.py: vLLM's loader reads an adapter file in one pass;
+and cpu_norms.py: RMSNorm on vLLM's compiled CPU kernels instead of its PyTorch reference.
 
 `register()` runs in every vLLM process of the environment (the engine core and its workers load
 general plugins), so the patch is active wherever the model runs, a user's own `vllm serve`
@@ -30,7 +30,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from serving.engine import cpu_norms, lora_kernel, lora_slots
+from serving.engine import cpu_norms, lora_files, lora_kernel, lora_slots
 
 ENV_DISABLE = "LORA_PLATFORM_STOCK_CPU_LORA"
 """Set to 1 to leave vLLM's own CPU LoRA ops in place (register() then changes nothing)."""
@@ -576,6 +576,7 @@ def register() -> None:
     norms = False
     if current_platform.is_cpu():  # measured on CPU only; GPUs keep vLLM's slot handling
         lora_slots.install()
+        lora_files.install()
         norms = cpu_norms.install()
     _ACTIVE = True
 
