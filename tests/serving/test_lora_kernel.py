@@ -211,10 +211,15 @@ def test_repacking_one_slot_equals_packing_from_scratch() -> None:
     assert (layer.a.data_ptr(), layer.b.data_ptr()) == (a_addr, b_addr), "bound calls hold these addresses"
 
 
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"K{s[0]}-r{s[1]}-{'x'.join(map(str, s[2]))}")
+@pytest.mark.parametrize(
+    "shape",
+    [*SHAPES, (64, 5, (40,)), (577, 7, (33, 9))],  # odd ranks: a last row without its pair
+    ids=lambda s: f"K{s[0]}-r{s[1]}-{'x'.join(map(str, s[2]))}",
+)
 def test_the_compiled_packing_writes_what_the_torch_packing_writes(shape) -> None:  # type: ignore[no-untyped-def]
-    """PackedLayer packs with the library's lora_pack_pairs (one C call per slice and matrix); the
-    strided torch copies it replaced write the same blocks."""
+    """PackedLayer packs with the library's lora_pack_pairs (one C call per slice and matrix; pairs
+    of rows moved as 32-bit words where they lie side by side, one element at a time otherwise);
+    the strided torch copies it replaced write the same blocks."""
     k, rank, sizes = shape
     gen = torch.Generator().manual_seed(k)
     a_stacked = tuple(torch.randn(3, 1, rank, k, generator=gen).bfloat16() for _ in sizes)
