@@ -110,7 +110,7 @@ class OneRead:
                 self.tensors = read_tensors(path, CAST.get())
                 STATS["one_read"] += 1
                 return self
-            except (Unread, OSError):
+            except (Unread, OSError, RuntimeError, ValueError):  # safetensors says what is wrong
                 pass
         STATS["fallback"] += 1
         self.inner = safetensors.safe_open(path, framework=framework, device=device)
