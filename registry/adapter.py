@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,28 +29,35 @@ class AdapterInfo:
 
 def read_safetensors_header(path: Path) -> dict[str, Any]:
     """Parse the JSON header of a safetensors file without loading tensors."""
+    with path.open("rb") as fh:
+        return parse_safetensors_header(fh.read, path.stat().st_size, path.name)[0]
+
+
+def parse_safetensors_header(
+    read: Callable[[int], bytes], size: int, name: str
+) -> tuple[dict[str, Any], int]:
+    """The JSON header of a safetensors file of `size` bytes, read from its start with `read(n)`,
+    and where its data starts; InvalidAdapterError (naming `name`) unless every tensor lies inside."""
+    raw_len = read(8)
+    if len(raw_len) != 8:
+        raise InvalidAdapterError(f"{name}: not a safetensors file (too short)")
+    (length,) = struct.unpack("<Q", raw_len)
+    if length > min(size - 8, 100_000_000):
+        raise InvalidAdapterError(f"{name}: not a safetensors file (bad header length)")
     try:
-        with path.open("rb") as fh:
-            raw_len = fh.read(8)
-            if len(raw_len) != 8:
-                raise InvalidAdapterError(f"{path.name}: not a safetensors file (too short)")
-            (length,) = struct.unpack("<Q", raw_len)
-            size = path.stat().st_size
-            if length > min(size - 8, 100_000_000):
-                raise InvalidAdapterError(f"{path.name}: not a safetensors file (bad header length)")
-            header = json.loads(fh.read(length))
+        header = json.loads(read(length))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidAdapterError(f"{path.name}: corrupt safetensors header ({exc})") from exc
+        raise InvalidAdapterError(f"{name}: corrupt safetensors header ({exc})") from exc
     if not isinstance(header, dict):
-        raise InvalidAdapterError(f"{path.name}: corrupt safetensors header")
+        raise InvalidAdapterError(f"{name}: corrupt safetensors header")
     end = 8 + length
-    for name, meta in header.items():
-        if name == "__metadata__":
+    for tensor, meta in header.items():
+        if tensor == "__metadata__":
             continue
         offsets = meta.get("data_offsets") if isinstance(meta, dict) else None
         if not offsets or len(offsets) != 2 or end + offsets[1] > size:
-            raise InvalidAdapterError(f"{path.name}: tensor {name!r} lies outside the file (truncated?)")
-    return header
+            raise InvalidAdapterError(f"{name}: tensor {tensor!r} lies outside the file (truncated?)")
+    return header, end
 
 
 def validate_adapter(folder: Path) -> AdapterInfo:
