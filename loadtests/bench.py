@@ -34,12 +34,15 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import os
 import platform
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +70,8 @@ from serving.engine.lora_kernel import cpu_dtype
 SCENARIOS = {"base": "base", "1 adapter": "one", "8 adapters": "uniform"}
 PORTS = {"ours": 0, "vllm": 1, "peft": 2, "llamacpp": 3}
 MANY_MAX_LORAS, MANY_MAX_CPU_LORAS = 8, 16
+MANY_PORT = 10
+"""offset of the port of ours' many-adapter server while ours' main server is up (--rounds)"""
 
 
 def server_commands(
@@ -203,9 +208,11 @@ def measure(
     base: Any,
     args: argparse.Namespace,
     extra_env: dict[str, str] | None = None,
+    tag: str = "",
 ) -> dict[str, Any]:
-    """One Locust run of `scenario` (requests for `names`) against the server at `url`."""
-    prefix = Path(args.out_dir) / f"bench-{kind}-{scenario}"
+    """One Locust run of `scenario` (requests for `names`) against the server at `url`; its CSVs
+    and trace are named by kind, scenario and `tag`."""
+    prefix = Path(args.out_dir) / f"bench-{kind}-{scenario}{tag}"
     trace = Path(f"{prefix}_trace.jsonl")
     trace.unlink(missing_ok=True)
     env = {**locust_env(scenario, names, base, args), "LOADTEST_TRACE": str(trace), **(extra_env or {})}
@@ -233,8 +240,16 @@ def scenario_models(scenario: str, adapters: dict[str, Path], base: Any) -> list
 
 
 def run_server(
-    kind: str, base: Any, registry: Path, adapters: dict[str, Path], args: argparse.Namespace, tmp: Path
+    kind: str,
+    base: Any,
+    registry: Path,
+    adapters: dict[str, Path],
+    args: argparse.Namespace,
+    tmp: Path,
+    many: dict[str, Path] | None = None,
 ) -> dict[str, Any]:
+    """Every scenario on a fresh server of `kind`; for ours with `many` and --rounds > 1, also the
+    many-adapter rounds while this server is still up."""
     if kind == "llamacpp":
         return run_llamacpp(base, adapters, args, tmp)
     port = args.port + PORTS[kind]
@@ -248,6 +263,8 @@ def run_server(
             result[label] = measure(kind, url, label, scenario, names, base, args)
         if kind == "ours" and args.pushes:
             result["cold_vs_warm"] = cold_vs_warm(url, registry, args.pushes)
+        if kind == "ours" and many and args.rounds > 1:
+            result.update(run_rounds(url, base, registry, adapters, many, args, tmp))
     return result
 
 
@@ -273,37 +290,137 @@ def run_llamacpp(base: Any, adapters: dict[str, Path], args: argparse.Namespace,
     return result
 
 
-def run_many(
-    kind: str, base: Any, registry: Path, many: dict[str, Path], args: argparse.Namespace, tmp: Path
-) -> dict[str, Any]:
-    """N adapters, power-law popularity, 8 in a batch, 16 in CPU memory; ours loads on demand."""
-    port = args.port + PORTS[kind]
+@contextmanager
+def many_server(
+    kind: str,
+    base: Any,
+    registry: Path,
+    many: dict[str, Path],
+    args: argparse.Namespace,
+    tmp: Path,
+    port: int,
+) -> Iterator[str]:
+    """A server of `kind` for N adapters (8 in a batch, 16 in CPU memory; ours loads the rest from
+    the registry on demand), warmed up with --many-warmup seconds of the same traffic (a server in
+    service has met most adapters); yields its URL."""
     cmd, env, ready = server_commands(
         kind, base, registry, many, port, args, (MANY_MAX_LORAS, MANY_MAX_CPU_LORAS)
     )
     url = f"http://127.0.0.1:{port}"
-    label = f"many {len(many)} adapters"
     with server_process(cmd, url, tmp / f"{kind}-many.log", env=env, ready_path=ready):
-        if args.many_warmup:  # the same traffic first: a server in service has met most adapters
+        if args.many_warmup:
             warm = argparse.Namespace(**{**vars(args), "duration": args.many_warmup})
             measure(kind, url, "warm-up", "powerlaw", list(many), base, warm)
-        before = (
-            {m: metric(url, m) for m in ("lora_adapter_loads_total", "lora_adapter_evictions_total")}
-            if kind == "ours"
-            else {}
+        yield url
+
+
+def measure_many(
+    kind: str, url: str, base: Any, many: dict[str, Path], args: argparse.Namespace, tag: str = ""
+) -> dict[str, Any]:
+    """The power-law scenario over N adapters; for ours, its loads and evictions (/metrics)."""
+    label = f"many {len(many)} adapters"
+    names = ("lora_adapter_loads_total", "lora_adapter_evictions_total")
+    before = {m: metric(url, m) for m in names} if kind == "ours" else {}
+    s = measure(kind, url, label, "powerlaw", list(many), base, args, tag=tag)
+    if kind == "ours" and s["requests"]:
+        for m, v in before.items():
+            key = m.removeprefix("lora_adapter_").removesuffix("_total")
+            s[key] = metric(url, m) - v
+            s[f"{key}_per_1000_requests"] = round(s[key] * 1000 / s["requests"], 1)
+        print(
+            f"ours     {label}: loads/evictions per 1000 requests {s.get('loads_per_1000_requests')}/{s.get('evictions_per_1000_requests')}"
         )
-        s = measure(kind, url, label, "powerlaw", list(many), base, args)
-        if kind == "ours" and s["requests"]:
-            for m, v in before.items():
-                key = m.removeprefix("lora_adapter_").removesuffix("_total")
-                s[f"{key}_per_1000_requests"] = round((metric(url, m) - v) * 1000 / s["requests"], 1)
+    return s
+
+
+def run_many(
+    kind: str, base: Any, registry: Path, many: dict[str, Path], args: argparse.Namespace, tmp: Path
+) -> dict[str, Any]:
+    """N adapters, power-law popularity, measured once."""
+    with many_server(kind, base, registry, many, args, tmp, args.port + PORTS[kind]) as url:
+        return {f"many {len(many)} adapters": measure_many(kind, url, base, many, args)}
+
+
+def percentiles(values: list[float]) -> dict[str, Any]:
+    """Nearest-rank p50/p90/p99 (ms) of `values`."""
+    v = sorted(values)
+    if not v:
+        return {"count": 0}
+    at = {q: v[min(len(v) - 1, max(0, math.ceil(q * len(v)) - 1))] for q in (0.5, 0.9, 0.99)}
+    return {"count": len(v), **{f"p{round(q * 100)}_ms": round(x, 1) for q, x in at.items()}}
+
+
+def pooled(rounds: list[dict[str, Any]], traces: list[list[dict[str, Any]]]) -> dict[str, Any]:
+    """One scenario over several rounds: mean throughput, TTFT and TPOT percentiles of every
+    request of every round (from the traces), loads and evictions over all requests."""
+    requests = [r for t in traces for r in t]
+    ttft = [(r["first"] - r["start"]) * 1000 for r in requests if r["first"] is not None]
+    tpot = [
+        (r["end"] - r["first"]) * 1000 / (r["tokens"] - 1)
+        for r in requests
+        if r["first"] is not None and r["tokens"] > 1
+    ]
+    each = [s["output_tokens_per_s"] for s in rounds]
+    out: dict[str, Any] = {
+        "rounds": len(rounds),
+        "output_tokens_per_s": round(statistics.mean(each), 2),
+        "output_tokens_per_s_each": each,
+        "requests": sum(s["requests"] for s in rounds),
+        "failures": sum(s["failures"] for s in rounds),
+        "kinds": {"TTFT": percentiles(ttft), "TPOT": percentiles(tpot)},
+    }
+    for key in ("loads", "evictions"):
+        if all(key in s for s in rounds) and out["requests"]:
+            out[f"{key}_per_1000_requests"] = round(sum(s[key] for s in rounds) * 1000 / out["requests"], 1)
+    return out
+
+
+def run_rounds(
+    url: str,
+    base: Any,
+    registry: Path,
+    adapters: dict[str, Path],
+    many: dict[str, Path],
+    args: argparse.Namespace,
+    tmp: Path,
+) -> dict[str, Any]:
+    """The many-adapter scenario against the mixed one, in --rounds alternating windows (ABBA
+    order) on two servers that stay up: ours for `adapters` at `url` and ours for `many`, so a
+    drift of the machine's speed over minutes lands on both sides of the ratio. Returns the many
+    scenario pooled over the rounds, and under "rounds" the mixed one pooled and every round."""
+    mixed = list(SCENARIOS)[-1]
+    label = f"many {len(many)} adapters"
+    runs: dict[str, list[dict[str, Any]]] = {mixed: [], label: []}
+    traces: dict[str, list[list[dict[str, Any]]]] = {mixed: [], label: []}
+    with many_server("ours", base, registry, many, args, tmp, args.port + MANY_PORT) as many_url:
+        for i in range(args.rounds):
+            for which in (mixed, label) if i % 2 == 0 else (label, mixed):
+                tag = f"-round{i}"
+                if which == mixed:
+                    s = measure("ours", url, mixed, "uniform", list(adapters), base, args, tag=tag)
+                    scenario = "uniform"
+                else:
+                    s = measure_many("ours", many_url, base, many, args, tag=tag)
+                    scenario = "powerlaw"
+                runs[which].append(s)
+                traces[which].append(
+                    read_trace(Path(args.out_dir) / f"bench-ours-{scenario}{tag}_trace.jsonl")
+                )
             print(
-                f"ours     {label}: loads/evictions per 1000 requests {s.get('loads_per_1000_requests')}/{s.get('evictions_per_1000_requests')}"
+                f"round {i}: {label}/{mixed} throughput "
+                f"{runs[label][-1]['output_tokens_per_s'] / max(runs[mixed][-1]['output_tokens_per_s'], 1e-9):.3f}",
+                flush=True,
             )
-    return {label: s}
+    return {
+        label: pooled(runs[label], traces[label]),
+        "rounds": {
+            mixed: pooled(runs[mixed], traces[mixed]),
+            "each": [{mixed: a, label: b} for a, b in zip(runs[mixed], runs[label], strict=True)],
+        },
+    }
 
 
-def ratios(results: dict[str, Any]) -> dict[str, float]:
+def ratios(results: dict[str, Any]) -> dict[str, Any]:
     def tput(kind: str, label: str) -> float:
         return float(results[kind][label]["output_tokens_per_s"])
 
@@ -313,7 +430,7 @@ def ratios(results: dict[str, Any]) -> dict[str, float]:
     def tpot(kind: str, label: str) -> float:
         return float(results[kind][label]["kinds"].get("TPOT", {}).get("p50_ms", 0)) or float("nan")
 
-    out: dict[str, float] = {}
+    out: dict[str, Any] = {}
     if "ours" not in results:
         return out
     for label in SCENARIOS:
@@ -339,12 +456,20 @@ def ratios(results: dict[str, Any]) -> dict[str, float]:
         out[f"ours {label}/base"] = round(tput("ours", label) / max(tput("ours", "base"), 1e-9), 3)
     many = [k for k in results.get("ours", {}) if k.startswith("many ")]
     mixed = list(SCENARIOS)[-1]
+    rounds = results.get("ours", {}).get("rounds")
     for label in many:
+        # with --rounds: both sides pooled over the same alternating rounds
+        side = {label: results["ours"][label], mixed: rounds[mixed] if rounds else results["ours"][mixed]}
         out[f"ours {label}/{mixed} throughput"] = round(
-            tput("ours", label) / max(tput("ours", mixed), 1e-9), 3
+            side[label]["output_tokens_per_s"] / max(side[mixed]["output_tokens_per_s"], 1e-9), 3
         )
-        p99 = {k: results["ours"][k]["kinds"].get("TTFT", {}).get("p99_ms", 0) for k in (label, mixed)}
+        p99 = {k: s["kinds"].get("TTFT", {}).get("p99_ms", 0) for k, s in side.items()}
         out[f"ours {label}/{mixed} TTFT p99"] = round(p99[label] / max(p99[mixed], 1e-9), 3)
+        if rounds:
+            out[f"ours {label}/{mixed} throughput, each round"] = [
+                round(r[label]["output_tokens_per_s"] / max(r[mixed]["output_tokens_per_s"], 1e-9), 3)
+                for r in rounds["each"]
+            ]
         if label in results.get("vllm", {}):
             out[f"throughput ours/vllm {label}"] = round(
                 tput("ours", label) / max(tput("vllm", label), 1e-9), 3
@@ -408,6 +533,12 @@ def main() -> None:
     parser.add_argument(
         "--many-warmup", type=int, default=30, help="seconds of the same traffic before --many is measured"
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="with --many: measure ours' many-adapter and mixed scenarios in this many alternating rounds, both servers up, and pool them",
+    )
     parser.add_argument("--pushes", type=int, default=20, help="pushes measured for cold vs warm (ours)")
     parser.add_argument("--build-jobs", type=int, default=2, help="compilers for the llama.cpp build")
     args = parser.parse_args()
@@ -443,13 +574,15 @@ def main() -> None:
 
         reg = Registry(tmp / "registry")
         adapters = {ref: reg.get(ref).path for ref in refs}
-        for kind in args.servers.split(","):
-            report["servers"][kind] = run_server(kind, base, tmp / "registry", adapters, args, tmp)
+        many: dict[str, Path] = {}
         if args.many:
             paths = make_adapters(base.path, args.many, args.rank, tmp / "many")
             many = {ref: reg.get(ref).path for ref in push_adapters(tmp / "registry", base, paths, "many")}
-            for kind in [k for k in args.servers.split(",") if k in ("ours", "vllm")]:
-                report["servers"][kind].update(run_many(kind, base, tmp / "registry", many, args, tmp))
+        for kind in args.servers.split(","):
+            result = run_server(kind, base, tmp / "registry", adapters, args, tmp, many)
+            if many and kind in ("ours", "vllm") and "rounds" not in result:
+                result.update(run_many(kind, base, tmp / "registry", many, args, tmp))
+            report["servers"][kind] = result
     report["ratios"] = ratios(report["servers"])
     name = "bench-reduced" if args.reduced else "bench"
     (Path(args.out_dir) / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
