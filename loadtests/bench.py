@@ -25,6 +25,10 @@ With --many N (ours and vllm only): N adapters with power-law popularity, --max-
 --max-cpu-loras 16 (ours loads the rest from the registry on demand; vLLM gets all N as
 --lora-modules), measured after --many-warmup seconds (default 30) of the same traffic, as a
 server in service has met its adapters; our loads and evictions per 1000 requests come from /metrics.
+With --rounds R (and --many): ours' many-adapter scenario and its mixed one are measured in R
+alternating windows (ABBA order) on two servers that both stay up, and vLLM's many-adapter one in R
+windows, each pooled: the mean throughput, TTFT/TPOT percentiles over every request of every window
+(from the traces), so a drift of the machine's speed over minutes lands on both sides of a ratio.
 Also measured on ours: the first request to a newly pushed version (cold: verify + load) against
 the next one (warm), over --pushes pushes to a name in use (loaded ahead). Writes loadtests/results/bench.json and bench.png with the machine description.
 """
@@ -336,9 +340,17 @@ def measure_many(
 def run_many(
     kind: str, base: Any, registry: Path, many: dict[str, Path], args: argparse.Namespace, tmp: Path
 ) -> dict[str, Any]:
-    """N adapters, power-law popularity, measured once."""
+    """N adapters, power-law popularity: one window, or --rounds windows pooled."""
+    label = f"many {len(many)} adapters"
     with many_server(kind, base, registry, many, args, tmp, args.port + PORTS[kind]) as url:
-        return {f"many {len(many)} adapters": measure_many(kind, url, base, many, args)}
+        if args.rounds <= 1:
+            return {label: measure_many(kind, url, base, many, args)}
+        runs = [measure_many(kind, url, base, many, args, tag=f"-round{i}") for i in range(args.rounds)]
+    traces = [
+        read_trace(Path(args.out_dir) / f"bench-{kind}-powerlaw-round{i}_trace.jsonl")
+        for i in range(args.rounds)
+    ]
+    return {label: {**pooled(runs, traces), "each": runs}}
 
 
 def percentiles(values: list[float]) -> dict[str, Any]:
@@ -537,7 +549,8 @@ def main() -> None:
         "--rounds",
         type=int,
         default=1,
-        help="with --many: measure ours' many-adapter and mixed scenarios in this many alternating rounds, both servers up, and pool them",
+        help="with --many: measure ours' many-adapter and mixed scenarios in this many alternating rounds, both servers up, "
+        "and vLLM's many-adapter one in as many windows; each pooled",
     )
     parser.add_argument("--pushes", type=int, default=20, help="pushes measured for cold vs warm (ours)")
     parser.add_argument("--build-jobs", type=int, default=2, help="compilers for the llama.cpp build")

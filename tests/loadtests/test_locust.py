@@ -60,6 +60,41 @@ def test_throughput_counts_only_the_tokens_streamed_inside_the_window() -> None:
     assert tokens_in_window([], 10) == 0
 
 
+def test_rounds_pool_every_request_of_every_round() -> None:
+    """--rounds: throughput is the rounds' mean and the TTFT tail is taken over all their requests,
+    so one slow request in a quiet round is the p99 it is, not 1% of a single window."""
+    from loadtests.bench import pooled
+
+    def request(start: float, ttft_s: float, tokens: int = 5) -> dict[str, Any]:
+        return {
+            "start": start,
+            "first": start + ttft_s,
+            "end": start + ttft_s + 0.1 * (tokens - 1),
+            "tokens": tokens,
+        }
+
+    fast = [request(float(i), 0.1) for i in range(99)]
+    rounds = [
+        {"output_tokens_per_s": 200.0, "requests": 99, "failures": 0, "loads": 10, "evictions": 4},
+        {"output_tokens_per_s": 240.0, "requests": 101, "failures": 1, "loads": 30, "evictions": 16},
+    ]
+    traces = [fast, [*fast, request(100.0, 2.0), {"start": 101.0, "first": None, "end": 102.0, "tokens": 1}]]
+    out = pooled(rounds, traces)
+    assert out["rounds"] == 2 and out["requests"] == 200 and out["failures"] == 1
+    assert out["output_tokens_per_s"] == 220.0 and out["output_tokens_per_s_each"] == [200.0, 240.0]
+    ttft = out["kinds"]["TTFT"]
+    assert (
+        ttft["count"] == 199
+        and ttft["p50_ms"] == pytest.approx(100.0)
+        and ttft["p99_ms"] == pytest.approx(100.0)
+    )
+    assert out["kinds"]["TPOT"]["p99_ms"] == pytest.approx(100.0)
+    assert out["loads_per_1000_requests"] == 200.0 and out["evictions_per_1000_requests"] == 100.0
+    # a tail of 2% of the requests is the p99
+    slow = pooled(rounds, [fast, [request(100.0 + i, 2.0) for i in range(5)]])
+    assert slow["kinds"]["TTFT"]["p99_ms"] == pytest.approx(2000.0)
+
+
 @pytest.mark.slow
 def test_benchmark_reduced_mode_writes_ratios(tmp_path: Path) -> None:
     done = subprocess.run(
