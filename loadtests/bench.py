@@ -497,13 +497,17 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
 
 
 def plot(results: dict[str, Any], out: Path) -> None:
+    """Throughput and TTFT p50 per scenario and server; with --many, a third panel: the mixed and
+    many-adapter throughput of each server that ran both (pooled where measured in rounds)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     kinds = list(results)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), dpi=100)
+    mixed = list(SCENARIOS)[-1]
+    many = next((k for r in results.values() for k in r if k.startswith("many ")), None)
+    fig, axes = plt.subplots(1, 3 if many else 2, figsize=(16 if many else 11, 3.8), dpi=100)
     width = 0.8 / len(kinds)
     for i, kind in enumerate(kinds):
         xs = [j + (i - (len(kinds) - 1) / 2) * width for j in range(len(SCENARIOS))]
@@ -514,10 +518,21 @@ def plot(results: dict[str, Any], out: Path) -> None:
             width=width,
             label=kind,
         )
-    for ax, title in zip(axes, ("output tokens/s", "TTFT p50 (ms)"), strict=True):
+    for ax, title in zip(axes, ("output tokens/s", "TTFT p50 (ms)"), strict=False):
         ax.set_xticks(range(len(SCENARIOS)), list(SCENARIOS))
         ax.set_title(title)
         ax.legend()
+    if many:
+        both = [k for k in kinds if many in results[k]]
+        for i, kind in enumerate(both):
+            side = results[kind].get("rounds", results[kind])
+            xs = [j + (i - (len(both) - 1) / 2) * (0.8 / len(both)) for j in range(2)]
+            figures = [side[mixed]["output_tokens_per_s"], results[kind][many]["output_tokens_per_s"]]
+            axes[2].bar(xs, figures, width=0.8 / len(both), label=kind)
+        rounds = results.get("ours", {}).get(many, {}).get("rounds")
+        axes[2].set_xticks(range(2), [mixed, many])
+        axes[2].set_title("output tokens/s" + (f", mean of {rounds} rounds" if rounds else ""))
+        axes[2].legend()
     fig.tight_layout()
     fig.savefig(out)
     plt.close(fig)

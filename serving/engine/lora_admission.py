@@ -13,7 +13,7 @@ place in the queue.
 
 Slot turns: a drain still makes the request wait as long as the running requests last. So once an
 adapter has waited `turn_s` for a slot (`additional_config["lora_slot_turn_s"]`, default TURN_S;
-None: off) and no slot drains sooner, the running requests of one adapter that has held its slot
+None: off) and no slot drains within DRAIN_STEPS steps, the running requests of one adapter that has held its slot
 at least `turn_s` are paused: they leave the running list but keep their KV cache (nothing is
 recomputed; on the CPU that cache is host memory anyway), and the adapter that waited takes the
 slot. A paused adapter waits for a slot like any other and resumes where it stopped. The adapter
@@ -40,6 +40,8 @@ from vllm.v1.core.sched.scheduler import Scheduler
 
 TURN_S = 0.5
 """How long an adapter waits for a slot before a running adapter is paused for it (seconds)."""
+DRAIN_STEPS = 2
+"""Once a turn is up, no adapter is paused if a slot frees within this many steps anyway."""
 
 
 def adapter(request: Any) -> int | None:
@@ -164,8 +166,8 @@ class SlotAwareScheduler(Scheduler):
             return
         live = self._live()
         left = tokens_left(live)
-        if left and min(left.values()) * self.step_s <= self.turn_s:
-            return  # a slot drains within a turn anyway
+        if left and min(left.values()) <= DRAIN_STEPS:
+            return  # a slot drains within a step or two anyway
         victim = adapter_to_pause(live, self.held_since, now - self.turn_s)
         if victim is None:
             return

@@ -68,6 +68,18 @@ def test_a_request_waits_for_a_slot_no_longer_than_a_turn(tiny_base: Any, xyz: l
     assert ours["finished"]["y1"] <= ours["finished"]["x1"] + 10, ours
 
 
+def test_a_request_that_waited_a_turn_is_not_kept_waiting_for_a_slot_that_drains_later(
+    tiny_base: Any, xyz: list[str]
+) -> None:
+    ours = stepped(tiny_base, "ours", "near", xyz)
+    stock = stepped(tiny_base, "stock", "near", xyz)
+    # z arrives at step 3; its turn is up 5 steps later, when x still has 3 tokens to go: y is
+    # paused then (before, a slot draining "within a turn" kept z waiting until x ended)
+    assert ours["first"]["z1"] <= 3 + 5 + 1 and ours["first"]["z1"] < ours["finished"]["x1"], ours
+    assert ours["tokens"] == stock["tokens"], (ours, stock)
+    assert {k: len(v) for k, v in ours["tokens"].items()} == {"x1": 10, "y1": 40, "z1": 4}
+
+
 def test_a_paused_request_can_be_aborted(tiny_base: Any, xyz: list[str]) -> None:
     out = stepped(tiny_base, "ours", "abort", xyz)
     stock = stepped(tiny_base, "stock", "turn", xyz)
