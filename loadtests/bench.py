@@ -203,6 +203,15 @@ def connection_resets(prefix: Path) -> int:
     return sum(int(r["Occurrences"]) for r in rows if any(w in r["Error"] for w in words))
 
 
+def trace_path(args: argparse.Namespace, kind: str, scenario: str, tag: str = "") -> Path:
+    """Where `measure` has Locust write the per-request trace of a window."""
+    return Path(args.out_dir) / f"bench-{kind}-{scenario}{tag}_trace.jsonl"
+
+
+def many_label(many: dict[str, Path]) -> str:
+    return f"many {len(many)} adapters"
+
+
 def measure(
     kind: str,
     url: str,
@@ -217,7 +226,7 @@ def measure(
     """One Locust run of `scenario` (requests for `names`) against the server at `url`; its CSVs
     and trace are named by kind, scenario and `tag`."""
     prefix = Path(args.out_dir) / f"bench-{kind}-{scenario}{tag}"
-    trace = Path(f"{prefix}_trace.jsonl")
+    trace = trace_path(args, kind, scenario, tag)
     trace.unlink(missing_ok=True)
     env = {**locust_env(scenario, names, base, args), "LOADTEST_TRACE": str(trace), **(extra_env or {})}
     done = run_locust(url, args.users, args.duration, prefix, env)
@@ -322,7 +331,7 @@ def measure_many(
     kind: str, url: str, base: Any, many: dict[str, Path], args: argparse.Namespace, tag: str = ""
 ) -> dict[str, Any]:
     """The power-law scenario over N adapters; for ours, its loads and evictions (/metrics)."""
-    label = f"many {len(many)} adapters"
+    label = many_label(many)
     names = ("lora_adapter_loads_total", "lora_adapter_evictions_total")
     before = {m: metric(url, m) for m in names} if kind == "ours" else {}
     s = measure(kind, url, label, "powerlaw", list(many), base, args, tag=tag)
@@ -341,15 +350,12 @@ def run_many(
     kind: str, base: Any, registry: Path, many: dict[str, Path], args: argparse.Namespace, tmp: Path
 ) -> dict[str, Any]:
     """N adapters, power-law popularity: one window, or --rounds windows pooled."""
-    label = f"many {len(many)} adapters"
+    label = many_label(many)
     with many_server(kind, base, registry, many, args, tmp, args.port + PORTS[kind]) as url:
         if args.rounds <= 1:
             return {label: measure_many(kind, url, base, many, args)}
         runs = [measure_many(kind, url, base, many, args, tag=f"-round{i}") for i in range(args.rounds)]
-    traces = [
-        read_trace(Path(args.out_dir) / f"bench-{kind}-powerlaw-round{i}_trace.jsonl")
-        for i in range(args.rounds)
-    ]
+    traces = [read_trace(trace_path(args, kind, "powerlaw", f"-round{i}")) for i in range(args.rounds)]
     return {label: {**pooled(runs, traces), "each": runs}}
 
 
@@ -377,6 +383,9 @@ def pooled(rounds: list[dict[str, Any]], traces: list[list[dict[str, Any]]]) -> 
         "rounds": len(rounds),
         "output_tokens_per_s": round(statistics.mean(each), 2),
         "output_tokens_per_s_each": each,
+        "output_tokens_per_s_started_in_window": round(
+            statistics.mean(s["output_tokens_per_s_started_in_window"] for s in rounds), 2
+        ),
         "requests": sum(s["requests"] for s in rounds),
         "failures": sum(s["failures"] for s in rounds),
         "kinds": {"TTFT": percentiles(ttft), "TPOT": percentiles(tpot)},
@@ -401,23 +410,19 @@ def run_rounds(
     drift of the machine's speed over minutes lands on both sides of the ratio. Returns the many
     scenario pooled over the rounds, and under "rounds" the mixed one pooled and every round."""
     mixed = list(SCENARIOS)[-1]
-    label = f"many {len(many)} adapters"
+    label = many_label(many)
     runs: dict[str, list[dict[str, Any]]] = {mixed: [], label: []}
     traces: dict[str, list[list[dict[str, Any]]]] = {mixed: [], label: []}
     with many_server("ours", base, registry, many, args, tmp, args.port + MANY_PORT) as many_url:
+        window = {
+            mixed: lambda tag: measure("ours", url, mixed, "uniform", list(adapters), base, args, tag=tag),
+            label: lambda tag: measure_many("ours", many_url, base, many, args, tag=tag),
+        }
+        scenario = {mixed: "uniform", label: "powerlaw"}
         for i in range(args.rounds):
             for which in (mixed, label) if i % 2 == 0 else (label, mixed):
-                tag = f"-round{i}"
-                if which == mixed:
-                    s = measure("ours", url, mixed, "uniform", list(adapters), base, args, tag=tag)
-                    scenario = "uniform"
-                else:
-                    s = measure_many("ours", many_url, base, many, args, tag=tag)
-                    scenario = "powerlaw"
-                runs[which].append(s)
-                traces[which].append(
-                    read_trace(Path(args.out_dir) / f"bench-ours-{scenario}{tag}_trace.jsonl")
-                )
+                runs[which].append(window[which](f"-round{i}"))
+                traces[which].append(read_trace(trace_path(args, "ours", scenario[which], f"-round{i}")))
             print(
                 f"round {i}: {label}/{mixed} throughput "
                 f"{runs[label][-1]['output_tokens_per_s'] / max(runs[mixed][-1]['output_tokens_per_s'], 1e-9):.3f}",
@@ -525,13 +530,13 @@ def plot(results: dict[str, Any], out: Path) -> None:
     if many:
         both = [k for k in kinds if many in results[k]]
         for i, kind in enumerate(both):
-            side = results[kind].get("rounds", results[kind])
+            side = results[kind].get("rounds", results[kind])  # ours: its mixed scenario pooled too
             xs = [j + (i - (len(both) - 1) / 2) * (0.8 / len(both)) for j in range(2)]
             figures = [side[mixed]["output_tokens_per_s"], results[kind][many]["output_tokens_per_s"]]
             axes[2].bar(xs, figures, width=0.8 / len(both), label=kind)
         rounds = results.get("ours", {}).get(many, {}).get("rounds")
         axes[2].set_xticks(range(2), [mixed, many])
-        axes[2].set_title("output tokens/s" + (f", mean of {rounds} rounds" if rounds else ""))
+        axes[2].set_title("output tokens/s" + (f" (pooled: mean of {rounds} windows)" if rounds else ""))
         axes[2].legend()
     fig.tight_layout()
     fig.savefig(out)
@@ -565,11 +570,13 @@ def main() -> None:
         type=int,
         default=1,
         help="with --many: measure ours' many-adapter and mixed scenarios in this many alternating rounds, both servers up, "
-        "and vLLM's many-adapter one in as many windows; each pooled",
+        "and vLLM's many-adapter one in as many windows; each pooled (an even number balances the ABBA order)",
     )
     parser.add_argument("--pushes", type=int, default=20, help="pushes measured for cold vs warm (ours)")
     parser.add_argument("--build-jobs", type=int, default=2, help="compilers for the llama.cpp build")
     args = parser.parse_args()
+    if args.rounds < 1 or (args.rounds > 1 and not args.many):
+        parser.error("--rounds: a whole number >= 1, and above 1 only with --many")
     if args.reduced:
         args.base_model, args.users, args.duration, args.adapters, args.max_tokens = "tiny", 4, 4, 2, 8
         args.pushes = min(args.pushes, 3)

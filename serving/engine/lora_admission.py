@@ -13,8 +13,8 @@ place in the queue.
 
 Slot turns: a drain still makes the request wait as long as the running requests last. So once an
 adapter has waited `turn_s` for a slot (`additional_config["lora_slot_turn_s"]`, default TURN_S;
-None: off) and no slot drains within DRAIN_STEPS steps, the running requests of one adapter that has held its slot
-at least `turn_s` are paused: they leave the running list but keep their KV cache (nothing is
+None: off) and no slot drains within DRAIN_STEPS steps, the running requests of one adapter that
+has held its slot at least `turn_s` are paused: they leave the running list but keep their KV cache (nothing is
 recomputed; on the CPU that cache is host memory anyway), and the adapter that waited takes the
 slot. A paused adapter waits for a slot like any other and resumes where it stopped. The adapter
 paused is one whose requests all have their first token, the one with the fewest running requests
@@ -100,14 +100,10 @@ class SlotAwareScheduler(Scheduler):
         """per paused adapter: since when"""
         self.held_since: dict[int, float] = {}
         """per running adapter: since when it holds its slot"""
-        self.step_s = 0.0
-        """a running average of the time between steps while requests run"""
-        self._last_step: float | None = None
 
     def schedule(self, *args: Any, **kwargs: Any) -> Any:
         now = self.clock()
         if self.lora_config is not None and self.policy == SchedulingPolicy.FCFS:
-            self._time_step(now)
             self._take_turns(now, self.lora_config.max_loras)
         aside = self._set_aside()
         held = self._hold_back()
@@ -135,12 +131,6 @@ class SlotAwareScheduler(Scheduler):
         aside = [r for r in self.running if adapter(r) in self.paused]
         self.running = self._live()
         return aside
-
-    def _time_step(self, now: float) -> None:
-        if self._last_step is not None and self.running:
-            gap = now - self._last_step
-            self.step_s = gap if self.step_s == 0 else 0.8 * self.step_s + 0.2 * gap
-        self._last_step = now
 
     def _take_turns(self, now: float, max_loras: int) -> None:
         """Resume paused adapters into free slots (the longest waiting first, beside the waiting

@@ -74,14 +74,23 @@ def test_rounds_pool_every_request_of_every_round() -> None:
         }
 
     fast = [request(float(i), 0.1) for i in range(99)]
+    common = {"output_tokens_per_s_started_in_window": 210.0}
     rounds = [
-        {"output_tokens_per_s": 200.0, "requests": 99, "failures": 0, "loads": 10, "evictions": 4},
-        {"output_tokens_per_s": 240.0, "requests": 101, "failures": 1, "loads": 30, "evictions": 16},
+        {**common, "output_tokens_per_s": 200.0, "requests": 99, "failures": 0, "loads": 10, "evictions": 4},
+        {
+            **common,
+            "output_tokens_per_s": 240.0,
+            "requests": 101,
+            "failures": 1,
+            "loads": 30,
+            "evictions": 16,
+        },
     ]
     traces = [fast, [*fast, request(100.0, 2.0), {"start": 101.0, "first": None, "end": 102.0, "tokens": 1}]]
     out = pooled(rounds, traces)
     assert out["rounds"] == 2 and out["requests"] == 200 and out["failures"] == 1
     assert out["output_tokens_per_s"] == 220.0 and out["output_tokens_per_s_each"] == [200.0, 240.0]
+    assert out["output_tokens_per_s_started_in_window"] == 210.0
     ttft = out["kinds"]["TTFT"]
     assert (
         ttft["count"] == 199
@@ -90,9 +99,45 @@ def test_rounds_pool_every_request_of_every_round() -> None:
     )
     assert out["kinds"]["TPOT"]["p99_ms"] == pytest.approx(100.0)
     assert out["loads_per_1000_requests"] == 200.0 and out["evictions_per_1000_requests"] == 100.0
-    # a tail of 2% of the requests is the p99
+    # a tail of 5 requests in 104 is the p99
     slow = pooled(rounds, [fast, [request(100.0 + i, 2.0) for i in range(5)]])
     assert slow["kinds"]["TTFT"]["p99_ms"] == pytest.approx(2000.0)
+
+
+def test_with_rounds_the_many_adapter_ratios_compare_pooled_with_pooled(tmp_path: Path) -> None:
+    """--rounds: 64 vs 4 adapters compares the two pooled sides (not the single 4-adapter window
+    measured before the rounds), and each round's ratio is listed; the PNG gets its third panel."""
+    from loadtests.bench import SCENARIOS, plot, ratios
+
+    def window(tok: float, ttft_p99: float) -> dict[str, Any]:
+        return {
+            "output_tokens_per_s": tok,
+            "kinds": {"TTFT": {"p50_ms": 100.0, "p99_ms": ttft_p99}, "TPOT": {"p50_ms": 50.0}},
+        }
+
+    mixed = list(SCENARIOS)[-1]
+    single = {label: window(300.0, 500.0) for label in SCENARIOS}
+    rounds = {
+        mixed: window(250.0, 700.0),
+        "each": [
+            {mixed: window(240.0, 0), "many 64 adapters": window(192.0, 0)},
+            {mixed: window(260.0, 0), "many 64 adapters": window(221.0, 0)},
+        ],
+    }
+    results = {
+        "ours": {**single, "many 64 adapters": window(206.5, 1050.0), "rounds": rounds},
+        "vllm": {
+            **{label: window(50.0, 900.0) for label in SCENARIOS},
+            "many 64 adapters": window(50.0, 7000.0),
+        },
+    }
+    out = ratios(results)
+    assert out[f"ours many 64 adapters/{mixed} throughput"] == pytest.approx(206.5 / 250.0, abs=1e-3)
+    assert out[f"ours many 64 adapters/{mixed} TTFT p99"] == pytest.approx(1.5)
+    assert out[f"ours many 64 adapters/{mixed} throughput, each round"] == [0.8, 0.85]
+    assert out["throughput ours/vllm many 64 adapters"] == pytest.approx(4.13)
+    plot(results, tmp_path / "bench.png")
+    assert (tmp_path / "bench.png").read_bytes()[:4] == b"\x89PNG"
 
 
 @pytest.mark.slow

@@ -9,7 +9,8 @@ Scenarios:
   arrives before more requests for x and y (slot turns off).
 - `turn`: x and y run long requests; z arrives and waits for a slot (slot turns of TURN_S).
 - `abort`: as `turn`, and y's request is aborted while it is paused.
-- `near`: as `turn`, but x's request would end 3 steps after z has waited a turn.
+- `near`: as `turn`, but x's request would end 3-4 steps after z has waited a turn.
+- `nearer`: as `turn`, but x's request ends within 2 steps of z's turn.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ def main() -> None:
         for request_id, lora in (("x2", x), ("x3", x), ("y2", y)):
             add(request_id, lora, 16)
     else:
-        add("x1", x, 10 if scenario == "near" else 40)
+        add("x1", x, {"near": 11, "nearer": 9}.get(scenario, 40))
         run(1)
         add("y1", y, 40)
         run(2)
