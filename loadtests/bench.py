@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import os
 import platform
 import statistics
@@ -70,6 +69,7 @@ from loadtests.common import (
     tokens_in_window,
 )
 from serving.engine.lora_kernel import cpu_dtype
+from serving.experiments.stats import percentile
 
 SCENARIOS = {"base": "base", "1 adapter": "one", "8 adapters": "uniform"}
 PORTS = {"ours": 0, "vllm": 1, "peft": 2, "llamacpp": 3}
@@ -360,12 +360,13 @@ def run_many(
 
 
 def percentiles(values: list[float]) -> dict[str, Any]:
-    """Nearest-rank p50/p90/p99 (ms) of `values`."""
-    v = sorted(values)
-    if not v:
+    """p50/p90/p99 (ms) of `values`, interpolated as the A/B statistics do."""
+    if not values:
         return {"count": 0}
-    at = {q: v[min(len(v) - 1, max(0, math.ceil(q * len(v)) - 1))] for q in (0.5, 0.9, 0.99)}
-    return {"count": len(v), **{f"p{round(q * 100)}_ms": round(x, 1) for q, x in at.items()}}
+    return {
+        "count": len(values),
+        **{f"p{q}_ms": round(percentile(values, q) or 0.0, 1) for q in (50, 90, 99)},
+    }
 
 
 def pooled(rounds: list[dict[str, Any]], traces: list[list[dict[str, Any]]]) -> dict[str, Any]:

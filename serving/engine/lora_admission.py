@@ -14,9 +14,9 @@ place in the queue.
 Slot turns: a drain still makes the request wait as long as the running requests last. So once an
 adapter has waited `turn_s` for a slot (`additional_config["lora_slot_turn_s"]`, default TURN_S;
 None: off) and no slot drains within DRAIN_STEPS steps, the running requests of one adapter that
-has held its slot at least `turn_s` are paused: they leave the running list but keep their KV cache (nothing is
-recomputed; on the CPU that cache is host memory anyway), and the adapter that waited takes the
-slot. A paused adapter waits for a slot like any other and resumes where it stopped. The adapter
+has held its slot at least `turn_s` are paused: they leave the running list but keep their KV
+cache (nothing is recomputed; on the CPU that cache is host memory anyway), and the adapter that
+waited takes the slot. A paused adapter waits for a slot like any other and resumes where it stopped. The adapter
 paused is one whose requests all have their first token, the one with the fewest running requests
 (the step loses the fewest), then the most tokens left (one about to end frees its slot anyway).
 So no request waits for its first token much longer than `turn_s` however many adapters are asked
