@@ -209,12 +209,17 @@ def create(reg: Registry, name: str, spec: RolloutSpec, now: float | None = None
     }
     with reg.db.write() as conn:
         tx = SqlWrite(reg.db, conn)
-        old = conn.execute(sa.select(t.rollouts.c.state).where(t.rollouts.c.name == name)).scalar()
-        if old in ACTIVE:
-            raise ConflictError(
-                f"rollout {name!r} is {old}: abort it first (`platform rollout abort {name}`)"
+        old = conn.execute(
+            sa.select(t.rollouts.c.state, t.rollouts.c.spec, t.rollouts.c.updated).where(
+                t.rollouts.c.name == name
             )
-        if tx.route(name) is not None:
+        ).first()
+        if old is not None and old.state in ACTIVE:
+            raise ConflictError(
+                f"rollout {name!r} is {old.state}: abort it first (`platform rollout abort {name}`)"
+            )
+        held = tx.route(name)
+        if held is not None and not (old is not None and _held_by_finished(held, old)):
             raise ConflictError(
                 f"an A/B route named {name!r} exists: a rollout owns that route; stop it first "
                 f"(`platform ab stop {name}`)"
@@ -223,6 +228,19 @@ def create(reg: Registry, name: str, spec: RolloutSpec, now: float | None = None
         tx.put_route(route)
         _event(conn, name, -1, 0.0, "start", {"spec": json.loads(spec.to_json())}, None, None, now)
     return get(reg, name)
+
+
+def _held_by_finished(route: Route, old: Any) -> bool:
+    """Whether `route` is still the hold a finished rollout left (100% baseline, candidate at 0,
+    unchanged since): the next rollout takes it over. A route a person set up is not."""
+    spec = RolloutSpec.from_json(old.spec)
+    hold = [(spec.baseline, 100.0), (spec.candidate, 0.0)]
+    return (
+        old.state in TERMINAL
+        and [(v.ref, v.weight) for v in route.variants] == hold
+        and route.shadow is None
+        and route.updated <= old.updated
+    )
 
 
 def transition(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from registry import rollouts as ro
@@ -71,3 +73,41 @@ def test_the_outcome_is_recorded_with_the_candidate_version(registry_location: s
         .output
     )
     assert data["rollouts"][0]["reason"] == why and "rollout:rolled-back" in data["tags"]
+
+
+def test_the_next_rollout_takes_over_the_route_a_rolled_back_one_holds(
+    registry_location: str, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    from click.testing import CliRunner
+
+    from cli.main import cli
+    from registry.routes import start_route, stop_route
+    from tests.registry.test_store import LINEAGE, make_adapter
+
+    reg = Registry(registry_location)
+    for seed in (1, 2, 3):
+        reg.push("bot", make_adapter(tmp_path / f"a{seed}", seed), LINEAGE)
+    reg.set_alias("bot@1", "prod")
+    r = ro.create(reg, "bot", ro.RolloutSpec("bot@2", "bot@1", steps=(5.0, 100.0)), now=100.0)
+    r = ro.transition(reg, r, state="running", step=0, route="weights", decision="preflight-ok", now=101.0)
+    ro.transition(reg, r, state="rolled_back", route="hold_baseline", decision="rollback", now=102.0)
+    assert [(v.ref, v.weight) for v in get_route(reg, "bot").variants] == [("bot@1", 100.0), ("bot@2", 0.0)]
+
+    def start(candidate: str) -> tuple[int, str]:
+        args = ["rollout", "start", "bot", "--candidate", candidate, "--registry", registry_location]
+        res = CliRunner().invoke(cli, args)
+        return res.exit_code, res.output
+
+    code, out = start("bot@3")  # no `platform ab stop` in between
+    assert code == 0, out
+    assert ro.get(reg, "bot").state == "preflight" and ro.get(reg, "bot").spec.candidate == "bot@3"
+    assert [(v.ref, v.weight) for v in get_route(reg, "bot").variants] == [("bot@1", 100.0), ("bot@3", 0.0)]
+
+    # a route a person set up after a finished rollout is still refused
+    r = ro.get(reg, "bot")
+    ro.transition(reg, r, state="aborted", route="hold_baseline", decision="abort", now=time.time())
+    stop_route(reg, "bot")
+    start_route(reg, "bot", [("bot@1", 50.0), ("bot@2", 50.0)])
+    code, out = start("bot@3")
+    assert code != 0 and "platform ab stop bot" in out, out
+    assert [(v.ref, v.weight) for v in get_route(reg, "bot").variants] == [("bot@1", 50.0), ("bot@2", 50.0)]
