@@ -18,10 +18,13 @@ manifest before handing a version out (remote stores: after copying it into a lo
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,9 +100,9 @@ class Registry:
             db = CatalogDB(spec)
         else:
             self.root = Path(spec).expanduser()
-            _check_folder(self.root)
-            self._store = FolderStore(self.root)
-            db = CatalogDB.for_folder(self.root)
+            with _creating(self.root):
+                self._store = FolderStore(self.root)
+                db = CatalogDB.for_folder(self.root)
         self.db = db
         self.catalog: Catalog = SqlCatalog(db)
         self.location = str(self.root) if self.root is not None else db.location
@@ -335,8 +338,36 @@ def _ago(seconds: float) -> str:
     return f"{seconds / 3600:.1f}h"
 
 
+CREATE_LOCK = ".create.lock"
+_SKELETON = {CREATE_LOCK, "versions", ".staging"}
+"""What a registry folder holds while it is being created, before its catalog exists."""
+
+
+@contextmanager
+def _creating(root: Path) -> Iterator[None]:
+    """Check `root` is a registry folder or may become one; while its catalog does not exist yet,
+    hold a lock file in it, so processes creating the same registry at once (two first users,
+    every rank of a distributed run) make it one after the other instead of refusing each other's
+    half-made folder. An existing registry is opened without the lock."""
+    _check_folder(root)
+    if (root / CATALOG_FILE).is_file():
+        yield
+        return
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / CREATE_LOCK, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            _check_folder(root)
+            yield
+        finally:  # safe to remove: once the catalog exists, no one needs the lock
+            (root / CREATE_LOCK).unlink(missing_ok=True)
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def _check_folder(root: Path) -> None:
     if root.exists() and not root.is_dir():
         raise RegistryError(f"{root}: registry path exists and is not a folder")
-    if root.is_dir() and any(root.iterdir()) and not (root / CATALOG_FILE).is_file():
+    if not root.is_dir() or (root / CATALOG_FILE).is_file():
+        return
+    if {p.name for p in root.iterdir()} - _SKELETON:
         raise RegistryError(f"{root}: folder is not a registry (no {CATALOG_FILE}); choose an empty folder")

@@ -233,6 +233,40 @@ def test_a_folder_that_is_not_a_registry_is_refused(tmp_path: Path) -> None:
         Registry(tmp_path)
 
 
+def _open_when_told(root: str, go: str, ready: mp.Queue, out: mp.Queue) -> None:  # type: ignore[type-arg]
+    ready.put(os.getpid())
+    for _ in range(30000):  # imports are done: every process opens the fresh folder at about once
+        if Path(go).exists():
+            break
+        time.sleep(0.001)
+    try:
+        Registry(root)
+        out.put("ok")
+    except RegistryError as exc:
+        out.put(str(exc))
+
+
+def test_processes_creating_a_fresh_registry_at_once_all_open_it(tmp_path: Path) -> None:
+    """Two first users of a registry (or every rank of a distributed run) create it at once."""
+    ctx = mp.get_context("spawn")
+    q: mp.Queue = ctx.Queue()  # type: ignore[type-arg]
+    ready: mp.Queue = ctx.Queue()  # type: ignore[type-arg]
+    for attempt in range(2):
+        root, go = tmp_path / f"fresh{attempt}", tmp_path / f"go{attempt}"
+        args = (str(root), str(go), ready, q)
+        procs = [ctx.Process(target=_open_when_told, args=args) for _ in range(4)]
+        for p in procs:
+            p.start()
+        for _ in procs:  # every interpreter has imported the registry
+            ready.get(timeout=120)
+        go.touch()
+        got = [q.get(timeout=120) for _ in procs]
+        for p in procs:
+            p.join(timeout=60)
+        assert got == ["ok"] * 4, got
+        assert Registry(root).list_versions() == [] and not (root / ".create.lock").exists()
+
+
 def _push_many(root: str, adapter: str, n: int, out: mp.Queue) -> None:  # type: ignore[type-arg]
     reg = Registry(root)
     out.put([reg.push("shared", Path(adapter), LINEAGE).version for _ in range(n)])
