@@ -137,6 +137,8 @@ class PreferredAnswer:
     votes: int
     """Complete ratings that preferred `answer`."""
     ratings: int
+    side: str = "a"
+    """`a` or `b`: the side of the review set that wrote `answer` (`rejected` is the other)."""
 
 
 def create(
@@ -504,6 +506,7 @@ def preferred(reg: Registry, name: str | None = None, version: str | None = None
                             refs[loser],
                             n,
                             len(votes),
+                            winner,
                         )
                     )
     return out

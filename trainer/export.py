@@ -7,20 +7,29 @@ one of the held-out test rows of the versions that answered them (the `heldout.j
 writes into each version's folder) are dropped and counted: training on them would leak the
 evaluation set (compared before redaction, by the digest the server logs beside each row). A sidecar `FILE.jsonl.export.json` records the filters, counts and the file's
 sha256; `platform train` copies it into the new version's lineage.
+
+Preference rows, for DPO and KTO (TRL's conversational shapes, so its trainers read them as is):
+`--pairs` writes `{"prompt": [...], "chosen": [assistant turn], "rejected": [assistant turn]}` from
+review choices (the answer the reviewers' majority preferred against the other, with each rubric
+criterion's mean score per side) and from thumbs up against thumbs down answers to the same prompt;
+`--unpaired` writes `{"prompt": [...], "completion": [assistant turn], "label": true|false}` from
+thumbs and from both answers of each review choice. The same held-out, dedup and sidecar rules apply.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from registry.errors import RegistryError
 from registry.payloads import LoggedCompletion, prompt_digest
+from registry.reviews import PreferredAnswer, Rating
 from registry.store import Registry
 from trainer.data import Example, dedup, row_to_example
 from trainer.errors import TrainerError
@@ -28,6 +37,13 @@ from trainer.errors import TrainerError
 HELDOUT_FILE = "heldout.json"
 SIDECAR_SUFFIX = ".export.json"
 _ROLE = {"developer": "system", "system": "system", "user": "user", "assistant": "assistant"}
+ExportKind = Literal["sft", "pairs", "unpaired"]
+PAIRS_PER_PROMPT = 4
+"""At most this many thumbs-up x thumbs-down pairs per prompt (a popular prompt does not dominate)."""
+DISLIKED_AS_SFT = (
+    "--thumbs down selects answers users disliked: as SFT rows they would teach the model to write "
+    "them; export them as KTO rows (--unpaired, labelled false) or as the rejected side of --pairs"
+)
 
 
 @dataclass(frozen=True)
@@ -65,6 +81,10 @@ class ExportReport:
     """Versions whose held-out rows were checked (a version without a record is not listed)."""
     sha256: str = ""
     created: str = ""
+    kind: str = "sft"
+    """`sft` (chat rows), `pairs` (prompt, chosen, rejected) or `unpaired` (prompt, completion, label)."""
+    sources: dict[str, int] = field(default_factory=dict)
+    """Rows written per source (`feedback`, `review`)."""
 
 
 def user_key(text: str) -> str:
@@ -157,10 +177,28 @@ def reviewed_rows(registry: Registry, name: str) -> list[tuple[Example, str]]:
     return rows
 
 
-def export(name: str, out: Path, filters: ExportFilters, registry_root: str | None = None) -> ExportReport:
-    """Write the training file and its sidecar; return what was written and dropped."""
+def _check(filters: ExportFilters, kind: ExportKind) -> None:
     if filters.thumbs not in (None, "up", "down"):
         raise TrainerError(f"thumbs must be 'up' or 'down', got {filters.thumbs!r}")
+    if kind == "sft" and filters.thumbs == "down":
+        raise TrainerError(DISLIKED_AS_SFT)
+    if kind == "pairs" and filters.thumbs is not None:
+        raise TrainerError(
+            "--pairs takes both thumbs (up answers are chosen, down answers rejected): drop --thumbs"
+        )
+    if kind != "sft" and filters.min_score is not None:
+        raise TrainerError("--min-score selects SFT rows; preference rows keep each score as a field")
+
+
+def export(
+    name: str,
+    out: Path,
+    filters: ExportFilters,
+    registry_root: str | None = None,
+    kind: ExportKind = "sft",
+) -> ExportReport:
+    """Write the training file and its sidecar; return what was written and dropped."""
+    _check(filters, kind)
     registry = Registry(registry_root)
     try:
         if filters.version is not None:
@@ -168,25 +206,194 @@ def export(name: str, out: Path, filters: ExportFilters, registry_root: str | No
                 **{**asdict(filters), "version": registry.get(filters.version, False).ref}
             )
         logged = registry.payloads().completions(name)
-        reviewed = reviewed_rows(registry, name) if filters.reviewed else []
-        report = ExportReport(name, str(out), asdict(filters), logged=len(logged))
+        reviewed = reviewed_rows(registry, name) if filters.reviewed and kind == "sft" else []
+        choices = review_choices(registry, name, filters.version) if kind != "sft" else []
+        report = ExportReport(name, str(out), asdict(filters), logged=len(logged), kind=kind)
         since = None if filters.since_s is None else time.time() - filters.since_s
         kept = [c for c in logged if _keep(c, filters, since)]
         report.filtered_out = len(logged) - len(kept)
         pairs = [(c, _example(c)) for c in kept]
         report.unusable = sum(ex is None for _, ex in pairs)
         examples = [(c, ex) for c, ex in pairs if ex is not None]
-        report.versions = sorted({c.record.version for c, _ in examples} | {v for _, v in reviewed})
+        report.versions = sorted(
+            {c.record.version for c, _ in examples}
+            | {v for _, v in reviewed}
+            | {v for p, _ in choices for v in (p.version, p.rejected_version)}
+        )
         heldout = _heldout(registry, report)
     finally:
         registry.close()
+    if kind != "sft":
+        lines = _preference_lines(kind, examples, choices, heldout, filters, report)
+        _write(out, lines, report)
+        return report
     clean = [ex for c, ex in examples if not _leaks(ex, c.record.prompt_sha256, heldout)]
     clean += [ex for ex, _ in reviewed if not _leaks(ex, None, heldout)]
     report.leaked_dropped = len(examples) + len(reviewed) - len(clean)
     rows, report.duplicates_dropped = dedup(clean)
     report.rows = len(rows)
-    _write(out, rows, report)
+    _write(
+        out, [json.dumps({"messages": [*ex.prompt_messages, _turn(ex.completion)[0]]}) for ex in rows], report
+    )
     return report
+
+
+def review_choices(
+    registry: Registry, name: str, version: str | None = None
+) -> list[tuple[PreferredAnswer, dict[str, dict[str, float]]]]:
+    """Review choices where a version of `name` wrote one side (or `version` did), each with its
+    rubric criteria's mean scores: `{criterion: {"chosen": mean, "rejected": mean}}`."""
+    from registry.reviews import preferred, ratings
+
+    out = []
+    by_review: dict[str, list[Rating]] = {}
+    for p in preferred(registry):
+        sides = (p.version, p.rejected_version)
+        if name not in {v.split("@", 1)[0] for v in sides} or version not in (None, *sides):
+            continue
+        if p.review not in by_review:
+            by_review[p.review] = ratings(registry, p.review, complete_only=True)
+        item_ratings = [r for r in by_review[p.review] if r.item == p.item]
+        out.append((p, _criterion_means(item_ratings, p.side)))
+    return out
+
+
+def _criterion_means(item_ratings: list[Rating], side: str) -> dict[str, dict[str, float]]:
+    other = "b" if side == "a" else "a"
+    seen: dict[str, dict[str, list[int]]] = {}
+    for r in item_ratings:
+        for criterion, by_side in r.scores.items():
+            for role, s in (("chosen", side), ("rejected", other)):
+                if s in by_side:
+                    seen.setdefault(criterion, {}).setdefault(role, []).append(by_side[s])
+    return {c: {role: round(sum(v) / len(v), 3) for role, v in d.items()} for c, d in seen.items()}
+
+
+def _turn(text: str) -> list[dict[str, str]]:
+    return [{"role": "assistant", "content": text}]
+
+
+def _preference_lines(
+    kind: ExportKind,
+    examples: list[tuple[LoggedCompletion, Example]],
+    choices: list[tuple[PreferredAnswer, dict[str, dict[str, float]]]],
+    heldout: set[str],
+    filters: ExportFilters,
+    report: ExportReport,
+) -> list[str]:
+    """Pairs or labelled rows from thumbs and review choices, held-out prompts and duplicates dropped."""
+    rated = [(c, ex) for c, ex in examples if c.thumbs is not None]
+    report.unusable += len(examples) - len(rated)  # no thumbs: neither preferred nor not
+    clean = [(c, ex) for c, ex in rated if not _leaks(ex, c.record.prompt_sha256, heldout)]
+    report.leaked_dropped = len(rated) - len(clean)
+    chosen: list[tuple[PreferredAnswer, dict[str, dict[str, float]], Example]] = []
+    for p, means in choices:
+        ex = _chat_example(list(p.messages), p.answer, f"review {p.review} item {p.item}")
+        if ex is None:
+            report.unusable += 1
+        elif _leaks(ex, None, heldout):
+            report.leaked_dropped += 1
+        else:
+            chosen.append((p, means, ex))
+    rows = _pair_rows(clean, chosen) if kind == "pairs" else _labelled_rows(clean, chosen, filters.thumbs)
+    seen: set[str] = set()
+    lines: list[str] = []
+    for row in rows:
+        key_fields = (
+            ("prompt", "chosen", "rejected") if kind == "pairs" else ("prompt", "completion", "label")
+        )
+        key = json.dumps([row[k] for k in key_fields])
+        if key in seen:
+            report.duplicates_dropped += 1
+            continue
+        seen.add(key)
+        lines.append(json.dumps(row))
+        report.sources[row["source"]] = report.sources.get(row["source"], 0) + 1
+    report.rows = len(lines)
+    return lines
+
+
+def _pair_rows(
+    rated: list[tuple[LoggedCompletion, Example]],
+    choices: list[tuple[PreferredAnswer, dict[str, dict[str, float]], Example]],
+) -> list[dict[str, Any]]:
+    rows = [
+        {
+            "prompt": ex.prompt_messages,
+            "chosen": _turn(p.answer),
+            "rejected": _turn(p.rejected),
+            "source": "review",
+            "review": p.review,
+            "item": p.item,
+            "chosen_version": p.version,
+            "rejected_version": p.rejected_version,
+            "votes": p.votes,
+            "ratings": p.ratings,
+            "scores": means,
+        }
+        for p, means, ex in choices
+    ]
+    by_prompt: dict[
+        str, tuple[list[tuple[LoggedCompletion, Example]], list[tuple[LoggedCompletion, Example]]]
+    ] = {}
+    for c, ex in rated:
+        group = by_prompt.setdefault(ex.prompt_key, ([], []))
+        group[0 if c.thumbs == 1 else 1].append((c, ex))
+    for ups, downs in by_prompt.values():
+        distinct = ((u, d) for u, d in itertools.product(ups, downs) if u[1].completion != d[1].completion)
+        for (cu, eu), (cd, ed) in itertools.islice(distinct, PAIRS_PER_PROMPT):
+            rows.append(
+                {
+                    "prompt": eu.prompt_messages,
+                    "chosen": _turn(eu.completion),
+                    "rejected": _turn(ed.completion),
+                    "source": "feedback",
+                    "chosen_version": cu.record.version,
+                    "rejected_version": cd.record.version,
+                    "scores": {"score": {"chosen": cu.score, "rejected": cd.score}},
+                }
+            )
+    return rows
+
+
+def _labelled_rows(
+    rated: list[tuple[LoggedCompletion, Example]],
+    choices: list[tuple[PreferredAnswer, dict[str, dict[str, float]], Example]],
+    thumbs: str | None,
+) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for p, means, ex in choices:
+        for label, answer, version, role in (
+            (True, p.answer, p.version, "chosen"),
+            (False, p.rejected, p.rejected_version, "rejected"),
+        ):
+            scores = {c: by_role[role] for c, by_role in means.items() if role in by_role}
+            rows.append(
+                {
+                    "prompt": ex.prompt_messages,
+                    "completion": _turn(answer),
+                    "label": label,
+                    "source": "review",
+                    "review": p.review,
+                    "item": p.item,
+                    "version": version,
+                    "scores": scores,
+                }
+            )
+    for c, ex in rated:
+        rows.append(
+            {
+                "prompt": ex.prompt_messages,
+                "completion": _turn(ex.completion),
+                "label": c.thumbs == 1,
+                "source": "feedback",
+                "version": c.record.version,
+                "scores": {"score": c.score},
+            }
+        )
+    if thumbs is not None:
+        rows = [r for r in rows if r["label"] == (thumbs == "up")]
+    return rows
 
 
 def _heldout(registry: Registry, report: ExportReport) -> set[str]:
@@ -209,16 +416,12 @@ def _leaks(example: Example, logged_digest: str | None, heldout: set[str]) -> bo
     return bool(keys & heldout)
 
 
-def _write(out: Path, rows: list[Example], report: ExportReport) -> None:
-    if not rows:
+def _write(out: Path, lines: list[str], report: ExportReport) -> None:
+    if not lines:
         raise TrainerError(
             f"no rows to export for {report.name!r}: {report.logged} logged, {report.filtered_out} filtered out, "
             f"{report.unusable} unusable, {report.leaked_dropped} held-out leaks; loosen the filters"
         )
-    lines = [
-        json.dumps({"messages": [*ex.prompt_messages, {"role": "assistant", "content": ex.completion}]})
-        for ex in rows
-    ]
     data = ("\n".join(lines) + "\n").encode()
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(data)

@@ -204,3 +204,83 @@ def test_init_adapter_of_another_rank_is_a_clear_error(logging_server: Server, t
     )
     assert result.exit_code == 1 and "its rank is 8, this run's lora.r is 4" in result.output
     assert "Traceback" not in result.output
+
+
+def test_thumbs_and_review_choices_export_as_dpo_pairs_and_kto_rows(
+    logging_server: Server, tmp_path: Path
+) -> None:
+    from registry import reviews as rv
+    from registry.rubric import load_rubric
+
+    question = "My invoice shows a double charge, what now?"
+
+    def sampled(seed: int) -> tuple[str, str]:
+        reply = logging_server.client().chat.completions.create(
+            model="support",
+            messages=[{"role": "user", "content": question}],
+            max_tokens=12,
+            temperature=1.0,
+            seed=seed,
+        )
+        return reply.id, (reply.choices[0].message.content or "").strip()  # exported as training cleans it
+
+    (up, up_text), (down, down_text) = sampled(1), sampled(2)
+    assert up_text != down_text
+    assert _feedback(logging_server, {"id": up, "thumbs": "up", "score": 0.9}).status_code == 200
+    assert _feedback(logging_server, {"id": down, "thumbs": "down", "score": 0.2}).status_code == 200
+    wait_until(lambda: _logged(logging_server, up) and _logged(logging_server, down), 10)
+
+    reg = Registry(logging_server.registry)  # a finished human review between two versions of the name
+    spec = rv.ReviewSpec("support@1", "support@9", load_rubric().to_dict(), reviewers_per_item=1, source="t")
+    item = rv.NewItem([{"role": "user", "content": "Where is my parcel?"}], "It ships today.", "No.", True)
+    rv.create(reg, "prefs", spec, [item])
+    review = rv.list_reviews(reg)[-1].name
+    assert rv.assign_next(reg, review, "ann") == 0
+    for criterion in ("correctness", "format", "tone"):
+        rv.rate(reg, review, 0, "ann", criterion=criterion, side="left", score=5)
+        rv.rate(reg, review, 0, "ann", criterion=criterion, side="right", score=2)
+    rv.rate(reg, review, 0, "ann", preference="left")  # answer a, on the left
+
+    def export(*flags: str) -> tuple[int, str, list[dict[str, object]]]:
+        out = tmp_path / f"{'-'.join(f.strip('-') for f in flags)}.jsonl"
+        args = [
+            "data",
+            "export",
+            "support",
+            *flags,
+            "--out",
+            str(out),
+            "--registry",
+            str(logging_server.registry),
+        ]
+        res = CliRunner().invoke(cli, args)
+        rows = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
+        return res.exit_code, res.output, rows
+
+    code, output, pairs = export("--pairs")
+    assert code == 0, output
+    by_source = {str(r["source"]): r for r in pairs}
+    fb = by_source["feedback"]
+    assert fb["prompt"] == [{"role": "user", "content": question}]
+    assert fb["chosen"] == [{"role": "assistant", "content": up_text}]
+    assert fb["rejected"] == [{"role": "assistant", "content": down_text}]
+    assert fb["scores"] == {"score": {"chosen": 0.9, "rejected": 0.2}}
+    rev = by_source["review"]
+    assert rev["chosen"] == [{"role": "assistant", "content": "It ships today."}]
+    assert rev["rejected"] == [{"role": "assistant", "content": "No."}]
+    assert rev["chosen_version"] == "support@1" and rev["rejected_version"] == "support@9"
+    assert rev["scores"]["tone"] == {"chosen": 5.0, "rejected": 2.0}  # type: ignore[index]
+    record = json.loads((tmp_path / "pairs.jsonl.export.json").read_text())
+    assert record["kind"] == "pairs" and record["rows"] == len(pairs) and record["sources"]["review"] == 1
+
+    code, output, unpaired = export("--unpaired")
+    assert code == 0, output
+    labelled = {(str(r["source"]), json.dumps(r["completion"]), r["label"]) for r in unpaired}
+    assert ("feedback", json.dumps([{"role": "assistant", "content": up_text}]), True) in labelled
+    assert ("feedback", json.dumps([{"role": "assistant", "content": down_text}]), False) in labelled
+    assert ("review", json.dumps([{"role": "assistant", "content": "No."}]), False) in labelled
+    code, output, disliked = export("--unpaired", "--thumbs", "down")
+    assert code == 0 and disliked and all(r["label"] is False for r in disliked), output
+
+    code, output, _ = export("--thumbs", "down")  # disliked answers as SFT targets: refused, says why
+    assert code == 2 and "--unpaired" in output and "teach the model" in output, output
