@@ -97,8 +97,12 @@ def print_run(result: Any) -> None:
         f"data: {d.source} ({d.shape}) {d.rows_read} rows, {d.duplicates_dropped} duplicates dropped, "
         f"splits {d.splits}, leakage {d.leakage}, truncated {d.truncated}"
     )
-    if result.metrics:
-        print_records(console, "held-out evaluation", metrics_records(result.metrics))
+    sides = {k: v for k, v in result.metrics.items() if k != "preference"}
+    if sides:
+        print_records(console, "held-out evaluation", metrics_records(sides))
+    if "preference" in result.metrics:
+        shown = ", ".join(f"{k} {v:g}" for k, v in result.metrics["preference"].items())
+        console.print(f"held-out preference pairs (policy vs reference): {shown}")
     for s in result.samples[:2]:
         console.print(f"[dim]prompt:[/] {s['prompt'][:200]}")
         for key in ("base_prediction", "adapter_prediction"):

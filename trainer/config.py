@@ -88,6 +88,11 @@ class TrainingSettings:
     """Extra loggers when installed: tensorboard, wandb."""
     seed: int = 42
     """Seed for data order, LoRA init and dropout."""
+    objective: str = "sft"
+    """`sft` (chat rows), `dpo` (preference pairs: prompt, chosen, rejected) or `kto` (prompt,
+    completion, label), the latter two through TRL; `platform data export --pairs/--unpaired` writes them."""
+    beta: float = 0.1
+    """DPO/KTO: how far the policy may move from the reference (higher: closer)."""
 
 
 @dataclass
@@ -193,6 +198,12 @@ class TrainConfig:
         unknown = sorted(set(t.report_to) - {"tensorboard", "wandb"})
         if unknown:
             problems.append(f"training.report_to: unknown logger(s) {unknown}; known: tensorboard, wandb")
+        if t.objective not in ("sft", "dpo", "kto"):
+            problems.append(f"training.objective must be sft, dpo or kto, got {t.objective!r}")
+        elif t.objective != "sft" and self.data.packing:
+            problems.append(f"data.packing is for SFT rows; training.objective={t.objective} pads its pairs")
+        if not 0 < t.beta <= 10:
+            problems.append(f"training.beta must be in (0, 10], got {t.beta}")
         if e.max_examples < 0 or e.max_new_tokens < 1 or e.batch_size < 1:
             problems.append("eval.max_examples must be >= 0, eval.max_new_tokens and eval.batch_size >= 1")
         return problems

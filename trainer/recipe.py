@@ -92,7 +92,7 @@ def template_sha256(tokenizer: Any) -> str:
     return hashlib.sha256((tokenizer.chat_template or "").encode()).hexdigest()
 
 
-def _new_run_dir(parent: Path, stem: str) -> Path:
+def new_run_dir(parent: Path, stem: str) -> Path:
     """A fresh run folder directly under `parent`: runs started in the same second get `-2`, `-3`, ..."""
     if Path(stem).name != stem or stem in (".", ".."):
         raise TrainerError(f"run folder name {stem!r} would leave {parent}")
@@ -144,7 +144,7 @@ class LoRARecipe:
         init_from = self._init_adapter() if c.init_adapter else None
         self.model = apply_lora(model, c.lora, c.training.gradient_checkpointing, init_from)
         stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-        self.run_dir = _new_run_dir(Path(c.output_dir), c.run_dir_stem(stamp))
+        self.run_dir = new_run_dir(Path(c.output_dir), c.run_dir_stem(stamp))
 
     def _init_adapter(self) -> Path:
         """The folder of the version to continue from, after checking it is of this base model."""
@@ -320,6 +320,10 @@ class LoRARecipe:
 def run(config: TrainConfig, console: Console | None = None, registry: str | None = None) -> RunResult:
     """Set up, train, evaluate and save one run; `registry` is where `init_adapter` is read."""
     recipe = LoRARecipe(config, console, registry)
+    if config.training.objective != "sft":
+        from trainer.preference import PreferenceRecipe
+
+        recipe = PreferenceRecipe(config, console, registry)
     recipe.setup()
     recipe.train()
     recipe.evaluate()

@@ -1,0 +1,188 @@
+"""Preference tuning: DPO and KTO through TRL's trainers, on LoRA and QLoRA.
+
+`training.objective: dpo|kto` turns `platform train` into this recipe: the same base model, LoRA
+settings, run folder, evaluation, lineage and registry push as SFT, with TRL's `DPOTrainer` (pairs)
+or `KTOTrainer` (labelled rows) in place of the SFT loop. Starting from a version
+(`--init-adapter support:prod`), the reference policy is that version: TRL keeps a frozen copy of
+the loaded adapter as `ref`; from a fresh LoRA it is the base model (adapters off).
+
+The evaluation adds preference metrics on the held-out rows (DPO: reward accuracy and margin, the
+share of pairs where the tuned policy prefers the chosen answer more than the reference does) beside
+the task metrics, which compare generated answers with the preferred answer of each held-out row.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from trainer.callbacks import JsonlLogCallback, RichProgressCallback
+from trainer.data import DataReport
+from trainer.errors import TrainerError
+from trainer.evaluate import EvalResult
+from trainer.preference_data import PreferenceRow, read_preferences, split_preferences
+from trainer.recipe import LoRARecipe, RunResult
+
+OBJECTIVES = ("sft", "dpo", "kto")
+PREFERENCE_METRICS = ("rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected", "loss")
+
+
+class PreferenceRecipe(LoRARecipe):
+    """LoRARecipe with preference data and TRL's DPO/KTO trainer."""
+
+    def setup(self) -> None:
+        c = self.config
+        path = self._data_path(c.data.path)
+        rows = read_preferences(path, c.training.objective)
+        self.pref_splits, duplicates = split_preferences(rows, c.data.val_fraction, c.data.test_fraction)
+        self.report = DataReport(
+            source=c.data.path,
+            shape="pairs" if c.training.objective == "dpo" else "unpaired",
+            rows_read=len(rows),
+            duplicates_dropped=duplicates,
+            splits={k: len(v) for k, v in self.pref_splits.items()},
+        )
+        wanted = [r for r in self.pref_splits["test"] if r.label is not False]  # desirable answers only
+        self.splits = {"train": [], "val": [], "test": [r.as_example() for r in wanted]}
+        self._setup_model()
+        self.val_rows = []
+
+    @staticmethod
+    def _data_path(spec: str) -> Path:
+        if spec.startswith("sample:"):
+            from trainer.samples import sample_path
+
+            return Path(sample_path(spec.split(":", 1)[1]))
+        path = Path(spec).expanduser()
+        if not path.is_file():
+            raise TrainerError(f"data.path: {spec} is not a file (preference rows are read from JSONL)")
+        return path
+
+    def _setup_model(self) -> None:
+        from datetime import UTC, datetime
+
+        import torch
+
+        from registry.basemodels import resolve_base_model
+        from trainer.model import apply_lora, load_base, load_tokenizer
+        from trainer.recipe import new_run_dir
+
+        c = self.config
+        self.base = resolve_base_model(c.base_model)
+        self.tokenizer = load_tokenizer(self.base)
+        model = load_base(self.base, c.training.dtype, c.lora.quantize)
+        torch.manual_seed(c.training.seed)
+        init_from = self._init_adapter() if c.init_adapter else None
+        self.model = apply_lora(model, c.lora, c.training.gradient_checkpointing, init_from)
+        stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+        self.run_dir = new_run_dir(Path(c.output_dir), c.run_dir_stem(stamp))
+
+    def _trainer(self, train: list[PreferenceRow], callbacks: list[Any]) -> Any:
+        from datasets import Dataset
+
+        c, t = self.config, self.config.training
+        common: dict[str, Any] = {
+            "output_dir": str(self.run_dir / "checkpoints"),
+            "max_steps": t.max_steps if t.max_steps > 0 else -1,
+            "num_train_epochs": t.epochs,
+            "per_device_train_batch_size": t.batch_size,
+            "per_device_eval_batch_size": t.batch_size,
+            "gradient_accumulation_steps": t.grad_accum,
+            "learning_rate": t.lr,
+            "lr_scheduler_type": "cosine",
+            "warmup_steps": t.warmup_steps,
+            "weight_decay": t.weight_decay,
+            "logging_steps": 1,
+            "save_strategy": "no",
+            "eval_strategy": "no",
+            "seed": t.seed,
+            "data_seed": t.seed,
+            "report_to": t.report_to or "none",
+            "disable_tqdm": True,
+            "dataloader_num_workers": 0,
+            "dataloader_pin_memory": False,
+            "beta": t.beta,
+            "max_length": c.data.max_seq_len,
+            "gradient_checkpointing": t.gradient_checkpointing,
+            "bf16": False,  # TRL turns mixed precision on by default; the model dtype is training.dtype
+            "fp16": False,
+        }
+        data = Dataset.from_list([r.trl_row() for r in train])
+        if t.objective == "dpo":
+            from trl.trainer.dpo_config import DPOConfig
+            from trl.trainer.dpo_trainer import DPOTrainer
+
+            return DPOTrainer(
+                model=self.model,
+                args=DPOConfig(**common),
+                train_dataset=data,
+                processing_class=self.tokenizer,
+                callbacks=callbacks,
+            )
+        from trl.trainer.kto_config import KTOConfig
+        from trl.trainer.kto_trainer import KTOTrainer
+
+        return KTOTrainer(
+            model=self.model,
+            args=KTOConfig(**common),
+            train_dataset=data,
+            processing_class=self.tokenizer,
+            callbacks=callbacks,
+        )
+
+    def train(self) -> float:
+        from transformers import PrinterCallback
+
+        train = self.pref_splits["train"]
+        if not train:
+            raise TrainerError(f"{self.config.data.path}: no training rows left after the split")
+        callbacks = [JsonlLogCallback(self.run_dir / "train_log.jsonl"), RichProgressCallback(self.console)]
+        self.trl = self._trainer(train, callbacks)
+        self.trl.remove_callback(PrinterCallback)
+        start = time.monotonic()
+        self.trl.train()
+        self.train_seconds = time.monotonic() - start
+        self.steps = self.trl.state.global_step
+        self.final_val_loss = None
+        return self.train_seconds
+
+    def evaluate(self) -> dict[str, EvalResult]:
+        results = super().evaluate()
+        held_out = self.pref_splits["test"] or self.pref_splits["val"]
+        self.preference_metrics: dict[str, float] = {}
+        if held_out and self.config.training.objective == "dpo":
+            from datasets import Dataset
+
+            out = self.trl.evaluate(Dataset.from_list([r.trl_row() for r in held_out]))
+            self.preference_metrics = {
+                k.removeprefix("eval_"): round(float(v), 4)
+                for k, v in out.items()
+                if k.removeprefix("eval_") in PREFERENCE_METRICS
+            }
+            self.preference_metrics["pairs"] = float(len(held_out))
+        return results
+
+    def save(self) -> RunResult:
+        result = super().save()
+        t = self.config.training
+        if self.preference_metrics:
+            result.metrics["preference"] = self.preference_metrics
+            (self.run_dir / "metrics.json").write_text(json.dumps(result.metrics, indent=2) + "\n")
+        result.lineage["objective"] = {
+            "name": t.objective,
+            "beta": t.beta,
+            "reference": self.parent["ref"] if self.parent else "base model (adapters disabled)",
+            "trainer": f"trl {_version('trl')}",
+            "held_out_rows": len(self.pref_splits["test"]),
+        }
+        result.lineage["libraries"]["trl"] = _version("trl")
+        (self.run_dir / "lineage.json").write_text(json.dumps(result.lineage, indent=2) + "\n")
+        return result
+
+
+def _version(name: str) -> str:
+    from importlib.metadata import version
+
+    return version(name)
