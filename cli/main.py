@@ -11,6 +11,7 @@ import click
 from cli.ab import ab_group
 from cli.data import data_group
 from cli.demo import demo_cmd
+from cli.improve import improve_cmd
 from cli.monitor import monitor_cmd
 from cli.registry_cmd import registry_group
 from cli.review import review_group
@@ -48,6 +49,7 @@ cli.add_command(rollout_group)
 cli.add_command(review_group)
 cli.add_command(data_group)
 cli.add_command(monitor_cmd)
+cli.add_command(improve_cmd)
 
 
 def main() -> None:

@@ -33,7 +33,7 @@ def duration(ctx: click.Context | None, param: click.Parameter | None, value: st
     return float(m.group(1)) * scale
 
 
-def _steps(ctx: click.Context, param: click.Parameter, value: str) -> tuple[float, ...]:
+def parse_steps(ctx: click.Context, param: click.Parameter, value: str) -> tuple[float, ...]:
     try:
         steps = tuple(float(s) for s in value.split(","))
     except ValueError:
@@ -111,7 +111,7 @@ def rollout_group() -> None:
     "--alias", default="prod", show_default=True, help="Alias moved to the candidate when promoted."
 )
 @click.option(
-    "--steps", default="5,25,50,100", show_default=True, callback=_steps, help="Candidate weights, %."
+    "--steps", default="5,25,50,100", show_default=True, callback=parse_steps, help="Candidate weights, %."
 )
 @click.option(
     "--interval", default="60s", show_default=True, callback=duration, help="Time between decisions."

@@ -1,0 +1,290 @@
+"""`platform improve NAME`: the production loop as one recorded pipeline.
+
+export -> train -> offline gates -> rollout, from the version `NAME:ALIAS` serves:
+1. export what arrived since that version was published: review choices and thumbs as DPO pairs,
+   thumbs as KTO rows, liked answers as SFT rows (`platform data export`);
+2. train from the serving version (it is the init adapter, and the reference policy of DPO/KTO) with
+   the objective the data supports (`auto`: pairs first, then labelled rows, then liked answers);
+3. evaluate serving and candidate on held-out rows (default: the serving version's own held-out
+   rows) and check the offline gates (`exact_match>=baseline-0.02`); a candidate that fails is
+   tagged and goes no further;
+4. start a canary rollout (a shadow phase first by default), which `platform serve` drives.
+Too little new data is a clean skip. The serving alias never moves here: only a rollout that
+passes its live gates promotes. The plan and the export and training steps are in the candidate's
+lineage (`improve`); the later steps' outcomes are its tags (`improve:gates-passed`, ...), both shown
+by `platform registry show`.
+
+This package composes trainer, registry and serving.experiments, which never import each other.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from registry.errors import RegistryError
+from registry.store import Registry, Version
+from trainer.errors import TrainerError
+from trainer.export import ExportKind
+
+KINDS: dict[str, ExportKind] = {"dpo": "pairs", "kto": "unpaired", "sft": "sft"}
+"""Training objective -> the export kind it reads."""
+
+
+class ImproveError(Exception):
+    """A step of the pipeline failed; the serving version is untouched."""
+
+
+@dataclass(frozen=True)
+class ImproveSettings:
+    alias: str = "prod"
+    """The alias whose version is improved (and that a successful rollout moves)."""
+    objective: str = "auto"
+    """`auto`, `sft`, `dpo` or `kto`."""
+    min_rows: int = 16
+    """Fewer new rows than this for the objective: skip (nothing trained)."""
+    eval_data: str | None = None
+    """Held-out rows for the offline gates (default: the serving version's held-out rows)."""
+    eval_gates: tuple[str, ...] = ("exact_match>=baseline-0.02",)
+    eval_max_examples: int = 0
+    shadow_first: bool = True
+    steps: tuple[float, ...] = (5.0, 25.0, 50.0, 100.0)
+    interval_s: float = 60.0
+    output_dir: str = "runs"
+    train_overrides: tuple[str, ...] = ()
+    """`key=value` training settings, as `platform train` takes them."""
+
+
+@dataclass
+class Plan:
+    name: str
+    serving: str
+    since: float
+    counts: dict[str, int]
+    """New rows per export kind since the serving version: pairs, unpaired, sft."""
+    objective: str | None
+    skip: str | None = None
+
+    def describe(self) -> list[str]:
+        when = datetime.fromtimestamp(self.since, UTC).isoformat(timespec="seconds")
+        lines = [
+            f"serving: {self.serving} (published {when})",
+            "new since then: "
+            + ", ".join(
+                f"{n} {k}"
+                for k, n in (
+                    ("DPO pairs", self.counts["pairs"]),
+                    ("KTO rows", self.counts["unpaired"]),
+                    ("liked answers", self.counts["sft"]),
+                )
+            ),
+        ]
+        if self.skip:
+            return [*lines, f"skip: {self.skip}"]
+        return [
+            *lines,
+            f"1. export {self.counts[KINDS[self.objective or 'sft']]} {KINDS[self.objective or 'sft']} rows",
+            f"2. train {self.name} with training.objective={self.objective} from {self.serving}",
+            f"3. offline gates against {self.serving}",
+            "4. canary rollout (driven by `platform serve`)",
+        ]
+
+
+@dataclass
+class Outcome:
+    plan: Plan
+    candidate: str | None = None
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    stopped: str | None = None
+
+
+def make_plan(name: str, settings: ImproveSettings, registry_root: str | None) -> Plan:
+    """What `improve` would do: the serving version and the rows that arrived since."""
+    from trainer.export import ExportFilters, export
+
+    serving = _serving(name, settings.alias, registry_root)
+    since_s = max(time.time() - serving.created, 0.0)
+    counts: dict[str, int] = {}
+    kinds: tuple[tuple[ExportKind, ExportFilters], ...] = (
+        ("pairs", ExportFilters(since_s=since_s)),
+        ("unpaired", ExportFilters(since_s=since_s)),
+        ("sft", ExportFilters(thumbs="up", since_s=since_s, reviewed=True)),
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        for kind, filters in kinds:
+            try:
+                counts[kind] = export(name, Path(tmp) / f"{kind}.jsonl", filters, registry_root, kind).rows
+            except TrainerError:
+                counts[kind] = 0
+    objective = _objective(settings, counts)
+    skip = None
+    if objective is None:
+        skip = (
+            f"too little new data since {serving.ref}: need {settings.min_rows} rows for "
+            f"{'any objective' if settings.objective == 'auto' else settings.objective}"
+        )
+    return Plan(name, serving.ref, serving.created, counts, objective, skip)
+
+
+def _serving(name: str, alias: str, registry_root: str | None) -> Version:
+    reg = Registry(registry_root)
+    try:
+        return reg.get(f"{name}:{alias}", verify_files=False)
+    except RegistryError as exc:
+        raise ImproveError(f"{name}:{alias}: {exc}; improve starts from the version an alias serves") from exc
+    finally:
+        reg.close()
+
+
+def _objective(settings: ImproveSettings, counts: dict[str, int]) -> str | None:
+    order = ["dpo", "kto", "sft"] if settings.objective == "auto" else [settings.objective]
+    for objective in order:
+        if counts[KINDS[objective]] >= settings.min_rows:
+            return objective
+    return None
+
+
+def improve(name: str, settings: ImproveSettings, registry_root: str | None, console: Any) -> Outcome:
+    """Run the pipeline once; a step that fails stops it with the serving version untouched."""
+    plan = make_plan(name, settings, registry_root)
+    outcome = Outcome(plan)
+    if plan.skip:
+        outcome.stopped = plan.skip
+        return outcome
+    run_dir = Path(settings.output_dir) / f"improve-{name}-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}"
+    data = _export(plan, settings, run_dir, registry_root, outcome)
+    outcome.candidate = _train(plan, settings, data, run_dir, registry_root, outcome, console)
+    passed = _gates(plan, settings, outcome.candidate, registry_root, outcome, console)
+    reg = Registry(registry_root)
+    try:
+        reg.tag(outcome.candidate, "improve:gates-passed" if passed else "improve:gates-failed")
+        if not passed:
+            outcome.stopped = f"{outcome.candidate} failed an offline gate; {plan.serving} keeps serving"
+            return outcome
+        _rollout(plan, settings, outcome.candidate, reg, outcome)
+        reg.tag(outcome.candidate, "improve:rollout-started")
+    finally:
+        reg.close()
+    return outcome
+
+
+def _export(plan: Plan, settings: ImproveSettings, run_dir: Path, root: str | None, outcome: Outcome) -> Path:
+    from trainer.export import ExportFilters, export
+
+    assert plan.objective is not None
+    kind = KINDS[plan.objective]
+    since_s = max(time.time() - plan.since, 0.0)
+    thumbs = "up" if kind == "sft" else None
+    out = run_dir / f"{kind}.jsonl"
+    report = export(
+        plan.name, out, ExportFilters(thumbs=thumbs, since_s=since_s, reviewed=kind == "sft"), root, kind
+    )
+    outcome.steps.append(
+        {"step": "export", "outcome": "ok", "rows": report.rows, "kind": kind, "file": str(out)}
+    )
+    return out
+
+
+def _train(
+    plan: Plan,
+    settings: ImproveSettings,
+    data: Path,
+    run_dir: Path,
+    root: str | None,
+    outcome: Outcome,
+    console: Any,
+) -> str:
+    from trainer.config import load_config
+    from trainer.publish import publish
+    from trainer.recipe import run
+
+    serving = _serving(plan.name, settings.alias, root)
+    lora = serving.lineage.get("config", {}).get("lora", {})
+    pinned = [f"lora.{k}={json.dumps(lora[k])}" for k in ("r", "alpha", "target_modules") if k in lora]
+    config = load_config(
+        None,
+        [
+            f"base_model={serving.base_model}",
+            f"name={plan.name}",
+            f"data.path={data}",
+            f"init_adapter={serving.ref}",
+            f"training.objective={plan.objective}",
+            f"output_dir={run_dir}",
+            *pinned,
+            *settings.train_overrides,
+        ],
+    )
+    result = run(config, console=console, registry=root)
+    outcome.steps.append(
+        {"step": "train", "outcome": "ok", "objective": plan.objective, "run_dir": str(result.run_dir)}
+    )
+    result.lineage["improve"] = {"plan": asdict(plan), "steps": list(outcome.steps)}
+    (result.run_dir / "lineage.json").write_text(json.dumps(result.lineage, indent=2) + "\n")
+    return publish(result, root)
+
+
+def _gates(
+    plan: Plan, settings: ImproveSettings, candidate: str, root: str | None, outcome: Outcome, console: Any
+) -> bool:
+    from serving.experiments.gates import GateError, parse_offline_gate
+    from trainer.evaluate_versions import evaluate_refs
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data = settings.eval_data or _heldout_file(plan.serving, root, Path(tmp))
+        results, _ = evaluate_refs(
+            [plan.serving, candidate], data, root, max_examples=settings.eval_max_examples
+        )
+    base, cand = results[plan.serving].metrics, results[candidate].metrics
+    reasons, passed = [], True
+    for text in settings.eval_gates:
+        try:
+            ok, reason = parse_offline_gate(text).check(base, cand)
+        except GateError as exc:
+            raise ImproveError(str(exc)) from exc
+        console.print(f"  {'pass' if ok else 'FAIL'}: {reason}")
+        reasons.append(reason)
+        passed = passed and ok
+    outcome.steps.append({"step": "gates", "outcome": "passed" if passed else "failed", "reasons": reasons})
+    return passed
+
+
+def _heldout_file(serving: str, root: str | None, tmp: Path) -> str:
+    """The serving version's held-out rows (its `predictions.jsonl`) as a prompt/completion file."""
+    reg = Registry(root)
+    try:
+        folder = reg.get(serving).path
+    finally:
+        reg.close()
+    predictions = folder / "predictions.jsonl"
+    if not predictions.is_file():
+        raise ImproveError(f"{serving} has no held-out rows (predictions.jsonl): give --eval-data FILE")
+    rows = [json.loads(line) for line in predictions.read_text().splitlines() if line.strip()]
+    out = tmp / "heldout.jsonl"
+    out.write_text(
+        "".join(json.dumps({"prompt": r["prompt"], "completion": r["reference"]}) + "\n" for r in rows)
+    )
+    return str(out)
+
+
+def _rollout(plan: Plan, settings: ImproveSettings, candidate: str, reg: Registry, outcome: Outcome) -> None:
+    from registry import rollouts as ro
+    from serving.experiments.rollout import check, resolve_spec
+
+    spec = resolve_spec(
+        plan.name,
+        candidate,
+        plan.serving,
+        settings.alias,
+        steps=settings.steps,
+        interval_s=settings.interval_s,
+        shadow_first=settings.shadow_first,
+    )
+    r = ro.create(reg, plan.name, check(reg, plan.name, spec))
+    outcome.steps.append(
+        {"step": "rollout", "outcome": r.state, "baseline": plan.serving, "candidate": candidate}
+    )
