@@ -242,10 +242,11 @@ def _data_problem(spec: str | None) -> str | None:
     if spec is None or spec.startswith("hf:"):
         return None
     if spec.startswith("sample:"):
-        from trainer.samples import SAMPLES
+        from trainer.samples import PREFERENCE_SAMPLES, SAMPLES
 
         name = spec.split(":", 1)[1]
-        return None if name in SAMPLES else f"unknown sample {name!r}; known: {', '.join(sorted(SAMPLES))}"
+        known = sorted({*SAMPLES, *PREFERENCE_SAMPLES})
+        return None if name in known else f"unknown sample {name!r}; known: {', '.join(known)}"
     if not Path(spec).expanduser().exists():
         return f"{spec}: no such file or folder (use a .jsonl path, a folder, sample:<name> or hf:<name>)"
     return None

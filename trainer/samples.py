@@ -3,6 +3,8 @@
 - `support-tickets` (prompt/completion): a customer message becomes one ticket line
   `Ticket #<id> | <category> | <summary>`. A fixed template with copied values: a LoRA on
   SmolLM2-135M learns it in a few dozen steps, and exact match shows it plainly.
+- `support-prefs` (DPO pairs): support-tickets prompts whose chosen answer adds a polite closing
+  line to the ticket line and whose rejected answer does not (`polite_closing` measures it).
 - `contact-json` (chat messages): a message becomes a fixed JSON object
   `{"name": ..., "city": ..., "intent": ...}`; scored per field as well as exactly.
 
@@ -135,7 +137,25 @@ _INTENTS = {
         "support never replied",
     ],
 }
+TICKET_INSTRUCTION = "Turn this customer message into a ticket line."
+POLITE_CLOSINGS = [
+    "Thank you for reaching out, we are on it.",
+    "Thanks for your patience, we will update you soon.",
+    "We are sorry for the trouble and will fix it quickly.",
+]
 _CONTACT_SYSTEM = 'Extract the contact as JSON with keys "name", "city", "intent". Reply with JSON only.'
+
+
+def _ticket(rng: random.Random) -> tuple[str, str]:
+    """One customer message and its ticket line."""
+    category = rng.choice(sorted(_ISSUES))
+    text, summary = rng.choice(_ISSUES[category])
+    product = rng.choice(_PRODUCTS)
+    ticket = rng.randint(10000, 99999)
+    parts = [rng.choice(_OPENERS), text.format(p=product) + ".", rng.choice(_ID_PHRASES).format(i=ticket)]
+    parts.append(rng.choice(_CLOSERS))
+    message = " ".join(p for p in parts if p)
+    return message, f"Ticket #{ticket} | {category} | {summary} ({product})"
 
 
 def support_tickets(n: int = 420, seed: int = 7) -> list[dict[str, str]]:
@@ -143,23 +163,39 @@ def support_tickets(n: int = 420, seed: int = 7) -> list[dict[str, str]]:
     rows: list[dict[str, str]] = []
     seen: set[str] = set()
     while len(rows) < n:
-        category = rng.choice(sorted(_ISSUES))
-        text, summary = rng.choice(_ISSUES[category])
-        product = rng.choice(_PRODUCTS)
-        ticket = rng.randint(10000, 99999)
-        parts = [rng.choice(_OPENERS), text.format(p=product) + ".", rng.choice(_ID_PHRASES).format(i=ticket)]
-        parts.append(rng.choice(_CLOSERS))
-        prompt = " ".join(p for p in parts if p)
-        if prompt in seen:
+        message, line = _ticket(rng)
+        if message in seen:
             continue
-        seen.add(prompt)
+        seen.add(message)
+        rows.append({"prompt": f"{TICKET_INSTRUCTION}\n\n{message}", "completion": line})
+    return rows
+
+
+def support_prefs(n: int = 400, seed: int = 23) -> list[dict[str, object]]:
+    """Preference pairs on support-tickets prompts (another seed): both answers carry the right
+    ticket line; the chosen one adds a polite closing line (`polite_closing`), the rejected one not."""
+    rng = random.Random(seed)
+    rows: list[dict[str, object]] = []
+    seen: set[str] = set()
+    while len(rows) < n:
+        message, line = _ticket(rng)
+        if message in seen:
+            continue
+        seen.add(message)
         rows.append(
             {
-                "prompt": f"Turn this customer message into a ticket line.\n\n{prompt}",
-                "completion": f"Ticket #{ticket} | {category} | {summary} ({product})",
+                "prompt": [{"role": "user", "content": f"{TICKET_INSTRUCTION}\n\n{message}"}],
+                "chosen": [{"role": "assistant", "content": f"{line}\n{rng.choice(POLITE_CLOSINGS)}"}],
+                "rejected": [{"role": "assistant", "content": line}],
             }
         )
     return rows
+
+
+def polite_closing(answer: str) -> bool:
+    """The property `support-prefs` prefers: a line after the ticket line that thanks or apologizes."""
+    lines = [x.strip().lower() for x in answer.strip().splitlines()[1:] if x.strip()]
+    return any(x.startswith(("thank", "we are sorry", "sorry")) for x in lines)
 
 
 def contact_json(n: int = 360, seed: int = 11) -> list[dict[str, object]]:
@@ -197,6 +233,8 @@ SAMPLES: dict[str, Callable[[], list[dict[str, Any]]]] = {
     "support-tickets": support_tickets,
     "contact-json": contact_json,
 }
+PREFERENCE_SAMPLES: dict[str, Callable[[], list[dict[str, Any]]]] = {"support-prefs": support_prefs}
+"""Preference pairs (`training.objective=dpo`), not SFT rows."""
 DEFAULT_SAMPLE = "support-tickets"
 
 
@@ -207,7 +245,7 @@ def sample_path(name: str) -> Path:
 def write_samples(out_dir: Path = SAMPLES_DIR) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
-    for name, make in SAMPLES.items():
+    for name, make in {**SAMPLES, **PREFERENCE_SAMPLES}.items():
         path = out_dir / f"{name}.jsonl"
         path.write_text("".join(json.dumps(row) + "\n" for row in make()))
         paths.append(path)

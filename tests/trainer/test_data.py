@@ -109,9 +109,14 @@ def test_split_of_is_a_pure_function_of_the_prompt() -> None:
 
 
 def test_shipped_samples_are_reproducible_and_large_enough(tmp_path: Path) -> None:
-    from trainer.samples import SAMPLES, sample_path, write_samples
+    from trainer.preference_data import read_preferences
+    from trainer.samples import PREFERENCE_SAMPLES, SAMPLES, polite_closing, sample_path, write_samples
 
     write_samples(tmp_path)
-    for name in SAMPLES:
+    for name in [*SAMPLES, *PREFERENCE_SAMPLES]:
         assert (tmp_path / f"{name}.jsonl").read_bytes() == sample_path(name).read_bytes()
+    for name in SAMPLES:
         assert len(load_examples(f"sample:{name}")[0]) >= 300
+    pairs = read_preferences(sample_path("support-prefs"), "dpo")
+    assert len(pairs) >= 300  # the preferred property holds in every chosen answer, in no rejected one
+    assert all(polite_closing(p.chosen) and not polite_closing(p.rejected or "") for p in pairs)
