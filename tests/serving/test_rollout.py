@@ -382,6 +382,83 @@ def pair(postgres: Postgres, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     yield from _servers(setup, root, 2)
 
 
+def test_improve_reaches_the_rollout_under_a_request_loop_without_a_failed_request(
+    one: Setup, tmp_path: Path
+) -> None:
+    """`platform improve`: review choices since the serving version -> DPO from it -> offline gate ->
+    a shadow-first rollout that the running server picks up, while users keep asking."""
+    from registry import reviews as rv
+    from registry.rubric import load_rubric
+
+    tiny = ["--base-model", "tiny", "--max-steps", "1", "lora.r=8", "lora.alpha=16", "data.max_seq_len=64"]
+    tiny += ["eval.max_examples=2", "eval.max_new_tokens=2", "eval.compare_base=false"]
+    args = ["train", "--name", "loop", "--data", "sample:support-tickets", "--output-dir", str(tmp_path)]
+    trained = CliRunner().invoke(cli, [*args, "--registry", one.location, *tiny])
+    assert trained.exit_code == 0, trained.output
+    reg = one.registry()
+    reg.set_alias("loop@1", "prod")
+    spec = rv.ReviewSpec("loop@1", "loop@1", load_rubric().to_dict(), reviewers_per_item=1, source="t")
+    rows = [
+        rv.NewItem([{"role": "user", "content": f"ticket {i}"}], f"Sorry, {i} ships.", f"no {i}", True)
+        for i in range(4)
+    ]
+    rv.create(reg, "loop-review", spec, rows)
+    for i in range(4):
+        assert rv.assign_next(reg, "loop-review", "ann") == i
+        for criterion in ("correctness", "format", "tone"):
+            for side in ("left", "right"):
+                rv.rate(reg, "loop-review", i, "ann", criterion=criterion, side=side, score=4)
+        rv.rate(reg, "loop-review", i, "ann", preference="left")
+
+    statuses: Counter[int | str] = Counter()
+    stop = threading.Event()
+
+    def users() -> None:
+        with httpx.Client(timeout=60) as http:
+            for n in range(100_000):  # bounded
+                if stop.is_set():
+                    return
+                body = {"model": "loop:prod", "prompt": f"hello {n}", "max_tokens": 2, "temperature": 0}
+                try:
+                    statuses[http.post(f"{one.urls[0]}/v1/completions", json=body).status_code] += 1
+                except httpx.TransportError as exc:
+                    statuses[type(exc).__name__] += 1
+
+    loop = threading.Thread(target=users, daemon=True)
+    loop.start()
+    try:
+        sets = [
+            "--set",
+            "training.batch_size=2",
+            "--set",
+            "data.max_seq_len=64",
+            "--set",
+            "training.max_steps=1",
+        ]
+        sets += [
+            "--set",
+            "eval.max_examples=2",
+            "--set",
+            "eval.max_new_tokens=2",
+            "--set",
+            "eval.compare_base=false",
+        ]
+        sets += ["--set", "data.val_fraction=0", "--set", "data.test_fraction=0.25"]
+        cmd = ["improve", "loop", "--min-rows", "2", "--interval", "1s", "--output-dir", str(tmp_path)]
+        improve = CliRunner().invoke(cli, [*cmd, *sets, "--registry", one.location])
+        assert improve.exit_code == 0, improve.output
+        assert "rollout loop: loop@1 -> loop@2 started" in improve.output
+        wait_until(lambda: state(one, "loop") in ("shadow", "running"), 60)  # the server loaded it
+    finally:
+        stop.set()
+        loop.join(timeout=60)
+    assert set(statuses) == {200} and statuses[200] > 0, statuses
+    candidate = one.registry().get("loop@2")
+    assert {"improve:gates-passed", "improve:rollout-started"} <= set(candidate.tags)
+    assert candidate.lineage["objective"]["reference"] == "loop@1"
+    one.rollout("abort", "loop")
+
+
 def test_two_replicas_one_controller_acts_and_a_killed_holder_is_replaced(pair: Setup) -> None:
     _, candidate = pair.versions("duo")
     args = ["--steps", "20,40,60,80,100", "--interval", "1s", "--min-requests", "3", "--max-wait", "40s"]
