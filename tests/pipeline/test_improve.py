@@ -46,9 +46,11 @@ FAST_SETS = [
 ]
 
 
-@pytest.fixture
-def serving(tmp_path: Path) -> tuple[str, Path]:
-    """bot@1 (tiny SFT) serving as bot:prod, then a finished review with 16 choices against it."""
+@pytest.fixture(scope="module")
+def serving(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    """bot@1 (tiny SFT) serving as bot:prod, then a finished review with 16 choices against it
+    (one registry for the module: the dry run comes first, and changes nothing)."""
+    tmp_path = tmp_path_factory.mktemp("improve")
     registry = str(tmp_path / "registry")
     args = [
         "train",
