@@ -15,10 +15,10 @@ import pytest
 from click.testing import CliRunner
 
 from cli.main import cli
-from loadtests.common import ROOT, platform_cmd, stop_process, wait_ready
 from registry import reviews as rv
 from registry.rubric import load_rubric
 from registry.store import Registry
+from testkit.servers import ROOT, platform_cmd, stop_process, wait_ready
 from tests.serving.fixtures import free_port, wait_until
 
 CHROMIUM, DRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")

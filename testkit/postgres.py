@@ -9,19 +9,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import tempfile
 import uuid
 from pathlib import Path
 
+from testkit.servers import free_port
+
 USER = "lora"
 PASSWORD = "pw-Secr3t-do-not-log"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Postgres:
@@ -42,7 +37,7 @@ class Postgres:
         self._pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.pgdata, user=self.system_user)
         hba = self.pgdata / "pg_hba.conf"
         hba.write_text("local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n")
-        self.port = _free_port()
+        self.port = free_port()
         self.socket_dir = self.pgdata
         self.start()
 
