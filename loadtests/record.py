@@ -48,12 +48,12 @@ def cpu() -> dict[str, Any]:
 
 
 def cpu_label(machine: dict[str, Any]) -> str:
-    """`AMD EPYC 9B14 (AVX512-BF16, AVX2; 2 cores)`: the machine of a result in one line."""
+    """`AMD EPYC 9B14 (no AMX, AVX512-BF16, AVX2; 2 cores)`: the machine of a result in one line."""
     flags = machine.get("flags", {})
     names = {"amx": "AMX", "avx512_bf16": "AVX512-BF16", "avx2": "AVX2"}
-    have = [names[k] for k in names if flags.get(k)]
+    said = [f"{'' if flags[k] else 'no '}{names[k]}" for k in names if flags.get(k) is not None]
     cores = machine.get("cores")
-    return f"{machine.get('cpu', 'unknown CPU')} ({', '.join(have) or 'none of AMX/AVX512-BF16/AVX2'}" + (
+    return f"{machine.get('cpu', 'unknown CPU')} ({', '.join(said) or 'CPU flags not recorded'}" + (
         f"; {cores} cores)" if cores else ")"
     )
 

@@ -1,7 +1,7 @@
 """The review flow in a real headless Chromium (Debian's `chromium` + `chromium-driver`, Selenium):
 two reviewers rate 5 items each with the keyboard, one goes back to change a rating, the other
 closes the browser mid-way and resumes; the report's win rate and agreement match what was typed.
-Also writes the README's screenshots (loadtests/results/review_page.png, review_report.png)."""
+Also writes the docs' screenshots (loadtests/results/review_page.png, review_report.png; docs/production-loop.md)."""
 
 from __future__ import annotations
 

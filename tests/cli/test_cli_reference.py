@@ -1,4 +1,4 @@
-"""The README's CLI reference names only commands and options that exist."""
+"""The docs' CLI reference (its at-a-glance block) names only commands and options that exist."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import click
 
 from cli.main import cli
 
-README = Path(__file__).parents[2] / "README.md"
+REFERENCE = Path(__file__).parents[2] / "docs" / "reference" / "cli.md"
 
 
 def reference_lines() -> list[str]:
-    text = README.read_text()
-    block = text.split("## CLI reference", 1)[1].split("```", 2)[1]
+    text = REFERENCE.read_text()
+    block = text.split("## At a glance", 1)[1].split("```", 2)[1]
     lines, current = [], ""
     for line in block.splitlines():
         if line.startswith("platform "):
@@ -26,7 +26,7 @@ def reference_lines() -> list[str]:
     return [*lines, current] if current else lines
 
 
-def test_every_command_and_option_in_the_readme_exists() -> None:
+def test_every_command_and_option_in_the_cli_reference_exists() -> None:
     lines = reference_lines()
     assert len(lines) >= 20
     for line in lines:
@@ -34,7 +34,7 @@ def test_every_command_and_option_in_the_readme_exists() -> None:
         command: click.Command = cli
         while isinstance(command, click.Group) and words and words[0] in command.commands:
             command = command.commands[words.pop(0)]
-        assert not isinstance(command, click.Group), f"README names a group without a command: {line}"
+        assert not isinstance(command, click.Group), f"the reference names a group without a command: {line}"
         known = {opt for p in command.params for opt in getattr(p, "opts", [])}
         for option in re.findall(r"--[a-z][a-z-]*", line):
             assert option in known, f"{line}: {option} is not an option of `{command.name}`"
