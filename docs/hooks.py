@@ -81,6 +81,12 @@ def config_table(path: str) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, annotation, value, doc in fields(cls):
         env_cell = [f"`{env}{name.upper()}`"] if env else []
-        row = [f"`{name}`", *env_cell, f"`{cell(annotation)}`", f"`{cell(value)}`" if value else "", cell(doc)]
+        row = [
+            f"`{name}`",
+            *env_cell,
+            f"`{cell(annotation)}`",
+            f"`{cell(value)}`" if value else "",
+            cell(doc),
+        ]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)

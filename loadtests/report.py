@@ -104,7 +104,9 @@ def ray(f: dict[str, Any]) -> str:
     ]
     header = ["routing", "--max-cpu-loras", "loads / 1000 req", "warm-up loads", "TTFT p50 ms", "TTFT p99 ms"]
     rest = {k: v for k, v in f.items() if k not in ("modes", "setup", "load", "args", "engine")}
-    return f"{f['setup']}.\n\n" + table(header, rows) + "\n\n" + ratios(rest) + f"\n\nMachine load: {f['load']}."
+    return (
+        f"{f['setup']}.\n\n" + table(header, rows) + "\n\n" + ratios(rest) + f"\n\nMachine load: {f['load']}."
+    )
 
 
 def registry(f: dict[str, Any]) -> str:

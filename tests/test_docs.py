@@ -24,7 +24,13 @@ DOCS = ROOT / "docs"
 def test_the_readme_is_a_front_door_that_links_into_the_docs() -> None:
     text = (ROOT / "README.md").read_text()
     assert len(text.splitlines()) <= 250
-    for command in ("make demo", "make test", "platform train", "platform serve", "from openai import OpenAI"):
+    for command in (
+        "make demo",
+        "make test",
+        "platform train",
+        "platform serve",
+        "from openai import OpenAI",
+    ):
         assert command in text
     for command in ("platform ab start", "platform rollout start", "platform review create"):
         assert command in text
