@@ -5,7 +5,7 @@
 
 The page keeps its prose; each `<!-- results: NAME -->` ... `<!-- /results -->` block is replaced by
 the tables of `loadtests/results/NAME.json`, headed by where the figures came from (command, commit,
-date, CPU). A figure in the docs is never typed by hand: tests/test_docs.py runs the check.
+date, CPU). A figure in the docs is never typed by hand: tests/loadtests/test_report.py runs the check.
 """
 
 from __future__ import annotations
