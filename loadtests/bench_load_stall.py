@@ -1,8 +1,8 @@
 """Load stall: TPOT of running streams while a large adapter is verified and loaded (#17 item 4).
 
-    python loadtests/bench_load_stall.py                  # embedded SmolLM2 bf16, 16 users, 5 loads
-    python loadtests/bench_load_stall.py --move push      # new latest versions pushed during the run
-    python loadtests/bench_load_stall.py --reduced        # tiny model, seconds (a smoke test)
+    python -m loadtests.bench_load_stall                  # embedded SmolLM2 bf16, 16 users, 5 loads
+    python -m loadtests.bench_load_stall --move push      # new latest versions pushed during the run
+    python -m loadtests.bench_load_stall --reduced        # tiny model, seconds (a smoke test)
 
 Starts `platform serve` (vLLM engine, --max-lora-rank 64) on a registry holding `stall@1`, a random
 r=16 all-linear adapter (r=8 with --reduced), with `stall:live` pointing at it, and drives --users streaming chat users
@@ -24,7 +24,7 @@ validation, vLLM's add_lora). Then --gap s of traffic before the next one.
 Streams are grouped by their decode phase (first chunk to end): `load` overlaps a load interval;
 `after` overlaps only the --settle s after one (first requests on the new version); `steady
 before` ended before the first move; `steady` is every stream away from all moves. Writes
-loadtests/results/load_stall.json with the machine (CPU model, AMX or not) and prints the ratios
+loadtests/results/bench_load_stall.json with the machine (CPU model, AMX or not) and prints the ratios
 of `load` to `steady before` (target: TPOT p99 <= 1.5x).
 """
 
@@ -35,9 +35,7 @@ import asyncio
 import itertools
 import json
 import os
-import platform
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -46,11 +44,10 @@ from typing import Any
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from loadtests.bench_registry import cpu_name  # noqa: E402
-from loadtests.common import make_adapters, serve_command, server_process  # noqa: E402
+from loadtests.record import RESULTS, write_result
+from serving.experiments.stats import percentile
+from testkit.adapters import make_adapters
+from testkit.servers import serve_command, server_process
 
 PROMPT = "Write a long story about a lighthouse keeper and the sea, with many details."
 LOAD_METRICS = ("lora_adapter_loads_total", "lora_adapter_load_seconds_sum")
@@ -150,14 +147,11 @@ async def one_load(client: httpx.AsyncClient, move: Any, timeout_s: float = 60) 
 
 
 def stats(streams: list[Stream]) -> dict[str, Any]:
-    import numpy as np
-
     def pcts(values: list[float]) -> dict[str, float]:
         if not values:
             return {}
-        a = np.asarray(values)
-        return {f"p{q}_ms": round(float(np.percentile(a, q)), 1) for q in (50, 90, 99)} | {
-            "max_ms": round(float(a.max()), 1)
+        return {f"p{q}_ms": round(percentile(values, q) or 0.0, 1) for q in (50, 90, 99)} | {
+            "max_ms": round(max(values), 1)
         }
 
     return {
@@ -278,29 +272,17 @@ def main() -> None:
     parser.add_argument("--raw", help="also write every stream's chunk times to this JSON file")
     parser.add_argument("--server-log", help="keep the server's log here")
     parser.add_argument("--reduced", action="store_true", help="tiny model, 4 users, 2 loads, seconds")
-    parser.add_argument("--out-dir", default=str(ROOT / "loadtests" / "results"))
+    parser.add_argument("--out-dir", default=str(RESULTS))
     args = parser.parse_args()
     if args.reduced:
         args.base_model, args.users, args.max_tokens, args.rank = "tiny", 4, 8, 8
         args.warmup, args.steady, args.loads, args.gap = 2, 3, 2, 1
 
-    import torch
-
     from registry.basemodels import resolve_base_model
     from registry.store import Registry
 
     base = resolve_base_model(args.base_model)
-    report: dict[str, Any] = {
-        "base_model": base.id,
-        "args": vars(args),
-        "machine": {
-            "cpu": cpu_name(),
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "torch": torch.__version__,
-        },
-        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
+    report: dict[str, Any] = {"base_model": base.id, "args": vars(args)}
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         small = make_adapters(base.path, 1, min(16, args.rank), tmp / "small")[0]
@@ -337,13 +319,11 @@ def main() -> None:
             load_before = os.getloadavg()[0]
             report.update(asyncio.run(drive(url, args, model, moves)))
             # other work on the machine shows here (the server and this client make about 2)
-            report["machine"]["loadavg_1min"] = {"before": load_before, "after": os.getloadavg()[0]}
+            report["loadavg_1min"] = {"before": load_before, "after": os.getloadavg()[0]}
         if args.server_log:
             shutil.copyfile(tmp / "serve.log", args.server_log)
     report["ratios"] = ratios(report["groups"])
-    name = "load_stall-reduced" if args.reduced else "load_stall"
-    Path(args.out_dir).mkdir(parents=True, exist_ok=True)
-    (Path(args.out_dir) / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_result("bench_load_stall_reduced" if args.reduced else "bench_load_stall", report, args.out_dir)
     print(json.dumps({"groups": report["groups"], "ratios": report["ratios"]}, indent=2))
 
 

@@ -1,7 +1,7 @@
 """Engine-level multi-LoRA throughput: base vs adapters, our CPU LoRA ops vs vLLM's stock ops.
 
-    python loadtests/bench_lora.py                       # SmolLM2, 64 requests x 32 tokens, r=16
-    python loadtests/bench_lora.py --base-model tiny --requests 16 --tokens 8 --rounds 1   # seconds
+    python -m loadtests.bench_lora                       # SmolLM2, 64 requests x 32 tokens, r=16
+    python -m loadtests.bench_lora --base-model tiny --requests 16 --tokens 8 --rounds 1   # seconds
 
 Starts one vLLM AsyncLLM per configuration, all at once in this process (each engine core is its
 own process, idle while another measures):
@@ -23,18 +23,14 @@ import argparse
 import asyncio
 import json
 import os
-import platform
-import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from loadtests.common import make_adapters  # noqa: E402
+from loadtests.record import RESULTS, write_result
+from serving.experiments.stats import percentile
+from testkit.adapters import make_adapters
 
 PROMPT = "Summarize in one line: the customer says the order arrived late and the box was damaged."
 
@@ -120,7 +116,7 @@ class Bench:
         for scenario, samples in self.samples.items():
             rates = [s["tokens_per_s"] for s in samples]
             out[scenario] = {
-                "tokens_per_s": round(statistics.median(rates), 1),
+                "tokens_per_s": round(percentile(rates, 50) or 0.0, 1),
                 "rounds": rates,
                 "tokens": samples[0]["tokens"],
             }
@@ -132,16 +128,10 @@ class Bench:
             self.engine = None  # its __del__ runs now, not at interpreter exit
 
 
-def machine() -> dict[str, Any]:
+def threads() -> int:
     import torch
 
-    return {
-        "cpus": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-    }
+    return int(torch.get_num_threads())
 
 
 async def main() -> None:
@@ -157,13 +147,18 @@ async def main() -> None:
     parser.add_argument("--configs", default="ours,stock,nolora")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved repeats; figures are medians")
     parser.add_argument("--stock-rounds", type=int, default=1, help="repeats for the (slow) stock ops")
-    parser.add_argument("--out", default=str(ROOT / "loadtests" / "results" / "bench_lora.json"))
+    parser.add_argument("--out-dir", default=str(RESULTS))
     args = parser.parse_args()
 
     from registry.basemodels import resolve_base_model
 
     base = resolve_base_model(args.base_model)
-    report: dict[str, Any] = {"base_model": base.id, "args": vars(args), "machine": machine(), "configs": {}}
+    report: dict[str, Any] = {
+        "base_model": base.id,
+        "args": vars(args),
+        "torch_threads": threads(),
+        "configs": {},
+    }
     with tempfile.TemporaryDirectory() as tmp:
         adapters = make_adapters(base.path, args.adapters, args.rank, Path(tmp))
         benches = [Bench(label, base.path, adapters, args) for label in args.configs.split(",")]
@@ -203,10 +198,9 @@ async def main() -> None:
                 configs["ours"][key]["tokens_per_s"] / configs["stock"][key]["tokens_per_s"], 2
             )
     report["ratios"] = ratios
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    out = write_result("bench_lora", report, args.out_dir)
     print(json.dumps(ratios, indent=2))
-    print(f"written to {args.out}")
+    print(f"written to {out}")
 
 
 if __name__ == "__main__":

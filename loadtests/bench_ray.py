@@ -1,7 +1,7 @@
 """Ray Serve scale-out: adapter-affine routing against Ray's default multiplexed routing and plain
 round-robin, and the router's added latency against a single `platform serve`.
 
-    PYTHONPATH=$PWD .venv/bin/python -m loadtests.bench_ray [--requests 300] [--engine peft]
+    .venv/bin/python -m loadtests.bench_ray [--requests 300] [--engine peft]
 
 16 adapters, requests drawn power-law (Zipf s=1.1, the same sequence in every mode), 2 engine
 replicas with --max-loras 4 each and, in turn, each `--cpu-slots` value as --max-cpu-loras (the
@@ -12,7 +12,7 @@ concurrency 4, streaming. The modes run in one process, one after the other, on 
 (one request each, base model, 1 token), so both see the same machine load; the figure is the
 median of the paired differences. On a 2-core machine the replicas share the cores (and here
 other processes shared them too: the load average is recorded): compare ratios, not absolute
-figures. Writes results/bench_ray.json (results/bench_ray_vllm.json with --engine vllm).
+figures. Writes results/bench_ray.json (the engine is in its figures).
 """
 
 from __future__ import annotations
@@ -31,17 +31,19 @@ from typing import Any
 
 import httpx
 
-from loadtests.common import make_adapters, push_adapters, serve_command, server_process, wait_ready
+from loadtests.record import write_result
+from serving.experiments.stats import percentile
+from testkit.adapters import make_adapters, push_adapters
+from testkit.servers import free_port, serve_command, server_process, wait_ready
 
-RESULTS = Path(__file__).parent / "results" / "bench_ray.json"
-"""With `--engine vllm`: results/bench_ray_vllm.json."""
 ADMIN = {"Authorization": "Bearer bench"}
 BUSY = " (other jobs were running on the machine: more runnable processes than cores)"
 
 
-def pct(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    return round(xs[min(len(xs) - 1, int(q * len(xs)))] * 1000, 1) if xs else float("nan")
+def pct(seconds: list[float], q: float) -> float:
+    """The q-th percentile (0-100) of `seconds`, in ms (nan when empty)."""
+    value = percentile(seconds, q)
+    return float("nan") if value is None else round(value * 1000, 1)
 
 
 def ttft(url: str, model: str, prompt: str, tokens: int = 8) -> float:
@@ -81,9 +83,9 @@ def paired_latency(
             pairs += zip(runs[0][1:], runs[1][1:], strict=True)
     pairs = pairs[settle:]
     return {
-        "router_p50_ms": pct([r for r, _ in pairs], 0.5),
-        "single_server_p50_ms": pct([s for _, s in pairs], 0.5),
-        "router_added_p50_ms": pct([r - s for r, s in pairs], 0.5),
+        "router_p50_ms": pct([r for r, _ in pairs], 50),
+        "single_server_p50_ms": pct([s for _, s in pairs], 50),
+        "router_added_p50_ms": pct([r - s for r, s in pairs], 50),
     }
 
 
@@ -122,8 +124,8 @@ def run_mode(url: str, refs: list[str], args: argparse.Namespace, routing: str, 
         "warmup_loads": before,
         "adapter_loads": loads,
         "loads_per_1000": round(1000 * loads / args.requests, 1),
-        "ttft_p50_ms": pct(times, 0.5),
-        "ttft_p99_ms": pct(times, 0.99),
+        "ttft_p50_ms": pct(times, 50),
+        "ttft_p99_ms": pct(times, 99),
         "requests_per_replica": sorted(sum(r["served"].values()) for r in after),
     }
 
@@ -144,7 +146,6 @@ def main() -> None:
     from registry.basemodels import resolve_base_model
     from serving.cluster.router import build
     from serving.settings import ServeSettings
-    from tests.serving.fixtures import free_port
 
     base = resolve_base_model("embedded/smollm2-135m-instruct-q4_1")
     root = Path(tempfile.mkdtemp(prefix="bench_ray"))
@@ -197,7 +198,7 @@ def main() -> None:
         "setup": f"SmolLM2-135M, {args.engine} engine, 2 replicas x max_loras 4, max_cpu_loras {args.cpu_slots} "
         f"per replica, 16 adapters Zipf 1.1, concurrency 4, {args.warmup} warm-up requests then the "
         "measured sequence, the same in every mode",
-        "machine": f"{os.cpu_count()} CPU cores shared by the replicas, the router, the proxy and the client, "
+        "load": f"{os.cpu_count()} CPU cores shared by the replicas, the router, the proxy and the client, "
         "and with other processes: load average (1 min) {:.1f} at the start, {:.1f} at the end{}".format(
             load_before[0], os.getloadavg()[0], BUSY if load_before[0] > (os.cpu_count() or 1) else ""
         ),
@@ -217,8 +218,7 @@ def main() -> None:
                 result[f"ttft_p99_ratio_round_robin_over_{name}_{slots}"] = round(
                     rr["ttft_p99_ms"] / m["ttft_p99_ms"], 2
                 )
-    out = RESULTS if args.engine == "peft" else RESULTS.with_name(f"bench_ray_{args.engine}.json")
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result("bench_ray", {"engine": args.engine, "args": vars(args), **result})
     print(json.dumps(result, indent=2))
 
 

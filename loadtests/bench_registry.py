@@ -1,7 +1,7 @@
 """Shared registry figures: how fast a change reaches every replica, and what PostgreSQL costs.
 
-    python loadtests/bench_registry.py                 # 20 pushes, 2 replicas, tiny model
-    python loadtests/bench_registry.py --pushes 5      # quicker
+    python -m loadtests.bench_registry                 # 20 pushes, 2 replicas, tiny model
+    python -m loadtests.bench_registry --pushes 5      # quicker
 
 Starts a real PostgreSQL (the `pgserver` wheel, 127.0.0.1), two `platform serve` replicas on it
 (`--engine peft`, tiny model: the figures are about the catalog, not the engine) and, for the
@@ -21,10 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import statistics
-import sys
 import tempfile
 import time
 from contextlib import ExitStack
@@ -33,30 +29,15 @@ from typing import Any
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from loadtests.common import platform_cmd, server_process  # noqa: E402
-
-
-def cpu_name() -> str:
-    """The CPU's model name and whether it has AMX / AVX512-BF16 (figures name their CPU)."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.machine()
-    name = next(
-        (line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), ""
-    )
-    flags = [f for f in ("amx_tile", "avx512_bf16") if f in info]
-    return (
-        f"{name or platform.machine()} ({', '.join(flags) or 'no AMX/AVX512-BF16'}, {os.cpu_count()} cores)"
-    )
+from loadtests.record import RESULTS, write_result
+from serving.experiments.stats import percentile
+from testkit.adapters import random_adapter
+from testkit.postgres import Postgres
+from testkit.servers import free_port, platform_cmd, server_process
 
 
 def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+    return percentile(values, q) or 0.0
 
 
 def ms(values: list[float]) -> dict[str, float]:
@@ -105,20 +86,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pushes", type=int, default=20)
     parser.add_argument("--requests", type=int, default=200, help="hot-path requests per backend")
-    parser.add_argument("--out", default=str(ROOT / "loadtests" / "results" / "bench_registry.json"))
+    parser.add_argument("--out-dir", default=str(RESULTS))
     args = parser.parse_args()
 
     from registry.basemodels import resolve_base_model
     from registry.store import Registry
-    from tests.postgres import Postgres
-    from tests.serving.fixtures import free_port, random_adapter
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-registry-"))
     base = resolve_base_model("tiny")
     lineage = {"base_model": base.id, "base_model_sha256": base.weights_sha256, "source": "bench_registry"}
     adapters = [random_adapter(tmp / f"a{r}", r, ["q_proj", "v_proj"]) for r in (4, 8)]
     pg = Postgres()
-    results: dict[str, Any] = {"cpu": cpu_name(), "pushes": args.pushes}
+    results: dict[str, Any] = {"pushes": args.pushes}
     try:
         url, artifacts = pg.new_database(), tmp / "artifacts"
         shared = Registry(url, artifacts)
@@ -185,13 +164,11 @@ def main() -> None:
                     hot[label].append(time.perf_counter() - t0)
             results["request_latency_cached_reference"] = {k: ms(v) for k, v in hot.items()}
             results["added_per_request_p50_ms"] = round(
-                1000 * (statistics.median(hot["postgresql"]) - statistics.median(hot["sqlite"])), 2
+                1000 * (pct(hot["postgresql"], 50) - pct(hot["sqlite"], 50)), 2
             )
     finally:
         pg.close()
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    write_result("bench_registry", results, args.out_dir)
     print(json.dumps(results, indent=2))
 
 

@@ -1,127 +1,17 @@
-"""Helpers shared by the load-test runner and the benchmark: adapters, servers, Locust CSVs."""
+"""Locust helpers shared by the load-test runner and the benchmarks: run it, read its CSVs and traces.
+
+Servers and random adapters come from `testkit` (shared with `tests/`)."""
 
 from __future__ import annotations
 
 import csv
 import json
 import os
-import shutil
 import subprocess
-import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
-
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-
-
-def make_adapters(
-    base_path: Path, n: int, rank: int, out: Path, targets: str | list[str] = "all-linear"
-) -> list[Path]:
-    """n random LoRA adapters (non-zero B) for the base model, saved as peft folders."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    paths = []
-    for i in range(n):
-        model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
-        torch.manual_seed(100 + i)
-        lora = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=targets))
-        with torch.no_grad():
-            for name, p in lora.named_parameters():
-                if "lora_B" in name:
-                    p.normal_(0, 0.01)
-        path = out / f"adapter{i}"
-        lora.save_pretrained(path, safe_serialization=True)
-        paths.append(path)
-    return paths
-
-
-def push_adapters(registry: Path, base: Any, paths: list[Path], prefix: str = "load") -> list[str]:
-    from registry.store import Registry
-
-    reg = Registry(registry)
-    lineage = {
-        "base_model": base.id,
-        "base_model_sha256": base.weights_sha256,
-        "source": "loadtests (random weights)",
-    }
-    return [reg.push(f"{prefix}{i}", p, lineage).ref for i, p in enumerate(paths)]
-
-
-def wait_ready(
-    url: str, proc: subprocess.Popen[bytes] | None, timeout_s: float, path: str = "/v1/models"
-) -> float:
-    start = time.monotonic()
-    while time.monotonic() - start < timeout_s:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            if httpx.get(url + path, timeout=2).status_code == 200:
-                return time.monotonic() - start
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.25)
-    raise RuntimeError(f"server at {url} not ready after {timeout_s}s")
-
-
-@contextmanager
-def server_process(
-    cmd: list[str],
-    url: str,
-    log: Path,
-    env: dict[str, str] | None = None,
-    timeout_s: float = 300,
-    ready_path: str = "/v1/models",
-) -> Iterator[float]:
-    """Start a server command, wait for it, yield its start-up seconds, stop it."""
-    with log.open("wb") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
-    try:
-        try:
-            started = wait_ready(url, proc, timeout_s, ready_path)
-        except RuntimeError as exc:
-            raise RuntimeError(
-                f"{exc}; {' '.join(cmd[:4])} ... log tail:\n{log.read_text()[-3000:]}"
-            ) from None
-        yield started
-    finally:
-        stop_process(proc)
-
-
-def stop_process(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM (the server drains), then SIGKILL if it is still there a minute later."""
-    proc.terminate()
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=30)
-
-
-def platform_cmd() -> str:
-    return shutil.which("platform", path=str(BIN)) or "platform"
-
-
-def serve_command(base_model: str, registry: Path | str, port: int, *extra: str) -> list[str]:
-    """`platform serve` on a base model, a registry and a loopback port, plus `extra` flags."""
-    return [
-        platform_cmd(),
-        "serve",
-        "--base-model",
-        base_model,
-        "--registry",
-        str(registry),
-        "--port",
-        str(port),
-        *extra,
-    ]
+from testkit.servers import BIN, ROOT
 
 
 def run_locust(

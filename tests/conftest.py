@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from tests.postgres import Postgres
+    from testkit.postgres import Postgres
 
 pytest_plugins = ["tests.serving.fixtures"]  # the session's one real server, shared by serving and load tests
 
@@ -70,7 +70,7 @@ def registry_root(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[Postgres]:
     """One real PostgreSQL server per test session (pgserver wheel, 127.0.0.1, password auth)."""
-    from tests.postgres import Postgres
+    from testkit.postgres import Postgres
 
     pg = Postgres()
     yield pg

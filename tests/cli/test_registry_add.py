@@ -15,7 +15,7 @@ from cli.main import cli
 @pytest.fixture(scope="module")
 def peft_folder(tmp_path_factory: pytest.TempPathFactory, tiny_base) -> Path:  # type: ignore[no-untyped-def]
     """A real peft save (as Axolotl or TRL would leave it) for the tiny model."""
-    from loadtests.common import make_adapters
+    from testkit.adapters import make_adapters
 
     return make_adapters(tiny_base.path, 1, 4, tmp_path_factory.mktemp("peft"), ["q_proj", "v_proj"])[0]
 

@@ -22,7 +22,7 @@ def run(*args: str) -> tuple[int, str]:
 
 @pytest.fixture(scope="module")
 def two_versions(tmp_path_factory: pytest.TempPathFactory, tiny_base) -> Path:  # type: ignore[no-untyped-def]
-    from loadtests.common import make_adapters
+    from testkit.adapters import make_adapters
 
     root = tmp_path_factory.mktemp("review-cli")
     registry = root / "registry"

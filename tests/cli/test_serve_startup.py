@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from loadtests.common import platform_cmd
 from registry.basemodels import resolve_base_model
 from registry.store import Registry
+from testkit.servers import platform_cmd
 from tests.registry.test_store import LINEAGE, make_adapter
 from tests.serving.fixtures import free_port
 

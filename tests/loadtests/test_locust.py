@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any
 import pytest
 
 from loadtests.common import read_stats, read_trace, run_locust, summarize, tokens_in_window
+from loadtests.record import read_result
 from tests.serving.fixtures import Server
 
 ROOT = Path(__file__).parents[2]
@@ -145,7 +145,8 @@ def test_benchmark_reduced_mode_writes_ratios(tmp_path: Path) -> None:
     done = subprocess.run(
         [
             sys.executable,
-            str(ROOT / "loadtests" / "bench.py"),
+            "-m",
+            "loadtests.bench",
             "--reduced",
             "--out-dir",
             str(tmp_path),
@@ -155,9 +156,12 @@ def test_benchmark_reduced_mode_writes_ratios(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         timeout=900,
+        cwd=ROOT,
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    report = json.loads((tmp_path / "bench-reduced.json").read_text())
+    result = read_result(tmp_path / "bench_reduced.json")
+    assert result["machine"]["cores"] >= 1 and "torch" in result["packages"] and result["commit"]
+    report = result["figures"]
     assert set(report["servers"]) == {"ours", "vllm", "peft"}
     for server in report["servers"].values():
         for label in ("base", "1 adapter", "2 adapters"):
@@ -165,4 +169,4 @@ def test_benchmark_reduced_mode_writes_ratios(tmp_path: Path) -> None:
     assert "throughput ours/vllm base" in report["ratios"] and "throughput ours/peft base" in report["ratios"]
     cold = report["servers"]["ours"]["cold_vs_warm"]
     assert cold["cold_ms"] > 0 and cold["warm_ms"] > 0
-    assert (tmp_path / "bench-reduced.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "bench_reduced.png").read_bytes()[:4] == b"\x89PNG"

@@ -9,7 +9,7 @@ import pytest
 
 from registry.errors import IntegrityError
 from registry.store import Registry
-from tests.postgres import Postgres
+from testkit.postgres import Postgres
 from tests.registry.test_store import LINEAGE, make_adapter
 
 

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from cli.main import cli
 from registry.routes import get_route, start_route
 from registry.store import Registry
-from tests.postgres import PASSWORD, Postgres
+from testkit.postgres import PASSWORD, Postgres
 from tests.registry.test_store import LINEAGE, make_adapter
 
 # The first release's schema, verbatim (registry/store.py and registry/evidence.py at a3a444a).

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -12,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from loadtests.common import platform_cmd, stop_process, wait_ready
 from registry.store import Registry
+from testkit.adapters import random_adapter as random_adapter  # re-exported for the serving tests
+from testkit.servers import free_port, platform_cmd, stop_process, wait_ready
 from tests.serving.otlp import Receiver
 
 START_TIMEOUT_S = 240
@@ -79,12 +79,6 @@ def is_ready(url: str) -> bool:
         return False
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def train_tiny(registry: Path, out: Path, name: str, data: str, seed: int, steps: int = 8) -> str:
     from rich.console import Console
 
@@ -111,26 +105,6 @@ def train_tiny(registry: Path, out: Path, name: str, data: str, seed: int, steps
         ],
     )
     return publish(run(config, console=Console(quiet=True)), str(registry))
-
-
-def random_adapter(folder: Path, rank: int, targets: list[str]) -> Path:
-    """A LoRA with random (non-zero) B on the tiny model, built by peft: a valid adapter of any rank."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-
-    from registry.basemodels import resolve_base_model
-    from trainer.model import load_base
-
-    torch.manual_seed(rank)
-    model = get_peft_model(
-        load_base(resolve_base_model("tiny")), LoraConfig(r=rank, lora_alpha=rank, target_modules=targets)
-    )
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.05)
-    model.save_pretrained(folder, safe_serialization=True)
-    return folder
 
 
 @pytest.fixture(scope="session")

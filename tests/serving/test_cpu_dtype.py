@@ -1,5 +1,5 @@
 """`--dtype auto` on CPU: the model's bf16 only where the CPU has bf16 instructions; float32 on
-AVX2-only machines, where bf16 products are emulated (3.5x slower on SmolLM2, README)."""
+AVX2-only machines, where bf16 products are emulated (3.5x slower on SmolLM2, docs/design-notes.md)."""
 
 from __future__ import annotations
 

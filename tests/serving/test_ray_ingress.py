@@ -10,9 +10,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from loadtests.common import wait_ready
 from registry.basemodels import resolve_base_model
 from registry.store import Registry
+from testkit.servers import wait_ready
 from tests.serving.fixtures import free_port, random_adapter, serve_cmd, wait_until
 
 pytestmark = pytest.mark.slow

@@ -24,9 +24,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from loadtests.common import server_process
 from registry.basemodels import resolve_base_model
 from registry.store import Registry
+from testkit.servers import server_process
 from tests.serving.fixtures import Server, free_port, random_adapter, serve_cmd, wait_until
 
 pytestmark = pytest.mark.slow

@@ -21,11 +21,11 @@ import pytest
 from click.testing import CliRunner
 
 from cli.main import cli
-from loadtests.common import server_process
 from registry.basemodels import resolve_base_model
 from registry.routes import start_route
 from registry.store import Registry
-from tests.postgres import PASSWORD, Postgres
+from testkit.postgres import PASSWORD, Postgres
+from testkit.servers import server_process
 from tests.serving.fixtures import free_port, random_adapter, serve_cmd, wait_until
 
 pytestmark = pytest.mark.slow

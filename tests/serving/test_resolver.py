@@ -18,9 +18,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from loadtests.common import server_process
 from registry.store import Registry
 from serving.engine.resolver import Refused, RegistryResolver
+from testkit.servers import server_process
 from tests.serving.fixtures import Server, free_port, random_adapter, wait_until
 
 ROOT = Path(__file__).parents[2]

@@ -1,7 +1,7 @@
 """The review flow in a real headless Chromium (Debian's `chromium` + `chromium-driver`, Selenium):
 two reviewers rate 5 items each with the keyboard, one goes back to change a rating, the other
 closes the browser mid-way and resumes; the report's win rate and agreement match what was typed.
-Also writes the README's screenshots (loadtests/results/review_page.png, review_report.png)."""
+Also writes the docs' screenshots (loadtests/results/review_page.png, review_report.png; docs/production-loop.md)."""
 
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ import pytest
 from click.testing import CliRunner
 
 from cli.main import cli
-from loadtests.common import ROOT, platform_cmd, stop_process, wait_ready
 from registry import reviews as rv
 from registry.rubric import load_rubric
 from registry.store import Registry
+from testkit.servers import ROOT, platform_cmd, stop_process, wait_ready
 from tests.serving.fixtures import free_port, wait_until
 
 CHROMIUM, DRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")

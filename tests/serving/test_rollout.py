@@ -27,11 +27,11 @@ from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
 from cli.main import cli
-from loadtests.common import server_process
 from registry import rollouts as ro
 from registry.basemodels import resolve_base_model
 from registry.store import Registry
-from tests.postgres import Postgres
+from testkit.postgres import Postgres
+from testkit.servers import server_process
 from tests.serving.fixtures import free_port, random_adapter, serve_cmd, wait_until
 
 pytestmark = pytest.mark.slow

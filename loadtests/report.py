@@ -1,0 +1,193 @@
+"""Render the docs' performance tables from `loadtests/results/*.json`.
+
+    python -m loadtests.report            # rewrite the generated blocks of docs/performance.md
+    python -m loadtests.report --check    # exit 1 if the page and the result files disagree
+
+The page keeps its prose; each `<!-- results: NAME -->` ... `<!-- /results -->` block is replaced by
+the tables of `loadtests/results/NAME.json`, headed by where the figures came from (command, commit,
+date, CPU). A figure in the docs is never typed by hand: tests/loadtests/test_report.py runs the check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from loadtests.record import RESULTS, ROOT, cpu_label, read_result
+
+PAGE = ROOT / "docs" / "performance.md"
+BLOCK = re.compile(r"(<!-- results: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /results -->)", re.S)
+
+
+def table(header: Iterable[str], rows: Iterable[Iterable[Any]]) -> str:
+    head = list(header)
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(fmt(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if abs(value) >= 1000:
+            return f"{value:.0f}"
+        return f"{value:.3f}".rstrip("0").rstrip(".") if abs(value) < 10 else f"{value:.1f}"
+    if isinstance(value, list):
+        return ", ".join(fmt(v) for v in value)
+    return str(value)
+
+
+def kind(scenario: dict[str, Any], name: str, q: str) -> Any:
+    return scenario.get("kinds", {}).get(name, {}).get(f"{q}_ms")
+
+
+def servers(f: dict[str, Any]) -> str:
+    """bench.py: every server and scenario, then the ratios it computed."""
+    rows = []
+    for server, scenarios in f["servers"].items():
+        for label, s in scenarios.items():
+            if isinstance(s, dict) and "output_tokens_per_s" in s:
+                rows.append(
+                    [
+                        server,
+                        label,
+                        s["output_tokens_per_s"],
+                        kind(s, "TTFT", "p50"),
+                        kind(s, "TTFT", "p99"),
+                        kind(s, "TPOT", "p50"),
+                        s.get("requests"),
+                        s.get("failures"),
+                        s.get("loads_per_1000_requests"),
+                    ]
+                )
+    header = ["server", "scenario", "output tok/s", "TTFT p50 ms", "TTFT p99 ms", "TPOT p50 ms"]
+    main = table([*header, "requests", "failed", "loads / 1000 req"], rows)
+    cold = f["servers"].get("ours", {}).get("cold_vs_warm")
+    extra = ""
+    if cold:
+        extra = "\n\nFirst request to a newly pushed version (ours), p50 over the pushes: " + ", ".join(
+            f"{k.removesuffix('_ms').replace('_', ' ')} {fmt(v)} ms" for k, v in cold.items()
+        )
+    return main + extra + "\n\n" + ratios(f["ratios"])
+
+
+def ratios(values: dict[str, Any]) -> str:
+    return table(["ratio", "value"], values.items())
+
+
+def lora(f: dict[str, Any]) -> str:
+    """bench_lora.py: engine configurations x scenarios (medians over rounds)."""
+    scenarios = ["base", "one_adapter", "n_adapters_mixed", "base_plus_n_mixed"]
+    rows = [
+        [label, *[c.get(s, {}).get("tokens_per_s") for s in scenarios]] for label, c in f["configs"].items()
+    ]
+    return table(["engine", *[f"{s} tok/s" for s in scenarios]], rows) + "\n\n" + ratios(f["ratios"])
+
+
+def ray(f: dict[str, Any]) -> str:
+    """bench_ray.py: adapter loads and TTFT per routing mode, and the router's added latency."""
+    rows = [
+        [
+            m["routing"],
+            m["max_cpu_loras"],
+            m["loads_per_1000"],
+            m["warmup_loads"],
+            m["ttft_p50_ms"],
+            m["ttft_p99_ms"],
+        ]
+        for m in f["modes"]
+    ]
+    header = ["routing", "--max-cpu-loras", "loads / 1000 req", "warm-up loads", "TTFT p50 ms", "TTFT p99 ms"]
+    rest = {k: v for k, v in f.items() if k not in ("modes", "setup", "load", "args", "engine")}
+    return (
+        f"{f['setup']}.\n\n" + table(header, rows) + "\n\n" + ratios(rest) + f"\n\nMachine load: {f['load']}."
+    )
+
+
+def registry(f: dict[str, Any]) -> str:
+    """bench_registry.py: propagation to replicas, and what PostgreSQL costs per resolution."""
+    rows = [
+        [what.replace("_", " "), replica, m["p50_ms"], m["p90_ms"], m["max_ms"], m["n"]]
+        for what, by in f["propagation"].items()
+        for replica, m in by.items()
+    ]
+    rows += [
+        [what.replace("_", " "), backend, m["p50_ms"], m["p90_ms"], m["max_ms"], m["n"]]
+        for what in ("resolve_cache_miss", "request_latency_cached_reference")
+        for backend, m in f[what].items()
+    ]
+    added = f"\n\nAdded per request by PostgreSQL (p50): {fmt(f['added_per_request_p50_ms'])} ms."
+    return table(["figure", "where", "p50 ms", "p90 ms", "max ms", "n"], rows) + added
+
+
+def load_stall(f: dict[str, Any]) -> str:
+    """bench_load_stall.py: running streams grouped by what happened during their decode."""
+    rows = [
+        [
+            group,
+            g["streams"],
+            g["TTFT"].get("p50_ms"),
+            g["TPOT"].get("p50_ms"),
+            g["TPOT"].get("p99_ms"),
+            g["max_gap"].get("p99_ms"),
+        ]
+        for group, g in f["groups"].items()
+    ]
+    a = f["adapter"]
+    head = f"Loaded version: rank {a['rank']} {a['targets']} {a['dtype']}, {a['safetensors_bytes'] / 1e6:.0f} MB.\n\n"
+    header = ["streams", "n", "TTFT p50 ms", "TPOT p50 ms", "TPOT p99 ms", "longest gap p99 ms"]
+    return head + table(header, rows) + "\n\n" + ratios(f["ratios"])
+
+
+RENDER: dict[str, Callable[[dict[str, Any]], str]] = {
+    "bench": servers,
+    "bench_llamacpp": servers,
+    "bench_many": servers,
+    "bench_lora": lora,
+    "bench_ray": ray,
+    "bench_registry": registry,
+    "bench_load_stall": load_stall,
+}
+
+
+def provenance(r: dict[str, Any]) -> str:
+    """Where the figures came from, in two lines above the tables."""
+    packages = ", ".join(f"{k} {v}" for k, v in r["packages"].items()) or "package versions not recorded"
+    return (
+        f"Command: `{r['command']}`  \nCommit {r['commit']}; {r['date']}; {cpu_label(r['machine'])}; "
+        f"{packages}; file `loadtests/results/{r['benchmark']}.json`."
+    )
+
+
+def render(name: str, results: Path = RESULTS) -> str:
+    r = read_result(results / f"{name}.json")
+    return provenance(r) + "\n\n" + RENDER[name](r["figures"]) + "\n"
+
+
+def rendered_page(text: str, results: Path = RESULTS) -> str:
+    """`text` with every results block re-rendered from the files."""
+    return BLOCK.sub(lambda m: m.group(1) + render(m.group("name"), results) + m.group(4), text)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 where the page and the files disagree")
+    args = parser.parse_args()
+    text = PAGE.read_text()
+    new = rendered_page(text)
+    if args.check:
+        if new != text:
+            print(f"{PAGE} is out of date: run python -m loadtests.report", file=sys.stderr)
+            return 1
+        return 0
+    PAGE.write_text(new)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
