@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+
+from loadtests.record import RESULTS, write_result
 
 
 def _train(root: str, runs: Path, overrides: list[str]) -> str:
@@ -117,17 +118,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dpo-lr", type=float, default=1e-4)
     parser.add_argument("--beta", type=float, default=0.1)
     parser.add_argument("--heldout", type=int, default=48)
-    parser.add_argument("--out", default="loadtests/results/preference.json")
+    parser.add_argument("--out-dir", default=str(RESULTS), help="Where bench_preference.json goes.")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         figures = measure(args, str(Path(tmp) / "registry"), Path(tmp) / "runs")
-    record = {
-        "benchmark": "preference",
-        "command": " ".join(["python -m loadtests.bench_preference", *(argv or sys.argv[1:])]),
-        "settings": vars(args),
-        "figures": figures,
-    }
-    Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
+    figures["settings"] = {k: v for k, v in vars(args).items() if k != "out_dir"}
+    write_result("bench_preference", figures, args.out_dir)
     for label, m in figures["models"].items():
         p, em = m["polite_rate"], m["first_line_exact_match"]
         print(

@@ -144,6 +144,26 @@ def load_stall(f: dict[str, Any]) -> str:
     return head + table(header, rows) + "\n\n" + ratios(f["ratios"])
 
 
+def preference(f: dict[str, Any]) -> str:
+    """bench_preference.py: the preferred property's rate and the task's exact match, base/SFT/DPO."""
+
+    def ci(v: list[float]) -> str:
+        return f"{v[0]:.3f} [{v[1]:.3f}, {v[2]:.3f}]"
+
+    rows = [
+        [label, m["ref"], ci(m["polite_rate"]), ci(m["first_line_exact_match"])]
+        for label, m in f["models"].items()
+    ]
+    d = f["dpo_minus_sft"]
+    rows.append(["DPO - SFT", "paired", ci(d["polite_rate"]), ci(d["first_line_exact_match"])])
+    s = f["settings"]
+    head = (
+        f"{f['held_out']} held-out prompts of `sample:support-prefs`, greedy; SFT {s['sft_steps']} steps, "
+        f"DPO {s['dpo_steps']} steps at lr {s['dpo_lr']:g}, beta {s['beta']:g}; 95% bootstrap intervals.\n\n"
+    )
+    return head + table(["model", "version", "polite closing rate", "first-line exact match"], rows)
+
+
 RENDER: dict[str, Callable[[dict[str, Any]], str]] = {
     "bench": servers,
     "bench_llamacpp": servers,
@@ -152,6 +172,7 @@ RENDER: dict[str, Callable[[dict[str, Any]], str]] = {
     "bench_ray": ray,
     "bench_registry": registry,
     "bench_load_stall": load_stall,
+    "bench_preference": preference,
 }
 
 
