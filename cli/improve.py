@@ -48,6 +48,14 @@ console = Console()
     "--interval", default="60s", show_default=True, callback=duration, help="Rollout decision interval."
 )
 @click.option("--output-dir", default="runs", show_default=True, help="Where the export and the run go.")
+@click.option(
+    "--review",
+    "review_samples",
+    default=0,
+    type=click.IntRange(0),
+    help="Also make a blind human review set of N real prompts (serving vs candidate) before the rollout.",
+)
+@click.option("--on-drift", is_flag=True, help="Run only when `platform monitor` sees a signal move.")
 @click.option("--dry-run", is_flag=True, help="Print the plan with the counts; change nothing.")
 @click.option(
     "--every",
@@ -69,6 +77,8 @@ def improve_cmd(
     steps: tuple[float, ...],
     interval: float,
     output_dir: str,
+    review_samples: int,
+    on_drift: bool,
     dry_run: bool,
     every: float | None,
     overrides: tuple[str, ...],
@@ -92,6 +102,8 @@ def improve_cmd(
         interval_s=interval,
         output_dir=output_dir,
         train_overrides=overrides,
+        review_samples=review_samples,
+        on_drift=on_drift,
     )
     while True:
         if dry_run:

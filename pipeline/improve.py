@@ -58,6 +58,11 @@ class ImproveSettings:
     output_dir: str = "runs"
     train_overrides: tuple[str, ...] = ()
     """`key=value` training settings, as `platform train` takes them."""
+    review_samples: int = 0
+    """If > 0: a blind human review set of this many real prompts (logged traffic, else the held-out
+    rows), serving vs candidate, made before the rollout starts (the two run side by side)."""
+    on_drift: bool = False
+    """Run only when `platform monitor` sees a signal of the serving version move (else a skip)."""
 
 
 @dataclass
@@ -123,12 +128,27 @@ def make_plan(name: str, settings: ImproveSettings, registry_root: str | None) -
                 counts[kind] = 0
     objective = _objective(settings, counts)
     skip = None
-    if objective is None:
+    moved = _drifted(name, serving.ref, registry_root) if settings.on_drift else None
+    if moved == []:
+        skip = f"no drift: no signal of {serving.ref} moved (platform monitor {name})"
+    elif objective is None:
         skip = (
             f"too little new data since {serving.ref}: need {settings.min_rows} rows for "
             f"{'any objective' if settings.objective == 'auto' else settings.objective}"
         )
     return Plan(name, serving.ref, serving.created, counts, objective, skip)
+
+
+def _drifted(name: str, version: str, registry_root: str | None) -> list[str]:
+    """The signals of `version` that moved (monitor's defaults: first 3 days against the last day)."""
+    from serving.experiments.drift import drift_report
+
+    reg = Registry(registry_root)
+    try:
+        report = drift_report(reg.payloads(), name, reference_s=3 * 86400, window_s=86400)
+    finally:
+        reg.close()
+    return [s.signal for d in report if d.version == version for s in d.moved]
 
 
 def _serving(name: str, alias: str, registry_root: str | None) -> Version:
@@ -166,6 +186,9 @@ def improve(name: str, settings: ImproveSettings, registry_root: str | None, con
         if not passed:
             outcome.stopped = f"{outcome.candidate} failed an offline gate; {plan.serving} keeps serving"
             return outcome
+        if settings.review_samples:
+            _review(plan, settings, outcome.candidate, reg, registry_root, outcome)
+            reg.tag(outcome.candidate, "improve:review-created")
         _rollout(plan, settings, outcome.candidate, reg, outcome)
         reg.tag(outcome.candidate, "improve:rollout-started")
     finally:
@@ -269,6 +292,31 @@ def _heldout_file(serving: str, root: str | None, tmp: Path) -> str:
         "".join(json.dumps({"prompt": r["prompt"], "completion": r["reference"]}) + "\n" for r in rows)
     )
     return str(out)
+
+
+def _review(
+    plan: Plan, settings: ImproveSettings, candidate: str, reg: Registry, root: str | None, outcome: Outcome
+) -> None:
+    """A blind review set of real prompts (logged traffic of NAME, else the held-out rows)."""
+    from registry import reviews as rv
+    from registry.rubric import load_rubric
+    from trainer.data import load_examples
+    from trainer.export import traffic_prompts
+    from trainer.review_sample import build_items
+
+    examples = traffic_prompts(reg, plan.name)
+    source = f"traffic:{plan.name}"
+    if not examples:
+        with tempfile.TemporaryDirectory() as tmp:
+            source = settings.eval_data or _heldout_file(plan.serving, root, Path(tmp))
+            examples = load_examples(source)[0]
+    items = build_items(examples, (plan.serving, candidate), root, samples=settings.review_samples)
+    name = f"improve-{candidate.replace('@', '-v')}"
+    spec = rv.ReviewSpec(plan.serving, candidate, load_rubric().to_dict(), 1, source)
+    review = rv.create(reg, name, spec, items)
+    outcome.steps.append(
+        {"step": "review", "outcome": "created", "review": review.name, "items": review.items}
+    )
 
 
 def _rollout(plan: Plan, settings: ImproveSettings, candidate: str, reg: Registry, outcome: Outcome) -> None:

@@ -104,6 +104,8 @@ def test_dry_run_prints_the_plan_with_counts_and_changes_nothing(serving: tuple[
     assert code == 0 and "too little new data since bot@1" in out, out
     code, out = _improve(registry, tmp_path, "--min-rows", "100")  # a clean skip, not a failure
     assert code == 0 and "too little new data" in out, out
+    code, out = _improve(registry, tmp_path, "--on-drift")  # nothing logged: no signal moved
+    assert code == 0 and "no drift: no signal of bot@1 moved" in out, out
     assert [v.ref for v in Registry(registry).list_versions()] == ["bot@1"]
 
 

@@ -444,7 +444,18 @@ def test_improve_reaches_the_rollout_under_a_request_loop_without_a_failed_reque
             "eval.compare_base=false",
         ]
         sets += ["--set", "data.val_fraction=0", "--set", "data.test_fraction=0.25"]
-        cmd = ["improve", "loop", "--min-rows", "2", "--interval", "1s", "--output-dir", str(tmp_path)]
+        cmd = [
+            "improve",
+            "loop",
+            "--min-rows",
+            "2",
+            "--interval",
+            "1s",
+            "--review",
+            "2",
+            "--output-dir",
+            str(tmp_path),
+        ]
         improve = CliRunner().invoke(cli, [*cmd, *sets, "--registry", one.location])
         assert improve.exit_code == 0, improve.output
         assert "rollout loop: loop@1 -> loop@2 started" in improve.output
@@ -454,7 +465,10 @@ def test_improve_reaches_the_rollout_under_a_request_loop_without_a_failed_reque
         loop.join(timeout=60)
     assert set(statuses) == {200} and statuses[200] > 0, statuses
     candidate = one.registry().get("loop@2")
-    assert {"improve:gates-passed", "improve:rollout-started"} <= set(candidate.tags)
+    assert {"improve:gates-passed", "improve:review-created", "improve:rollout-started"} <= set(
+        candidate.tags
+    )
+    assert rv.get(one.registry(), "improve-loop-v2").items == 2  # the review set, beside the rollout
     assert candidate.lineage["objective"]["reference"] == "loop@1"
     one.rollout("abort", "loop")
 
