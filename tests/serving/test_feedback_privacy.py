@@ -134,13 +134,15 @@ def test_user_ids_and_keys_are_kept_as_hmacs_with_the_server_secret(keyed: Serve
     assert KEY not in json.dumps(row)
 
 
-def test_feedback_comments_and_token_id_prompts_are_redacted(keyed: Server, tiny_base) -> None:  # type: ignore[no-untyped-def]
+def test_feedback_comments_are_redacted(keyed: Server) -> None:
     cid = _ask(keyed, "commenter")
     comment = "wrong, mail me at jane.doe@example.com or call 555 123 4567"
     assert _feedback(keyed, {"id": cid, "thumbs": "down", "comment": comment}).status_code == 200
     stored = next(f for f in _evidence(keyed)[1] if f["completion_id"] == cid)
     assert stored["comment"] == "wrong, mail me at [EMAIL] or call [NUMBER]"
 
+
+def test_a_prompt_given_as_token_ids_is_stored_decoded_and_redacted(keyed: Server, tiny_base) -> None:  # type: ignore[no-untyped-def]
     from transformers import AutoTokenizer
 
     ids = AutoTokenizer.from_pretrained(tiny_base.path)("my card is 4111 1111 1111 1111")["input_ids"]
