@@ -26,10 +26,12 @@ SECRET_FILE = "server_secret"
 
 class KeyHasher:
     """Keyed hashes of user ids (the A/B evidence's `user_hash`) and of API keys (`key_hash`, the
-    owner of a completion for feedback)."""
+    owner of a completion for feedback). On a server without `--api-key` (`authenticated` False)
+    a bearer header proves nothing: no key hash is kept and feedback is open to any client."""
 
-    def __init__(self, secret: bytes) -> None:
+    def __init__(self, secret: bytes, authenticated: bool = True) -> None:
         self._secret = secret
+        self.authenticated = authenticated
 
     def _digest(self, purpose: str, value: str) -> str:
         return hmac.new(self._secret, f"{purpose}\0{value}".encode(), hashlib.sha256).hexdigest()
@@ -39,13 +41,14 @@ class KeyHasher:
         return self._digest("user", user_id)[:16] if user_id else None
 
     def api_key(self, key: str | None) -> str | None:
-        """The keyed hash of the API key a request came with (None without one)."""
-        return self._digest("api-key", key) if key else None
+        """The keyed hash of the API key a request came with (None without one, or on a server
+        that checks no keys)."""
+        return self._digest("api-key", key) if key and self.authenticated else None
 
     def same_key(self, stored: str | None, given: str | None) -> bool:
         """Whether a request with API key `given` may act on a completion made with `stored`
-        (the keyed hash kept with it): the same key, or no key on the completion."""
-        if stored is None:
+        (the keyed hash kept with it): the same key, or no key on the completion (or the server)."""
+        if stored is None or not self.authenticated:
             return True
         mine = self.api_key(given)
         return mine is not None and hmac.compare_digest(mine, stored)

@@ -49,7 +49,8 @@ class ServerState:
     """Keyed hashes of user ids and API keys (`--hash-secret`, else the registry's secret)."""
 
     def __post_init__(self) -> None:
-        self.hasher = KeyHasher(server_secret(self.settings.hash_secret, self.registry.root))
+        secret = server_secret(self.settings.hash_secret, self.registry.root)
+        self.hasher = KeyHasher(secret, authenticated=self.settings.api_key is not None)
 
     @property
     def served_base(self) -> str:

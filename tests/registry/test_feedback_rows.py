@@ -67,3 +67,5 @@ def test_keyed_hashes_depend_on_the_secret(tmp_path: Path) -> None:
     key = a.api_key("sk-123")
     assert a.same_key(key, "sk-123") and not a.same_key(key, "sk-124") and not a.same_key(key, None)
     assert not b.same_key(key, "sk-123") and a.same_key(None, None)
+    open_server = KeyHasher(b"one", authenticated=False)  # no --api-key: a bearer proves nothing
+    assert open_server.api_key("sk-123") is None and open_server.same_key(key, None)
