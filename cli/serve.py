@@ -46,6 +46,12 @@ from cli.errors import handle_errors
 @click.option("--api-key", envvar="LORA_PLATFORM_API_KEY", help="Bearer key for inference routes.")
 @click.option("--admin-key", envvar="LORA_PLATFORM_ADMIN_KEY", help="Bearer key for admin routes.")
 @click.option(
+    "--hash-secret",
+    envvar="LORA_PLATFORM_HASH_SECRET",
+    help="Secret of the keyed hashes kept of user ids and API keys (default: generated once and kept in "
+    "the registry folder's server_secret); give replicas on one database the same one.",
+)
+@click.option(
     "--replicas",
     type=click.IntRange(min=1),
     help="Engine replicas on Ray Serve behind one endpoint (needs the `ray` extra).",

@@ -6,7 +6,11 @@ catalog row is written, so a reader never sees a row without files; files withou
 orphans that `gc` removes.
 
 A folder store is read in place. A remote store (`s3://`, `gs://`, `hf://`, `file://`, ...) is
-copied on first use into a local cache keyed by the manifest's sha256 and verified there.
+copied on first use into a local cache keyed by the manifest's sha256 and verified there. The
+copy is driven by the manifest, never by the store's listing: the manifest is fetched first and
+must match the catalog's sha256, only the files it names are downloaded, each to a path checked to
+stay inside the temporary folder, and a listing with any other name is refused before anything is
+written (whoever can write to the bucket cannot place a file elsewhere on the replica).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 from registry.errors import IntegrityError, RegistryError, UnavailableError
-from registry.manifest import verify
+from registry.manifest import MANIFEST, confined, manifest_files, verify
 from registry.refs import check_name
 
 
@@ -158,19 +162,39 @@ class FsspecStore(ArtifactStore):
         if target.is_dir() or not fetch:
             return target
         tmp = self.cache / f".tmp-{uuid.uuid4().hex}"
-        key = self._key(name, version)
         try:
-            for remote in self.fs.find(key):
-                rel = remote[len(key) + 1 :]
-                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-                self.fs.get_file(remote, str(tmp / rel))
-            verify(tmp, manifest_sha256, f"{name}@{version}")
+            tmp.mkdir()
+            self._download(self._key(name, version), manifest_sha256, f"{name}@{version}", tmp)
             os.rename(tmp, target)
         except OSError as exc:
             raise UnavailableError(f"artifact store {self.location}: download failed: {exc}") from exc
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return target
+
+    def _download(self, key: str, manifest_sha256: str, label: str, tmp: Path) -> None:
+        """Copy the files the manifest names (and only those) into `tmp`, then verify them."""
+        try:
+            raw = self.fs.cat_file(f"{key}/{MANIFEST}")
+        except FileNotFoundError:
+            raise IntegrityError(f"{label}: manifest.json is missing from the artifact store") from None
+        files = manifest_files(raw, manifest_sha256, label)
+        listed = {str(p) for p in self.fs.find(key)}
+        unknown = sorted(listed - {f"{key}/{rel}" for rel in [MANIFEST, *files]})
+        if unknown:
+            shown = [p[len(key) + 1 :] if p.startswith(key + "/") else p for p in unknown]
+            raise IntegrityError(
+                f"{label}: the artifact store holds file(s) its manifest does not list: {shown}"
+            )
+        (tmp / MANIFEST).write_bytes(raw)
+        for rel in files:
+            local = confined(tmp, rel, label)
+            local.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                self.fs.get_file(f"{key}/{rel}", str(local))
+            except FileNotFoundError:
+                raise IntegrityError(f"{label}: {rel} is missing from the artifact store") from None
+        verify(tmp, manifest_sha256, label)
 
     def delete(self, name: str, version: int) -> None:
         key = self._key(name, version)

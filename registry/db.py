@@ -88,6 +88,7 @@ requests = sa.Table(
     sa.Column("status", sa.Text, nullable=False),
     sa.Column("shadow", sa.Integer, nullable=False, server_default="0"),
     sa.Column("output", sa.Text),
+    sa.Column("key_hash", sa.Text),
     sa.Index("requests_route", "route", "variant"),
 )
 feedback = sa.Table(
@@ -101,6 +102,7 @@ feedback = sa.Table(
     sa.Column("thumbs", sa.Integer),
     sa.Column("comment", sa.Text),
     sa.Index("feedback_route", "route", "variant"),
+    sa.Index("feedback_completion", "completion_id"),
 )
 
 rollouts = sa.Table(
@@ -153,6 +155,7 @@ payloads = sa.Table(
     sa.Column("prompt_tokens", sa.Integer),
     sa.Column("completion_tokens", sa.Integer),
     sa.Column("prompt_sha256", sa.Text),
+    sa.Column("key_hash", sa.Text),
     sa.Index("payloads_name", "name", "ts"),
     sa.Index("payloads_version", "version", "ts"),
 )

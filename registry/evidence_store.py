@@ -1,5 +1,9 @@
 """A/B evidence rows in the catalog database: one row per routed request, plus user feedback.
 
+One feedback per completion: a later one replaces the earlier (`add_feedback`), and `load` hands
+out only the latest per completion id, so the report and the rollout gates count distinct
+completions even in rows written before this rule or by replicas racing each other.
+
 This module owns the rows and their SQL; the server's batching writer thread lives in
 `serving/experiments/evidence.py`, the statistics and the report beside it. Evidence writes do
 not move the change counter (servers would otherwise refresh on every request). Database errors
@@ -35,6 +39,9 @@ class RequestRecord:
     status: str
     shadow: int = 0
     output: str | None = None
+    """A shadow copy's answer (redacted; cleared after the payload retention by `purge_text`)."""
+    key_hash: str | None = None
+    """HMAC of the API key that made the request: feedback must come with the same key."""
 
 
 class EvidenceStore:
@@ -71,16 +78,30 @@ class EvidenceStore:
             "comment": comment,
         }
         with self.db.write(bump=False) as conn:
+            conn.execute(sa.delete(t.feedback).where(t.feedback.c.completion_id == completion_id))
             conn.execute(sa.insert(t.feedback).values(**row))
 
-    def find_request(self, completion_id: str) -> tuple[str, str] | None:
-        """(route, variant) of a live (not shadow) request."""
+    def find_request(self, completion_id: str) -> tuple[str, str, str | None] | None:
+        """(route, variant, key_hash) of a live (not shadow) request."""
         q = t.requests.c
         with self.db.read() as conn:
             row = conn.execute(
-                sa.select(q.route, q.variant).where(q.id == completion_id, q.shadow == 0)
+                sa.select(q.route, q.variant, q.key_hash).where(q.id == completion_id, q.shadow == 0)
             ).first()
-        return (row[0], row[1]) if row else None
+        return (row[0], row[1], row[2]) if row else None
+
+    def purge_text(self, before: float) -> int:
+        """Clear the free text kept before `before` (Unix time): shadow answers and feedback
+        comments. The numbers stay (the report and the gates read them); how many rows changed."""
+        q, f = t.requests.c, t.feedback.c
+        with self.db.write(bump=False) as conn:
+            a = conn.execute(
+                sa.update(t.requests).where(q.ts < before, q.output.is_not(None)).values(output=None)
+            ).rowcount
+            b = conn.execute(
+                sa.update(t.feedback).where(f.ts < before, f.comment.is_not(None)).values(comment=None)
+            ).rowcount
+        return int(a or 0) + int(b or 0)
 
     def load(self, route: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """All request and feedback rows of a route, oldest first."""
@@ -91,7 +112,7 @@ class EvidenceStore:
             fb = conn.execute(
                 sa.select(t.feedback).where(t.feedback.c.route == route).order_by(t.feedback.c.ts)
             )
-            return [dict(r._mapping) for r in reqs], [dict(r._mapping) for r in fb]
+            return [dict(r._mapping) for r in reqs], latest_per_completion([dict(r._mapping) for r in fb])
 
     def copy_from(self, other: EvidenceStore) -> tuple[int, int]:
         """Copy every request and feedback row of `other` that this store lacks; (requests, feedback)."""
@@ -113,3 +134,9 @@ class EvidenceStore:
 
     def close(self) -> None:
         """Nothing to close: connections belong to the catalog's pool."""
+
+
+def latest_per_completion(feedback: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The latest of each completion's feedback rows (rows oldest first), in order."""
+    latest = {f["completion_id"]: f for f in feedback}
+    return sorted(latest.values(), key=lambda f: f["ts"])

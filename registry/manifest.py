@@ -8,7 +8,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from registry.errors import IntegrityError
@@ -79,6 +79,48 @@ def write_manifest(folder: Path) -> str:
         fh.flush()
         os.fsync(fh.fileno())
     return hashlib.sha256(data).hexdigest()
+
+
+def manifest_files(raw: bytes, manifest_sha256: str, label: str) -> list[str]:
+    """The file names a manifest lists, once its own sha256 matches the catalog's; every name is a
+    plain relative path (no `..`, no absolute path). IntegrityError naming `label` otherwise."""
+    if hashlib.sha256(raw).hexdigest() != manifest_sha256:
+        raise IntegrityError(f"{label}: manifest.json was altered (sha256 differs from the catalog)")
+    try:
+        files = json.loads(raw)["files"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise IntegrityError(f"{label}: manifest.json is not a manifest ({exc})") from None
+    if not isinstance(files, dict):
+        raise IntegrityError(f"{label}: manifest.json is not a manifest (files is not a mapping)")
+    for rel in files:
+        check_relative(rel, label)
+        if rel == MANIFEST:
+            raise IntegrityError(f"{label}: manifest.json lists itself")
+    return sorted(files)
+
+
+def check_relative(rel: str, label: str) -> PurePosixPath:
+    """`rel` as a path that stays inside the folder it is joined to: relative, no `.`/`..` part,
+    no backslash or NUL. IntegrityError naming `label` otherwise."""
+    path = PurePosixPath(rel)
+    parts = rel.split("/")
+    if (
+        not rel
+        or path.is_absolute()
+        or any(p in ("", ".", "..") for p in parts)
+        or "\\" in rel
+        or "\0" in rel
+    ):
+        raise IntegrityError(f"{label}: file name {rel!r} would leave the version folder")
+    return path
+
+
+def confined(folder: Path, rel: str, label: str) -> Path:
+    """`folder / rel`, checked to resolve inside `folder` (IntegrityError naming `label` if not)."""
+    path = (folder / check_relative(rel, label)).resolve()
+    if not path.is_relative_to(folder.resolve()):
+        raise IntegrityError(f"{label}: file name {rel!r} would leave the version folder")
+    return path
 
 
 def verify(folder: Path, manifest_sha256: str | None, label: str, rehash_unchanged: bool = True) -> None:

@@ -2,8 +2,8 @@
 
 `platform serve --log-payloads NAME` logs the requests of those adapters and A/B routes (prompt
 or messages, the answer, the version that served, timing); the server's batching writer lives in
-`serving/payloads.py`. Feedback on a logged completion is kept beside it (one row per feedback,
-the latest wins). `platform data export` and `platform monitor` read these rows. Like evidence
+`serving/payloads.py`. Feedback on a logged completion is kept beside it (one per completion:
+a later one replaces the earlier). `platform data export` and `platform monitor` read these rows. Like evidence
 rows, payload writes do not move the change counter. Database errors leave as `StorageError`.
 """
 
@@ -45,6 +45,8 @@ class PayloadRecord:
     prompt_sha256: str | None = None
     """`prompt_digest` of the last user message (or prompt) before redaction: what the export's
     held-out leakage check compares, since redaction changes the text itself."""
+    key_hash: str | None = None
+    """HMAC of the API key that made the request: feedback must come with the same key."""
 
     def request_json(self) -> dict[str, Any]:
         value = json.loads(self.request)
@@ -96,15 +98,23 @@ class PayloadStore:
             conn.execute(sa.insert(t.payloads), [asdict(r) for r in records])
 
     def exists(self, completion_id: str) -> bool:
+        return self.owner(completion_id)[0]
+
+    def owner(self, completion_id: str) -> tuple[bool, str | None]:
+        """Whether the completion was logged, and the key_hash it was logged with."""
+        p = t.payloads.c
         with self.db.read() as conn:
-            row = conn.execute(sa.select(t.payloads.c.id).where(t.payloads.c.id == completion_id)).first()
-        return row is not None
+            row = conn.execute(sa.select(p.id, p.key_hash).where(p.id == completion_id)).first()
+        return (False, None) if row is None else (True, row[1])
 
     def add_feedback(
         self, completion_id: str, score: float | None, thumbs: int | None, comment: str | None
     ) -> None:
+        """Store the feedback on a completion, replacing any it had."""
         row = {"completion_id": completion_id, "ts": time.time(), "score": score, "thumbs": thumbs}
+        f = t.payload_feedback.c
         with self.db.write(bump=False) as conn:
+            conn.execute(sa.delete(t.payload_feedback).where(f.completion_id == completion_id))
             conn.execute(sa.insert(t.payload_feedback).values(**row, comment=comment))
 
     def purge(self, before: float) -> int:
@@ -119,7 +129,7 @@ class PayloadStore:
         self, name: str, version: str | None = None, since: float | None = None
     ) -> list[LoggedCompletion]:
         """Logged completions of an adapter or route `name` (or only those `version` answered),
-        oldest first, each with its latest thumbs and score."""
+        oldest first, each with its latest feedback."""
         p = t.payloads.c
         where = [sa.or_(p.name == name, p.version.like(f"{name}@%"))]
         if version is not None:
@@ -151,7 +161,7 @@ class PayloadStore:
 
     @staticmethod
     def _feedback(conn: sa.Connection, ids: list[str]) -> dict[str, tuple[int | None, float | None]]:
-        """The latest thumbs and the latest score of each id (feedback rows oldest first)."""
+        """The thumbs and score of each id's latest feedback (a later feedback replaces the earlier)."""
         f = t.payload_feedback.c
         latest: dict[str, tuple[int | None, float | None]] = {}
         for start in range(0, len(ids), 500):
@@ -160,9 +170,8 @@ class PayloadStore:
                 sa.select(f.completion_id, f.thumbs, f.score).where(f.completion_id.in_(chunk)).order_by(f.ts)
             )
             for cid, thumbs, score in conn.execute(stmt):
-                old_thumbs, old_score = latest.get(cid, (None, None))
                 latest[cid] = (
-                    old_thumbs if thumbs is None else int(thumbs),
-                    old_score if score is None else float(score),
+                    None if thumbs is None else int(thumbs),
+                    None if score is None else float(score),
                 )
         return latest

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from registry.evidence_store import RequestRecord
 from serving.jobs import Job
-from serving.routing import choose, key_hash, shadow_sampled
+from serving.routing import choose, shadow_sampled
 from serving.state import ServerState
 
 if TYPE_CHECKING:
@@ -25,7 +25,7 @@ def apply_route(state: ServerState, job: Job, sticky_key: str | None) -> None:
         return
     variant = choose(route, sticky_key)
     job.route, job.variant, job.model = route.name, variant.ref, variant.ref
-    job.user_hash = key_hash(sticky_key)
+    job.user_hash = state.hasher.user(sticky_key)
     if shadow_sampled(route, job.id) and route.shadow:
         state.tasks.append(asyncio.create_task(_shadow(state, job, route.shadow)))
         state.tasks[:] = [t for t in state.tasks if not t.done()]
@@ -46,6 +46,7 @@ def record(state: ServerState, job: Job, served: str, tracker: Tracker, status: 
                 len(job.prompt_ids),
                 tracker.completion_tokens,
                 status,
+                key_hash=job.key_hash,
             )
         )
 
@@ -83,5 +84,6 @@ async def _shadow(state: ServerState, job: Job, shadow_ref: str) -> None:
                 status,
                 1,
                 text,
+                key_hash=job.key_hash,
             )
         )

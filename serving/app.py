@@ -34,7 +34,7 @@ from serving.errors import (
 from serving.experiments.evidence import EvidenceWriter
 from serving.experiments.rollout import controller_id, run_controller
 from serving.metrics import Metrics
-from serving.payloads import PayloadLogger, upkeep
+from serving.payloads import PayloadLogger, load_redactor, upkeep
 from serving.routes import admin, health, openai
 from serving.settings import ServeSettings
 from serving.state import ServerState
@@ -129,8 +129,13 @@ async def _start(
     adapters = AdapterManager(
         registry, engine, base, served, settings.max_lora_rank, settings.max_cpu_loras, metrics
     )
-    evidence = EvidenceWriter(registry.evidence())
-    payloads = PayloadLogger(registry.payloads(), settings) if settings.log_payloads else None
+    redactor = load_redactor(settings.payload_redactor)
+    evidence = EvidenceWriter(registry.evidence(), redactor=redactor)
+    payloads = (
+        PayloadLogger(registry.payloads(), settings, engine.tokenizer.decode)
+        if settings.log_payloads
+        else None
+    )
     state = ServerState(effective, base, registry, engine, adapters, evidence, payloads, metrics=metrics)
     app.state.server = state
     if on_start is not None:

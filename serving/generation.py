@@ -27,6 +27,7 @@ from serving.adapters import Target
 from serving.encoding import DONE, Collected, StreamEncoder, error_event
 from serving.engine.base import Delta, EngineTimes
 from serving.errors import ClientGone, InternalError, ModelNotFoundError, ServingError, UnavailableError
+from serving.identity import bearer
 from serving.jobs import Job, RequestBody, build_job
 from serving.payloads import request_text
 from serving.protocol import ChatCompletion, Completion, Usage
@@ -168,6 +169,7 @@ class Generation:
             with tracing.active(span):
                 held.enter_context(state.admission())
                 job = build_job(state, req)
+                job.key_hash = state.hasher.api_key(bearer(headers or {}))
                 target = await _lease(state, job, sticky_key, held)
             logged = None
             if state.payloads is not None and state.payloads.name_of(job) is not None:

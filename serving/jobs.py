@@ -31,6 +31,8 @@ class Job:
     route: str = ""
     variant: str = ""
     user_hash: str | None = None
+    key_hash: str | None = None
+    """Keyed hash of the API key the request came with (feedback must come with the same)."""
     extra_headers: dict[str, str] = field(default_factory=dict)
 
 

@@ -189,6 +189,8 @@ class Metrics:
         )
         self.evidence = EvidenceCounters()
         self.registry.register(self.evidence)
+        self.payload_writer = EvidenceCounters("lora_payloads", "logged payload")
+        self.registry.register(self.payload_writer)
         self.drift = DriftGauges()
         self.registry.register(self.drift)
 

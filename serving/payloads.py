@@ -5,8 +5,11 @@ messages, choice 0's answer, the version that answered, latency, TTFT, finish re
 `BatchWriter`, so logging never blocks or fails a request. Text passes the redaction hook in the
 writer thread before it is stored: by default e-mail addresses and numbers of 4 or more digits
 (phone, card, account numbers) are replaced; `payload_redactor: module:function` plugs in
-another (a function from text to text). The server deletes rows older than
-`payload_retention_days` and refreshes the drift gauges in one upkeep task.
+another (a function from text to text). Text longer than MAX_TEXT_CHARS is cut first; a prompt
+given as token ids is decoded and redacted like text. The same hook cleans feedback comments and
+shadow answers (serving/experiments/evidence.py). The server deletes rows older than
+`payload_retention_days`, clears the shadow answers and feedback comments of that age from the
+A/B evidence, and refreshes the drift gauges in one upkeep task.
 """
 
 from __future__ import annotations
@@ -36,15 +39,57 @@ if TYPE_CHECKING:
 log = logging.getLogger("lora_platform.payloads")
 Redactor = Callable[[str], str]
 
-EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
-NUMBER = re.compile(r"\+?\d[\d ().-]*\d")
+DOMAIN = re.compile(r"@([\w-]{1,63}(?:\.[\w-]{1,63}){1,8})")
+"""An e-mail address from its `@` on: a domain of at most 8 labels of at most 63 characters."""
+LOCAL_REVERSED = re.compile(r"[\w.+-]{1,64}")
+"""An e-mail address's local part (at most 64 characters), matched on the reversed text before `@`."""
+NUMBER = re.compile(r"\+?\d(?:[ ().-]{0,3}\d){3,19}")
+"""A phone, card or account number: 4 to 20 digits, at most 3 separators between two of them."""
+MAX_TEXT_CHARS = 1_000_000
+"""Longer text is cut to this many characters before it is redacted and stored."""
 REDACTION_FAILED = "[redaction failed]"
 
 
 def redact(text: str) -> str:
-    """The default hook: e-mail addresses -> `[EMAIL]`, numbers of 4+ digits -> `[NUMBER]`."""
-    text = EMAIL.sub("[EMAIL]", text)
-    return NUMBER.sub(lambda m: "[NUMBER]" if sum(ch.isdigit() for ch in m.group()) >= 4 else m.group(), text)
+    """The default hook: e-mail addresses -> `[EMAIL]`, numbers of 4+ digits -> `[NUMBER]`.
+
+    Linear in the text: every repetition is bounded and an address is looked for only around
+    each `@` (the stdlib's backtracking `re` would otherwise restart a `[...]+@` match at every
+    character of a long run: 15,000 `-` took 0.7 s). Written with `re` rather than a linear-time
+    engine (google-re2) to keep Python's Unicode `\\w` and need no native dependency."""
+    return NUMBER.sub("[NUMBER]", _redact_emails(text))
+
+
+def _redact_emails(text: str) -> str:
+    out: list[str] = []
+    done = 0  # text[:done] is already in out
+    for m in DOMAIN.finditer(text):
+        at = m.start()
+        if at < done:
+            continue
+        window = text[max(done, at - 64) : at][::-1]
+        local = LOCAL_REVERSED.match(window)
+        if local is None:
+            continue
+        out += [text[done : at - local.end()], "[EMAIL]"]
+        done = m.end()
+    return "".join([*out, text[done:]])
+
+
+def capped(text: str) -> str:
+    """`text`, cut to MAX_TEXT_CHARS (and saying so) when longer."""
+    if len(text) <= MAX_TEXT_CHARS:
+        return text
+    return f"{text[:MAX_TEXT_CHARS]}[... {len(text) - MAX_TEXT_CHARS} characters not kept]"
+
+
+def redacted(redactor: Redactor, text: str) -> str:
+    """`text` capped and passed through the hook; a failing hook stores a marker, never the text."""
+    try:
+        return str(redactor(capped(text)))
+    except Exception:  # a broken hook must not store unredacted text, nor stop the writer
+        log.exception("payload redaction hook failed")
+        return REDACTION_FAILED
 
 
 def load_redactor(spec: str) -> Redactor:
@@ -66,7 +111,8 @@ def request_text(req: ChatCompletionRequest | CompletionRequest) -> str:
     if isinstance(req, ChatCompletionRequest):
         messages = [{"role": m.role, "content": m.text()} for m in req.messages]
         return json.dumps({"messages": messages})
-    prompt = req.prompt[0] if isinstance(req.prompt, list) and len(req.prompt) == 1 else req.prompt
+    one = isinstance(req.prompt, list) and len(req.prompt) == 1 and isinstance(req.prompt[0], str)
+    prompt = req.prompt[0] if one else req.prompt
     return json.dumps({"prompt": prompt})
 
 
@@ -78,12 +124,19 @@ def model_name(model: str) -> str:
 class PayloadLogger:
     """Logs the completions of the names it was given; `record()` only enqueues."""
 
-    def __init__(self, store: PayloadStore, settings: ServeSettings) -> None:
+    def __init__(
+        self,
+        store: PayloadStore,
+        settings: ServeSettings,
+        decode: Callable[[list[int]], str] | None = None,
+    ) -> None:
         self.store = store
         self.names = frozenset(settings.log_payloads)
         self.redactor = load_redactor(settings.payload_redactor)
         self.retention_s = settings.payload_retention_days * 86400
-        self._recent: OrderedDict[str, None] = OrderedDict()
+        self.decode = decode
+        """The tokenizer's decode, for prompts given as token ids (without it they are not kept)."""
+        self._recent: OrderedDict[str, str | None] = OrderedDict()
         self.writer = BatchWriter[PayloadRecord](self._write, "payloads", on_close=None)
 
     def name_of(self, job: Job) -> str | None:
@@ -108,15 +161,19 @@ class PayloadLogger:
             ttft_s=tracker.ttft,
             prompt_tokens=len(job.prompt_ids),
             completion_tokens=tracker.completion_tokens,
+            key_hash=job.key_hash,
         )
-        self._recent[job.id] = None
+        self._recent[job.id] = job.key_hash
         while len(self._recent) > 100_000:
             self._recent.popitem(last=False)
         self.writer.record(rec)
 
-    def logged(self, completion_id: str) -> bool:
-        """Whether a completion was logged (just now, in memory, or in the database)."""
-        return completion_id in self._recent or self.store.exists(completion_id)
+    def owner(self, completion_id: str) -> tuple[bool, str | None]:
+        """Whether a completion was logged (just now, in memory, or in the database), and the
+        keyed hash of the API key that made it."""
+        if completion_id in self._recent:
+            return True, self._recent[completion_id]
+        return self.store.owner(completion_id)
 
     def feedback(
         self, completion_id: str, score: float | None, thumbs: int | None, comment: str | None
@@ -125,18 +182,26 @@ class PayloadLogger:
         self.store.add_feedback(completion_id, score, thumbs, self._redacted(comment))
 
     def _redacted(self, text: str | None) -> str | None:
-        if text is None:
+        return None if text is None else redacted(self.redactor, text)
+
+    def _prompt_text(self, prompt: object) -> object:
+        """A prompt given as token ids, decoded (None when it cannot be); other prompts as they are."""
+        if not (isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt)):
+            return prompt
+        if self.decode is None:
             return None
         try:
-            return str(self.redactor(text))
-        except Exception:  # a broken hook must not store unredacted text, nor stop the writer
-            log.exception("payload redaction hook failed")
-            return REDACTION_FAILED
+            return self.decode(prompt)
+        except Exception:  # an id the tokenizer cannot decode: keep nothing rather than the ids
+            log.exception("decoding a token-id prompt for the payload log failed")
+            return None
 
     def _write(self, rows: Sequence[PayloadRecord]) -> None:
         clean = []
         for r in rows:
             request = r.request_json()
+            if "prompt" in request:
+                request["prompt"] = self._prompt_text(request["prompt"])
             prompt = last_user_text(request)
             digest = None if prompt is None else prompt_digest(prompt)
             if "messages" in request:
@@ -157,27 +222,39 @@ class PayloadLogger:
 
 
 async def upkeep(state: ServerState) -> None:
-    """Delete rows past retention (every `payload_purge_interval_s`) and refresh the drift gauges
-    (every `drift_interval_s`); failures are logged and tried again next time."""
+    """Delete payload rows past retention and clear the evidence's text of that age (every
+    `payload_purge_interval_s`), refresh the drift gauges (every `drift_interval_s`) when payloads
+    are logged; failures are logged and tried again next time."""
     logger, s = state.payloads, state.settings
-    if logger is None:
-        return
+    retention_s = s.payload_retention_days * 86400
     last_purge = 0.0
     while True:
         now = time.time()
         try:
             if now - last_purge >= s.payload_purge_interval_s:
-                removed = await asyncio.to_thread(logger.store.purge, now - logger.retention_s)
+                await _purge(state, now - retention_s)
                 last_purge = now
-                if removed:
-                    log.info("payloads: %d rows past retention deleted", removed)
-            reports = {
-                name: await asyncio.to_thread(
-                    drift_report, logger.store, name, s.drift_reference_s, s.drift_window_s
-                )
-                for name in sorted(logger.names)
-            }
-            state.metrics.drift.observe([r for rs in reports.values() for r in rs])
+            if logger is not None:
+                reports = {
+                    name: await asyncio.to_thread(
+                        drift_report, logger.store, name, s.drift_reference_s, s.drift_window_s
+                    )
+                    for name in sorted(logger.names)
+                }
+                state.metrics.drift.observe([r for rs in reports.values() for r in rs])
         except Exception:  # nothing may stop the upkeep task
             log.exception("payload upkeep failed")
         await asyncio.sleep(min(s.payload_purge_interval_s, s.drift_interval_s))
+
+
+async def _purge(state: ServerState, before: float) -> None:
+    """Delete logged payloads from before `before` and clear the A/B evidence's free text (shadow
+    answers, feedback comments) of that age."""
+    if state.payloads is not None:
+        removed = await asyncio.to_thread(state.payloads.store.purge, before)
+        if removed:
+            log.info("payloads: %d rows past retention deleted", removed)
+    if state.evidence is not None:
+        cleared = await asyncio.to_thread(state.evidence.store.purge_text, before)
+        if cleared:
+            log.info("evidence: text of %d rows past payload retention cleared", cleared)

@@ -80,7 +80,8 @@ class FeedbackRequest(BaseModel):
 
     id: str = Field(max_length=128)
     """The completion id (`chatcmpl-...` or `cmpl-...`) the feedback is about."""
-    score: float | None = None
+    score: float | None = Field(None, ge=0, le=1)
+    """From 0 (worst) to 1 (best)."""
     thumbs: Literal["up", "down"] | None = None
     comment: str | None = Field(None, max_length=10_000)
 

@@ -37,8 +37,3 @@ def choose(route: Route, sticky_key: str | None, rng: random.Random | None = Non
 def shadow_sampled(route: Route, request_id: str) -> bool:
     """Whether this request also runs on the shadow variant (a hash, so replays agree)."""
     return bool(route.shadow) and unit_hash(route.name + "/shadow", request_id) < route.shadow_share
-
-
-def key_hash(key: str | None) -> str | None:
-    """What the evidence log keeps of a user id: a short hash, never the raw id."""
-    return hashlib.sha256(key.encode()).hexdigest()[:16] if key else None

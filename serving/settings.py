@@ -61,6 +61,9 @@ class ServeSettings(BaseSettings):
     """Bearer key for inference routes (none: open)."""
     admin_key: str | None = None
     """Bearer key for admin routes (none: admin routes are disabled)."""
+    hash_secret: str | None = None
+    """Secret of the keyed hashes kept of user ids and API keys (none: one generated and kept in
+    the registry folder's `server_secret`; replicas on one database should share one)."""
     refresh_interval_s: float = Field(0.2, gt=0)
     """How often the registry's change counter is polled (new versions, alias moves)."""
     served_model_name: str | None = None

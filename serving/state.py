@@ -16,6 +16,7 @@ from serving.adapters import AdapterManager
 from serving.engine.base import Engine
 from serving.errors import OverloadedError, UnavailableError
 from serving.experiments.evidence import EvidenceWriter
+from serving.identity import KeyHasher, server_secret
 from serving.metrics import Metrics
 from serving.payloads import PayloadLogger
 from serving.settings import ServeSettings
@@ -44,6 +45,12 @@ class ServerState:
     """True while the catalog database cannot be reached: resolved references and loaded
     versions keep serving, new resolutions answer 503."""
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    hasher: KeyHasher = field(init=False)
+    """Keyed hashes of user ids and API keys (`--hash-secret`, else the registry's secret)."""
+
+    def __post_init__(self) -> None:
+        secret = server_secret(self.settings.hash_secret, self.registry.root)
+        self.hasher = KeyHasher(secret, authenticated=self.settings.api_key is not None)
 
     @property
     def served_base(self) -> str:

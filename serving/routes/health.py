@@ -1,5 +1,5 @@
-"""/health (engine alive; "degraded" while A/B evidence is not being written), /ready (model and pinned
-adapters warm), /metrics (Prometheus)."""
+"""/health (engine alive; "degraded" while A/B evidence or logged payloads are not being written),
+/ready (model and pinned adapters warm), /metrics (Prometheus)."""
 
 from __future__ import annotations
 
@@ -30,6 +30,11 @@ async def health(request: Request) -> JSONResponse:
         body["evidence"] = asdict(evidence)
         if not evidence.writing:
             body["status"] = "degraded"
+    if state.payloads is not None:
+        payloads = state.payloads.writer.stats()
+        body["payloads"] = asdict(payloads)
+        if not payloads.writing:
+            body["status"] = "degraded"
     return JSONResponse(body)
 
 
@@ -49,4 +54,7 @@ async def metrics(request: Request) -> Response:
     state.metrics.engine_running.set(state.engine.running())
     state.metrics.lora_info.max_lora = state.settings.max_loras
     state.metrics.evidence.observe(state.evidence.stats() if state.evidence is not None else None)
+    state.metrics.payload_writer.observe(
+        state.payloads.writer.stats() if state.payloads is not None else None
+    )
     return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
