@@ -15,6 +15,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from registry.basemodels import BaseModel, resolve_base_model
 from registry.errors import RegistryError, StorageError
@@ -25,16 +26,16 @@ from serving.deps import check_admin_key, check_api_key, check_metrics_key
 from serving.engine.base import Engine
 from serving.errors import (
     BadRequestError,
+    ClientGone,
     EngineDeadError,
     HTTPStatusError,
     InternalError,
-    RequestTooLargeError,
     ServingError,
     from_registry,
 )
 from serving.experiments.evidence import EvidenceWriter
 from serving.experiments.rollout import controller_id, run_controller
-from serving.guard import BodyTooLarge, ErrorResponse, Guard, error_response
+from serving.guard import BodyRefused, ErrorResponse, Guard, error_response
 from serving.metrics import Metrics
 from serving.payloads import PayloadLogger, upkeep
 from serving.routes import admin, health, openai
@@ -203,7 +204,11 @@ def create_app(
         "/metrics": partial(check_metrics_key, settings),
     }
     app.add_middleware(
-        Guard, max_bytes=settings.max_body_bytes, checks=checks, allowed_hosts=settings.allowed_hosts
+        Guard,
+        max_bytes=settings.max_body_bytes,
+        checks=checks,
+        allowed_hosts=settings.allowed_hosts,
+        body_timeout_s=settings.body_timeout_s,
     )
     install_error_handlers(app)
     app.include_router(openai.router)
@@ -238,10 +243,15 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _validation(request: Request, exc: RequestValidationError) -> ErrorResponse:
         return respond(request, _invalid(exc))
 
-    @app.exception_handler(BodyTooLarge)
-    async def _too_large(request: Request, exc: BodyTooLarge) -> ErrorResponse:
-        # Guard has sent (and counted) the 413 already; this only unwinds the route
-        return error_response(RequestTooLargeError(0))
+    @app.exception_handler(BodyRefused)
+    async def _refused(request: Request, exc: BodyRefused) -> ErrorResponse:
+        # Guard has sent (and counted) the 413 or 408 already; this only unwinds the route
+        return error_response(HTTPStatusError(exc.status_code, "request body refused"))
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, exc: ClientDisconnect) -> ErrorResponse:
+        # the client left while its body was read: nobody reads this answer, nothing to log
+        return error_response(ClientGone("the client disconnected"))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> ErrorResponse:

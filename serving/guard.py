@@ -7,17 +7,18 @@ dependency runs, so a dependency cannot refuse an unauthenticated or oversized u
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from fastapi.responses import JSONResponse
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving.deps import bearer_token
-from serving.errors import BadRequestError, RequestTooLargeError, ServingError
+from serving.errors import BadRequestError, HTTPStatusError, RequestTooLargeError, ServingError
 
 log = logging.getLogger("lora_platform.serving")
 
@@ -45,12 +46,17 @@ def error_response(exc: ServingError) -> ErrorResponse:
     return ErrorResponse(exc.envelope(), status_code=exc.status, headers=exc.headers)
 
 
-class BodyTooLarge(StarletteHTTPException):
-    """Raised from the guarded `receive` once a body passes the limit: FastAPI re-raises an
-    HTTPException met while reading the body, so the route stops at once (its 413 is already sent)."""
+class BodyRefused(StarletteHTTPException):
+    """Raised from the guarded `receive` once a body passes the limit or stalls: FastAPI re-raises
+    an HTTPException met while reading the body, so the route stops at once (Guard has already
+    sent the 413 or 408)."""
 
-    def __init__(self) -> None:
-        super().__init__(413, "request body too large")
+    def __init__(self, status: int) -> None:
+        super().__init__(status, "request body refused")
+
+
+def body_timeout_error(seconds: float) -> ServingError:
+    return HTTPStatusError(408, f"no request body bytes for {seconds:g} s: send the body without pauses")
 
 
 def host_allowed(host: str, allowed: Sequence[str]) -> bool:
@@ -68,8 +74,9 @@ def host_allowed(host: str, allowed: Sequence[str]) -> bool:
 
 class Guard:
     """Pure ASGI middleware. `checks` maps a path prefix (`/v1` covers `/v1` and `/v1/...`) to its
-    key check; `max_bytes` bounds the body, whether sent with Content-Length or chunked; with
-    `allowed_hosts`, any other Host header is refused (DNS rebinding)."""
+    key check; `max_bytes` bounds the body, whether sent with Content-Length or chunked; a body
+    that sends nothing for `body_timeout_s` gets 408 (a slow-body slowloris holds no connection
+    for long); with `allowed_hosts`, any other Host header is refused (DNS rebinding)."""
 
     def __init__(
         self,
@@ -77,11 +84,13 @@ class Guard:
         max_bytes: int,
         checks: Mapping[str, KeyCheck] | None = None,
         allowed_hosts: Sequence[str] = (),
+        body_timeout_s: float = 30.0,
     ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.checks = dict(checks or {})
         self.allowed_hosts = list(allowed_hosts)
+        self.body_timeout_s = body_timeout_s
 
     def _check(self, path: str) -> KeyCheck | None:
         for prefix, check in self.checks.items():
@@ -114,30 +123,40 @@ class Guard:
             raise RequestTooLargeError(self.max_bytes)
 
     async def _run(self, scope: Any, receive: Any, send: Any) -> None:
-        received, started, refused = 0, False, False
+        received, started, refused, body_done = 0, False, False, False
+
+        async def refuse(exc: ServingError) -> NoReturn:
+            nonlocal refused
+            refused = True
+            if not started:
+                await _refuse(scope, receive, send, exc)
+            raise BodyRefused(exc.status)
 
         async def counted_receive() -> Any:
-            nonlocal received, refused
-            message = await receive()
+            nonlocal received, body_done
+            if body_done:  # after the body: a wait for the disconnect (a stream), never timed
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.body_timeout_s)
+            except TimeoutError:
+                await refuse(body_timeout_error(self.body_timeout_s))
             if message["type"] == "http.request":
+                body_done = not message.get("more_body", False)
                 received += len(message.get("body", b""))
-                if received > self.max_bytes and not refused:
-                    refused = True
-                    if not started:
-                        await _refuse(scope, receive, send, RequestTooLargeError(self.max_bytes))
-                    raise BodyTooLarge()
+                if received > self.max_bytes:
+                    await refuse(RequestTooLargeError(self.max_bytes))
             return message
 
         async def guarded_send(message: Any) -> None:
             nonlocal started
             if refused and not started:
-                return  # our 413 went out: whatever the app answers after it is dropped
+                return  # our 413/408 went out: whatever the app answers after it is dropped
             started = started or message["type"] == "http.response.start"
             await send(message)
 
         try:
             await self.app(scope, counted_receive, guarded_send)
-        except BodyTooLarge:
+        except BodyRefused:
             if not refused:
                 raise
 

@@ -51,7 +51,9 @@ class ServeSettings(BaseSettings):
     """Largest max_tokens a request may ask for."""
     max_n: int = Field(8, ge=1)
     max_body_bytes: int = Field(4 << 20, ge=1024)
-    """Largest request body accepted (413 beyond)."""
+    """Largest request body accepted, counted as it arrives, chunked or not (413 beyond)."""
+    body_timeout_s: float = Field(30.0, gt=0)
+    """A request body that sends nothing for this long gets 408 (slow-body slowloris)."""
     drain_timeout_s: float = Field(30.0, ge=0)
     """On SIGTERM: how long running requests may finish before streams end with an error event."""
     max_queue: int = Field(256, ge=1)

@@ -29,6 +29,7 @@ METRICS_KEY = "metrics-key-0123456789"
 LIMIT = 64 * 1024
 """The guarded server's body limit (LORA_PLATFORM_MAX_BODY_BYTES)."""
 API = {"Authorization": f"Bearer {API_KEY}"}
+BODY_TIMEOUT_S = 2
 
 
 # -- startup: a blank, short or missing key never starts an open server (no engine needed) --
@@ -83,6 +84,7 @@ def guarded(tmp_path_factory: pytest.TempPathFactory, tiny_base) -> Iterator[Gua
     root = tmp_path_factory.mktemp("guarded")
     port = free_port()
     env = {**os.environ, "LORA_PLATFORM_MAX_BODY_BYTES": str(LIMIT), "VLLM_LOGGING_LEVEL": "WARNING"}
+    env["LORA_PLATFORM_BODY_TIMEOUT_S"] = str(BODY_TIMEOUT_S)
     flags = ["--engine", "peft", "--dtype", "float32", "--api-key", API_KEY, "--admin-key", ADMIN_KEY]
     flags += ["--metrics-key", METRICS_KEY, "--allowed-host", "127.0.0.1", "--allowed-host", "*.example.com"]
     log = root / "server.log"
@@ -186,6 +188,19 @@ def test_a_chunked_upload_gets_413_as_soon_as_it_passes_the_limit(guarded: Guard
     assert up.sent < 4 << 20  # refused at once, not after the whole upload
     r = httpx.post(guarded.url + "/v1/chat/completions", headers=API, content=b"x" * (LIMIT + 1))
     assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+
+
+def test_a_body_that_stalls_gets_408_and_its_connection_back(guarded: Guarded) -> None:
+    """Slow-body slowloris: 10 of 1000 declared bytes, then nothing. The connection was held for as
+    long as the client liked; now 408 after the body timeout (2 s here; 30 s by default)."""
+    with socket.create_connection(("127.0.0.1", guarded.port), timeout=30) as sock:
+        sock.sendall(
+            f"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {API_KEY}\r\n"
+            'Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"prompt":'.encode()
+        )
+        head = sock.recv(65536)
+    assert head.startswith(b"HTTP/1.1 408 "), head[:300]
+    assert b'"error"' in head or b"content-type: application/json" in head.lower()
 
 
 def test_a_declared_oversized_body_without_a_key_gets_401_not_413(guarded: Guarded) -> None:
