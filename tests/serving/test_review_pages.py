@@ -66,7 +66,10 @@ def test_the_admin_key_guards_the_pages(tmp_path: Path) -> None:
     assert c.get("/review/").status_code == 403
     assert c.get("/review/", headers={"Authorization": "Bearer s3cret-admin-key-0123"}).status_code == 200
     assert c.post("/review/login", data={"key": "wrong"}).status_code == 403
-    assert c.post("/review/login", data={"key": "s3cret-admin-key-0123"}, follow_redirects=False).status_code == 303
+    assert (
+        c.post("/review/login", data={"key": "s3cret-admin-key-0123"}, follow_redirects=False).status_code
+        == 303
+    )
     assert c.get("/review/").status_code == 200  # the cookie
     assert "/review/{name}/" not in {getattr(r, "path", "") for r in create_app(ServeSettings()).routes}
     paths = {getattr(r, "path", "") for r in create_app(ServeSettings(admin_key="k" * 16)).routes}
