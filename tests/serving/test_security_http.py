@@ -20,7 +20,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli.main import cli
-from loadtests.common import platform_cmd, stop_process
+from testkit.servers import platform_cmd, stop_process
 from tests.serving.fixtures import free_port, serve_cmd, wait_until
 
 API_KEY = "inference-key-0123456789"
