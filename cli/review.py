@@ -118,21 +118,105 @@ def create_cmd(
     )
 
 
+def _check_key(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    from serving.settings import check_key
+
+    if value is not None:
+        try:
+            check_key(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
+    return value
+
+
 @review_group.command("serve")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8010, show_default=True, type=click.IntRange(1, 65535))
-@click.option("--admin-key", envvar="LORA_PLATFORM_ADMIN_KEY", help="Ask reviewers for this key first.")
+@click.option(
+    "--admin-key",
+    envvar="LORA_PLATFORM_ADMIN_KEY",
+    callback=_check_key,
+    help="Ask for this key (16+ characters) or a reviewer's invite first.",
+)
+@click.option(
+    "--allow-unauthenticated",
+    is_flag=True,
+    help="Serve a non-loopback --host without --admin-key (the pages open to the network).",
+)
+@click.option(
+    "--allowed-host",
+    "allowed_hosts",
+    multiple=True,
+    help="Host name the pages answer to (repeatable; *.example.com allowed); others get 400.",
+)
 @registry_options
 @handle_errors
-def serve_cmd(host: str, port: int, admin_key: str | None, registry_root: str | None) -> None:
+def serve_cmd(
+    host: str,
+    port: int,
+    admin_key: str | None,
+    allow_unauthenticated: bool,
+    allowed_hosts: tuple[str, ...],
+    registry_root: str | None,
+) -> None:
     """Serve the review pages (every review set of the registry) at http://HOST:PORT/review/."""
     import uvicorn
 
     from serving.review.web import create_review_app
+    from serving.settings import StartupError, check_exposure
 
-    app = create_review_app(open_registry(registry_root), admin_key)
+    try:
+        check_exposure(host, admin_key, allow_unauthenticated, key_flag="--admin-key")
+    except StartupError as exc:
+        raise click.BadParameter(exc.message, param_hint=exc.param) from None
+    app = create_review_app(open_registry(registry_root), admin_key, allowed_hosts)
     console.print(Text(f"review pages at http://{host}:{port}/review/"))
     uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+@review_group.command("invite")
+@click.argument("reviewer")
+@registry_options
+@handle_errors
+def invite_cmd(reviewer: str, registry_root: str | None) -> None:
+    """A new invite for REVIEWER: their own key to the review pages (shown once). It rates as
+    REVIEWER only, does not see results and never reaches /admin; `platform review revoke` ends it."""
+    from registry import invites
+
+    token = invites.invite(open_registry(registry_root), reviewer)
+    console.print(Text(f"invite for {reviewer.strip()} (shown once; give it on /review/login):"))
+    click.echo(token)
+
+
+@review_group.command("revoke")
+@click.argument("reviewer")
+@registry_options
+@handle_errors
+def revoke_cmd(reviewer: str, registry_root: str | None) -> None:
+    """Revoke every invite of REVIEWER (their next request is refused)."""
+    from registry import invites
+
+    n = invites.revoke(open_registry(registry_root), reviewer)
+    console.print(Text(f"revoked {n} invite(s) of {reviewer.strip()}"))
+
+
+@review_group.command("invites")
+@registry_options
+@handle_errors
+def invites_cmd(registry_root: str | None) -> None:
+    """Every invite: reviewer, when it was made, whether it is revoked."""
+    import datetime as dt
+
+    from registry import invites
+
+    def when(ts: float | None) -> str:
+        return "" if ts is None else dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M")
+
+    rows = [
+        {"reviewer": i.reviewer, "created": when(i.created), "revoked": when(i.revoked)}
+        for i in invites.invites(open_registry(registry_root))
+    ]
+    print_records(console, "invites", rows)
 
 
 @review_group.command("report")

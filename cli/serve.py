@@ -43,8 +43,32 @@ from cli.errors import handle_errors
 @click.option("--max-model-len", type=int)
 @click.option("--kv-cache-gb", type=float)
 @click.option("--pin", multiple=True, help="Adapter reference to load at start and keep loaded (repeatable).")
-@click.option("--api-key", envvar="LORA_PLATFORM_API_KEY", help="Bearer key for inference routes.")
-@click.option("--admin-key", envvar="LORA_PLATFORM_ADMIN_KEY", help="Bearer key for admin routes.")
+@click.option(
+    "--api-key", envvar="LORA_PLATFORM_API_KEY", help="Bearer key for inference routes (16+ characters)."
+)
+@click.option(
+    "--admin-key", envvar="LORA_PLATFORM_ADMIN_KEY", help="Bearer key for admin routes (16+ characters)."
+)
+@click.option(
+    "--metrics-key", envvar="LORA_PLATFORM_METRICS_KEY", help="Bearer key for /metrics (default: open)."
+)
+@click.option(
+    "--allow-unauthenticated",
+    is_flag=True,
+    default=None,
+    help="Serve a non-loopback --host without --api-key (inference open to the network).",
+)
+@click.option(
+    "--allowed-host",
+    "allowed_hosts",
+    multiple=True,
+    help="Host name the server answers to (repeatable; *.example.com allowed); others get 400.",
+)
+@click.option(
+    "--docs/--no-docs",
+    default=None,
+    help="Serve /docs, /redoc and /openapi.json (default: only without --api-key).",
+)
 @click.option(
     "--hash-secret",
     envvar="LORA_PLATFORM_HASH_SECRET",
@@ -93,22 +117,33 @@ from cli.errors import handle_errors
 )
 @handle_errors
 def serve_cmd(
-    config_file: str | None, pin: tuple[str, ...], log_payloads: tuple[str, ...], **flags: object
+    config_file: str | None,
+    pin: tuple[str, ...],
+    log_payloads: tuple[str, ...],
+    allowed_hosts: tuple[str, ...],
+    **flags: object,
 ) -> None:
     """Serve the base model and every registry adapter behind an OpenAI-compatible API.
 
     A request's `model` picks the base model or an adapter: name, name@3 or name:alias.
     """
     from serving.server import serve
-    from serving.settings import StartupError, load_settings
+    from serving.settings import StartupError, check_exposure, load_settings
 
     try:
         names = [n.strip() for item in log_payloads for n in item.split(",") if n.strip()]
-        settings = load_settings(config_file, pin=list(pin) or None, log_payloads=names or None, **flags)
+        settings = load_settings(
+            config_file,
+            pin=list(pin) or None,
+            log_payloads=names or None,
+            allowed_hosts=list(allowed_hosts) or None,
+            **flags,
+        )
         if settings.replicas is None and (
             settings.ray_address or settings.max_replicas or flags.get("ingress")
         ):
             raise click.UsageError("--ray-address, --ingress and --max-replicas need --replicas N")
+        check_exposure(settings.host, settings.api_key, settings.allow_unauthenticated)
         serve(settings)
     except StartupError as exc:  # a flag or file at fault: exit 2; else exit 1
         if exc.param is None:

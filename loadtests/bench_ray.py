@@ -36,7 +36,7 @@ from serving.experiments.stats import percentile
 from testkit.adapters import make_adapters, push_adapters
 from testkit.servers import free_port, serve_command, server_process, wait_ready
 
-ADMIN = {"Authorization": "Bearer bench"}
+ADMIN = {"Authorization": "Bearer bench-admin-key-0123"}
 BUSY = " (other jobs were running on the machine: more runnable processes than cores)"
 
 
@@ -164,7 +164,7 @@ def main() -> None:
     url = f"http://127.0.0.1:{port}"
     settings = ServeSettings(
         base_model=base.id, registry=str(registry), engine=args.engine, replicas=2, max_loras=4,
-        max_cpu_loras=4, replica_cpus=0.5, admin_key="bench",
+        max_cpu_loras=4, replica_cpus=0.5, admin_key="bench-admin-key-0123",
     )  # fmt: skip
     cpu_slots = [int(n) for n in args.cpu_slots.split(",")]
     modes, latency = [], {}

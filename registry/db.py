@@ -213,6 +213,15 @@ review_ratings = sa.Table(
     sa.Column("complete", sa.Integer, nullable=False, server_default="0"),
     sa.Column("updated", sa.Float, nullable=False),
 )
+review_invites = sa.Table(
+    "review_invites",
+    metadata,
+    sa.Column("token_sha256", sa.Text, primary_key=True),
+    sa.Column("reviewer", sa.Text, nullable=False),
+    sa.Column("created", sa.Float, nullable=False),
+    sa.Column("revoked", sa.Float),
+    sa.Index("review_invites_reviewer", "reviewer"),
+)
 
 NOTIFY_CHANNEL = "lora_platform_changes"
 CATALOG_FILE = "catalog.sqlite"

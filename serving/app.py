@@ -8,31 +8,34 @@ import json
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from registry.basemodels import BaseModel, resolve_base_model
 from registry.errors import RegistryError, StorageError
 from registry.store import Registry
 from serving import tracing
 from serving.adapters import AdapterManager
+from serving.deps import check_admin_key, check_api_key, check_metrics_key
 from serving.engine.base import Engine
 from serving.errors import (
     BadRequestError,
+    ClientGone,
     EngineDeadError,
     HTTPStatusError,
     InternalError,
-    RequestTooLargeError,
     ServingError,
     from_registry,
 )
 from serving.experiments.evidence import EvidenceWriter
 from serving.experiments.rollout import controller_id, run_controller
+from serving.guard import BodyRefused, ErrorResponse, Guard, error_response
 from serving.metrics import Metrics
 from serving.payloads import PayloadLogger, load_redactor, upkeep
 from serving.routes import admin, health, openai
@@ -190,9 +193,28 @@ def create_app(
             await state.engine.shutdown()
             tracing.flush()
 
-    app = FastAPI(title="lora-platform", version="0.1.0", lifespan=lifespan)
+    docs = settings.docs_enabled  # off by default behind an API key: the schema maps the surface
+    app = FastAPI(
+        title="lora-platform",
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
+    )
     app.state.settings = settings
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    checks = {
+        "/v1": partial(check_api_key, settings),
+        "/admin": partial(check_admin_key, settings),
+        "/metrics": partial(check_metrics_key, settings),
+    }
+    app.add_middleware(
+        Guard,
+        max_bytes=settings.max_body_bytes,
+        checks=checks,
+        allowed_hosts=settings.allowed_hosts,
+        body_timeout_s=settings.body_timeout_s,
+    )
     install_error_handlers(app)
     app.include_router(openai.router)
     app.include_router(health.router)
@@ -202,34 +224,6 @@ def create_app(
 
         app.include_router(review_router)
     return app
-
-
-class BodyLimit:
-    """Refuse bodies over `max_bytes` with 413 before anything reads them (pure ASGI)."""
-
-    def __init__(self, app: Any, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            length = dict(scope.get("headers") or []).get(b"content-length")
-            if length is not None and length.isdigit() and int(length) > self.max_bytes:
-                await error_response(RequestTooLargeError(self.max_bytes))(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-
-class ErrorResponse(JSONResponse):
-    """A client's error body: `ServingError.envelope()`, ASCII-escaped so that any text a client
-    sent (lone surrogates included) can be echoed back."""
-
-    def render(self, content: Any) -> bytes:
-        return json.dumps(content, separators=(",", ":")).encode()
-
-
-def error_response(exc: ServingError) -> ErrorResponse:
-    return ErrorResponse(exc.envelope(), status_code=exc.status, headers=exc.headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -253,6 +247,16 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> ErrorResponse:
         return respond(request, _invalid(exc))
+
+    @app.exception_handler(BodyRefused)
+    async def _refused(request: Request, exc: BodyRefused) -> ErrorResponse:
+        # Guard has sent (and counted) the 413 or 408 already; this only unwinds the route
+        return error_response(HTTPStatusError(exc.status_code, "request body refused"))
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, exc: ClientDisconnect) -> ErrorResponse:
+        # the client left while its body was read: nobody reads this answer, nothing to log
+        return error_response(ClientGone("the client disconnected"))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> ErrorResponse:

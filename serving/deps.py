@@ -1,9 +1,14 @@
-"""FastAPI dependencies: the server state and the API/admin key checks."""
+"""FastAPI dependencies: the server state and the API/admin/metrics key checks.
+
+The same checks run twice: in `serving.guard.Guard` (pure ASGI, from the headers alone, before a
+byte of the body is read) and here, as route dependencies (so a route mounted on another app, such
+as the Ray router's `/admin/replicas`, is never left open)."""
 
 from __future__ import annotations
 
 import hmac
-from typing import Annotated
+from collections.abc import Mapping
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
@@ -21,30 +26,59 @@ def get_state(request: Request) -> ServerState:
 State = Annotated[ServerState, Depends(get_state)]
 
 
-def _bearer(request: Request) -> str | None:
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
+def bearer_token(headers: Mapping[str, str]) -> str | None:
+    """The token of `Authorization: Bearer TOKEN`: None without such a header, "" for an empty one."""
+    scheme, _, token = headers.get("authorization", "").partition(" ")
     return token.strip() if scheme.lower() == "bearer" else None
 
 
-def _matches(given: str | None, expected: str) -> bool:
-    return given is not None and hmac.compare_digest(given.encode(), expected.encode())
+def key_matches(given: str | None, expected: str | None) -> bool:
+    """Constant-time comparison; an empty or missing token never matches (nor does a missing key)."""
+    if not given or expected is None:
+        return False
+    return hmac.compare_digest(given.encode(), expected.encode())
 
 
-def require_api_key(request: Request) -> None:
-    settings = request.app.state.settings
+def check_api_key(settings: Any, token: str | None) -> None:
+    """Inference routes: open without an API key; else the API key (or the admin key)."""
     if settings.api_key is None:
         return
-    given = _bearer(request)
-    if not (
-        _matches(given, settings.api_key) or (settings.admin_key and _matches(given, settings.admin_key))
-    ):
+    if not token:
+        raise AuthenticationError(
+            "No API key provided: send `Authorization: Bearer KEY`.", code="invalid_api_key"
+        )
+    if not (key_matches(token, settings.api_key) or key_matches(token, settings.admin_key)):
         raise AuthenticationError("Incorrect API key provided.", code="invalid_api_key")
 
 
-def require_admin_key(request: Request) -> None:
-    settings = request.app.state.settings
+def check_admin_key(settings: Any, token: str | None) -> None:
+    """Admin routes: disabled without an admin key; 401 without a token, 403 with another one."""
     if settings.admin_key is None:
         raise PermissionDeniedError("admin routes are disabled: start the server with --admin-key")
-    if not _matches(_bearer(request), settings.admin_key):
+    if not token:
+        raise AuthenticationError(
+            "this route needs the admin key: send `Authorization: Bearer KEY`", code="admin_key_required"
+        )
+    if not key_matches(token, settings.admin_key):
         raise PermissionDeniedError("this route needs the admin key", code="admin_key_required")
+
+
+def check_metrics_key(settings: Any, token: str | None) -> None:
+    """/metrics: open without a metrics key; else the metrics key (or the admin key)."""
+    key = getattr(settings, "metrics_key", None)
+    if key is None:
+        return
+    if not (key_matches(token, key) or key_matches(token, settings.admin_key)):
+        raise AuthenticationError("/metrics needs the metrics key", code="invalid_api_key")
+
+
+def require_api_key(request: Request) -> None:
+    check_api_key(request.app.state.settings, bearer_token(request.headers))
+
+
+def require_admin_key(request: Request) -> None:
+    check_admin_key(request.app.state.settings, bearer_token(request.headers))
+
+
+def require_metrics_key(request: Request) -> None:
+    check_metrics_key(request.app.state.settings, bearer_token(request.headers))

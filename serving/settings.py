@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -50,7 +51,9 @@ class ServeSettings(BaseSettings):
     """Largest max_tokens a request may ask for."""
     max_n: int = Field(8, ge=1)
     max_body_bytes: int = Field(4 << 20, ge=1024)
-    """Largest request body accepted (413 beyond)."""
+    """Largest request body accepted, counted as it arrives, chunked or not (413 beyond)."""
+    body_timeout_s: float = Field(30.0, gt=0)
+    """A request body that sends nothing for this long gets 408 (slow-body slowloris)."""
     drain_timeout_s: float = Field(30.0, ge=0)
     """On SIGTERM: how long running requests may finish before streams end with an error event."""
     max_queue: int = Field(256, ge=1)
@@ -58,9 +61,19 @@ class ServeSettings(BaseSettings):
     pin: list[str] = Field(default_factory=list)
     """Adapter references loaded at start and never evicted (/ready waits for them)."""
     api_key: str | None = None
-    """Bearer key for inference routes (none: open)."""
+    """Bearer key for inference routes (none: open). At least 16 characters: an empty or short
+    key is a startup error, never "no key"."""
     admin_key: str | None = None
-    """Bearer key for admin routes (none: admin routes are disabled)."""
+    """Bearer key for admin routes (none: admin routes are disabled). At least 16 characters."""
+    metrics_key: str | None = None
+    """Bearer key for /metrics (none: /metrics is open). At least 16 characters."""
+    allow_unauthenticated: bool = False
+    """Allow a non-loopback `host` without `api_key` (inference open to the network)."""
+    allowed_hosts: list[str] = Field(default_factory=list)
+    """Host names the server answers to (`*.example.com` allowed); others get 400. Empty: any.
+    Guards the review pages against DNS rebinding."""
+    docs: bool | None = None
+    """Serve /docs, /redoc and /openapi.json. Default: on without `api_key`, off with one."""
     hash_secret: str | None = None
     """Secret of the keyed hashes kept of user ids and API keys (none: one generated and kept in
     the registry folder's `server_secret`; replicas on one database should share one)."""
@@ -102,6 +115,52 @@ class ServeSettings(BaseSettings):
     spill_threshold: int = Field(4, ge=1)
     """Adapter affinity: a request goes to a replica holding its version unless that replica has
     this many more requests queued than the least loaded one (then it spills there)."""
+
+    @field_validator("api_key", "admin_key", "metrics_key")
+    @classmethod
+    def _strong_key(cls, key: str | None) -> str | None:
+        if key is not None:
+            check_key(key)
+        return key
+
+    @property
+    def docs_enabled(self) -> bool:
+        return self.docs if self.docs is not None else self.api_key is None
+
+
+MIN_KEY_CHARS = 16
+"""Shortest bearer key accepted (an unset compose variable arrives as an empty string)."""
+
+
+def check_key(key: str) -> None:
+    """ValueError unless `key` is a usable bearer key: 16+ characters, no surrounding blanks."""
+    if key != key.strip():
+        raise ValueError("a key may not start or end with whitespace")
+    if len(key) < MIN_KEY_CHARS:
+        raise ValueError(
+            f"a key must have at least {MIN_KEY_CHARS} characters (got {len(key)}); generate one with "
+            "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+        )
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding `host` keeps the server on this machine (127.0.0.0/8, ::1, localhost)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(host: str, key: str | None, allowed: bool, key_flag: str = "--api-key") -> None:
+    """StartupError (naming --host) when a non-loopback address would be served without a key."""
+    if key is None and not allowed and not is_loopback(host):
+        raise StartupError(
+            f"{host} is reachable from other machines and no {key_flag} is set: give {key_flag} "
+            "(16+ characters), or pass --allow-unauthenticated to serve it open on purpose",
+            param="--host",
+        )
 
 
 class StartupError(Exception):

@@ -256,3 +256,63 @@ def test_kuberay_rayservice_names_our_deployments() -> None:
     head = doc["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]
     env = {e["name"]: e for e in head["env"]}
     assert "secretKeyRef" in env["LORA_PLATFORM_REGISTRY"]["valueFrom"]
+
+
+# -- keys (#31): no deployment file can start a replica open to the network or with a blank key --
+
+_REQUIRED = re.compile(r"^\$\{(\w+):\?[^}]+\}$")
+
+
+def test_compose_requires_both_keys_and_never_defaults_one_to_blank() -> None:
+    """Compose used to pass `${LORA_PLATFORM_ADMIN_KEY:-}`: an unset key arrived as "" and opened
+    /admin. Now both are required (`${X:?message}`: compose stops when unset)."""
+    for name, svc in replicas(compose()["services"]).items():
+        env = svc["environment"]
+        for key in ("LORA_PLATFORM_API_KEY", "LORA_PLATFORM_ADMIN_KEY"):
+            match = _REQUIRED.match(str(env[key]))
+            assert match and match.group(1) == key, f"{name}: {key} is {env[key]!r}, not required"
+        assert "LORA_PLATFORM_ALLOW_UNAUTHENTICATED" not in env
+
+
+@pytest.mark.parametrize("name", ["Dockerfile.cpu", "Dockerfile.gpu"])
+def test_images_bind_all_interfaces_so_they_need_the_api_key(name: str) -> None:
+    from serving.settings import StartupError, check_exposure
+
+    cmd = re.search(r"^CMD (.+)$", (DOCKER / name).read_text(), flags=re.M)
+    assert cmd
+    args = yaml.safe_load(cmd.group(1))
+    host = args[args.index("--host") + 1]
+    assert "--allow-unauthenticated" not in args
+    with pytest.raises(StartupError):
+        check_exposure(host, None, False)
+    check_exposure(host, "k" * 16, False)
+
+
+def test_kubernetes_keys_come_from_a_secret_and_nothing_runs_open() -> None:
+    deployment = next(d for d in k8s_docs() if d["kind"] == "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert "--allow-unauthenticated" not in container["args"]
+    env = {e["name"]: e for e in container["env"]}
+    for key in ("LORA_PLATFORM_API_KEY", "LORA_PLATFORM_ADMIN_KEY"):
+        assert env[key]["valueFrom"]["secretKeyRef"]["name"] == "lora-platform-keys"
+        assert "value" not in env[key]
+
+
+def test_kuberay_dashboard_is_guarded_by_ray_token_auth_or_loopback() -> None:
+    """The Ray dashboard runs jobs (code execution, Secrets in the environment): it listens on
+    loopback, or Ray token authentication guards it (what KubeRay's operator needs to deploy)."""
+    doc = yaml.safe_load((DOCKER / "k8s" / "rayservice.yaml").read_text())
+    cluster = doc["spec"]["rayClusterConfig"]
+    host = str(cluster["headGroupSpec"]["rayStartParams"].get("dashboard-host", "127.0.0.1"))
+    token = cluster.get("authOptions", {}).get("mode") == "token"
+    assert token or host in ("127.0.0.1", "localhost"), "the Ray dashboard is open on " + host
+    serve_config = yaml.safe_load(doc["spec"]["serveConfigV2"])
+    if serve_config["http_options"]["host"] not in ("127.0.0.1", "localhost"):
+        head = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]
+        env = {e["name"]: e for e in head["env"]}
+        assert "secretKeyRef" in env["LORA_PLATFORM_API_KEY"]["valueFrom"]
+
+
+def test_the_load_balancer_keeps_metrics_inside() -> None:
+    cfg = (DOCKER / "haproxy.cfg").read_text()
+    assert re.search(r"^\s*http-request deny .*if \{ path_beg /metrics \}", cfg, flags=re.M)

@@ -223,8 +223,21 @@ def ratings_csv(review: ReviewSet, items: Sequence[Item], ratings: Sequence[Rati
         row: list[Any] = [r.item, r.reviewer, int(r.complete), refs.get(r.preference or "", "")]
         row.append(refs["a"] if it.a_on_left else refs["b"])
         row += [r.scores.get(c, {}).get(side, "") for c in criteria for side in ("a", "b")]
-        writer.writerow([*row, refs["a"], refs["b"], it.prompt, it.answer_a, it.answer_b])
+        row += [refs["a"], refs["b"], it.prompt, it.answer_a, it.answer_b]
+        writer.writerow([csv_cell(v) for v in row])
     return out.getvalue()
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: Any) -> Any:
+    """A text cell a spreadsheet would run as a formula (`=`, `+`, `-`, `@`, tab, CR first) gets a
+    leading `'` (OWASP's CSV-injection advice); numbers stay numbers. Not defusedcsv: it leaves
+    tab and CR alone and rewrites every `|` in a cell."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
 
 
 def plot(report: ReviewReport, path: Path | io.BytesIO) -> None:

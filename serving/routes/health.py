@@ -6,10 +6,10 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
-from serving.deps import get_state
+from serving.deps import get_state, require_metrics_key
 from serving.errors import ServingError
 
 router = APIRouter()
@@ -47,7 +47,7 @@ async def ready(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ready", "base_model": state.served_base, "pinned": pinned})
 
 
-@router.get("/metrics")
+@router.get("/metrics", dependencies=[Depends(require_metrics_key)])
 async def metrics(request: Request) -> Response:
     state = get_state(request)
     state.metrics.loaded_adapters.set(len(state.adapters.loaded))

@@ -37,7 +37,7 @@ def test_replicas_behind_an_endpoint_in_the_serve_process(ray_serve: str, tmp_pa
     url = f"http://127.0.0.1:{port}"
     address = ray.get_runtime_context().gcs_address
     cmd = serve_cmd(registry, port, "--engine", "peft", "--dtype", "float32", "--replicas", "2")
-    cmd += ["--ray-address", address, "--admin-key", "admin-secret"]
+    cmd += ["--ray-address", address, "--admin-key", "admin-secret-0123456789"]
     with clean_env(), (tmp_path / "serve.log").open("wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     try:

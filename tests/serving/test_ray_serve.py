@@ -31,7 +31,7 @@ from tests.serving.fixtures import Server, free_port, random_adapter, serve_cmd,
 
 pytestmark = pytest.mark.slow
 ray = pytest.importorskip("ray")
-ADMIN = {"Authorization": "Bearer admin-secret"}
+ADMIN = {"Authorization": "Bearer admin-secret-0123456789"}
 NAMES = ["alpha", "beta", "gamma", "delta"]
 PINNED = "delta@1"
 """`--pin delta` on the module's cluster (3 slots per replica: 1 pinned + 2 in Ray's LRU)."""
@@ -90,7 +90,7 @@ def cluster(ray_serve: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             dtype="float32",
             replicas=2,
             replica_cpus=0.5,
-            admin_key="admin-secret",
+            admin_key="admin-secret-0123456789",
             max_cpu_loras=3,
             pin=[PINNED.removesuffix("@1")],
             spill_threshold=2,  # the default 4 did not spill a 12-request burst on the tiny model here

@@ -154,9 +154,9 @@ def peft_server(adapters, tmp_path: Path) -> Iterator[tuple[str, subprocess.Pope
             "--engine",
             "peft",
             "--api-key",
-            "inference-key",
+            "inference-key-0123456789",
             "--admin-key",
-            "admin-key",
+            "admin-key-0123456789",
             "--dtype",
             "float32",
         ),
@@ -180,8 +180,8 @@ def _health(url: str) -> int | None:
         return None
 
 
-INF = {"Authorization": "Bearer inference-key"}
-ADM = {"Authorization": "Bearer admin-key"}
+INF = {"Authorization": "Bearer inference-key-0123456789"}
+ADM = {"Authorization": "Bearer admin-key-0123456789"}
 HI = {"model": "support@1", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 
 
