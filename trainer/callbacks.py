@@ -100,7 +100,9 @@ class EstimateCallback(TrainerCallback):
             self.started, self.from_step = time.monotonic(), state.global_step
             return
         done = state.global_step - self.from_step
-        if self.seconds_per_step is None and (done >= self.first_steps or state.global_step == state.max_steps):
+        if self.seconds_per_step is None and (
+            done >= self.first_steps or state.global_step == state.max_steps
+        ):
             self.seconds_per_step = (time.monotonic() - self.started) / max(done, 1)
             left = (state.max_steps - state.global_step) * self.seconds_per_step
             if left <= 0:

@@ -184,7 +184,11 @@ class LoRARecipe:
         fitted = fit_rows(encoded, examples, d.overlong, d.max_seq_len, d.path)
         if not fitted.rows:
             raise DataError(
-                [f"every training row is longer than data.max_seq_len={d.max_seq_len}; raise it"], d.path
+                [
+                    f"every training row is longer than data.max_seq_len={d.max_seq_len}; raise it, "
+                    "or set data.overlong=truncate (the start of long prompts is cut)"
+                ],
+                d.path,
             )
         self.report.truncated, self.report.overlong_dropped = fitted.truncated, fitted.dropped
         self.train_lengths = [r.length for r in encoded]
@@ -335,9 +339,14 @@ class LoRARecipe:
 
 def dry_run(config: TrainConfig, console: Console | None = None) -> Plan:
     """Load and encode the data, print the plan and its warnings; train nothing, write nothing."""
+    if config.training.objective != "sft":
+        raise TrainerError(
+            f"--dry-run plans SFT runs; training.objective={config.training.objective} has no plan"
+        )
     recipe = LoRARecipe(config, console)
     recipe.setup_data()
     recipe.print_plan()
+    assert recipe.plan is not None
     return recipe.plan
 
 

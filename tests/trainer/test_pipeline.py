@@ -241,7 +241,7 @@ def test_checkpoints_resume_and_early_stopping(tmp_path: Path) -> None:
 
 
 def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path: Path) -> None:
-    from trainer.recipe import _new_run_dir
+    from trainer.recipe import new_run_dir
 
-    first, second = _new_run_dir(tmp_path, "r-20260101-000000"), _new_run_dir(tmp_path, "r-20260101-000000")
+    first, second = new_run_dir(tmp_path, "r-20260101-000000"), new_run_dir(tmp_path, "r-20260101-000000")
     assert first != second and first.is_dir() and second.name == "r-20260101-000000-2"
