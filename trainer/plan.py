@@ -54,10 +54,14 @@ class Plan:
         """The plan as short lines for the terminal."""
         t, o = self.tokens, self.overlong
         unit = "blocks" if self.items != self.rows["train"] else "rows"
+        over = (
+            f"{o['rows']} longer: data.overlong={o['policy']} dropped {o['dropped']}, truncated {o['truncated']}"
+            if o["rows"]
+            else "none longer"
+        )
         return [
             f"rows: train {self.rows['train']}, val {self.rows['val']}, test {self.rows['test']}",
-            f"tokens per row: p50 {t['p50']}, p95 {t['p95']}, max {t['max']} (max_seq_len {o['max_seq_len']}; "
-            f"over it: {o['rows']} -> {o['policy']}: {o['dropped']} dropped, {o['truncated']} truncated)",
+            f"tokens per row: p50 {t['p50']}, p95 {t['p95']}, max {t['max']} (max_seq_len {o['max_seq_len']}; {over})",
             f"steps: {self.steps} = {self.epochs:g} epochs x {self.steps_per_epoch} steps "
             f"({self.items} {unit}, effective batch {self.effective_batch}); warm-up {self.warmup_steps} steps",
             f"validation: every {self.eval_every} steps"
@@ -169,5 +173,10 @@ def plan_warnings(plan: Plan, train_rows_read: int) -> list[str]:
             f"than data.max_seq_len={over['max_seq_len']} (p95 {plan.tokens['p95']}, max {plan.tokens['max']}): "
             f"data.overlong={over['policy']} dropped {over['dropped']} and truncated {over['truncated']}; "
             "raise data.max_seq_len if memory allows"
+            + (
+                ", or set data.overlong=truncate to keep them with the start of the prompt cut"
+                if over["dropped"]
+                else ""
+            )
         )
     return warnings
