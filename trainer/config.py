@@ -82,14 +82,15 @@ class TrainingSettings:
     lr: float = 2e-4
     """Peak learning rate; 1e-4 to 3e-4 is the usual range for LoRA."""
     lr_scheduler: str = "cosine"
-    """Learning-rate schedule after warm-up: one of LR_SCHEDULERS."""
+    """Learning-rate schedule after warm-up: cosine, linear, constant, constant_with_warmup,
+    cosine_with_restarts or polynomial."""
     warmup_ratio: float = 0.03
     """Share of the optimizer steps spent warming the learning rate up linearly."""
     warmup_steps: int = 0
     """Warm-up steps; overrides `warmup_ratio` when > 0."""
     optimizer: str = "adamw_torch"
-    """One of OPTIMIZERS; `adamw_8bit` (bitsandbytes, CPU or CUDA), `paged_adamw_8bit` and
-    `paged_adamw_32bit` (bitsandbytes, CUDA only) keep less optimizer state in memory."""
+    """adamw_torch, adamw_torch_fused, adafactor, sgd, or bitsandbytes' `adamw_8bit` (CPU or CUDA),
+    `paged_adamw_8bit`, `paged_adamw_32bit` (CUDA only), which keep less optimizer state in memory."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
     max_grad_norm: float = 1.0
