@@ -36,11 +36,12 @@ def demo_cmd(registry_root: str | None, output_dir: str, questions: int, verbose
     from rich.console import Console as StderrConsole
 
     from serving.settings import load_settings
-    from trainer.config import load_config
+    from trainer.config import load_config, shipped_config
     from trainer.publish import publish
     from trainer.recipe import run
 
-    config = load_config(None, [f"output_dir={output_dir}"])
+    # the sample's own config: fast settings, not the defaults meant for real data
+    config = load_config(shipped_config("support-tickets"), [f"output_dir={output_dir}"])
     result = run(config, console=StderrConsole(stderr=True))
     result.registry_ref = publish(result, registry_root)
     print_run(result)

@@ -28,7 +28,9 @@ print(json.dumps(rows))
 def test_default_train_then_serve_the_new_adapter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     reg = tmp_path / "registry"
-    result = CliRunner().invoke(cli, ["train", "--registry", str(reg)])
+    # the sample's config is what `platform demo` trains with (fast settings; the bare defaults are for real data)
+    config = Path(__file__).parents[1] / "trainer" / "configs" / "support-tickets.yaml"
+    result = CliRunner().invoke(cli, ["train", "--config", str(config), "--registry", str(reg)])
     assert result.exit_code == 0, result.output
     assert "registered as support@1" in result.output
     shown = json.loads(

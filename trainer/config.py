@@ -21,6 +21,14 @@ from registry.errors import ReferenceError_
 from registry.refs import check_name, parse_ref
 from trainer.errors import ConfigError, TrainerError
 
+CONFIGS_DIR = Path(__file__).parent / "configs"
+"""The shipped configs (`trainer/configs/*.yaml`)."""
+
+
+def shipped_config(name: str) -> Path:
+    """The path of a shipped config by its stem, e.g. `support-tickets` (what `platform demo` trains)."""
+    return CONFIGS_DIR / f"{name}.yaml"
+
 
 @dataclass
 class DataConfig:
@@ -32,10 +40,15 @@ class DataConfig:
     """Share of rows (by hash bucket of the prompt) used for validation loss."""
     test_fraction: float = 0.12
     """Share of rows (by hash bucket of the prompt) held out for the final evaluation."""
-    max_seq_len: int = 256
-    """Rows longer than this (prompt + completion tokens) are truncated; the count is reported."""
+    max_seq_len: int = 1024
+    """Longest row (prompt + completion tokens, chat template included) trained on; see `overlong`."""
+    overlong: str = "drop"
+    """Rows longer than max_seq_len: `drop` (counted in the plan), `truncate` (the prompt is cut from the
+    left; the completion and its end-of-turn are kept; a row whose completion alone does not fit is
+    dropped and counted) or `error` (the run stops and names the rows)."""
     packing: bool = False
-    """Concatenate short rows into `max_seq_len` blocks (labels stay completion-only)."""
+    """Pack whole rows into `max_seq_len` blocks; position ids restart per row and attention stays
+    inside each row (block-diagonal), so packed rows never see each other."""
     dedup: bool = True
     """Drop exact duplicates (same prompt and completion after whitespace cleaning)."""
     drop_leaked: bool = True
@@ -58,30 +71,50 @@ class LoraSettings:
 
 @dataclass
 class TrainingSettings:
-    epochs: float = 1.0
-    """Passes over the training split (ignored when max_steps > 0)."""
-    max_steps: int = 30
-    """Optimizer steps; 0 means use `epochs`."""
+    epochs: float = 2.0
+    """Passes over the training split."""
+    max_steps: int = 0
+    """Optimizer steps; overrides `epochs` when > 0."""
     batch_size: int = 8
-    """Rows per device batch."""
-    grad_accum: int = 1
-    """Gradient accumulation steps."""
-    lr: float = 1e-3
-    """Peak learning rate (cosine schedule)."""
-    warmup_steps: int = 3
-    """Linear warmup steps."""
+    """Rows (or packed blocks) per device batch."""
+    grad_accum: int = 2
+    """Gradient accumulation steps (effective batch = batch_size x grad_accum x devices)."""
+    lr: float = 2e-4
+    """Peak learning rate; 1e-4 to 3e-4 is the usual range for LoRA."""
+    lr_scheduler: str = "cosine"
+    """Learning-rate schedule after warm-up: cosine, linear, constant, constant_with_warmup,
+    cosine_with_restarts or polynomial."""
+    warmup_ratio: float = 0.03
+    """Share of the optimizer steps spent warming the learning rate up linearly."""
+    warmup_steps: int = 0
+    """Warm-up steps; overrides `warmup_ratio` when > 0."""
+    optimizer: str = "adamw_torch"
+    """adamw_torch, adamw_torch_fused, adafactor, sgd, or bitsandbytes' `adamw_8bit` (CPU or CUDA),
+    `paged_adamw_8bit`, `paged_adamw_32bit` (CUDA only), which keep less optimizer state in memory."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm (0: no clipping)."""
+    precision: str = "auto"
+    """Mixed precision by autocast: `auto` (bf16 where the GPU or CPU has bf16 instructions, fp16 with loss
+    scaling on older GPUs, fp32 otherwise), `bf16`, `fp16` (CUDA only) or `fp32`."""
     dtype: str = "fp32"
-    """`fp32` or `bf16` for the trained model."""
+    """`fp32` or `bf16` for the weights of the loaded base model (autocast is `precision`)."""
     gradient_checkpointing: bool = False
-    """Trade compute for memory."""
-    eval_every: int = 0
-    """Validation loss every N steps (0: only at the end)."""
+    """Recompute activations in the backward pass (non-reentrant): less memory, about 30% more compute."""
+    eval_every: int | None = None
+    """Validation loss every N steps; null: about 10 evaluations over the run; 0: only at the end."""
+    best_metric: str = "val_loss"
+    """Which evaluation picks the checkpoint kept: `val_loss`, or `exact_match` / `rougeL` by greedy
+    generation on `metric_examples` validation rows (slower)."""
+    metric_examples: int = 32
+    """Validation rows generated on for `best_metric` exact_match / rougeL."""
+    keep_best: bool = True
+    """Keep the checkpoint with the best `best_metric` (needs evaluations) instead of the last one."""
     early_stopping_patience: int = 0
-    """Stop after N evaluations without validation-loss improvement (0: off; needs eval_every)."""
+    """Stop after N evaluations without improvement of `best_metric` (0: off)."""
     save_every: int = 0
-    """Checkpoint every N steps (0: no intermediate checkpoints)."""
+    """Checkpoint every N steps (0: only the checkpoints that evaluations keep)."""
     resume: str | None = None
     """Checkpoint folder to resume from, or `last`."""
     report_to: list[str] = field(default_factory=list)
@@ -93,6 +126,21 @@ class TrainingSettings:
     completion, label), the latter two through TRL; `platform data export --pairs/--unpaired` writes them."""
     beta: float = 0.1
     """DPO/KTO: how far the policy may move from the reference (higher: closer)."""
+
+
+LR_SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
+"""Schedules of `transformers.get_scheduler` that need no extra arguments."""
+OPTIMIZERS = (
+    "adamw_torch",
+    "adamw_torch_fused",
+    "adafactor",
+    "sgd",
+    "adamw_8bit",
+    "paged_adamw_8bit",
+    "paged_adamw_32bit",
+)
+"""`TrainingArguments.optim` names offered; the last three are bitsandbytes'."""
+BEST_METRICS = ("val_loss", "exact_match", "rougeL")
 
 
 @dataclass
@@ -191,10 +239,32 @@ class TrainConfig:
             problems.append(f"training.lr must be in (0, 1), got {t.lr}")
         if t.warmup_steps < 0:
             problems.append(f"training.warmup_steps must be >= 0, got {t.warmup_steps}")
-        if t.dtype not in ("fp32", "bf16"):
-            problems.append(f"training.dtype must be 'fp32' or 'bf16', got {t.dtype!r}")
-        if t.early_stopping_patience and not t.eval_every:
-            problems.append("training.early_stopping_patience needs training.eval_every > 0")
+        if not 0 <= t.warmup_ratio < 1:
+            problems.append(f"training.warmup_ratio must be in [0, 1), got {t.warmup_ratio}")
+        if t.max_grad_norm < 0 or t.weight_decay < 0:
+            problems.append("training.max_grad_norm and training.weight_decay must be >= 0")
+        if d.overlong not in ("drop", "truncate", "error"):
+            problems.append(f"data.overlong must be 'drop', 'truncate' or 'error', got {d.overlong!r}")
+        for key, allowed in (
+            ("lr_scheduler", LR_SCHEDULERS),
+            ("optimizer", OPTIMIZERS),
+            ("best_metric", BEST_METRICS),
+            ("precision", ("auto", "bf16", "fp16", "fp32")),
+            ("dtype", ("fp32", "bf16")),
+        ):
+            if getattr(t, key) not in allowed:
+                problems.append(
+                    f"training.{key} must be one of {', '.join(allowed)}; got {getattr(t, key)!r}"
+                )
+        if t.eval_every is not None and t.eval_every < 0:
+            problems.append(f"training.eval_every must be >= 0 or null (auto), got {t.eval_every}")
+        if t.early_stopping_patience < 0 or t.metric_examples < 1:
+            problems.append("training.early_stopping_patience must be >= 0 and training.metric_examples >= 1")
+        if t.early_stopping_patience and t.eval_every == 0:
+            problems.append(
+                "training.early_stopping_patience needs evaluations (training.eval_every null or > 0)"
+            )
+        problems += device_problems(t)
         unknown = sorted(set(t.report_to) - {"tensorboard", "wandb"})
         if unknown:
             problems.append(f"training.report_to: unknown logger(s) {unknown}; known: tensorboard, wandb")
@@ -207,6 +277,27 @@ class TrainConfig:
         if e.max_examples < 0 or e.max_new_tokens < 1 or e.batch_size < 1:
             problems.append("eval.max_examples must be >= 0, eval.max_new_tokens and eval.batch_size >= 1")
         return problems
+
+
+def device_problems(t: TrainingSettings) -> list[str]:
+    """Optimizer and precision choices this machine cannot run (bitsandbytes, CUDA)."""
+    from trainer.hardware import bitsandbytes_problem, has_cuda
+
+    problems = []
+    if t.optimizer in ("adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit"):
+        problem = bitsandbytes_problem()
+        if problem:
+            problems.append(
+                f"training.optimizer={t.optimizer} needs bitsandbytes: {problem}; use adamw_torch"
+            )
+        elif t.optimizer.startswith("paged_") and not has_cuda():
+            problems.append(
+                f"training.optimizer={t.optimizer}: paged optimizers need a CUDA GPU "
+                "(bitsandbytes pages optimizer state to host memory); use adamw_8bit on a CPU"
+            )
+    if t.precision == "fp16" and not has_cuda():
+        problems.append("training.precision=fp16 needs a CUDA GPU (loss scaling); use bf16, fp32 or auto")
+    return problems
 
 
 def _location_problems(config: TrainConfig) -> list[str]:

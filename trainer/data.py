@@ -65,6 +65,9 @@ class DataReport:
     splits: dict[str, int] = field(default_factory=dict)
     sha256: str = ""
     truncated: int = 0
+    """Training rows longer than max_seq_len kept with the start of their prompt cut (data.overlong=truncate)."""
+    overlong_dropped: int = 0
+    """Training rows longer than max_seq_len left out (data.overlong=drop, or a completion that alone is too long)."""
 
 
 def clean_text(text: str) -> str:

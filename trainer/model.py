@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from registry.basemodels import BaseModel
 from trainer.config import LoraSettings
 from trainer.errors import ModelError
+
+CHECKPOINTING_KWARGS = {"use_reentrant": False}
+"""Non-reentrant activation checkpointing: works with frozen inputs, LoRA, QLoRA and DDP."""
 
 
 def torch_dtype(name: str) -> Any:
@@ -38,12 +43,17 @@ def accelerator() -> str | None:
     return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
 
 
-def load_base(base: BaseModel, dtype: str = "fp32", quantize: str | None = None) -> Any:
+def load_base(
+    base: BaseModel, dtype: str = "fp32", quantize: str | None = None, attn_implementation: str | None = None
+) -> Any:
     """The base model, on this process's GPU when there is one (so the evaluation before training
-    runs there too, and a 4-bit model, which cannot be moved after loading, is placed at once)."""
+    runs there too, and a 4-bit model, which cannot be moved after loading, is placed at once).
+    `attn_implementation` (e.g. `sdpa`) pins the attention kernel; None lets transformers choose."""
     from transformers import AutoModelForCausalLM
 
     kwargs: dict[str, Any] = {"dtype": torch_dtype(dtype)}
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
     device = accelerator()
     if device is not None:
         kwargs["device_map"] = {"": device}
@@ -101,10 +111,14 @@ def apply_lora(
         check_init_adapter(init_from, settings.r, targets)
     if settings.quantize:
         model = prepare_model_for_kbit_training(  # type: ignore[no-untyped-call]
-            model, use_gradient_checkpointing=gradient_checkpointing
+            model,
+            use_gradient_checkpointing=gradient_checkpointing,
+            gradient_checkpointing_kwargs=CHECKPOINTING_KWARGS,
         )
     elif gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=CHECKPOINTING_KWARGS)
+        # the frozen embeddings give no grad-requiring input to the first checkpointed block;
+        # without this the LoRA weights inside it would get no gradient
         model.enable_input_require_grads()
     if init_from is not None:
         return PeftModel.from_pretrained(model, str(init_from), is_trainable=True)
@@ -134,3 +148,16 @@ def check_init_adapter(folder: Path, rank: int, targets: list[str]) -> None:
             f"init_adapter: cannot continue from it: {'; '.join(problems)}; "
             f"set lora.r={config.get('r')} lora.target_modules=[{','.join(theirs)}]"
         )
+
+
+@contextlib.contextmanager
+def without_kv_cache(model: Any) -> Iterator[None]:
+    """`use_cache=False` inside the block (training): with a cache object, transformers ignores
+    restarting position ids, so packed rows would attend across their boundaries."""
+    config = model.get_base_model().config if hasattr(model, "get_base_model") else model.config
+    saved = config.use_cache
+    config.use_cache = False
+    try:
+        yield
+    finally:
+        config.use_cache = saved

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 import time
 from dataclasses import asdict, dataclass, field
@@ -19,14 +20,26 @@ import yaml
 from rich.console import Console
 
 from registry.basemodels import BaseModel, resolve_base_model
-from trainer.callbacks import JsonlLogCallback, RichProgressCallback, plot_losses
+from trainer.arguments import training_arguments
+from trainer.callbacks import (
+    EstimateCallback,
+    GenerationMetricCallback,
+    JsonlLogCallback,
+    RichProgressCallback,
+    best_checkpoint,
+    overfitting_warning,
+    plot_losses,
+)
 from trainer.config import TrainConfig
 from trainer.data import DataReport, Example, prepare
-from trainer.errors import TrainerError
+from trainer.errors import DataError, TrainerError
 from trainer.evaluate import EvalResult, evaluate_base_and_adapter
 from trainer.export import HELDOUT_FILE, export_lineage, heldout_record
-from trainer.model import apply_lora, load_base, load_tokenizer
-from trainer.template import IGNORE, Encoded, encode, pack
+from trainer.hardware import device_summary, resolve_precision
+from trainer.model import apply_lora, load_base, load_tokenizer, without_kv_cache
+from trainer.packing import Collator, RowDataset, dataset
+from trainer.plan import Plan, make_plan
+from trainer.template import Encoded, encode, fit_rows, pack
 
 
 @dataclass
@@ -43,37 +56,6 @@ class RunResult:
     total_seconds: float
     registry_ref: str | None = None
     samples: list[dict[str, str]] = field(default_factory=list)
-
-
-class _Rows:
-    """Map-style dataset of encoded rows for the HF Trainer."""
-
-    def __init__(self, rows: list[Encoded]) -> None:
-        self.rows = rows
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int) -> dict[str, list[int]]:
-        return {"input_ids": self.rows[i].input_ids, "labels": self.rows[i].labels}
-
-
-class _Collator:
-    def __init__(self, pad_id: int) -> None:
-        self.pad_id = pad_id
-
-    def __call__(self, batch: list[dict[str, list[int]]]) -> dict[str, Any]:
-        import torch
-
-        width = max(len(b["input_ids"]) for b in batch)
-        ids = [b["input_ids"] + [self.pad_id] * (width - len(b["input_ids"])) for b in batch]
-        labels = [b["labels"] + [IGNORE] * (width - len(b["labels"])) for b in batch]
-        mask = [[1] * len(b["input_ids"]) + [0] * (width - len(b["input_ids"])) for b in batch]
-        return {
-            "input_ids": torch.tensor(ids),
-            "labels": torch.tensor(labels),
-            "attention_mask": torch.tensor(mask),
-        }
 
 
 def library_versions() -> dict[str, str]:
@@ -119,9 +101,29 @@ class LoRARecipe:
         self.parent: dict[str, Any] | None = None
         self.console = console or Console(stderr=True)
         self.started = time.monotonic()
+        self.plan: Plan | None = None
+        """Set by setup_data; recipes with their own setup (trainer/preference.py) have none."""
+        self.best: dict[str, Any] | None = None
+        self.warnings: list[str] = []
 
     # -- setup ---------------------------------------------------------------------------
     def setup(self) -> None:
+        """Data and plan (`setup_data`), then the model with its LoRA, then the run folder."""
+        c = self.config
+        self.setup_data()
+        # packed blocks need an attention that honours restarting position ids (trainer/packing.py)
+        attention = "sdpa" if c.data.packing else None
+        model = load_base(self.base, c.training.dtype, c.lora.quantize, attention)
+        import torch
+
+        torch.manual_seed(c.training.seed)
+        init_from = self._init_adapter() if c.init_adapter else None
+        self.model = apply_lora(model, c.lora, c.training.gradient_checkpointing, init_from)
+        stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+        self.run_dir = new_run_dir(Path(c.output_dir), c.run_dir_stem(stamp))
+
+    def setup_data(self) -> None:
+        """Rows, tokenizer, encoded rows and the plan: all `platform train --dry-run` needs."""
         c = self.config
         self.splits, self.report = prepare(
             c.data.path,
@@ -133,18 +135,19 @@ class LoRARecipe:
         )
         self.base = resolve_base_model(c.base_model)
         self.tokenizer = load_tokenizer(self.base)
-        self.train_rows = self._encode(self.splits["train"], count_truncated=True)
-        if c.data.packing:
-            self.train_rows = pack(self.train_rows, c.data.max_seq_len)
+        self._encode_training_rows()
         self.val_rows = self._encode(self.splits["val"])
-        model = load_base(self.base, c.training.dtype, c.lora.quantize)
-        import torch
-
-        torch.manual_seed(c.training.seed)
-        init_from = self._init_adapter() if c.init_adapter else None
-        self.model = apply_lora(model, c.lora, c.training.gradient_checkpointing, init_from)
-        stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-        self.run_dir = new_run_dir(Path(c.output_dir), c.run_dir_stem(stamp))
+        self.plan = make_plan(
+            c,
+            rows={"train": len(self.train_rows), "val": len(self.val_rows), "test": len(self.splits["test"])},
+            lengths=self.train_lengths,
+            dropped=self.report.overlong_dropped,
+            truncated=self.report.truncated,
+            items=len(self.train_items),
+            world_size=int(os.environ.get("WORLD_SIZE", "1")),
+            precision=resolve_precision(c.training.precision),
+            device=device_summary(),
+        )
 
     def _init_adapter(self) -> Path:
         """The folder of the version to continue from, after checking it is of this base model."""
@@ -173,77 +176,91 @@ class LoRARecipe:
         }
         return version.path
 
-    def _encode(self, examples: list[Example], count_truncated: bool = False) -> list[Encoded]:
-        rows = [encode(self.tokenizer, ex, self.config.data.max_seq_len) for ex in examples]
-        if count_truncated:
-            self.report.truncated = sum(r.truncated for r in rows)
-        return rows
+    def _encode_training_rows(self) -> None:
+        """Encode the training split, apply `data.overlong`, pack when asked."""
+        d = self.config.data
+        examples = self.splits["train"]
+        encoded = self._encode(examples)
+        fitted = fit_rows(encoded, examples, d.overlong, d.max_seq_len, d.path)
+        if not fitted.rows:
+            raise DataError(
+                [
+                    f"every training row is longer than data.max_seq_len={d.max_seq_len}; raise it, "
+                    "or set data.overlong=truncate (the start of long prompts is cut)"
+                ],
+                d.path,
+            )
+        self.report.truncated, self.report.overlong_dropped = fitted.truncated, fitted.dropped
+        self.train_lengths = [r.length for r in encoded]
+        self.train_rows = fitted.rows
+        self.train_items: list[Any] = pack(fitted.rows, d.max_seq_len) if d.packing else fitted.rows
+
+    def _encode(self, examples: list[Example]) -> list[Encoded]:
+        return [encode(self.tokenizer, ex, self.config.data.max_seq_len) for ex in examples]
 
     # -- train ---------------------------------------------------------------------------
     def train(self) -> float:
-        from transformers import EarlyStoppingCallback, PrinterCallback, Trainer, TrainingArguments
+        from transformers import EarlyStoppingCallback, PrinterCallback, Trainer
 
-        t = self.config.training
-        has_val = bool(self.val_rows)
-        evaluating = bool(t.eval_every) and has_val
-        stopping = bool(t.early_stopping_patience) and evaluating
-        save_steps = t.eval_every if stopping else t.save_every
-        args = TrainingArguments(
-            output_dir=str(self.run_dir / "checkpoints"),
-            max_steps=t.max_steps if t.max_steps > 0 else -1,
-            num_train_epochs=t.epochs,
-            per_device_train_batch_size=t.batch_size,
-            per_device_eval_batch_size=t.batch_size,
-            gradient_accumulation_steps=t.grad_accum,
-            learning_rate=t.lr,
-            lr_scheduler_type="cosine",
-            warmup_steps=t.warmup_steps,
-            weight_decay=t.weight_decay,
-            logging_steps=1,
-            eval_strategy="steps" if evaluating else "no",
-            eval_steps=t.eval_every or None,
-            save_strategy="steps" if save_steps else "no",
-            save_steps=save_steps or 500,
-            save_total_limit=3,
-            load_best_model_at_end=stopping,
-            metric_for_best_model="eval_loss" if stopping else None,
-            greater_is_better=False if stopping else None,
-            seed=t.seed,
-            data_seed=t.seed,
-            report_to=t.report_to or "none",
-            disable_tqdm=True,
-            remove_unused_columns=False,
-            dataloader_num_workers=0,
-            dataloader_pin_memory=False,
-        )
-        callbacks: list[Any] = [
-            JsonlLogCallback(self.run_dir / "train_log.jsonl"),
-            RichProgressCallback(self.console),
-        ]
-        if stopping:
+        t, plan = self.config.training, self.plan
+        assert plan is not None, "setup() first"
+        self.print_plan()
+        log = self.run_dir / "train_log.jsonl"
+        estimate = EstimateCallback(self.console)
+        callbacks: list[Any] = []
+        if plan.eval_every and t.best_metric != "val_loss":
+            subset = self.splits["val"][: t.metric_examples]
+            callbacks.append(
+                GenerationMetricCallback(self.model, self.tokenizer, subset, self.config.eval.max_new_tokens)
+            )
+        callbacks += [JsonlLogCallback(log), RichProgressCallback(self.console), estimate]
+        if t.early_stopping_patience and plan.eval_every:
             callbacks.append(EarlyStoppingCallback(early_stopping_patience=t.early_stopping_patience))
         trainer = Trainer(
             model=self.model,
-            args=args,
-            train_dataset=_Rows(self.train_rows),
-            eval_dataset=_Rows(self.val_rows) if evaluating else None,
-            data_collator=_Collator(self.tokenizer.pad_token_id),
+            args=training_arguments(t, plan, self.run_dir / "checkpoints"),
+            train_dataset=dataset(self.train_items, self.config.data.packing),
+            eval_dataset=RowDataset(self.val_rows) if plan.eval_every else None,
+            data_collator=Collator(self.tokenizer.pad_token_id),
             callbacks=callbacks,
         )
         trainer.remove_callback(PrinterCallback)
         resume = self.config.resume_checkpoint()
         start = time.monotonic()
-        trainer.train(resume_from_checkpoint=resume)
+        with without_kv_cache(self.model):
+            trainer.train(resume_from_checkpoint=resume)
         self.train_seconds = time.monotonic() - start
-        val_set: Any = _Rows(self.val_rows)
-        self.final_val_loss = trainer.evaluate(val_set)["eval_loss"] if has_val else None
-        if self.final_val_loss is not None:
-            with (self.run_dir / "train_log.jsonl").open("a") as fh:
-                fh.write(
-                    json.dumps({"step": trainer.state.global_step, "eval_loss": self.final_val_loss}) + "\n"
-                )
+        plan.seconds_per_step = estimate.seconds_per_step
         self.steps = trainer.state.global_step
+        self.best = (
+            best_checkpoint(trainer.state, t.best_metric) if trainer.args.load_best_model_at_end else None
+        )
+        self.warnings = [*plan.warnings]
+        overfit = overfitting_warning(log)
+        if overfit:
+            self.warnings.append(overfit)
+            self.console.print(f"[yellow]warning:[/] {overfit}")
+        self.final_val_loss = self._final_val_loss(trainer, log)
         return self.train_seconds
+
+    def print_plan(self) -> None:
+        assert self.plan is not None, "setup_data() first"
+        self.console.print("[bold]plan[/]")
+        for line in self.plan.lines():
+            self.console.print(f"  {line}")
+        for warning in self.plan.warnings:
+            self.console.print(f"[yellow]warning:[/] {warning}")
+
+    def _final_val_loss(self, trainer: Any, log: Path) -> float | None:
+        """Validation loss of the model kept (the best checkpoint's, or the last), appended to the log."""
+        if not self.val_rows:
+            return None
+        trainer.remove_callback(GenerationMetricCallback)
+        loss = float(trainer.evaluate(RowDataset(self.val_rows), metric_key_prefix="final")["final_loss"])
+        with log.open("a") as fh:
+            record = {"step": self.steps, "final_val_loss": loss, "kept_step": (self.best or {}).get("step")}
+            fh.write(json.dumps(record) + "\n")
+        return loss
 
     # -- evaluate ------------------------------------------------------------------------
     def evaluate(self) -> dict[str, EvalResult]:
@@ -297,7 +314,10 @@ class LoRARecipe:
                 "steps": self.steps,
                 "seconds": round(self.train_seconds, 1),
                 "final_val_loss": self.final_val_loss,
+                "best_checkpoint": self.best,
+                "warnings": self.warnings,
             },
+            "plan": self.plan.to_dict() if self.plan else None,
             "init_adapter": self.parent,
             "export": export_lineage(self.config.data.path),
             "libraries": library_versions(),
@@ -315,6 +335,19 @@ class LoRARecipe:
             total_seconds=time.monotonic() - self.started,
             samples=samples[:3],
         )
+
+
+def dry_run(config: TrainConfig, console: Console | None = None) -> Plan:
+    """Load and encode the data, print the plan and its warnings; train nothing, write nothing."""
+    if config.training.objective != "sft":
+        raise TrainerError(
+            f"--dry-run plans SFT runs; training.objective={config.training.objective} has no plan"
+        )
+    recipe = LoRARecipe(config, console)
+    recipe.setup_data()
+    recipe.print_plan()
+    assert recipe.plan is not None
+    return recipe.plan
 
 
 def run(config: TrainConfig, console: Console | None = None, registry: str | None = None) -> RunResult:

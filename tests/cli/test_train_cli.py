@@ -50,6 +50,9 @@ def test_train_end_to_end_on_the_tiny_model_pushes_to_the_registry(tmp_path: Pat
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     assert "registered as cli-tiny@1" in result.output
+    plan = result.output.split("train ━", 1)[0]  # printed before training starts
+    for part in ("rows: train ", "tokens per row: p50 ", "steps: 2 = ", "effective batch 16", "precision: "):
+        assert part in plan, part
     listing = CliRunner().invoke(cli, ["registry", "list", "--json", "--registry", str(tmp_path / "reg")])
     assert [r["ref"] for r in json.loads(listing.output)] == ["cli-tiny@1"]
 

@@ -23,6 +23,7 @@ TINY = [
     "lora.r=8",
     "lora.alpha=16",
     "data.max_seq_len=64",
+    "data.overlong=truncate",  # the sample rows are longer: cut the prompt, keep the answer
     "training.batch_size=2",
     "eval.max_examples=4",
     "eval.max_new_tokens=2",
@@ -35,6 +36,8 @@ FAST_SETS = [
     "training.batch_size=2",
     "--set",
     "data.max_seq_len=64",
+    "--set",
+    "data.overlong=truncate",
     "--set",
     "eval.max_examples=2",
     "--set",

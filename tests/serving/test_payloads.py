@@ -166,6 +166,7 @@ def test_traffic_with_feedback_is_exported_and_trains_the_next_version_from_the_
             "lora.r=8",
             "lora.alpha=16",
             "data.max_seq_len=96",
+            "data.overlong=truncate",  # rows of ~100-150 tokens: cut the prompt, keep the answer
             "eval.max_examples=1",
             "eval.max_new_tokens=2",
             "eval.compare_base=false",

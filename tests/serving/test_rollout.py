@@ -391,6 +391,7 @@ def test_improve_reaches_the_rollout_under_a_request_loop_without_a_failed_reque
     from registry.rubric import load_rubric
 
     tiny = ["--base-model", "tiny", "--max-steps", "1", "lora.r=8", "lora.alpha=16", "data.max_seq_len=64"]
+    tiny += ["data.overlong=truncate"]  # the sample rows are longer: cut the prompt, keep the answer
     tiny += ["eval.max_examples=2", "eval.max_new_tokens=2", "eval.compare_base=false"]
     args = ["train", "--name", "loop", "--data", "sample:support-tickets", "--output-dir", str(tmp_path)]
     trained = CliRunner().invoke(cli, [*args, "--registry", one.location, *tiny])
@@ -432,6 +433,8 @@ def test_improve_reaches_the_rollout_under_a_request_loop_without_a_failed_reque
             "training.batch_size=2",
             "--set",
             "data.max_seq_len=64",
+            "--set",
+            "data.overlong=truncate",
             "--set",
             "training.max_steps=1",
         ]

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.trainer.support import bnb_4bit_skip_reason
 from trainer.config import load_config
 from trainer.errors import ConfigError
 
@@ -72,3 +73,57 @@ def test_values_are_validated_by_their_declared_type() -> None:
         "name",
         "lora.r",
     ]
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_config_trains_a_step_on_the_tiny_model(path: Path, tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from trainer.recipe import run
+
+    overrides = [
+        "base_model=tiny",
+        f"output_dir={tmp_path}",
+        "training.max_steps=2",
+        "training.eval_every=1",
+        "training.metric_examples=2",
+        "eval.max_examples=1",
+        "eval.max_new_tokens=2",
+        "eval.compare_base=false",
+    ]
+    config = load_config(path, overrides)
+    if config.lora.quantize:
+        reason = bnb_4bit_skip_reason()
+        if reason:
+            pytest.skip(reason)
+    result = run(config, Console(quiet=True))
+    assert result.lineage["training"]["steps"] == 2
+    log = (result.run_dir / "train_log.jsonl").read_text()
+    metric = {"val_loss": "eval_loss"}.get(config.training.best_metric, f"eval_{config.training.best_metric}")
+    assert f'"{metric}"' in log  # evaluated during training by the metric that picks the checkpoint
+
+
+def test_defaults_fit_real_data_and_max_steps_is_only_an_override() -> None:
+    t = load_config(None).training
+    assert (t.max_steps, t.epochs, t.lr_scheduler, t.optimizer) == (0, 2.0, "cosine", "adamw_torch")
+    assert 1e-4 <= t.lr <= 3e-4 and 0 < t.warmup_ratio < 0.2 and t.max_grad_norm == 1.0
+    assert t.eval_every is None and t.keep_best and t.precision == "auto"
+    assert load_config(None).data.overlong == "drop"
+
+
+def test_unknown_scheduler_optimizer_and_overlong_policy_are_listed() -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(
+            None,
+            [
+                "training.lr_scheduler=warp",
+                "training.optimizer=adam9",
+                "data.overlong=cut",
+                "training.warmup_ratio=2",
+            ],
+        )
+    text = str(err.value)
+    assert "training.lr_scheduler must be one of cosine" in text
+    assert "training.optimizer must be one of adamw_torch" in text
+    assert "data.overlong must be 'drop', 'truncate' or 'error'" in text
+    assert "training.warmup_ratio must be in [0, 1)" in text

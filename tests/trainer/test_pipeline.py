@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from registry.store import Registry
+from tests.trainer.support import bnb_4bit_skip_reason
 from trainer.errors import ModelError
 
 
@@ -93,20 +94,8 @@ def test_unknown_target_module_lists_the_models_modules(tiny_base) -> None:  # t
     assert "down_proj, gate_proj, k_proj, o_proj, q_proj, up_proj, v_proj" in str(err.value)
 
 
-def _bnb_4bit_skip_reason() -> str | None:
-    """Why bitsandbytes cannot quantize to 4 bits on this machine (None: it can; its CPU backend)."""
-    try:
-        import bitsandbytes as bnb
-        import torch
-
-        bnb.functional.quantize_4bit(torch.randn(64, 64), quant_type="nf4")
-    except (ImportError, RuntimeError, NotImplementedError) as exc:
-        return f"bitsandbytes cannot quantize to 4 bits here: {exc}"
-    return None
-
-
 def test_qlora_trains_a_4bit_base(tmp_path: Path) -> None:
-    reason = _bnb_4bit_skip_reason()
+    reason = bnb_4bit_skip_reason()
     if reason:
         pytest.skip(reason)
     import bitsandbytes as bnb
@@ -142,7 +131,7 @@ def test_qlora_trains_a_4bit_base(tmp_path: Path) -> None:
     assert result.metrics["adapter"]["loss"] > 0
 
 
-def test_packing_and_truncation_are_counted(tmp_path: Path) -> None:
+def test_long_rows_are_truncated_from_the_left_and_counted(tmp_path: Path) -> None:
     from rich.console import Console
 
     from trainer.config import load_config
@@ -150,13 +139,15 @@ def test_packing_and_truncation_are_counted(tmp_path: Path) -> None:
 
     recipe = LoRARecipe(
         load_config(
-            None, ["base_model=embedded/tiny-llama", "data.max_seq_len=24", f"output_dir={tmp_path}"]
+            None,
+            ["base_model=tiny", "data.max_seq_len=96", "data.overlong=truncate", f"output_dir={tmp_path}"],
         ),
         Console(quiet=True),
     )
-    recipe.setup()
-    assert recipe.report.truncated > 0
-    assert all(len(r.input_ids) <= 24 for r in recipe.train_rows)
+    recipe.setup_data()
+    assert recipe.report.truncated > 0 and recipe.report.overlong_dropped == 0
+    assert all(len(r.input_ids) <= 96 for r in recipe.train_rows)
+    assert recipe.plan.overlong["truncated"] == recipe.report.truncated
 
 
 def test_offline_comparison_ranks_the_trained_adapter_above_the_base(tiny_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -211,7 +202,7 @@ def test_checkpoints_resume_and_early_stopping(tmp_path: Path) -> None:
         "eval.max_examples=2",
         "eval.max_new_tokens=2",
         "eval.compare_base=false",
-        "data.max_seq_len=64",
+        "data.max_seq_len=128",
         "training.batch_size=4",
     ]
     first = run(
@@ -250,7 +241,7 @@ def test_checkpoints_resume_and_early_stopping(tmp_path: Path) -> None:
 
 
 def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path: Path) -> None:
-    from trainer.recipe import _new_run_dir
+    from trainer.recipe import new_run_dir
 
-    first, second = _new_run_dir(tmp_path, "r-20260101-000000"), _new_run_dir(tmp_path, "r-20260101-000000")
+    first, second = new_run_dir(tmp_path, "r-20260101-000000"), new_run_dir(tmp_path, "r-20260101-000000")
     assert first != second and first.is_dir() and second.name == "r-20260101-000000-2"

@@ -1,0 +1,96 @@
+"""Packing keeps rows apart: a packed batch gives every row the loss it has on its own."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from trainer.data import prepare
+from trainer.template import IGNORE, Encoded, encode, pack
+
+
+@pytest.fixture(scope="module")
+def tiny_rows(tiny_base: Any) -> tuple[Any, list[Encoded]]:
+    from trainer.model import load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_base)
+    splits, _ = prepare("sample:support-tickets")
+    return tokenizer, [encode(tokenizer, ex, 256) for ex in splits["train"][:7]]
+
+
+def row_losses(logits: Any, labels: Any) -> Any:
+    """Mean next-token loss per row of completion tokens, as the model's own loss shifts them."""
+    import torch
+
+    losses = torch.nn.functional.cross_entropy(
+        logits[:-1].float(), labels[1:], ignore_index=IGNORE, reduction="none"
+    )
+    mask = labels[1:] != IGNORE
+    return losses[mask].mean()
+
+
+def test_pack_places_every_row_once_within_max_seq_len(tiny_rows: tuple[Any, list[Encoded]]) -> None:
+    _, rows = tiny_rows
+    blocks = pack(rows, 256)
+    assert sorted(id(r) for b in blocks for r in b) == sorted(id(r) for r in rows)
+    assert all(sum(len(r.input_ids) for r in b) <= 256 for b in blocks)
+    assert len(blocks) < len(rows)  # short rows do share blocks
+
+
+def test_packed_rows_have_the_losses_they_have_unpacked(
+    tiny_base: Any, tiny_rows: tuple[Any, list[Encoded]]
+) -> None:
+    import torch
+
+    from trainer.model import load_base, without_kv_cache
+    from trainer.packing import BlockDataset, Collator
+
+    tokenizer, rows = tiny_rows
+    blocks = pack(rows, 400)
+    assert max(len(b) for b in blocks) >= 3  # several rows share a block
+    model = load_base(tiny_base, attn_implementation="sdpa").eval()
+    batch = Collator(tokenizer.pad_token_id)([BlockDataset(blocks)[i] for i in range(len(blocks))])
+    assert "attention_mask" not in batch and batch["input_ids"].shape[0] == len(blocks)
+    with torch.no_grad(), without_kv_cache(model):
+        logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits
+        compared = 0
+        for b, block in enumerate(blocks):
+            start = 0
+            for row in block:
+                end = start + len(row.input_ids)
+                alone = model(input_ids=torch.tensor([row.input_ids])).logits[0]
+                labels = torch.tensor(row.labels)
+                packed = row_losses(logits[b, start:end], labels)
+                assert abs(packed.item() - row_losses(alone, labels).item()) < 1e-4, (b, start)
+                # the batch's labels ignore the first token of each row (the boundary)
+                assert batch["labels"][b, start].item() == IGNORE
+                start, compared = end, compared + 1
+    assert compared == len(rows)
+
+
+def test_training_with_packing_runs_on_blocks(tmp_path: Any) -> None:
+    from rich.console import Console
+
+    from trainer.config import load_config
+    from trainer.recipe import LoRARecipe
+
+    recipe = LoRARecipe(
+        load_config(
+            None,
+            [
+                "base_model=tiny",
+                "data.packing=true",
+                "data.max_seq_len=512",
+                "training.max_steps=1",
+                "training.batch_size=2",
+                "training.grad_accum=1",
+                f"output_dir={tmp_path}",
+            ],
+        ),
+        Console(quiet=True),
+    )
+    recipe.setup()
+    assert recipe.plan.items == len(recipe.train_items) < len(recipe.train_rows) / 3  # ~4+ rows a block
+    recipe.train()
+    assert recipe.steps == 1

@@ -1,0 +1,68 @@
+"""The HF `TrainingArguments` of a run, from its config and its plan (steps, evaluation, precision)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from trainer.config import TrainingSettings
+from trainer.hardware import has_cuda
+from trainer.plan import Plan
+
+BEST_METRIC_KEYS = {"val_loss": ("eval_loss", False), "exact_match": ("eval_exact_match", True)}
+BEST_METRIC_KEYS["rougeL"] = ("eval_rougeL", True)
+"""`training.best_metric` -> (the Trainer's metric name, greater is better)."""
+
+
+def save_steps(t: TrainingSettings, plan: Plan) -> int:
+    """Steps between checkpoints: every evaluation when the best one is kept, else `save_every`."""
+    if plan.eval_every and t.keep_best:
+        # load_best_model_at_end needs a checkpoint at evaluations: a multiple of eval_every
+        return (
+            plan.eval_every * max(1, round(t.save_every / plan.eval_every))
+            if t.save_every
+            else plan.eval_every
+        )
+    return t.save_every
+
+
+def training_arguments(t: TrainingSettings, plan: Plan, output_dir: Path) -> Any:
+    from transformers import TrainingArguments
+
+    evaluating = plan.eval_every > 0
+    keep_best = evaluating and t.keep_best
+    metric, greater = BEST_METRIC_KEYS[t.best_metric]
+    every = save_steps(t, plan)
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        max_steps=plan.steps,
+        num_train_epochs=plan.epochs,
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.grad_accum,
+        learning_rate=t.lr,
+        lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=plan.warmup_steps,
+        optim=t.optimizer,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        bf16=plan.precision == "bf16",
+        fp16=plan.precision == "fp16",  # loss scaling (GradScaler) comes with it
+        use_cpu=not has_cuda(),  # transformers refuses bf16 autocast on a CPU without it
+        logging_steps=1,
+        eval_strategy="steps" if evaluating else "no",
+        eval_steps=plan.eval_every or None,
+        save_strategy="steps" if every else "no",
+        save_steps=every or 500,
+        save_total_limit=2 if keep_best else 3,  # the best checkpoint is kept beside the newest
+        load_best_model_at_end=keep_best,
+        metric_for_best_model=metric if evaluating else None,
+        greater_is_better=greater if evaluating else None,
+        seed=t.seed,
+        data_seed=t.seed,
+        report_to=t.report_to or "none",
+        disable_tqdm=True,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=False,
+    )
