@@ -80,20 +80,35 @@ class PreferenceRecipe(LoRARecipe):
         self.run_dir = new_run_dir(Path(c.output_dir), c.run_dir_stem(stamp))
 
     def _trainer(self, train: list[PreferenceRow], callbacks: list[Any]) -> Any:
+        import math
+
         from datasets import Dataset
 
+        from trainer.hardware import has_cuda, resolve_precision
+        from trainer.plan import steps_per_epoch
+
         c, t = self.config, self.config.training
+        precision = resolve_precision(t.precision)
+        per_epoch = steps_per_epoch(len(train), t.batch_size, t.grad_accum, 1)
+        steps = t.max_steps if t.max_steps > 0 else math.ceil(t.epochs * per_epoch)
+        warmup = t.warmup_steps if t.warmup_steps > 0 else math.ceil(steps * t.warmup_ratio)
+        self.console.print(
+            f"[bold]plan[/] {t.objective}: {len(train)} training rows, {steps} steps "
+            f"(effective batch {t.batch_size * t.grad_accum}), warm-up {warmup}, {precision}, "
+            f"reference {self.parent['ref'] if self.parent else 'the base model'}"
+        )
         common: dict[str, Any] = {
             "output_dir": str(self.run_dir / "checkpoints"),
-            "max_steps": t.max_steps if t.max_steps > 0 else -1,
-            "num_train_epochs": t.epochs,
+            "max_steps": steps,
             "per_device_train_batch_size": t.batch_size,
             "per_device_eval_batch_size": t.batch_size,
             "gradient_accumulation_steps": t.grad_accum,
             "learning_rate": t.lr,
-            "lr_scheduler_type": "cosine",
-            "warmup_steps": t.warmup_steps,
+            "lr_scheduler_type": t.lr_scheduler,
+            "warmup_steps": warmup,
+            "optim": t.optimizer,
             "weight_decay": t.weight_decay,
+            "max_grad_norm": t.max_grad_norm,
             "logging_steps": 1,
             "save_strategy": "no",
             "eval_strategy": "no",
@@ -106,8 +121,9 @@ class PreferenceRecipe(LoRARecipe):
             "beta": t.beta,
             "max_length": c.data.max_seq_len,
             "gradient_checkpointing": t.gradient_checkpointing,
-            "bf16": False,  # TRL turns mixed precision on by default; the model dtype is training.dtype
-            "fp16": False,
+            "bf16": precision == "bf16",  # autocast, as SFT's training.precision
+            "fp16": precision == "fp16",
+            "use_cpu": not has_cuda(),
         }
         data = Dataset.from_list([r.trl_row() for r in train])
         if t.objective == "dpo":
