@@ -48,6 +48,16 @@ def card_text(name: str, version: int, lineage: dict[str, Any], info: AdapterInf
     if metrics:
         lines += ["", "| metric | base | adapter |", "|---|---|---|"]
         lines += [f"| {k} | {base.get(k, float('nan')):.4f} | {v:.4f} |" for k, v in metrics.items()]
+    objective = lineage.get("objective")
+    if isinstance(objective, dict):
+        lines += [
+            "",
+            f"Trained with {objective.get('name')} (beta {objective.get('beta')}) against "
+            f"the reference {objective.get('reference')}.",
+        ]
+    warnings = (lineage.get("training") or {}).get("warnings") or []
+    if warnings:
+        lines += ["", "## Training warnings", ""] + [f"- {w}" for w in warnings]
     return "\n".join(lines) + "\n"
 
 

@@ -86,3 +86,8 @@ def test_overfitting_is_warned_about_and_recorded_with_the_run(overfit_run: Any)
     assert "validation loss rose" in overfit[0] and "training loss fell" in overfit[0]
     lineage = json.loads((overfit_run.run_dir / "lineage.json").read_text())
     assert overfit[0] in lineage["training"]["warnings"]
+    from registry.adapter import validate_adapter
+    from registry.card import card_text
+
+    card = card_text("overfit", 1, lineage, validate_adapter(overfit_run.adapter_dir))
+    assert "## Training warnings" in card and overfit[0] in card  # the model card says it too
