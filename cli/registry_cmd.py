@@ -139,6 +139,39 @@ def alias_cmd(ref: str, alias: str, registry_root: str | None) -> None:
     console.print(f"{v.name}:{alias} -> {v.ref}" + ("" if moved else " (already)"))
 
 
+@registry_group.command("schema")
+@click.argument("ref")
+@click.argument("file", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--remove", is_flag=True, help="Publish REF without a default response format.")
+@_root
+@handle_errors
+def schema_cmd(ref: str, file: Path | None, remove: bool, registry_root: str | None) -> None:
+    """Give a version a default response format: FILE holds a JSON schema (or an OpenAI
+    response_format object); requests that name none get schema-valid JSON. A version's files never
+    change, so REF is published again as the next version with it: move the alias to that version
+    (or roll it out). Without FILE: print REF's stored format."""
+    from registry.errors import RegistryError
+    from registry.response_format import read_response_format, stored_response_format, with_response_format
+
+    reg = Registry(registry_root)
+    if file is None and not remove:
+        click.echo(json.dumps(stored_response_format(reg.get(ref)), indent=2))
+        return
+    if file is not None and remove:
+        raise click.UsageError("give FILE or --remove, not both")
+    rf = None
+    if file is not None:
+        try:
+            rf = read_response_format(file, reg.resolve(ref)[0])
+        except RegistryError as exc:
+            raise click.BadParameter(exc.message, param_hint="FILE") from exc
+    v = with_response_format(reg, ref, rf)
+    what = (
+        "without a default response format" if file is None else f"with {file} as its default response format"
+    )
+    console.print(f"published {v.ref}: the files of {ref} {what}; move an alias to it to serve it")
+
+
 @registry_group.command("tag")
 @click.argument("ref")
 @click.argument("tag")

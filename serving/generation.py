@@ -21,7 +21,7 @@ from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from serving import tracing
+from serving import structured, tracing
 from serving.ab import apply_route, record
 from serving.adapters import Target
 from serving.encoding import DONE, Collected, StreamEncoder, error_event
@@ -171,6 +171,7 @@ class Generation:
                 job = build_job(state, req)
                 job.key_hash = state.hasher.api_key(bearer(headers or {}))
                 target = await _lease(state, job, sticky_key, held)
+                job.params = await asyncio.to_thread(structured.constrain, state, req, job.params, target)
             logged = None
             if state.payloads is not None and state.payloads.name_of(job) is not None:
                 logged = request_text(req)

@@ -22,6 +22,44 @@ _Reference = Annotated[str, Field(max_length=256)]
 """The `model` field: the base model or a registry reference; never longer than this."""
 
 
+class JsonSchema(BaseModel):
+    """`response_format.json_schema`: OpenAI's named schema."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    name: str = Field("response", max_length=64)
+    description: str | None = Field(None, max_length=4096)
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None
+    """Always constrained here; `strict: true` also closes every object (`additionalProperties:
+    false` where the schema leaves it open), as OpenAI's strict mode requires of a schema."""
+
+
+class ResponseFormat(BaseModel):
+    """OpenAI's `response_format`: plain text, any JSON object, or JSON that matches a schema."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchema | None = None
+
+
+class StructuredOutputs(BaseModel):
+    """vLLM's `structured_outputs` extra: exactly one of json, regex, choice, grammar, json_object."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    json_: dict[str, Any] | str | None = Field(None, alias="json")
+    regex: str | None = None
+    choice: list[Annotated[str, Field(max_length=1024)]] | None = Field(None, min_length=1)
+    grammar: str | None = None
+    json_object: bool | None = None
+
+
+LogitBias = dict[Annotated[str, Field(max_length=16)], Annotated[float, Field(ge=-100, le=100)]]
+"""Token id (as a string, OpenAI's wire form) -> bias."""
+
+
 class _Request(BaseModel):
     model_config = ConfigDict(extra="allow", allow_inf_nan=False)  # unknown OpenAI fields are ignored
 
@@ -37,6 +75,10 @@ class _Request(BaseModel):
     user: str | None = Field(None, max_length=512)
     presence_penalty: float = Field(0.0, ge=-2, le=2)
     frequency_penalty: float = Field(0.0, ge=-2, le=2)
+    logit_bias: LogitBias | None = Field(None, max_length=1024)
+    response_format: ResponseFormat | None = None
+    structured_outputs: StructuredOutputs | None = None
+    """vLLM's extra; a request names it or `response_format`, not both."""
 
     def stop_list(self) -> list[str]:
         if self.stop is None:

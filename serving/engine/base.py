@@ -6,7 +6,9 @@ import abc
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from serving.errors import BadRequestError
 
 
 @dataclass(frozen=True)
@@ -17,6 +19,17 @@ class AdapterHandle:
     name: str
     """The version reference, e.g. `support@3`."""
     path: Path
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """A structured-output constraint on the completion (serving/structured.py builds it)."""
+
+    kind: Literal["json", "json_object", "regex", "choice", "grammar"]
+    spec: str | tuple[str, ...] | None = None
+    """The JSON schema (as JSON text), the regex, the grammar, or the choices; None for json_object."""
+    param: str = "response_format"
+    """The request field it came from (named in errors)."""
 
 
 @dataclass(frozen=True)
@@ -31,6 +44,9 @@ class GenParams:
     """None: no logprobs; k >= 0: the sampled token's logprob and the top k alternatives."""
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    constraint: Constraint | None = None
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    """(token id, bias in [-100, 100]) pairs, added to the logits before sampling."""
 
 
 @dataclass
@@ -95,6 +111,22 @@ class Engine(abc.ABC):
         self, request_id: str, prompt_ids: list[int], params: GenParams, adapter: AdapterHandle | None
     ) -> AsyncGenerator[list[Delta], None]:
         """Stream deltas for every choice; closing the iterator aborts the request."""
+
+    def check_params(self, params: GenParams) -> None:
+        """Raise serving.errors.BadRequestError when this engine cannot honour `params` (checked
+        before a request is answered, so a stream never starts with parameters it then refuses).
+        Engines without constrained decoding or logit bias refuse them."""
+        if params.constraint is not None:
+            raise BadRequestError(
+                f"{params.constraint.param}: structured outputs are not supported by the {self.name} engine "
+                "(serve with --engine vllm)",
+                param=params.constraint.param,
+            )
+        if params.logit_bias:
+            raise BadRequestError(
+                f"logit_bias is not supported by the {self.name} engine (serve with --engine vllm)",
+                param="logit_bias",
+            )
 
     @abc.abstractmethod
     async def check_health(self) -> None:

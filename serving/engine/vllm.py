@@ -53,6 +53,7 @@ class VLLMEngine(Engine):
             max_num_seqs=s.max_num_seqs,
             kv_cache_memory_bytes=int(s.kv_cache_gb * (1 << 30)),
             enforce_eager=True,
+            structured_outputs_config=_structured_outputs_config(),
             seed=0,
             trust_remote_code=False,
             # CPU: slot-aware admission and slot turns (the GPU path keeps vLLM's asynchronous scheduler)
@@ -87,22 +88,10 @@ class VLLMEngine(Engine):
     async def generate(
         self, request_id: str, prompt_ids: list[int], params: GenParams, adapter: AdapterHandle | None
     ) -> AsyncGenerator[list[Delta], None]:
-        from vllm import SamplingParams
+        from vllm.exceptions import VLLMClientError
         from vllm.lora.request import LoRARequest
-        from vllm.sampling_params import RequestOutputKind
 
-        sp = SamplingParams(
-            n=params.n,
-            temperature=params.temperature,
-            top_p=params.top_p,
-            max_tokens=params.max_tokens,
-            stop=list(params.stop) or None,
-            seed=params.seed,
-            logprobs=params.logprobs,
-            presence_penalty=params.presence_penalty,
-            frequency_penalty=params.frequency_penalty,
-            output_kind=RequestOutputKind.DELTA,
-        )
+        sp = _sampling_params(params)
         lora = LoRARequest(adapter.name, adapter.lora_id, str(adapter.path)) if adapter else None
         try:
             stream = self.llm.generate({"prompt_token_ids": prompt_ids}, sp, request_id, lora_request=lora)
@@ -111,11 +100,27 @@ class VLLMEngine(Engine):
                 if out.finished and deltas:
                     deltas[-1].times = _times(out.metrics)
                 yield deltas
-        except ValueError as exc:
-            raise BadRequestError(str(exc)) from exc
+        except (ValueError, VLLMClientError) as exc:
+            raise _bad_request(exc) from exc
         except Exception as exc:
             self._raise_if_dead(exc)
             raise
+
+    def check_params(self, params: GenParams) -> None:
+        """vLLM's own request checks (the ones `add_request` makes), before the request is answered:
+        a schema, regex or grammar the structured-output backend cannot compile, a logit_bias token
+        out of the vocabulary."""
+        if params.constraint is None and not params.logit_bias:
+            return
+        from vllm.exceptions import VLLMClientError
+
+        p = self.llm.input_processor
+        try:
+            sp = _sampling_params(params)
+            sp.verify(p.model_config, p.speculative_config, p.structured_outputs_config, p.tokenizer)
+        except (ValueError, VLLMClientError) as exc:
+            blame = None if params.constraint is None else params.constraint.param
+            raise _bad_request(exc, blame) from exc
 
     def _delta(self, o: Any) -> Delta:
         logprobs = None
@@ -167,6 +172,50 @@ def _reserved_cores(setting: int | None) -> int | None:
     if setting is not None:
         return setting
     return 0 if len(os.sched_getaffinity(0)) <= 2 else None
+
+
+def _structured_outputs_config() -> Any:
+    """xgrammar (the backend the registry checks schemas with: no silent fallback to another
+    backend's dialect), and compact JSON: with whitespace allowed between JSON tokens, small
+    fine-tuned models loop on whitespace until max_tokens (seen on the tiny model)."""
+    from vllm.config import StructuredOutputsConfig
+
+    return StructuredOutputsConfig(backend="xgrammar", disable_any_whitespace=True)
+
+
+def _sampling_params(params: GenParams) -> Any:
+    """vLLM's SamplingParams for our GenParams (deltas out: the server streams them)."""
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
+
+    c = params.constraint
+    structured = None
+    if c is not None:
+        spec: Any = list(c.spec) if isinstance(c.spec, tuple) else c.spec
+        kind: dict[str, Any] = {c.kind: True if c.kind == "json_object" else spec}
+        structured = StructuredOutputsParams(**kind)
+    return SamplingParams(
+        n=params.n,
+        temperature=params.temperature,
+        top_p=params.top_p,
+        max_tokens=params.max_tokens,
+        stop=list(params.stop) or None,
+        seed=params.seed,
+        logprobs=params.logprobs,
+        presence_penalty=params.presence_penalty,
+        frequency_penalty=params.frequency_penalty,
+        structured_outputs=structured,
+        logit_bias=dict(params.logit_bias) or None,
+        output_kind=RequestOutputKind.DELTA,
+    )
+
+
+def _bad_request(exc: Exception, blame: str | None = None) -> BadRequestError:
+    """A request vLLM refuses, as our 400 naming the field: vLLM's own `parameter` when it names
+    one, else `blame` (its structured-output checks name none)."""
+    param = getattr(exc, "parameter", None) or blame
+    message = str(exc) if param is None or str(param) in str(exc) else f"{param}: {exc}"
+    return BadRequestError(message, param=None if param is None else str(param))
 
 
 def _times(stats: Any) -> EngineTimes | None:
