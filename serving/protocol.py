@@ -2,6 +2,11 @@
 
 Every request field that reaches the engine or SQLite is bounded here, so an odd value (a huge
 integer, NaN, a megabyte string) is a 400 naming the field, never a 5xx.
+
+No request field is silently dropped: each OpenAI field is honoured, or refused with a 400 that
+names it and says why (`refused`: tools, audio, ...), or on the short list of fields that change
+nothing about a completion here (`IGNORED_FIELDS`). A field OpenAI does not define is a 400 naming
+it, except vLLM's `structured_outputs` extra, which is honoured.
 """
 
 from __future__ import annotations
@@ -10,7 +15,15 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+)
+from pydantic_core import PydanticCustomError
 
 LONG_MIN, LONG_MAX = -(2**63), 2**63 - 1
 """A seed is a signed 64-bit integer (what the engines' random generators take)."""
@@ -60,8 +73,40 @@ LogitBias = dict[Annotated[str, Field(max_length=16)], Annotated[float, Field(ge
 """Token id (as a string, OpenAI's wire form) -> bias."""
 
 
+IGNORED_FIELDS = (
+    "store",
+    "metadata",
+    "service_tier",
+    "prompt_cache_key",
+    "safety_identifier",
+    "parallel_tool_calls",
+)
+"""OpenAI fields accepted and ignored: storage, billing tier, cache and abuse-tracking hints, and
+`parallel_tool_calls` (meaningless without `tools`, which are refused). `user` is used (A/B
+stickiness, payload logs)."""
+
+
+def refused(why: str, harmless: tuple[Any, ...] = (None,)) -> AfterValidator:
+    """An OpenAI field this server does not honour (`Annotated[Any, refused(...)]`): a 400 naming
+    it and saying `why`, unless its value is one of `harmless` (the value that asks for nothing,
+    e.g. `tool_choice: "none"`)."""
+
+    def check(value: Any) -> Any:
+        if value in harmless:
+            return value
+        raise PydanticCustomError("unsupported_field", why)
+
+    return AfterValidator(check)
+
+
+_NO_TOOLS = (
+    "tool calling is not supported by this server: no vLLM tool parser is set up for its base model; "
+    "leave tools/tool_choice out (or use response_format for structured answers)"
+)
+
+
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="allow", allow_inf_nan=False)  # unknown OpenAI fields are ignored
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # a field we do not know is a 400
 
     model: _Reference
     max_tokens: int | None = Field(None, ge=1, le=COUNT_MAX)
@@ -79,6 +124,15 @@ class _Request(BaseModel):
     response_format: ResponseFormat | None = None
     structured_outputs: StructuredOutputs | None = None
     """vLLM's extra; a request names it or `response_format`, not both."""
+    # accepted and ignored (IGNORED_FIELDS)
+    store: bool | None = None
+    metadata: dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]] | None = (
+        Field(None, max_length=16)
+    )
+    service_tier: str | None = Field(None, max_length=32)
+    prompt_cache_key: str | None = Field(None, max_length=512)
+    safety_identifier: str | None = Field(None, max_length=512)
+    parallel_tool_calls: bool | None = None
 
     def stop_list(self) -> list[str]:
         if self.stop is None:
@@ -87,6 +141,8 @@ class _Request(BaseModel):
 
 
 class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     include_usage: bool = False
 
 
@@ -107,6 +163,19 @@ class ChatCompletionRequest(_Request):
     max_completion_tokens: int | None = Field(None, ge=1, le=COUNT_MAX)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
+    # refused: a 400 naming the field
+    tools: Annotated[Any, refused(_NO_TOOLS, (None, []))] = None
+    tool_choice: Annotated[Any, refused(_NO_TOOLS, (None, "none"))] = None
+    functions: Annotated[Any, refused(_NO_TOOLS, (None, []))] = None
+    function_call: Annotated[Any, refused(_NO_TOOLS, (None, "none"))] = None
+    audio: Annotated[Any, refused("audio output is not supported: this server answers text only")] = None
+    modalities: Annotated[Any, refused("only the text modality is supported", (None, ["text"]))] = None
+    prediction: Annotated[Any, refused("predicted outputs are not supported by this server")] = None
+    web_search_options: Annotated[Any, refused("web search is not supported by this server")] = None
+    reasoning_effort: Annotated[
+        Any, refused("reasoning effort is not supported: the served models do not reason")
+    ] = None
+    verbosity: Annotated[Any, refused("verbosity is not supported by this server")] = None
 
 
 class CompletionRequest(_Request):
@@ -115,6 +184,8 @@ class CompletionRequest(_Request):
     logprobs: int | None = Field(None, ge=0, le=20)
     echo: bool = False
     """Not supported: a request with `echo: true` is refused (400), never silently answered without it."""
+    best_of: Annotated[Any, refused("best_of is not supported by this server; use n", (None, 1))] = None
+    suffix: Annotated[Any, refused("suffix (insertion) is not supported by this server", (None, ""))] = None
 
 
 class FeedbackRequest(BaseModel):
