@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from registry.adapter_kinds import check_adapter_kind
 from registry.errors import InvalidAdapterError
 
 WEIGHTS = "adapter_model.safetensors"
@@ -93,6 +94,7 @@ def validate_adapter(folder: Path) -> AdapterInfo:
     names = tuple(sorted(k for k in header if k != "__metadata__"))
     if not names:
         raise InvalidAdapterError(f"{folder}: {WEIGHTS} holds no tensors")
+    check_adapter_kind(folder, cfg, names)  # DoRA, modules_to_save, added tokens: refused (adapter_kinds.py)
     return AdapterInfo(rank, float(cfg.get("lora_alpha", rank)), tuple(sorted(targets)), names)
 
 
