@@ -11,6 +11,7 @@ import click
 from cli.ab import ab_group
 from cli.data import data_group
 from cli.demo import demo_cmd
+from cli.export import export_cmd
 from cli.improve import improve_cmd
 from cli.monitor import monitor_cmd
 from cli.registry_cmd import registry_group
@@ -41,6 +42,7 @@ def cli() -> None:
 cli.add_command(train_cmd)
 cli.add_command(eval_cmd)
 cli.add_command(merge_cmd)
+cli.add_command(export_cmd)
 cli.add_command(registry_group)
 cli.add_command(serve_cmd)
 cli.add_command(demo_cmd)
