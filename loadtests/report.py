@@ -164,6 +164,22 @@ def preference(f: dict[str, Any]) -> str:
     return head + table(["model", "version", "polite closing rate", "first-line exact match"], rows)
 
 
+def structured(f: dict[str, Any]) -> str:
+    """bench_structured.py: schema-valid share with and without the constraint, and its decode-rate cost."""
+    v, t = f["validity"], f["throughput"]
+    rows = [
+        [arm, f"{v[arm]['valid']}/{v[arm]['of']}", fmt(t[arm]["median_decode_tok_s"]), t[arm]["requests"]]
+        for arm in ("unconstrained", "constrained")
+    ]
+    head = f"Adapter {f['ref']} on `{f['base_model']}`, max_tokens {f['max_tokens']}.\n\n"
+    ratio = t["ratio_constrained_over_unconstrained"]
+    return (
+        head
+        + table(["arm", "schema-valid", "median decode tok/s", "requests"], rows)
+        + f"\n\nConstrained / unconstrained decode rate in the same mixed batches: {fmt(ratio)}."
+    )
+
+
 RENDER: dict[str, Callable[[dict[str, Any]], str]] = {
     "bench": servers,
     "bench_llamacpp": servers,
@@ -173,6 +189,7 @@ RENDER: dict[str, Callable[[dict[str, Any]], str]] = {
     "bench_registry": registry,
     "bench_load_stall": load_stall,
     "bench_preference": preference,
+    "bench_structured": structured,
 }
 
 
