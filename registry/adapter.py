@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,10 @@ class AdapterInfo:
     alpha: float
     target_modules: tuple[str, ...]
     tensor_names: tuple[str, ...]
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict, compare=False)
+    """Every tensor's shape, from the safetensors header."""
+    module_ranks: dict[str, int] = field(default_factory=dict, compare=False)
+    """Each adapted module's rank, read from its tensors (`model.layers.0.self_attn.q_proj` -> 8)."""
 
 
 def read_safetensors_header(path: Path) -> dict[str, Any]:
@@ -62,7 +66,12 @@ def parse_safetensors_header(
 
 
 def validate_adapter(folder: Path) -> AdapterInfo:
-    """Check a folder holds a loadable LoRA adapter; raise InvalidAdapterError naming the problem."""
+    """Check a folder holds a loadable LoRA adapter; raise InvalidAdapterError naming the problem.
+
+    The rank is read from the tensors, not only from `adapter_config.json`: every `lora_A` is
+    `[rank, in]`, its `lora_B` is `[out, rank]`, and that rank is the one the config declares for
+    the module (`r`, or its `rank_pattern` entry). An engine that trusts a config whose tensors
+    disagree reads past its buffers."""
     if not folder.is_dir():
         raise InvalidAdapterError(f"{folder}: not a folder")
     pickled = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
@@ -81,21 +90,80 @@ def validate_adapter(folder: Path) -> AdapterInfo:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InvalidAdapterError(f"{folder}: {CONFIG} is not valid JSON ({exc})") from exc
     if not isinstance(cfg, dict) or cfg.get("peft_type", "LORA") != "LORA":
-        raise InvalidAdapterError(
-            f"{folder}: {CONFIG} is not a LoRA config (peft_type {cfg.get('peft_type')!r})"
-        )
+        peft_type = cfg.get("peft_type") if isinstance(cfg, dict) else None
+        raise InvalidAdapterError(f"{folder}: {CONFIG} is not a LoRA config (peft_type {peft_type!r})")
     rank = cfg.get("r")
-    if not isinstance(rank, int) or rank < 1:
+    if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
         raise InvalidAdapterError(f"{folder}: {CONFIG} field 'r' must be a positive integer, got {rank!r}")
     targets = cfg.get("target_modules") or []
     if isinstance(targets, str):
         targets = [targets]
     header = read_safetensors_header(weights)
-    names = tuple(sorted(k for k in header if k != "__metadata__"))
-    if not names:
+    shapes = {k: tuple(v.get("shape", [])) for k, v in header.items() if k != "__metadata__"}
+    if not shapes:
         raise InvalidAdapterError(f"{folder}: {WEIGHTS} holds no tensors")
-    check_adapter_kind(folder, cfg, names)  # DoRA, modules_to_save, added tokens: refused (adapter_kinds.py)
-    return AdapterInfo(rank, float(cfg.get("lora_alpha", rank)), tuple(sorted(targets)), names)
+    check_adapter_kind(
+        folder, cfg, tuple(sorted(shapes))
+    )  # DoRA, modules_to_save, added tokens: refused (adapter_kinds.py)
+    ranks = _module_ranks(weights, shapes, rank, cfg.get("rank_pattern"))
+    return AdapterInfo(
+        max([rank, *ranks.values()]),
+        float(cfg.get("lora_alpha", rank)),
+        tuple(sorted(str(t) for t in targets)),
+        tuple(sorted(shapes)),
+        shapes,
+        ranks,
+    )
+
+
+def _module_ranks(
+    weights: Path, shapes: dict[str, tuple[int, ...]], r: int, rank_pattern: Any
+) -> dict[str, int]:
+    """Each adapted module's rank, from its tensors; InvalidAdapterError where a pair is
+    incomplete, not 2-D, disagrees with itself or with the rank the config declares."""
+    pairs: dict[str, dict[str, tuple[int, ...]]] = {}
+    for name, shape in shapes.items():
+        part = next(
+            (p for p in ("A", "B") for m in (f".lora_{p}.", f".lora_embedding_{p}") if m in name), None
+        )
+        if part is None:
+            continue
+        if len(shape) != 2 or min(shape) < 1:
+            raise InvalidAdapterError(f"{weights}: {name} has shape {list(shape)}; a LoRA factor is 2-D")
+        pairs.setdefault(next(iter(lora_modules((name,)))), {})[part] = shape
+    ranks = {}
+    for module, pair in sorted(pairs.items()):
+        if set(pair) != {"A", "B"}:
+            raise InvalidAdapterError(f"{weights}: {module} has lora_{next(iter(pair))} but not its pair")
+        a, b = pair["A"][0], pair["B"][1]
+        declared = _pattern_rank(rank_pattern, module) or r
+        if a != b or a != declared:
+            raise InvalidAdapterError(
+                f"{weights}: {module} holds rank {a} (lora_A) and {b} (lora_B), but {CONFIG} declares "
+                f"r={declared}: the tensors and the config disagree"
+            )
+        ranks[module] = a
+    if not ranks:
+        raise InvalidAdapterError(f"{weights}: no LoRA tensors (lora_A/lora_B)")
+    return ranks
+
+
+def _pattern_rank(pattern: Any, module: str) -> int | None:
+    """PEFT's `rank_pattern` rule, the first key that is a suffix of the module at a '.' boundary,
+    with keys taken literally (PEFT reads them as regular expressions: from an untrusted file, a
+    pattern could take exponential time)."""
+    for key, value in pattern.items() if isinstance(pattern, dict) else ():
+        if isinstance(value, int) and (module == key or module.endswith(f".{key}")):
+            return value
+    return None
+
+
+def check_adapter(folder: Path, base_shapes: dict[str, list[int]]) -> AdapterInfo:
+    """The one validation every path runs (push from `registry add`, Hub pull, serving's load, the
+    vLLM resolver): a valid adapter (`validate_adapter`) that fits the base model's layers."""
+    info = validate_adapter(folder)
+    check_against_base(folder, info, base_shapes)
+    return info
 
 
 def lora_modules(tensor_names: tuple[str, ...]) -> set[str]:
@@ -121,27 +189,30 @@ def weight_shapes(folder: Path) -> dict[str, list[int]]:
 
 
 def check_against_base(folder: Path, info: AdapterInfo, base_shapes: dict[str, list[int]]) -> None:
-    """Every adapted module exists in the base model, and each LoRA pair fits its layer at the rank."""
+    """Every adapted module exists in the base model as a 2-D weight, and each LoRA pair fits that
+    layer at the module's rank (`[rank, in]` and `[out, rank]`; embeddings `[rank, vocab]`, `[dim, rank]`)."""
     weights = folder / WEIGHTS
-    missing = sorted(m for m in lora_modules(info.tensor_names) if f"{m}.weight" not in base_shapes)
+    missing = sorted(m for m in info.module_ranks if len(base_shapes.get(f"{m}.weight", ())) != 2)
     if missing:
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
         raise InvalidAdapterError(
             f"{weights}: target modules not in the base model: {', '.join(missing[:5])}{more} "
             "(was it trained on another base model?)"
         )
-    header = read_safetensors_header(weights)
-    for name in info.tensor_names:
-        module = lora_modules((name,)).pop()
-        out_features, in_features = (base_shapes[f"{module}.weight"] + [0, 0])[:2]
-        shape = list(header[name].get("shape", []))
-        expected = None
-        if ".lora_A." in name:
-            expected = [info.rank, in_features]
-        elif ".lora_B." in name:
-            expected = [out_features, info.rank]
-        if expected is not None and shape != expected:
+    for name, shape in info.shapes.items():
+        module = next(iter(lora_modules((name,))))
+        if module not in info.module_ranks:
+            continue
+        rank, (out_features, in_features) = info.module_ranks[module], base_shapes[f"{module}.weight"]
+        expected = {
+            ".lora_A.": [rank, in_features],
+            ".lora_B.": [out_features, rank],
+            ".lora_embedding_A": [rank, out_features],
+            ".lora_embedding_B": [in_features, rank],
+        }
+        want = next((v for k, v in expected.items() if k in name), None)
+        if want is not None and list(shape) != want:
             raise InvalidAdapterError(
-                f"{weights}: {name} has shape {shape}, expected {expected} "
-                f"(rank r={info.rank} from {CONFIG} and the base model's layer)"
+                f"{weights}: {name} has shape {list(shape)}, expected {want} "
+                f"(rank {rank} and the base model's layer {[out_features, in_features]})"
             )

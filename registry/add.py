@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from registry.adapter import CONFIG, check_against_base, validate_adapter, weight_shapes
+from registry.adapter import CONFIG, check_adapter, validate_adapter, weight_shapes
 from registry.basemodels import resolve_base_model
 from registry.errors import InvalidAdapterError
 from registry.refs import check_name
@@ -31,7 +31,7 @@ def add_folder(registry: Registry, folder: Path, name: str, base_model: str | No
             f"{folder / CONFIG}: no base_model_name_or_path; name the base model (--base-model)"
         )
     base = resolve_base_model(base_model or declared)
-    check_against_base(folder, info, weight_shapes(base.path))
+    info = check_adapter(folder, weight_shapes(base.path))
     lineage: dict[str, Any] = {
         "base_model": base.id,
         "base_model_sha256": base.weights_sha256,

@@ -3,7 +3,10 @@
     push: `platform registry push support@3 --to hf://org/repo`  -> one commit holding the version's
           files (adapter, manifest, lineage, model card), tagged `v3` and with one tag per alias.
     pull: `platform registry pull hf://org/repo[@revision] --as support` -> a new local version,
-          every file checked against the pulled manifest before it is stored, lineage kept.
+          every file checked against the pulled manifest, then the adapter against the base model
+          it names (`registry.adapter.check_adapter`, as `registry add` does), lineage kept. The
+          pulled lineage's base sha256 is a claim: it must equal the local base model's, and the
+          version records the sha256 computed here.
 
 The token comes from the usual places (`HF_TOKEN`, `huggingface-cli login`); `HF_ENDPOINT`
 points the client at another Hub (tests use a local fake of the Hub's HTTP side).
@@ -21,7 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from registry.errors import IntegrityError, RegistryError
+from registry.adapter import check_adapter, weight_shapes
+from registry.basemodels import resolve_base_model
+from registry.errors import IntegrityError, InvalidAdapterError, RegistryError
 from registry.manifest import MANIFEST, verify
 from registry.store import KEEP_FILES, Registry, Version
 
@@ -111,8 +116,11 @@ def _retag(api: Any, repo_id: str, tag: str, oid: str) -> None:
     api.create_tag(repo_id, tag=tag, revision=oid)
 
 
-def pull(registry: Registry, source: str, name: str, token: str | None = None) -> Version:
-    """Download a Hub version, verify it against its manifest, store it as a new local version."""
+def pull(
+    registry: Registry, source: str, name: str, token: str | None = None, base_model: str | None = None
+) -> Version:
+    """Download a Hub version, verify it against its manifest and its base model (`base_model`, else
+    the one its lineage names), store it as a new local version."""
     from huggingface_hub import snapshot_download
 
     hub = parse_hub_ref(source)
@@ -139,10 +147,33 @@ def pull(registry: Registry, source: str, name: str, token: str | None = None) -
                 f"{hub}: no {MANIFEST}; not a lora-platform version (push with `platform registry push`)"
             )
         verify(folder, None, str(hub))
-        lineage_file = folder / "lineage.json"
-        lineage: dict[str, Any] = json.loads(lineage_file.read_text()) if lineage_file.is_file() else {}
+        lineage = _checked_lineage(folder, hub, base_model)
         origin = {k: lineage.get(k) for k in ("name", "version", "parent")}
         lineage = {k: val for k, val in lineage.items() if k not in ("name", "version", "parent")}
         lineage["pulled_from"] = {"hub": str(hub), **origin}
         extra = {f: folder / f for f in KEEP_FILES if f != "lineage.json" and (folder / f).is_file()}
         return registry.push(name, folder, lineage, extra_files=extra)
+
+
+def _checked_lineage(folder: Path, hub: HubRef, base_model: str | None) -> dict[str, Any]:
+    """The pulled lineage, once the adapter fits the local base model it names and that model's
+    weights are the ones the lineage claims; its base fields are then this machine's."""
+    lineage_file = folder / "lineage.json"
+    try:
+        lineage = json.loads(lineage_file.read_text()) if lineage_file.is_file() else {}
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidAdapterError(f"{hub}: lineage.json is not valid JSON ({exc})") from exc
+    if not isinstance(lineage, dict):
+        raise InvalidAdapterError(f"{hub}: lineage.json is not a JSON object")
+    named = base_model or lineage.get("base_model")
+    if not isinstance(named, str) or not named:
+        raise InvalidAdapterError(f"{hub}: its lineage names no base model; name one (base_model)")
+    base = resolve_base_model(named)
+    claimed = lineage.get("base_model_sha256")
+    if claimed != base.weights_sha256:
+        raise InvalidAdapterError(
+            f"{hub}: its lineage says base weights sha256 {str(claimed)[:12]}..., but {base.id} here "
+            f"has {base.short_sha}...: trained on other weights (or the lineage is wrong)"
+        )
+    check_adapter(folder, weight_shapes(base.path))
+    return {**lineage, "base_model": base.id, "base_model_sha256": base.weights_sha256}

@@ -2,8 +2,10 @@
 
 Load ahead: when the registry changes, a reference in use (one requests resolved whose version is
 loaded) that now names another version, and every new A/B or rollout variant, is verified and
-loaded before its first request. Verification, validation and resolution run in worker threads,
-never on the event loop.
+loaded before its first request. Verification, validation, resolution and listing run in worker
+threads, never on the event loop: catalog reads in a small pool of their own, so that a catalog
+that hangs (a connect waits for its timeout) holds neither the loop nor the threads that
+tokenize prompts; after a failed read, names not resolved before fail fast for `CATALOG_RETRY_S`.
 
 Nothing unchecked reaches the engine: a bad LoRA path passed to vLLM's `generate()` kills the
 whole engine, so every version is verified (sha256 manifest), validated (safetensors, rank,
@@ -17,15 +19,17 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from registry.adapter import lora_modules, validate_adapter, weight_shapes
+from registry.adapter import check_adapter, weight_shapes
 from registry.basemodels import BaseModel
-from registry.errors import IntegrityError, InvalidAdapterError, NotFoundError, ReferenceError_
+from registry.errors import IntegrityError, InvalidAdapterError, NotFoundError, ReferenceError_, StorageError
 from registry.refs import parse_ref
 from registry.store import Registry, Version
 from serving import tracing
@@ -38,6 +42,16 @@ log = logging.getLogger("lora_platform.serving")
 UNSUPPORTED_TARGETS = {"embed_tokens", "lm_head"}
 BASE_ALIASES = {"base"}
 Key = tuple[str, int]
+T = TypeVar("T")
+
+MAX_RESOLVED = 4096
+"""Resolutions kept (least recently used dropped first). Keys are canonical references
+(`parse_ref`), so spellings of one name (whitespace, `@03`) share an entry."""
+CATALOG_THREADS = 4
+"""Worker threads for catalog reads on the request path (resolution, `/v1/models`)."""
+CATALOG_RETRY_S = 1.0
+"""After a catalog read failed (database unreachable), how long names not resolved before are
+answered 503 at once instead of waiting for another connect timeout each."""
 
 
 @dataclass
@@ -103,13 +117,15 @@ class AdapterManager:
         self.loaded: dict[tuple[str, int], Loaded] = {}
         self._next_id = 1
         self._locks: dict[tuple[str, int], asyncio.Lock] = {}
-        self._resolved: dict[str, Key] = {}
+        self._resolved: OrderedDict[str, Key] = OrderedDict()
+        self._catalog = ThreadPoolExecutor(CATALOG_THREADS, thread_name_prefix="catalog")
+        self._catalog_failed: tuple[float, StorageError] | None = None
         self._moved: dict[str, Key] = {}
         """References in use when the registry last changed, with the loaded version they named."""
         self._variants: set[str] = set()
         self._ahead = asyncio.Lock()
         self._seen_changes = -1
-        self._base_weights: set[str] | None = None
+        self._base_shapes: dict[str, list[int]] | None = None
         self.popularity = Popularity(window=10 * max_loaded)
         self.loads = 0
         self.evictions = 0
@@ -168,28 +184,52 @@ class AdapterManager:
                 continue  # deleted since: its requests will say so
         return out
 
-    def resolve(self, model: str) -> tuple[str, int] | None:
+    async def resolve(self, model: str) -> tuple[str, int] | None:
         """(name, version) for an adapter reference, None for the base model."""
         if model == self.served_base or model in BASE_ALIASES:
             return None
-        if model in self._resolved:
-            return self._resolved[model]
         try:
             ref = parse_ref(model)
-            found = self.registry.resolve(ref)
-        except (ReferenceError_, NotFoundError) as exc:
-            raise ModelNotFoundError(
-                f"The model {model!r} does not exist: {exc.message}. Use {self.served_base!r} or a registry reference "
-                "(name, name@VERSION, name:ALIAS); GET /v1/models lists them."
-            ) from exc
-        self._resolved[model] = found
+        except ReferenceError_ as exc:
+            raise self._not_found(model, exc) from exc
+        key = str(ref)
+        if key in self._resolved:
+            self._resolved.move_to_end(key)
+            return self._resolved[key]
+        try:
+            found = await self.catalog_call(self.registry.resolve, ref)
+        except NotFoundError as exc:
+            raise self._not_found(model, exc) from exc
+        self._resolved[key] = found
+        if len(self._resolved) > MAX_RESOLVED:
+            self._resolved.popitem(last=False)
         return found
+
+    def _not_found(self, model: str, exc: ReferenceError_ | NotFoundError) -> ModelNotFoundError:
+        return ModelNotFoundError(
+            f"The model {model!r} does not exist: {exc.message}. Use {self.served_base!r} or a registry reference "
+            "(name, name@VERSION, name:ALIAS); GET /v1/models lists them."
+        )
+
+    async def catalog_call(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)` on a catalog thread. While the catalog has just failed, it raises that
+        failure again at once (a StorageError: 503) rather than wait for another timeout."""
+        failed = self._catalog_failed
+        if failed is not None and time.monotonic() - failed[0] < CATALOG_RETRY_S:
+            raise failed[1]
+        try:
+            out = await asyncio.get_running_loop().run_in_executor(self._catalog, fn, *args)
+        except StorageError as exc:
+            self._catalog_failed = (time.monotonic(), exc)
+            raise
+        self._catalog_failed = None
+        return out
 
     # -- loading -------------------------------------------------------------------------
     @asynccontextmanager
     async def lease(self, model: str) -> AsyncIterator[Target]:
         """Resolve and load `model`, hold it for the request, then release it."""
-        found = self.resolve(model)
+        found = await self.resolve(model)
         if found is None:
             yield Target(self.served_base, None)
             return
@@ -220,12 +260,23 @@ class AdapterManager:
                 handle = AdapterHandle(self._next_id, v.ref, v.path)
                 self._next_id += 1
                 await self._make_room()
-                await self.engine.add_adapter(handle)
+                await self._add(handle)
             self.loads += 1
             if self.metrics is not None:
                 self.metrics.loaded(v.ref, "ahead" if ahead else "request", time.perf_counter() - started)
             self.loaded[key] = Loaded(handle, v)
             return self.loaded[key]
+
+    async def _add(self, handle: AdapterHandle) -> None:
+        """Hand a checked version to the engine. Why an engine refuses it (its exception text can
+        name server folders) goes to the log; the client gets the version and a generic reason."""
+        try:
+            await self.engine.add_adapter(handle)
+        except AdapterLoadError as exc:
+            log.warning("the engine refused %s: %s", handle.name, exc.message)
+            raise AdapterLoadError(
+                f"{handle.name}: the inference engine refused this adapter (the server log says why)"
+            ) from exc
 
     def _fetch(self, name: str, version: int) -> Version:
         try:
@@ -246,8 +297,10 @@ class AdapterManager:
                 f"{v.ref} was trained on {v.base_model} (weights sha256 {v.base_sha256[:12]}...), but this server "
                 f"runs {self.base.id} (sha256 {self.base.short_sha}...): adapter for another base model"
             )
+        if self._base_shapes is None:
+            self._base_shapes = weight_shapes(Path(self.base.path))
         try:
-            info = validate_adapter(v.path)
+            info = check_adapter(v.path, self._base_shapes)
         except InvalidAdapterError as exc:  # its message names the folder on this server: the log has it
             log.warning("refusing %s: %s", v.ref, exc)
             raise AdapterLoadError(f"{v.ref} is not a valid LoRA adapter (the server log says why)") from exc
@@ -255,16 +308,10 @@ class AdapterManager:
             raise AdapterLoadError(
                 f"{v.ref}: LoRA rank {info.rank} exceeds this server's max_lora_rank {self.max_lora_rank}"
             )
-        bad = sorted(set(info.target_modules) & UNSUPPORTED_TARGETS)
+        adapted = {m.rsplit(".", 1)[-1] for m in info.module_ranks} | set(info.target_modules)
+        bad = sorted(adapted & UNSUPPORTED_TARGETS)
         if bad:
             raise AdapterLoadError(f"{v.ref}: target modules {bad} are not supported by the engine")
-        if self._base_weights is None:
-            self._base_weights = set(weight_shapes(Path(self.base.path)))
-        missing = sorted(
-            m for m in lora_modules(info.tensor_names) if f"{m}.weight" not in self._base_weights
-        )
-        if missing:
-            raise AdapterLoadError(f"{v.ref}: adapter modules not in the base model: {missing[:5]}")
         cfg = json.loads((v.path / "adapter_config.json").read_text())
         if cfg.get("use_dora"):
             raise AdapterLoadError(f"{v.ref}: DoRA adapters are not supported by the engine")
@@ -286,7 +333,7 @@ class AdapterManager:
 
         Requests in flight keep their version: an adapter in use is unloaded once they finish
         (it is unpinned at once, so eviction takes it when it is idle)."""
-        key = self.resolve(model)
+        key = await self.resolve(model)
         if key is None:
             raise ModelNotFoundError(f"{model!r} is the base model; only adapters can be unloaded")
         loaded = self.loaded.get(key)
@@ -313,7 +360,7 @@ class AdapterManager:
         ]
 
     async def pin(self, model: str) -> Version:
-        found = self.resolve(model)
+        found = await self.resolve(model)
         if found is None:
             raise ModelNotFoundError(f"{model!r} is the base model; only adapters can be pinned")
         loaded = await self._ensure_loaded(*found)
@@ -321,9 +368,10 @@ class AdapterManager:
         return loaded.version
 
     # -- listing -------------------------------------------------------------------------
-    def servable(self) -> list[dict[str, Any]]:
+    async def servable(self) -> list[dict[str, Any]]:
         """Every version and alias whose base weights match this server's base model."""
-        versions = [v for v in self.registry.list_versions() if v.base_sha256 == self.base.weights_sha256]
+        listed = await self.catalog_call(self.registry.list_versions)
+        versions = [v for v in listed if v.base_sha256 == self.base.weights_sha256]
         out = [{"id": v.ref, "created": int(v.created)} for v in versions]
         latest: dict[str, Version] = {}
         for v in versions:

@@ -1,7 +1,8 @@
 """Running a job: admission, the adapter lease, the engine call, metrics, and the response.
 
 The routes call `complete()`. A `Generation` owns the request's admission slot and adapter lease
-(an in-flight request keeps its version) from `Generation.open()` to its one `close()`. A
+(an in-flight request keeps its version) from `Generation.open()` to its one `close()`, and its
+shadow copy's task (A/B routes), cancelled in `close()` unless the request was answered. A
 non-streaming request closes it before answering; a streaming one hands it to its `EventStream`,
 which closes it whatever happens to the response, even when the client is gone before the first
 byte and the body is never started.
@@ -22,7 +23,7 @@ from fastapi.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from serving import structured, tracing
-from serving.ab import apply_route, record
+from serving.ab import apply_route, record, start_shadow
 from serving.adapters import Target
 from serving.encoding import DONE, Collected, StreamEncoder, error_event
 from serving.engine.base import Delta, EngineTimes
@@ -152,6 +153,8 @@ class Generation:
         self._held = held
         self._engine = state.engine.generate(job.id, job.prompt_ids, job.params, target.adapter)
         self._closed = False
+        self.shadow: asyncio.Task[None] | None = None
+        """The shadow copy's task, when this request is copied to a shadow version."""
 
     @classmethod
     async def open(
@@ -161,16 +164,17 @@ class Generation:
         sticky_key: str | None,
         headers: Mapping[str, str] | None = None,
     ) -> Generation:
-        """Take a slot (or fail fast with 429), build the job, resolve and lease its adapter.
-        The request's trace (when tracing is on) continues the caller's `traceparent` header."""
+        """Take a slot (or fail fast with 429), build the job (tokenizing in a worker thread: a
+        long prompt does not hold the event loop), resolve and lease its adapter, start its shadow
+        copy. The request's trace (when tracing is on) continues the caller's `traceparent` header."""
         span = tracing.start_request(headers or {}, {"gen_ai.request.model": req.model})
         held = AsyncExitStack()
         try:
             with tracing.active(span):
                 held.enter_context(state.admission())
-                job = build_job(state, req)
+                job = await asyncio.to_thread(build_job, state, req)
                 job.key_hash = state.hasher.api_key(bearer(headers or {}))
-                target = await _lease(state, job, sticky_key, held)
+                target, shadow = await _lease(state, job, sticky_key, held)
                 job.params = await asyncio.to_thread(structured.constrain, state, req, job.params, target)
             logged = None
             if state.payloads is not None and state.payloads.name_of(job) is not None:
@@ -180,7 +184,10 @@ class Generation:
             await held.aclose()
             raise
         tracing.annotate(span, _span_attributes(job, target.served_name))
-        return cls(state, job, target, held, logged, span)
+        gen = cls(state, job, target, held, logged, span)
+        if shadow is not None:
+            gen.shadow = start_shadow(state, job, shadow)
+        return gen
 
     @property
     def headers(self) -> dict[str, str]:
@@ -192,6 +199,8 @@ class Generation:
         if self._closed:
             return
         self._closed = True
+        if self.shadow is not None and self.status != "ok":
+            self.shadow.cancel()  # nobody got an answer to compare the copy with
         try:
             await self._engine.aclose()
         finally:
@@ -274,9 +283,12 @@ class EventStream(StreamingResponse):
             await self.generation.close()
 
 
-async def _lease(state: ServerState, job: Job, sticky_key: str | None, held: AsyncExitStack) -> Target:
-    """Route the job (A/B) and lease its adapter. A model that does not resolve gets one more try
-    when the registry changed since the last poll: a route or version made a moment ago."""
+async def _lease(
+    state: ServerState, job: Job, sticky_key: str | None, held: AsyncExitStack
+) -> tuple[Target, str | None]:
+    """Route the job (A/B) and lease its adapter; the shadow version to copy it to, if any. A
+    model that does not resolve gets one more try when the registry changed since the last poll:
+    a route or version made a moment ago."""
     try:
         return await _lease_once(state, job, sticky_key, held)
     except ModelNotFoundError:
@@ -285,13 +297,15 @@ async def _lease(state: ServerState, job: Job, sticky_key: str | None, held: Asy
     return await _lease_once(state, job, sticky_key, held)
 
 
-async def _lease_once(state: ServerState, job: Job, sticky_key: str | None, held: AsyncExitStack) -> Target:
+async def _lease_once(
+    state: ServerState, job: Job, sticky_key: str | None, held: AsyncExitStack
+) -> tuple[Target, str | None]:
     with tracing.span("resolve", {"gen_ai.request.model": job.model}) as span:
-        apply_route(state, job, sticky_key)
-        found = state.adapters.resolve(job.model)  # the lease finds it cached
+        shadow = apply_route(state, job, sticky_key)
+        found = await state.adapters.resolve(job.model)  # the lease finds it cached
         version = state.served_base if found is None else f"{found[0]}@{found[1]}"
         tracing.annotate(span, _span_attributes(job, version))
-    return await held.enter_async_context(state.adapters.lease(job.model))
+    return await held.enter_async_context(state.adapters.lease(job.model)), shadow
 
 
 def _span_attributes(job: Job, version: str) -> dict[str, str]:

@@ -86,6 +86,20 @@ class ServerState:
         finally:
             self._release()
 
+    @contextmanager
+    def spare_slot(self) -> Iterator[bool]:
+        """Hold a request slot while the block runs if one is free (True), else nothing (False):
+        for optional engine work (shadow copies); no request is refused for want of a slot for it."""
+        try:
+            self._admit()
+        except (OverloadedError, UnavailableError):
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            self._release()
+
     def _admit(self) -> None:
         """Take a request slot or fail fast (before tokenization or any other costly work)."""
         if self.draining:

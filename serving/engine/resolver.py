@@ -115,7 +115,7 @@ class RegistryResolver:
 
     def check(self, base_model_name: str, lora_name: str) -> Path | None:
         """The verified folder of version `lora_name` (`name@N`); None when the name is not ours."""
-        from registry.adapter import check_against_base, validate_adapter
+        from registry.adapter import check_adapter
         from registry.errors import IntegrityError, NotFoundError, RegistryError
         from registry.refs import parse_ref
 
@@ -144,7 +144,7 @@ class RegistryResolver:
                 f"but vLLM runs {base_model_name} (sha256 {base.sha256[:12]}...)"
             )
         try:
-            check_against_base(version.path, validate_adapter(version.path), base.shapes)
+            check_adapter(version.path, base.shapes)
         except RegistryError as exc:
             raise Refused(f"{version.ref} does not fit the running base model: {exc.message}") from exc
         return version.path

@@ -1,7 +1,9 @@
-"""Admin routes (need the admin key): adapter loading and A/B route changes."""
+"""Admin routes (need the admin key): adapter loading and A/B route changes. Catalog writes
+run in a worker thread, never on the event loop that streams every running request."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Depends
@@ -59,16 +61,14 @@ async def unload(body: AdapterAction, state: State) -> dict[str, Any]:
 async def put_route(name: str, body: RouteSpec, state: State) -> dict[str, Any]:
     """Create or change an A/B route; every replica applies it within a second."""
     variants = [(v.ref, v.weight) for v in body.variants]
-    if name in state.routes:
-        route = set_weights(state.registry, name, variants, body.shadow, body.shadow_share)
-    else:
-        route = start_route(state.registry, name, variants, body.shadow, body.shadow_share)
+    change = set_weights if name in state.routes else start_route
+    route = await asyncio.to_thread(change, state.registry, name, variants, body.shadow, body.shadow_share)
     await state.refresh()
     return {"name": route.name, **route.spec()}
 
 
 @router.delete("/routes/{name}")
 async def delete_route(name: str, state: State) -> dict[str, Any]:
-    stop_route(state.registry, name)
+    await asyncio.to_thread(stop_route, state.registry, name)
     await state.refresh()
     return {"name": name, "stopped": True}

@@ -35,7 +35,7 @@ async def list_models(state: State) -> dict[str, Any]:
             "root": m.get("version", m["id"]),
             "parent": state.served_base,
         }
-        for m in state.adapters.servable()
+        for m in await state.adapters.servable()
         if m["id"] not in state.routes
     ]
     routes = [

@@ -19,6 +19,17 @@ from tests.serving.fixtures import free_port
 
 
 @pytest.fixture
+def lineage(tiny_base) -> dict[str, object]:  # type: ignore[no-untyped-def]
+    """A lineage naming the tiny base model as it is here: a pull checks the adapter against it."""
+    return {**LINEAGE, "base_model": tiny_base.id, "base_model_sha256": tiny_base.weights_sha256}
+
+
+def tiny_adapter(folder: Path) -> Path:
+    """An adapter that fits the tiny base model's layers (hidden size 256)."""
+    return make_adapter(folder, size=256)
+
+
+@pytest.fixture
 def hub(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
     with fake_hub(free_port()) as (url, repos):
         monkeypatch.setenv("HF_ENDPOINT", url)
@@ -29,10 +40,12 @@ def hub(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
         yield url, repos
 
 
-def test_push_then_pull_round_trip_keeps_bytes_and_lineage(hub, registry_root: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_push_then_pull_round_trip_keeps_bytes_and_lineage(
+    hub, lineage, registry_root: Path, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
     _, repos = hub
     reg = Registry(registry_root)
-    v = reg.push("support", make_adapter(tmp_path / "a"), LINEAGE)
+    v = reg.push("support", tiny_adapter(tmp_path / "a"), lineage)
     reg.set_alias(v.ref, "prod")
     out = CliRunner().invoke(
         cli, ["registry", "push", "support@1", "--to", "hf://acme/support", "--registry", str(registry_root)]
@@ -56,7 +69,7 @@ def test_push_then_pull_round_trip_keeps_bytes_and_lineage(hub, registry_root: P
     assert (got.path / "adapter_model.safetensors").read_bytes() == (
         v.path / "adapter_model.safetensors"
     ).read_bytes()
-    assert got.base_sha256 == LINEAGE["base_model_sha256"]
+    assert got.base_sha256 == lineage["base_model_sha256"]
     assert got.lineage["pulled_from"] == {
         "hub": "hf://acme/support@v1",
         "name": "support",
@@ -66,10 +79,12 @@ def test_push_then_pull_round_trip_keeps_bytes_and_lineage(hub, registry_root: P
     assert other.verify_all() == {"imported@1": None}
 
 
-def test_tampered_download_is_refused_and_nothing_is_stored(hub, registry_root: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_tampered_download_is_refused_and_nothing_is_stored(
+    hub, lineage, registry_root: Path, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
     _, repos = hub
     reg = Registry(registry_root)
-    reg.push("support", make_adapter(tmp_path / "a"), LINEAGE)
+    reg.push("support", tiny_adapter(tmp_path / "a"), lineage)
     push(reg, "support@1", "hf://acme/t")
     files = repos["acme/t"].commits[repos["acme/t"].tags["v1"]]
     files["adapter_config.json"] = b'{"peft_type": "LORA", "r": 64}'
@@ -82,10 +97,10 @@ def test_tampered_download_is_refused_and_nothing_is_stored(hub, registry_root: 
 
 
 def test_hub_errors_are_clear(
-    hub, registry_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    hub, lineage, registry_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:  # type: ignore[no-untyped-def]
     reg = Registry(registry_root)
-    reg.push("support", make_adapter(tmp_path / "a"), LINEAGE)
+    reg.push("support", tiny_adapter(tmp_path / "a"), lineage)
     with pytest.raises(HubError, match=r"pull hf://acme/missing"):
         pull(reg, "hf://acme/missing", "x")
     monkeypatch.setenv("HF_TOKEN", "wrong")

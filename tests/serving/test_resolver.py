@@ -159,10 +159,12 @@ def test_the_resolver_hands_out_only_verified_versions_that_fit_the_base(
 
 
 def test_shapes_that_do_not_fit_the_base_are_refused(tiny_base, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from tests.registry.test_store import make_adapter
+
     reg = Registry(tmp_path / "registry")
-    folder = random_adapter(tmp_path / "r2", 4, ["q_proj"])
-    config = folder / "adapter_config.json"
-    config.write_text(config.read_text().replace('"r": 4', '"r": 2'))  # pushed that way: the manifest agrees
+    folder = make_adapter(
+        tmp_path / "narrow", size=64
+    )  # consistent in itself; the base's layers are 256 wide
     lineage = {"base_model": tiny_base.id, "base_model_sha256": tiny_base.weights_sha256}
     ref = reg.push("misfit", folder, lineage).ref
     with pytest.raises(Refused, match="does not fit the running base model"):
