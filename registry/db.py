@@ -228,6 +228,12 @@ CATALOG_FILE = "catalog.sqlite"
 _URL_RE = re.compile(r"^postgres(ql)?(\+\w+)?://", re.IGNORECASE)
 
 
+def storable(row: dict[str, Any]) -> dict[str, Any]:
+    """`row` with NUL characters in its text replaced by U+FFFD: PostgreSQL text cannot hold NUL
+    (a model's answer or a user's comment can), and a refused batch would be retried forever."""
+    return {k: v.replace("\x00", "\ufffd") if isinstance(v, str) else v for k, v in row.items()}
+
+
 def is_database_url(text: str | Path | None) -> bool:
     """True for `postgresql://...` (a shared catalog), False for a folder path."""
     return isinstance(text, str) and bool(_URL_RE.match(text))

@@ -20,7 +20,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from registry import db as t
-from registry.db import CatalogDB
+from registry.db import CatalogDB, storable
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ class EvidenceStore:
         with self.db.write(bump=False) as conn:
             ids = [r.id for r in records]
             conn.execute(sa.delete(t.requests).where(t.requests.c.id.in_(ids)))
-            conn.execute(sa.insert(t.requests), [asdict(r) for r in records])
+            conn.execute(sa.insert(t.requests), [storable(asdict(r)) for r in records])
 
     def add_feedback(
         self,
@@ -79,7 +79,7 @@ class EvidenceStore:
         }
         with self.db.write(bump=False) as conn:
             conn.execute(sa.delete(t.feedback).where(t.feedback.c.completion_id == completion_id))
-            conn.execute(sa.insert(t.feedback).values(**row))
+            conn.execute(sa.insert(t.feedback).values(**storable(row)))
 
     def find_request(self, completion_id: str) -> tuple[str, str, str | None] | None:
         """(route, variant, key_hash) of a live (not shadow) request."""

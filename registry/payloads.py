@@ -20,7 +20,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from registry import db as t
-from registry.db import CatalogDB
+from registry.db import CatalogDB, storable
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ class PayloadStore:
             return
         with self.db.write(bump=False) as conn:
             conn.execute(sa.delete(t.payloads).where(t.payloads.c.id.in_([r.id for r in records])))
-            conn.execute(sa.insert(t.payloads), [asdict(r) for r in records])
+            conn.execute(sa.insert(t.payloads), [storable(asdict(r)) for r in records])
 
     def exists(self, completion_id: str) -> bool:
         return self.owner(completion_id)[0]
@@ -115,7 +115,7 @@ class PayloadStore:
         f = t.payload_feedback.c
         with self.db.write(bump=False) as conn:
             conn.execute(sa.delete(t.payload_feedback).where(f.completion_id == completion_id))
-            conn.execute(sa.insert(t.payload_feedback).values(**row, comment=comment))
+            conn.execute(sa.insert(t.payload_feedback).values(**storable({**row, "comment": comment})))
 
     def purge(self, before: float) -> int:
         """Delete rows logged before `before` (Unix time) and their feedback; how many rows went."""

@@ -69,3 +69,22 @@ def test_keyed_hashes_depend_on_the_secret(tmp_path: Path) -> None:
     assert not b.same_key(key, "sk-123") and a.same_key(None, None)
     open_server = KeyHasher(b"one", authenticated=False)  # no --api-key: a bearer proves nothing
     assert open_server.api_key("sk-123") is None and open_server.same_key(key, None)
+
+
+def test_text_with_a_nul_character_is_stored_on_both_backends(registry_location: str) -> None:
+    """PostgreSQL text cannot hold NUL: a shadow answer or a comment with one must not jam the writer."""
+    from registry.evidence_store import RequestRecord
+    from registry.payloads import PayloadRecord
+
+    reg = Registry(registry_location)
+    reg.evidence().insert_requests(
+        [RequestRecord("r1", 1.0, "bot", "bot@1", None, 0.1, 0.05, 3, 2, "ok", 1, output="a\x00b")]
+    )
+    reg.evidence().add_feedback("r1", "bot", "bot@1", None, 1, "bad\x00comment")
+    payload = PayloadRecord(
+        "p1", 1.0, "bot", "bot@1", '{"prompt": "x"}', "y\x00z", "stop", "ok", 0.1, 0.05, 1, 1
+    )
+    reg.payloads().insert([payload])
+    reg.payloads().add_feedback("p1", None, 1, "c\x00d")
+    [logged] = reg.payloads().completions("bot")
+    assert logged.record.completion == "y\ufffdz" and logged.thumbs == 1
