@@ -52,7 +52,7 @@ import httpx
 from loadtests import llamacpp
 from loadtests.common import read_stats, read_trace, run_locust, summarize, tokens_in_window
 from loadtests.record import write_result
-from serving.engine.lora_kernel import cpu_dtype
+from serving.engine.cpu.lora_kernel import cpu_dtype
 from serving.experiments.stats import percentile
 from testkit.adapters import make_adapters, push_adapters
 from testkit.servers import BIN, ROOT, platform_cmd, server_process

@@ -5,7 +5,7 @@
 
 Starts one vLLM AsyncLLM per configuration, all at once in this process (each engine core is its
 own process, idle while another measures):
-  ours   - LoRA enabled, the project's CPU LoRA ops (serving/engine/cpu_lora.py; for bf16 the
+  ours   - LoRA enabled, the project's CPU LoRA ops (serving/engine/cpu/cpu_lora.py; for bf16 the
            compiled op of lora_kernel.py)
   stock  - LoRA enabled, vLLM's own CPU LoRA ops (LORA_PLATFORM_STOCK_CPU_LORA=1)
   nolora - LoRA disabled (base requests only)

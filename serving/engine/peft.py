@@ -13,8 +13,8 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 from registry.basemodels import BaseModel
-from serving.engine import lora_kernel
 from serving.engine.base import AdapterHandle, Delta, Engine, GenParams
+from serving.engine.cpu import lora_kernel
 from serving.errors import AdapterLoadError, EngineDeadError
 from serving.settings import ServeSettings
 

@@ -11,12 +11,12 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 from registry.basemodels import BaseModel
-from serving.engine import lora_kernel
 from serving.engine.base import AdapterHandle, Delta, Engine, EngineTimes, GenParams, TokenLogprob
+from serving.engine.cpu import lora_kernel, vllm_tested
 from serving.errors import AdapterLoadError, BadRequestError, EngineDeadError
 from serving.settings import ServeSettings
 
-SLOT_AWARE_SCHEDULER = "serving.engine.lora_admission.SlotAwareScheduler"
+SLOT_AWARE_SCHEDULER = "serving.engine.cpu.lora_admission.SlotAwareScheduler"
 
 
 class VLLMEngine(Engine):
@@ -41,6 +41,7 @@ class VLLMEngine(Engine):
         self._tokenizer = AutoTokenizer.from_pretrained(self.base.path)
         s = self.settings
         dtype = lora_kernel.cpu_dtype(s.dtype) if current_platform.is_cpu() else s.dtype
+        slot_aware = current_platform.is_cpu() and vllm_tested()  # an untested vLLM keeps its own
         args = AsyncEngineArgs(
             model=str(self.base.path),
             served_model_name=[s.served_model_name or self.base.id],
@@ -57,10 +58,8 @@ class VLLMEngine(Engine):
             seed=0,
             trust_remote_code=False,
             # CPU: slot-aware admission and slot turns (the GPU path keeps vLLM's asynchronous scheduler)
-            scheduler_cls=SLOT_AWARE_SCHEDULER if current_platform.is_cpu() else None,
-            additional_config={"lora_slot_turn_s": s.lora_slot_turn_s or None}
-            if current_platform.is_cpu()
-            else {},
+            scheduler_cls=SLOT_AWARE_SCHEDULER if slot_aware else None,
+            additional_config={"lora_slot_turn_s": s.lora_slot_turn_s or None} if slot_aware else {},
         )
         self.llm = AsyncLLM.from_engine_args(args)
 

@@ -35,7 +35,7 @@ def main() -> None:
     from vllm import SamplingParams
     from vllm.lora.request import LoRARequest
 
-    from serving.engine import cpu_lora, lora_kernel
+    from serving.engine.cpu import cpu_lora, lora_kernel
 
     base, first, second = sys.argv[1:4]
     llm = tiny_lora_llm(base, max_loras=1, max_cpu_loras=1, dtype="bfloat16")

@@ -29,7 +29,7 @@ def main() -> None:
     from vllm import SamplingParams
     from vllm.lora.request import LoRARequest
 
-    from serving.engine.lora_admission import adapter
+    from serving.engine.cpu.lora_admission import adapter
     from serving.engine.vllm import SLOT_AWARE_SCHEDULER
     from tests.serving.bf16_engine import tiny_lora_llm
 

@@ -30,7 +30,7 @@ def main() -> None:
     from vllm import SamplingParams
     from vllm.lora.request import LoRARequest
 
-    from serving.engine import cpu_lora, lora_kernel
+    from serving.engine.cpu import cpu_lora, lora_kernel
     from tests.serving.bf16_engine import tiny_lora_llm
 
     base, *paths = sys.argv[1:5]

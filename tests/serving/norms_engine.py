@@ -16,7 +16,7 @@ def main() -> None:
     import torch
     from vllm import SamplingParams, ir
 
-    from serving.engine import lora_kernel
+    from serving.engine.cpu import lora_kernel
     from tests.serving.bf16_engine import tiny_lora_llm
 
     # SmolLM2's dtype as `platform serve --dtype auto` runs it here: bf16, or float32 without bf16 instructions

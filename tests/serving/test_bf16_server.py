@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from registry.basemodels import EMBEDDED_TINY
-from serving.engine import lora_kernel
+from serving.engine.cpu import lora_kernel
 from tests.serving.fixtures import Server, running_server
 from tests.serving.test_server import PROMPTS, chat
 

@@ -3,7 +3,7 @@ AVX2-only machines, where bf16 products are emulated (3.5x slower on SmolLM2, do
 
 from __future__ import annotations
 
-from serving.engine.lora_kernel import cpu_dtype
+from serving.engine.cpu.lora_kernel import cpu_dtype
 
 ZEN3 = {"avx", "avx2", "fma", "f16c", "bmi2"}  # AMD EPYC Milan: no AVX512 at all
 ZEN4 = ZEN3 | {"avx512f", "avx512bw", "avx512vl", "avx512_bf16"}

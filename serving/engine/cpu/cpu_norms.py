@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from serving.engine import lora_kernel
+from serving.engine.cpu import lora_kernel
 
 PROVIDER = "lora_platform_cpu"
 ENV_DISABLE = "LORA_PLATFORM_NO_CPU_NORMS"

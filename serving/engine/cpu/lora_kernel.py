@@ -3,7 +3,7 @@
 One C call per LoRA layer and step computes every slice's shrink and expand for every adapter row
 of the batch with AMX-BF16 tiles (AVX512-BF16 dot products on CPUs without AMX), accumulating into
 the output in place. The library is
-built by `make setup` (`python -m serving.engine.lora_kernel`) into
+built by `make setup` (`python -m serving.engine.cpu.lora_kernel`) into
 `$LORA_PLATFORM_HOME/kernels/`, named by the source's sha256, and built on first use when missing.
 Machines without AVX512-BF16 or without a C compiler keep the torch path of cpu_lora.py; so does
 `LORA_PLATFORM_NO_FUSED_LORA=1`.
@@ -362,7 +362,7 @@ def run(kernel: Kernel, layer: PackedLayer, x: Any, y: Any, rows: Any, slots: An
 
 
 def main() -> None:
-    """`python -m serving.engine.lora_kernel`: build the library (make setup runs this). Compiling
+    """`python -m serving.engine.cpu.lora_kernel`: build the library (make setup runs this). Compiling
     needs no AVX512 (an image can be built on any x86 machine); running it does."""
     try:
         path = build()

@@ -19,7 +19,8 @@ and cpu_norms.py: RMSNorm on vLLM's compiled CPU kernels instead of its PyTorch 
 
 `register()` runs in every vLLM process of the environment (the engine core and its workers load
 general plugins), so the patch is active wherever the model runs, a user's own `vllm serve`
-included; it logs one line saying so. LORA_PLATFORM_STOCK_CPU_LORA=1 switches it off.
+included; it logs one line saying so. LORA_PLATFORM_STOCK_CPU_LORA=1 switches it off, and so does a
+vLLM version outside the tested range (serving/engine/cpu/__init__.py, TESTED_VLLM: one log line).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from serving.engine import cpu_norms, lora_files, lora_kernel, lora_slots
+from serving.engine.cpu import cpu_norms, lora_files, lora_kernel, lora_slots, refuse_untested
 
 ENV_DISABLE = "LORA_PLATFORM_STOCK_CPU_LORA"
 """Set to 1 to leave vLLM's own CPU LoRA ops in place (register() then changes nothing)."""
@@ -553,7 +554,7 @@ OPS = {
 def register() -> None:
     """vLLM general-plugin hook: swap the CPU LoRA ops in every module that bound them."""
     global _ACTIVE
-    if os.environ.get(ENV_DISABLE) == "1":
+    if os.environ.get(ENV_DISABLE) == "1" or refuse_untested():
         return
     import importlib
 
