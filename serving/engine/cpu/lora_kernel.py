@@ -5,6 +5,9 @@ of the batch with AMX-BF16 tiles (AVX512-BF16 dot products on CPUs without AMX),
 the output in place. The library is
 built by `make setup` (`python -m serving.engine.cpu.lora_kernel`) into
 `$LORA_PLATFORM_HOME/kernels/`, named by the source's sha256, and built on first use when missing.
+Beside it, a record of the library's own sha256 written at build time: a library that does not
+match it (a file put into the cache by anything but this install's build) is never loaded; it is
+logged and built again.
 Machines without AVX512-BF16 or without a C compiler keep the torch path of cpu_lora.py; so does
 `LORA_PLATFORM_NO_FUSED_LORA=1`.
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -94,18 +98,63 @@ def cpu_dtype(setting: Dtype, flags: set[str] | None = None) -> Dtype:
     return setting
 
 
+def _source_digest() -> str:
+    """sha256 of the C source and the compiler flags: what a library of this install is built from."""
+    return hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode()).hexdigest()
+
+
 def library_path() -> Path:
     from registry.basemodels import home
 
-    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode()).hexdigest()[:16]
-    return home() / "kernels" / f"lora_bf16-{digest}.so"
+    return home() / "kernels" / f"lora_bf16-{_source_digest()[:16]}.so"
+
+
+def record_path(library: Path) -> Path:
+    """The sidecar written when `library` was built: its sha256 and the source digest it came from."""
+    return library.with_suffix(".sha256.json")
+
+
+def _file_sha256(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def mismatch(library: Path) -> str | None:
+    """Why `library` is not the one this install built (None: it is). A library is loaded only
+    if its sha256 matches the record written beside it at build time, and the record names this
+    install's source digest: a file put into the cache by anything else is never loaded."""
+    try:
+        record = json.loads(record_path(library).read_text())
+    except (OSError, ValueError):
+        return "no build record beside it"
+    if not isinstance(record, dict) or record.get("source_sha256") != _source_digest():
+        return "its build record is for another source"
+    if record.get("library_sha256") != _file_sha256(library):
+        return "its sha256 differs from the one recorded when it was built"
+    return None
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def build() -> Path:
-    """Compile the library if it is not there yet; atomic (a temp file renamed into place)."""
+    """The library this install built: compiled if it is not there yet, and compiled again if the
+    file there is not the one recorded at build time (`mismatch`, logged); atomic (temp files renamed
+    into place, the record before the library: a process that finds no library builds its own)."""
     out = library_path()
     if out.exists():
-        return out
+        reason = mismatch(out)
+        if reason is None:
+            return out
+        log.warning("compiled LoRA op %s not loaded: %s; building it again", out.name, reason)
     cc = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
     if not cc:
         raise RuntimeError("no C compiler (gcc or cc) on PATH")
@@ -116,6 +165,8 @@ def build() -> Path:
         proc = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"{cc} failed on {SOURCE.name}: {proc.stderr.strip()[-2000:]}")
+        record = {"library_sha256": _file_sha256(Path(tmp)), "source_sha256": _source_digest()}
+        _write_atomic(record_path(out), json.dumps(record).encode())
         os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):
