@@ -9,21 +9,9 @@ import click
 from rich.console import Console
 
 from cli.errors import handle_errors
-from cli.options import registry_options
+from cli.options import POSITIVE_DURATION, registry_options
 
 console = Console()
-
-
-def duration(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
-    """A `--since`-style duration (`7d`, `12h`) in seconds; bad input is exit 2 naming the flag."""
-    if value is None:
-        return None
-    from serving.experiments.drift import parse_duration
-
-    try:
-        return parse_duration(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
 
 
 @click.group("data")
@@ -38,7 +26,7 @@ def data_group() -> None:
     "--thumbs", type=click.Choice(["up", "down"]), help="Only completions with this thumbs feedback."
 )
 @click.option("--min-score", type=float, help="Only completions scored at least this.")
-@click.option("--since", callback=duration, help="Only traffic of the last 7d, 12h, 30m, ...")
+@click.option("--since", type=POSITIVE_DURATION, help="Only traffic of the last 7d, 12h, 30m, ...")
 @click.option("--reviewed", is_flag=True, help="Add human-reviewed items with their preferred answer.")
 @click.option(
     "--pairs",

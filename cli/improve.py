@@ -9,8 +9,8 @@ from rich.console import Console
 from rich.text import Text
 
 from cli.errors import handle_errors
-from cli.options import registry_options
-from cli.rollout import duration, parse_steps
+from cli.options import DURATION, POSITIVE_DURATION, registry_options
+from cli.rollout import parse_steps
 
 console = Console()
 
@@ -45,7 +45,7 @@ console = Console()
     "--steps", default="5,25,50,100", show_default=True, callback=parse_steps, help="Rollout weights, %."
 )
 @click.option(
-    "--interval", default="60s", show_default=True, callback=duration, help="Rollout decision interval."
+    "--interval", default="60s", show_default=True, type=DURATION, help="Rollout decision interval."
 )
 @click.option("--output-dir", default="runs", show_default=True, help="Where the export and the run go.")
 @click.option(
@@ -59,7 +59,7 @@ console = Console()
 @click.option("--dry-run", is_flag=True, help="Print the plan with the counts; change nothing.")
 @click.option(
     "--every",
-    callback=lambda ctx, p, v: None if v is None else duration(ctx, p, v),
+    type=POSITIVE_DURATION,
     help="Run again every this long (e.g. 24h), as a long-running command; without it: once.",
 )
 @click.option("--set", "overrides", multiple=True, help="Training setting key=value, repeatable.")

@@ -9,9 +9,8 @@ from typing import Any
 import click
 from rich.console import Console
 
-from cli.data import duration
 from cli.errors import handle_errors
-from cli.options import open_registry, registry_options
+from cli.options import POSITIVE_DURATION, open_registry, registry_options
 from cli.tables import print_records
 
 console = Console()
@@ -28,10 +27,10 @@ def _when(ts: float) -> str:
 @click.command("monitor")
 @click.argument("name")
 @click.option(
-    "--reference", default="3d", callback=duration, help="Reference: a version's first 3d in service."
+    "--reference", default="3d", type=POSITIVE_DURATION, help="Reference: a version's first 3d in service."
 )
 @click.option(
-    "--window", default="1d", callback=duration, help="Recent window compared with it (default 1d)."
+    "--window", default="1d", type=POSITIVE_DURATION, help="Recent window compared with it (default 1d)."
 )
 @click.option("--alpha", type=click.FloatRange(0, 1, min_open=True), default=0.01, help="Significance level.")
 @click.option("--min-n", type=click.IntRange(min=2), default=10, help="Fewest values per window to test.")

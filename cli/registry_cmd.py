@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.text import Text
 
 from cli.errors import handle_errors
-from cli.options import registry_options
+from cli.options import DURATION, registry_options
 from cli.tables import print_records
 from registry.store import Registry, Version
 
@@ -195,29 +195,10 @@ def rm_cmd(ref: str, force: bool, registry_root: str | None) -> None:
     console.print(f"removed {v.ref}")
 
 
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
-    """`10m`, `2h`, `0s`, `1d`, or a number of seconds."""
-    if value is None:
-        return None
-    text = value.strip().lower()
-    number, unit = (text[:-1], text[-1]) if text[-1:] in _UNITS else (text, "s")
-    try:
-        seconds = float(number) * _UNITS[unit]
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a duration; use e.g. 0s, 10m, 2h, 1d") from None
-    if seconds < 0 or seconds != seconds:
-        raise click.BadParameter(f"{value!r}: a duration must be >= 0")
-    return seconds
-
-
 @registry_group.command("gc")
 @click.option(
     "--older-than",
-    callback=_duration,
-    metavar="DURATION",
+    type=DURATION,
     help="Also remove staging folders idle this long (e.g. 0s, 10m, 2h); default 1h. "
     "Younger ones may be pushes still running: use 0s only when no push is.",
 )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import time
 from datetime import datetime
 from pathlib import Path
@@ -14,23 +13,13 @@ from rich.console import Console
 from rich.text import Text
 
 from cli.errors import handle_errors
-from cli.options import open_registry, registry_options
+from cli.options import DURATION, open_registry, registry_options
 from cli.tables import print_records
 
 if TYPE_CHECKING:
     from serving.experiments.gates import OfflineGate
 
 console = Console()
-_DURATION = re.compile(r"^\s*([0-9.]+)\s*(ms|s|m|h)?\s*$")
-
-
-def duration(ctx: click.Context | None, param: click.Parameter | None, value: str) -> float:
-    """`90`, `90s`, `1.5m`, `2h`, `500ms` -> seconds."""
-    m = _DURATION.match(value or "")
-    if not m:
-        raise click.BadParameter(f"{value!r} is not a duration (e.g. 60s, 10m, 1h)")
-    scale = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[m.group(2) or "s"]
-    return float(m.group(1)) * scale
 
 
 def parse_steps(ctx: click.Context, param: click.Parameter, value: str) -> tuple[float, ...]:
@@ -113,9 +102,7 @@ def rollout_group() -> None:
 @click.option(
     "--steps", default="5,25,50,100", show_default=True, callback=parse_steps, help="Candidate weights, %."
 )
-@click.option(
-    "--interval", default="60s", show_default=True, callback=duration, help="Time between decisions."
-)
+@click.option("--interval", default="60s", show_default=True, type=DURATION, help="Time between decisions.")
 @click.option(
     "--min-requests",
     default=50,
@@ -132,7 +119,7 @@ def rollout_group() -> None:
     "gates are not judged and do not hold the step (unless every other gate is off).",
 )
 @click.option(
-    "--max-wait", default="10m", show_default=True, callback=duration, help="Inconclusive this long: pause."
+    "--max-wait", default="10m", show_default=True, type=DURATION, help="Inconclusive this long: pause."
 )
 @click.option(
     "--gate",
@@ -326,7 +313,11 @@ rollout_group.add_command(_simple("abort", "Stop rollout NAME: candidate weight 
 
 
 @rollout_group.command("watch")
-@click.option("--max-seconds", type=float, help="Stop after this long (default: run until interrupted).")
+@click.option(
+    "--max-seconds",
+    type=DURATION,
+    help="Stop after this long, e.g. 90 or 10m (default: run until interrupted).",
+)
 @registry_options
 @handle_errors
 def watch_cmd(max_seconds: float | None, registry_root: str | None) -> None:

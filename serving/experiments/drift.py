@@ -164,14 +164,3 @@ def drift_report(
         rows = store.completions(name, version=version)
         out.append(version_drift(version, rows, reference_s, window_s, now, alpha, min_n))
     return out
-
-
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
-def parse_duration(text: str) -> float:
-    """`90s`, `30m`, `12h`, `3d`, `1w` (or a number of seconds) -> seconds; ValueError otherwise."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", text)
-    if not match or float(match.group(1)) <= 0:
-        raise ValueError(f"{text!r} is not a duration; use e.g. 90s, 30m, 12h, 3d or 1w")
-    return float(match.group(1)) * _UNITS[match.group(2) or "s"]
