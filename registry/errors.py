@@ -21,7 +21,7 @@ class BaseModelError(RegistryError):
     """A base model cannot be found, built or identified."""
 
 
-class ReferenceError_(RegistryError):
+class InvalidReferenceError(RegistryError):
     """A reference (`name`, `name@3`, `name:alias`) is malformed."""
 
 

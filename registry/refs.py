@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from registry.errors import ReferenceError_
+from registry.errors import InvalidReferenceError
 
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 _REF_RE = re.compile(r"(?P<name>[^@:]+)(?:@(?P<version>[^@:]+)|:(?P<alias>[^@:]+))?")
@@ -20,7 +20,7 @@ MAX_VERSION = 2**31 - 1
 
 def check_name(name: str, what: str = "name") -> str:
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
-        raise ReferenceError_(
+        raise InvalidReferenceError(
             f"invalid {what} {name!r}: use 1-64 lowercase letters, digits, '.', '-' or '_', "
             "starting with a letter or digit"
         )
@@ -44,16 +44,18 @@ class Ref:
 
 
 def parse_ref(text: str) -> Ref:
-    """Parse `name`, `name@N` or `name:alias`; raise ReferenceError_ with the reason otherwise."""
+    """Parse `name`, `name@N` or `name:alias`; raise InvalidReferenceError with the reason otherwise."""
     if not isinstance(text, str):
-        raise ReferenceError_(f"reference must be a string, got {type(text).__name__}")
+        raise InvalidReferenceError(f"reference must be a string, got {type(text).__name__}")
     m = _REF_RE.fullmatch(text.strip())
     if not m:
-        raise ReferenceError_(f"malformed reference {text!r}: expected name, name@VERSION or name:ALIAS")
+        raise InvalidReferenceError(
+            f"malformed reference {text!r}: expected name, name@VERSION or name:ALIAS"
+        )
     name = check_name(m["name"])
     if m["version"] is not None:
         if not _VERSION_RE.fullmatch(m["version"]) or not 1 <= int(m["version"]) <= MAX_VERSION:
-            raise ReferenceError_(
+            raise InvalidReferenceError(
                 f"malformed reference {text!r}: version must be an integer from 1 to {MAX_VERSION}"
             )
         return Ref(name, version=int(m["version"]))

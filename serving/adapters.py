@@ -29,7 +29,13 @@ from typing import Any, TypeVar
 
 from registry.adapter import check_adapter, weight_shapes
 from registry.basemodels import BaseModel
-from registry.errors import IntegrityError, InvalidAdapterError, NotFoundError, ReferenceError_, StorageError
+from registry.errors import (
+    IntegrityError,
+    InvalidAdapterError,
+    InvalidReferenceError,
+    NotFoundError,
+    StorageError,
+)
 from registry.refs import parse_ref
 from registry.store import Registry, Version
 from serving import tracing
@@ -180,7 +186,7 @@ class AdapterManager:
         for ref in refs:
             try:
                 out[ref] = self.registry.resolve(ref)
-            except (ReferenceError_, NotFoundError):
+            except (InvalidReferenceError, NotFoundError):
                 continue  # deleted since: its requests will say so
         return out
 
@@ -190,7 +196,7 @@ class AdapterManager:
             return None
         try:
             ref = parse_ref(model)
-        except ReferenceError_ as exc:
+        except InvalidReferenceError as exc:
             raise self._not_found(model, exc) from exc
         key = str(ref)
         if key in self._resolved:
@@ -205,7 +211,7 @@ class AdapterManager:
             self._resolved.popitem(last=False)
         return found
 
-    def _not_found(self, model: str, exc: ReferenceError_ | NotFoundError) -> ModelNotFoundError:
+    def _not_found(self, model: str, exc: InvalidReferenceError | NotFoundError) -> ModelNotFoundError:
         return ModelNotFoundError(
             f"The model {model!r} does not exist: {exc.message}. Use {self.served_base!r} or a registry reference "
             "(name, name@VERSION, name:ALIAS); GET /v1/models lists them."

@@ -17,7 +17,7 @@ import yaml
 from pydantic import ConfigDict, TypeAdapter, ValidationError
 
 from registry.basemodels import EMBEDDED_SMOLLM2, EMBEDDED_TINY, SHORT_NAMES
-from registry.errors import ReferenceError_
+from registry.errors import InvalidReferenceError
 from registry.refs import check_name, parse_ref
 from trainer.errors import ConfigError, TrainerError
 
@@ -305,7 +305,7 @@ def _location_problems(config: TrainConfig) -> list[str]:
     problems: list[str] = []
     try:
         check_name(config.name)
-    except ReferenceError_ as exc:
+    except InvalidReferenceError as exc:
         problems.append(f"name: {exc} (it names the registry entry and the run folder)")
     else:  # `last` globs for earlier runs of this name, so only once the name is safe
         try:
@@ -321,7 +321,7 @@ def _location_problems(config: TrainConfig) -> list[str]:
     if config.init_adapter is not None:
         try:
             parse_ref(config.init_adapter)
-        except ReferenceError_ as exc:
+        except InvalidReferenceError as exc:
             problems.append(f"init_adapter: {exc}")
     problem = _base_model_problem(config.base_model)
     if problem:

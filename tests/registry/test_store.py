@@ -19,8 +19,8 @@ from registry.errors import (
     ConflictError,
     IntegrityError,
     InvalidAdapterError,
+    InvalidReferenceError,
     NotFoundError,
-    ReferenceError_,
     RegistryError,
 )
 from registry.refs import parse_ref
@@ -115,7 +115,7 @@ def test_malformed_references_are_refused_before_touching_paths(
     ref: str, registry_root: Path, adapter: Path
 ) -> None:
     reg = Registry(registry_root)
-    with pytest.raises(ReferenceError_):
+    with pytest.raises(InvalidReferenceError):
         parse_ref(ref)
     with pytest.raises(RegistryError):
         reg.get(ref)
