@@ -12,14 +12,14 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
-from serving.errors import AuthenticationError, PermissionDeniedError, UnavailableError
+from serving.errors import AuthenticationError, PermissionDeniedError, ServiceUnavailableError
 from serving.state import ServerState
 
 
 def get_state(request: Request) -> ServerState:
     state: ServerState | None = getattr(request.app.state, "server", None)
     if state is None:
-        raise UnavailableError("the server is starting", headers={"Retry-After": "1"})
+        raise ServiceUnavailableError("the server is starting", headers={"Retry-After": "1"})
     return state
 
 

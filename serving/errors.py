@@ -136,8 +136,10 @@ class EngineDeadError(ServingError):
     type = "server_error"
 
 
-class UnavailableError(ServingError):
-    """The server is starting or draining (503)."""
+class ServiceUnavailableError(ServingError):
+    """The server cannot answer right now; retry (503): it is starting or draining, a replica is gone,
+    or the registry's catalog cannot be reached (registry.errors.UnavailableError, a storage outage,
+    becomes this one at the HTTP boundary)."""
 
     status = 503
     type = "server_error"
@@ -155,7 +157,7 @@ class HTTPStatusError(ServingError):
 def from_registry(exc: RegistryError) -> ServingError:
     """The client's view of a registry error: its status, and its message without server paths."""
     if isinstance(exc, StorageError):
-        return UnavailableError(
+        return ServiceUnavailableError(
             "the registry's catalog database is unavailable; retry shortly", headers={"Retry-After": "1"}
         )
     if isinstance(exc, RegistryNotFound):

@@ -27,7 +27,13 @@ from serving.ab import apply_route, record, start_shadow
 from serving.adapters import Target
 from serving.encoding import DONE, Collected, StreamEncoder, error_event
 from serving.engine.base import Delta, EngineTimes
-from serving.errors import ClientGone, InternalError, ModelNotFoundError, ServingError, UnavailableError
+from serving.errors import (
+    ClientGone,
+    InternalError,
+    ModelNotFoundError,
+    ServiceUnavailableError,
+    ServingError,
+)
 from serving.identity import bearer
 from serving.jobs import Job, RequestBody, build_job
 from serving.payloads import request_text
@@ -256,7 +262,9 @@ class Generation:
             yield first
         async for deltas in self._engine:
             if self.state.drain_expired:
-                raise UnavailableError("the server is shutting down: the drain timeout ended this stream")
+                raise ServiceUnavailableError(
+                    "the server is shutting down: the drain timeout ended this stream"
+                )
             self.tracker.saw(deltas)
             chunk = encoder.deltas(deltas)
             if chunk is not None:

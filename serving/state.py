@@ -14,7 +14,7 @@ from registry.routes import Route, list_routes
 from registry.store import Registry
 from serving.adapters import AdapterManager
 from serving.engine.base import Engine
-from serving.errors import OverloadedError, UnavailableError
+from serving.errors import OverloadedError, ServiceUnavailableError
 from serving.experiments.evidence import EvidenceWriter
 from serving.identity import KeyHasher, server_secret
 from serving.metrics import Metrics
@@ -92,7 +92,7 @@ class ServerState:
         for optional engine work (shadow copies); no request is refused for want of a slot for it."""
         try:
             self._admit()
-        except (OverloadedError, UnavailableError):
+        except (OverloadedError, ServiceUnavailableError):
             yield False
             return
         try:
@@ -103,7 +103,7 @@ class ServerState:
     def _admit(self) -> None:
         """Take a request slot or fail fast (before tokenization or any other costly work)."""
         if self.draining:
-            raise UnavailableError("the server is shutting down", headers={"Retry-After": "1"})
+            raise ServiceUnavailableError("the server is shutting down", headers={"Retry-After": "1"})
         if self.admitted >= self.settings.max_queue:
             raise OverloadedError(
                 f"server overloaded: {self.admitted} requests in flight (max_queue={self.settings.max_queue})",

@@ -18,7 +18,7 @@ from registry.basemodels import BaseModel
 from serving.cluster import BASE_MODEL_ID
 from serving.cluster.replica import ReplicaReport
 from serving.engine.base import AdapterHandle, Delta, Engine, GenParams
-from serving.errors import UnavailableError
+from serving.errors import ServiceUnavailableError
 
 log = logging.getLogger("lora_platform.serving")
 REPLICA_GONE = (RayActorError, DeploymentUnavailableError)
@@ -153,7 +153,7 @@ class RemoteEngine(Engine):
                     return
                 except REPLICA_GONE as exc:
                     if sent or attempt == 2:
-                        raise UnavailableError(
+                        raise ServiceUnavailableError(
                             "the engine replica serving this request went away; retry",
                             headers={"Retry-After": "1"},
                         ) from exc
