@@ -5,13 +5,15 @@ client's error body is built.
 mapper (serving.app), the body-size guard and the mid-stream error event all send it. The openai
 client picks its exception class from the status. Messages for clients never name server files:
 registry errors are translated by `from_registry`, unexpected exceptions become `InternalError`.
+
+One class per meaning: a condition the registry already names (registry.errors.NotFoundError,
+ConflictError, UnavailableError for a storage outage) is raised as the registry's error and
+translated here, never mirrored by a class of the same name.
 """
 
 from __future__ import annotations
 
-from registry.errors import ConflictError as RegistryConflict
-from registry.errors import NotFoundError as RegistryNotFound
-from registry.errors import RegistryError, StorageError
+from registry.errors import ConflictError, NotFoundError, RegistryError, StorageError
 
 
 class ServingError(Exception):
@@ -74,17 +76,11 @@ class ModelNotFoundError(ServingError):
         super().__init__(message, param="model", code="model_not_found")
 
 
-class NotFoundError(ServingError):
-    """Something other than a model was not found, e.g. feedback for an unknown completion (404)."""
+class CompletionNotFoundError(ServingError):
+    """Feedback names a completion id the server neither routed nor logged (404). A registry name,
+    version or alias that does not exist is registry.errors.NotFoundError, also a 404 here."""
 
     status = 404
-    type = "invalid_request_error"
-
-
-class ConflictError(ServingError):
-    """The change would break a registry invariant, e.g. a route that already exists (409)."""
-
-    status = 409
     type = "invalid_request_error"
 
 
@@ -146,7 +142,8 @@ class ServiceUnavailableError(ServingError):
 
 
 class HTTPStatusError(ServingError):
-    """A plain HTTP error from the framework (unknown path 404, wrong method 405, ...)."""
+    """A plain HTTP error by status: from the framework (unknown path 404, wrong method 405, ...), or
+    a registry error the client caused (`from_registry`: not found 404, conflict 409)."""
 
     def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message, headers=headers)
@@ -160,8 +157,8 @@ def from_registry(exc: RegistryError) -> ServingError:
         return ServiceUnavailableError(
             "the registry's catalog database is unavailable; retry shortly", headers={"Retry-After": "1"}
         )
-    if isinstance(exc, RegistryNotFound):
-        return NotFoundError(exc.message)
-    if isinstance(exc, RegistryConflict):
-        return ConflictError(exc.message)
+    if isinstance(exc, NotFoundError):
+        return HTTPStatusError(404, exc.message)
+    if isinstance(exc, ConflictError):
+        return HTTPStatusError(409, exc.message)
     return BadRequestError(exc.message)

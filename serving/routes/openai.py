@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request, Response
 
 from serving.deps import State, require_api_key
-from serving.errors import BadRequestError, NotFoundError, PermissionDeniedError
+from serving.errors import BadRequestError, CompletionNotFoundError, PermissionDeniedError
 from serving.generation import complete
 from serving.identity import bearer
 from serving.protocol import ChatCompletionRequest, CompletionRequest, FeedbackRequest
@@ -76,7 +76,7 @@ async def feedback(body: FeedbackRequest, request: Request, state: State) -> dic
         (False, None) if payloads is None else await asyncio.to_thread(payloads.owner, body.id)
     )
     if routed is None and not logged:
-        raise NotFoundError(
+        raise CompletionNotFoundError(
             f"no routed or logged completion with id {body.id!r} (feedback applies to A/B routes "
             "and to the adapters the server logs with --log-payloads)",
             param="id",
