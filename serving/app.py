@@ -22,6 +22,7 @@ from registry.errors import RegistryError, StorageError
 from registry.store import Registry
 from serving import tracing
 from serving.adapters import AdapterManager
+from serving.api import admin, health, openai
 from serving.deps import check_admin_key, check_api_key, check_metrics_key
 from serving.engine.base import Engine
 from serving.errors import (
@@ -38,7 +39,6 @@ from serving.experiments.rollout import controller_id, run_controller
 from serving.guard import BodyRefused, ErrorResponse, Guard, error_response
 from serving.metrics import Metrics
 from serving.payloads import PayloadLogger, load_redactor, upkeep
-from serving.routes import admin, health, openai
 from serving.settings import ServeSettings
 from serving.state import ServerState
 

@@ -1,1 +1,0 @@
-"""HTTP routes: thin; logic lives in serving.generation and serving.adapters."""
