@@ -89,7 +89,7 @@ from cli.errors import handle_errors
     "--ingress",
     type=click.Choice(["process", "ray"]),
     help="With --replicas: the HTTP endpoint in this process (default; one Ray hop per request) "
-    "or a Router deployment behind Ray Serve's proxy (two hops).",
+    "or an Ingress deployment behind Ray Serve's proxy (two hops).",
 )
 @click.option(
     "--min-replicas", type=click.IntRange(min=0), help="Autoscaling lower bound (with --max-replicas)."

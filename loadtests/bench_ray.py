@@ -1,5 +1,5 @@
 """Ray Serve scale-out: adapter-affine routing against Ray's default multiplexed routing and plain
-round-robin, and the router's added latency against a single `platform serve`.
+round-robin, and the ingress's added latency against a single `platform serve`.
 
     .venv/bin/python -m loadtests.bench_ray [--requests 300] [--engine peft]
 
@@ -8,7 +8,7 @@ replicas with --max-loras 4 each and, in turn, each `--cpu-slots` value as --max
 versions Ray's multiplexed LRU and our AdapterManager keep per replica: 4, the cluster holds half
 the adapters; 8, the cluster can hold each adapter once but no replica can hold all of them),
 concurrency 4, streaming. The modes run in one process, one after the other, on one local Ray
-(2 CPUs). Router latency: a single server runs beside the cluster and the two are asked in turn
+(2 CPUs). Ingress latency: a single server runs beside the cluster and the two are asked in turn
 (one request each, base model, 1 token), so both see the same machine load; the figure is the
 median of the paired differences. On a 2-core machine the replicas share the cores (and here
 other processes shared them too: the load average is recorded): compare ratios, not absolute
@@ -144,7 +144,7 @@ def main() -> None:
     from ray import serve
 
     from registry.basemodels import resolve_base_model
-    from serving.cluster.router import build
+    from serving.cluster.ingress import build
     from serving.settings import ServeSettings
 
     base = resolve_base_model("embedded/smollm2-135m-instruct-q4_1")
@@ -173,7 +173,7 @@ def main() -> None:
         stack.callback(ray.shutdown)
         stack.callback(serve.shutdown)
         stack.enter_context(single)
-        pport = free_port()  # what `platform serve --replicas 2` runs: the router app in its process
+        pport = free_port()  # what `platform serve --replicas 2` runs: the ingress app in its process
         process_cmd = serve_command(base.id, registry, pport, "--engine", args.engine, "--replicas", "2")
         process_cmd += ["--ray-address", ray.get_runtime_context().gcs_address, "--max-cpu-loras", "4"]
         with server_process(process_cmd, f"http://127.0.0.1:{pport}", root / "process.log"):
@@ -186,7 +186,7 @@ def main() -> None:
         for slots, routing in [(n, r) for n in cpu_slots for r in args.modes.split(",")]:
             mode_settings = settings.model_copy(update={"max_cpu_loras": slots})
             serve.run(build(mode_settings, routing), name="bench", route_prefix="/")  # type: ignore[arg-type]
-            if "ray_ingress_added_p50_ms" not in latency:  # the Router deployment behind Ray's proxy
+            if "ray_ingress_added_p50_ms" not in latency:  # the Ingress deployment behind Ray's proxy
                 two_hops = paired_latency(url, single_url, args.latency_requests)
                 latency["ray_ingress_p50_ms"] = two_hops["router_p50_ms"]
                 latency["ray_ingress_added_p50_ms"] = two_hops["router_added_p50_ms"]
@@ -198,7 +198,7 @@ def main() -> None:
         "setup": f"SmolLM2-135M, {args.engine} engine, 2 replicas x max_loras 4, max_cpu_loras {args.cpu_slots} "
         f"per replica, 16 adapters Zipf 1.1, concurrency 4, {args.warmup} warm-up requests then the "
         "measured sequence, the same in every mode",
-        "load": f"{os.cpu_count()} CPU cores shared by the replicas, the router, the proxy and the client, "
+        "load": f"{os.cpu_count()} CPU cores shared by the replicas, the ingress, the proxy and the client, "
         "and with other processes: load average (1 min) {:.1f} at the start, {:.1f} at the end{}".format(
             load_before[0], os.getloadavg()[0], BUSY if load_before[0] > (os.cpu_count() or 1) else ""
         ),

@@ -168,13 +168,13 @@ def serve(settings: ServeSettings) -> None:
 
 
 def _serve_replicas(settings: ServeSettings) -> None:
-    from serving.cluster.router import engine_replicas, router_app, run
+    from serving.cluster.ingress import engine_replicas, ingress_app, run
 
     if settings.ingress == "ray":
         run(settings)
         return
     with engine_replicas(settings) as (settings, handle):
-        _run(settings, router_app(settings, handle))
+        _run(settings, ingress_app(settings, handle))
 
 
 def _run(settings: ServeSettings, app: Any) -> None:

@@ -92,7 +92,7 @@ class ServeSettings(BaseSettings):
     target_ongoing_requests: float = Field(8.0, gt=0)
     """Autoscaling target: ongoing requests per engine replica."""
     replica_cpus: float = Field(1.0, ge=0)
-    """Ray CPUs reserved by each engine replica (the router reserves none)."""
+    """Ray CPUs reserved by each engine replica (the ingress reserves none)."""
     log_payloads: list[str] = Field(default_factory=list)
     """Adapter or A/B route names whose requests are logged (prompt, answer, timing). None: off."""
     payload_retention_days: float = Field(30.0, gt=0)
@@ -109,8 +109,8 @@ class ServeSettings(BaseSettings):
     drift_interval_s: float = Field(60.0, gt=0)
     """How often the drift gauges are recomputed from the logged payloads."""
     ingress: Literal["process", "ray"] = "process"
-    """With `replicas`: where the router app runs. "process": under uvicorn in the `platform serve`
-    process, Ray Serve runs the engine replicas only (one Ray hop per request); "ray": a Router
+    """With `replicas`: where the ingress app runs. "process": under uvicorn in the `platform serve`
+    process, Ray Serve runs the engine replicas only (one Ray hop per request); "ray": an Ingress
     deployment behind Ray Serve's HTTP proxy (two hops; what a Ray Serve config deploys)."""
     spill_threshold: int = Field(4, ge=1)
     """Adapter affinity: a request goes to a replica holding its version unless that replica has

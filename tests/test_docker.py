@@ -249,10 +249,10 @@ def test_kuberay_rayservice_names_our_deployments() -> None:
     from serving.settings import ServeSettings
 
     assert set(app["args"]) <= set(ServeSettings.model_fields)
-    assert {d["name"] for d in app["deployments"]} == {"Router", "EngineReplica"}
+    assert {d["name"] for d in app["deployments"]} == {"Ingress", "EngineReplica"}
     built = builder({**app["args"], "registry": "/tmp/unused-registry", "replicas": 2})
-    router = built._bound_deployment
-    assert {router.name, router.init_args[0]._bound_deployment.name} == {"Router", "EngineReplica"}
+    ingress = built._bound_deployment
+    assert {ingress.name, ingress.init_args[0]._bound_deployment.name} == {"Ingress", "EngineReplica"}
     head = doc["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]
     env = {e["name"]: e for e in head["env"]}
     assert "secretKeyRef" in env["LORA_PLATFORM_REGISTRY"]["valueFrom"]

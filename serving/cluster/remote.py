@@ -1,4 +1,4 @@
-"""The router's engine: tokenizes locally, generates on an engine replica through a DeploymentHandle."""
+"""The ingress's engine: tokenizes locally, generates on an engine replica through a DeploymentHandle."""
 
 from __future__ import annotations
 
@@ -178,7 +178,7 @@ class RemoteEngine(Engine):
         task.add_done_callback(self._draining.discard)
 
     async def check_health(self) -> None:
-        """The router stays up; Ray Serve replaces engine replicas whose health check fails."""
+        """The ingress stays up; Ray Serve replaces engine replicas whose health check fails."""
 
     def running(self) -> int:
         return self._running

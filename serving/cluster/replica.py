@@ -26,7 +26,7 @@ def replica_slots(settings: ServeSettings) -> int:
 
 @dataclass(frozen=True)
 class ReplicaReport:
-    """What a replica tells the router at the start of every answer (its per-replica figures)."""
+    """What a replica tells the ingress at the start of every answer (its per-replica figures)."""
 
     replica: str
     pid: int
@@ -51,7 +51,7 @@ class Slot:
 
 
 class EngineReplica:
-    """One engine behind the router. `generate` streams a ReplicaReport, then the engine's deltas."""
+    """One engine behind the ingress. `generate` streams a ReplicaReport, then the engine's deltas."""
 
     # Ray Serve awaits an async constructor (type checkers require __init__ to return None)
     async def __init__(self, settings: ServeSettings) -> None:  # type: ignore[misc]

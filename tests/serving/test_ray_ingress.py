@@ -24,7 +24,7 @@ from tests.serving.test_ray_serve import ADMIN, ask, clean_env  # noqa: E402
 def test_replicas_behind_an_endpoint_in_the_serve_process(ray_serve: str, tmp_path: Path) -> None:
     from ray import serve
 
-    from serving.cluster.router import APP_NAME
+    from serving.cluster.ingress import APP_NAME
 
     base = resolve_base_model("tiny")
     lineage = {"base_model": base.id, "base_model_sha256": base.weights_sha256}

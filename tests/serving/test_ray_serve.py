@@ -1,8 +1,8 @@
-"""`platform serve --replicas N`: a Router and two engine replicas on a local Ray Serve.
+"""`platform serve --replicas N`: an Ingress and two engine replicas on a local Ray Serve.
 
 One local Ray instance (2 CPUs, no dashboard, HTTP proxy on 127.0.0.1) for the test session, one
 application for this module. Its engine replicas run the `peft` engine on the tiny model: what is
-tested is the router/replica split, the routing and Ray's restarts, which sit above the engine;
+tested is the ingress/replica split, the routing and Ray's restarts, which sit above the engine;
 two vLLM engines in Ray workers would double the suite's start-up time on 2 cores. One test runs a
 second application with one vLLM engine replica against the session's single vLLM server.
 """
@@ -74,7 +74,7 @@ def ask(url: str, model: str, prompt: str = "hello", user: str = "u", tokens: in
 def cluster(ray_serve: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     from ray import serve
 
-    from serving.cluster.router import APP_NAME, build
+    from serving.cluster.ingress import APP_NAME, build
     from serving.settings import ServeSettings
 
     root = tmp_path_factory.mktemp("ray")
@@ -251,7 +251,7 @@ class Loop:
 def running_engine_replicas() -> int:
     from ray import serve
 
-    from serving.cluster.router import APP_NAME
+    from serving.cluster.ingress import APP_NAME
 
     states = serve.status().applications[APP_NAME].deployments["EngineReplica"].replica_states
     return int(states.get("RUNNING", 0))
@@ -286,7 +286,7 @@ def test_a_vllm_engine_replica_answers_like_the_single_vllm_server(
     the session's single vLLM server's answers, the adapter's version named."""
     from ray import serve
 
-    from serving.cluster.router import build
+    from serving.cluster.ingress import build
     from serving.settings import ServeSettings
 
     registry, refs = adapters

@@ -1,13 +1,13 @@
-"""The Ray Serve application: the router app in front of EngineReplica deployments.
+"""The Ray Serve application: the ingress app in front of EngineReplica deployments.
 
-Two ways to run the router app (`router_app`: the single server's app on a RemoteEngine):
+Two ways to run the ingress app (`ingress_app`: the single server's app on a RemoteEngine):
 - `platform serve --replicas N` (`--ingress process`, the default): the app runs under uvicorn in
   the `platform serve` process itself, and Ray Serve runs only the engine replicas
   (`engine_replicas`, no HTTP proxy): one Ray hop per request (the handle call to a replica);
 - `build(settings)`, also what `--ingress ray` and `app_builder(args)` (the import path a Ray
-  Serve config, KubeRay `serveConfigV2`, names) deploy: a `Router` ingress deployment behind Ray
+  Serve config, KubeRay `serveConfigV2`, names) deploy: an `Ingress` deployment behind Ray
   Serve's HTTP proxy, which Ray places and restarts like any deployment: two Ray hops per request
-  (proxy -> Router -> EngineReplica).
+  (proxy -> Ingress -> EngineReplica).
 """
 
 from __future__ import annotations
@@ -37,13 +37,13 @@ from serving.state import ServerState
 log = logging.getLogger("lora_platform.serving")
 APP_NAME = "lora-platform"
 Routing = Literal["affinity", "ray", "round-robin"]
-ROUTER_SLOTS = 1 << 20
-"""The router's AdapterManager only resolves and verifies versions (engine replicas load them):
+INGRESS_SLOTS = 1 << 20
+"""The ingress's AdapterManager only resolves and verifies versions (engine replicas load them):
 it keeps every version it has checked, so it never evicts and re-verifies."""
 
 
 @serve.ingress()
-class Router:
+class Ingress:
     """The single server's app (auth, validation, admission, A/B, evidence, encoding) on a
     RemoteEngine; GET /admin/replicas shows each engine replica's loads and the versions it served."""
 
@@ -53,10 +53,10 @@ class Router:
         self.replicas, self.settings, self.multiplex = replicas, settings, multiplex
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return router_app(self.settings, self.replicas, self.multiplex)
+        return ingress_app(self.settings, self.replicas, self.multiplex)
 
 
-def router_app(settings: ServeSettings, replicas: DeploymentHandle[Any], multiplex: bool = True) -> FastAPI:
+def ingress_app(settings: ServeSettings, replicas: DeploymentHandle[Any], multiplex: bool = True) -> FastAPI:
     """The single server's app whose engine forwards to the engine replicas behind `replicas`."""
 
     def engine(settings: ServeSettings, base: BaseModel) -> RemoteEngine:
@@ -66,7 +66,7 @@ def router_app(settings: ServeSettings, replicas: DeploymentHandle[Any], multipl
         assert isinstance(state.engine, RemoteEngine)
         state.metrics.registry.register(ReplicaCollector(state.engine.book))
 
-    settings = settings.model_copy(update={"max_cpu_loras": ROUTER_SLOTS})
+    settings = settings.model_copy(update={"max_cpu_loras": INGRESS_SLOTS})
     app = create_app(settings, engine_factory=engine, on_start=on_start)
     app.add_api_route("/admin/replicas", replicas_view, dependencies=[Depends(require_admin_key)])
     return app
@@ -79,7 +79,7 @@ async def replicas_view(request: Request) -> dict[str, Any]:
 
 
 def pin_versions(settings: ServeSettings) -> ServeSettings:
-    """`pin` resolved once to immutable versions, so the router and every engine replica (a
+    """`pin` resolved once to immutable versions, so the ingress and every engine replica (a
     replacement or an autoscaled one too) hold the same versions whatever aliases do later."""
     if not settings.pin:
         return settings
@@ -92,14 +92,14 @@ def pin_versions(settings: ServeSettings) -> ServeSettings:
 
 
 def build(settings: ServeSettings, routing: Routing = "affinity") -> Application:
-    """The application: the Router bound to the EngineReplica deployment. `routing`: "affinity"
+    """The application: the Ingress bound to the EngineReplica deployment. `routing`: "affinity"
     (AdapterAffinityRouter), "ray" (Ray's default multiplexed routing) or "round-robin" (no
     multiplexing: the baseline the benchmark compares against)."""
     settings = pin_versions(settings)
-    router = serve.deployment(
-        name="Router", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=settings.max_queue
-    )(Router)
-    app: Application = router.bind(engines_app(settings, routing), settings, routing != "round-robin")
+    ingress = serve.deployment(
+        name="Ingress", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=settings.max_queue
+    )(Ingress)
+    app: Application = ingress.bind(engines_app(settings, routing), settings, routing != "round-robin")
     return app
 
 
@@ -111,7 +111,7 @@ def engines_app(settings: ServeSettings, routing: Routing = "affinity") -> Appli
         "max_ongoing_requests": settings.max_num_seqs,
         "health_check_period_s": 2,
         "health_check_timeout_s": 30,
-        # the router logs every request; a line per call here too would only travel to each driver
+        # the ingress logs every request; a line per call here too would only travel to each driver
         "logging_config": {"enable_access_log": False},
     }
     if routing == "affinity":
@@ -159,7 +159,7 @@ def on_ray(settings: ServeSettings, **serve_options: Any) -> Iterator[None]:
 
 @contextmanager
 def engine_replicas(settings: ServeSettings) -> Iterator[tuple[ServeSettings, DeploymentHandle[Any]]]:
-    """The engine replicas deployed on Ray without Ray's HTTP proxy, for a router app in this
+    """The engine replicas deployed on Ray without Ray's HTTP proxy, for an ingress app in this
     process: the settings with pins resolved, and the handle."""
     with on_ray(settings, proxy_location="Disabled"):
         settings = pin_versions(settings)
@@ -169,7 +169,7 @@ def engine_replicas(settings: ServeSettings) -> Iterator[tuple[ServeSettings, De
 
 
 def run(settings: ServeSettings) -> None:
-    """`--ingress ray`: deploy the Router and the engine replicas on Ray, Ray's HTTP proxy on
+    """`--ingress ray`: deploy the Ingress and the engine replicas on Ray, Ray's HTTP proxy on
     host:port, until SIGINT/SIGTERM; then delete the application (and stop a local Ray)."""
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
