@@ -4,6 +4,12 @@ Routes are catalog state (`Catalog.route/routes/put_route/delete_route`), so the
 them while servers run and every server (several replicas included) sees the change through the
 change counter. This module owns what a route means (validation, history, promotion); the
 catalog owns how it is stored.
+
+In this project "route" means only this: an A/B route (`platform ab`, `/admin/routes/NAME`, the
+catalog's `routes` table, the `route` column of evidence rows). The HTTP layer is serving/api/
+(FastAPI routers) and the Ray Serve front deployment is the ingress (serving/cluster/ingress.py).
+The name is kept because it is stored (table and column names, evidence already recorded) and is
+the word of the CLI and the admin API; renaming it would need a migration and break clients.
 """
 
 from __future__ import annotations
