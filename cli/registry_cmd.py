@@ -97,12 +97,10 @@ def list_cmd(name: str | None, registry_root: str | None, as_json: bool) -> None
 def show_cmd(ref: str, registry_root: str | None, as_json: bool) -> None:
     """Show one version with its lineage (files are verified first)."""
     from registry.card import review_lines, rollout_lines
-    from registry.reviews import summaries_for
-    from registry.rollouts import outcomes_for
 
     reg = Registry(registry_root)
     v = reg.get(ref)
-    reviews, rollouts = summaries_for(reg, v.ref), outcomes_for(reg, v.ref)
+    reviews, rollouts = reg.reviews().summaries_for(v.ref), reg.rollouts().outcomes_for(v.ref)
     data = {**_summary(v), "lineage": v.lineage, "reviews": reviews, "rollouts": rollouts}
     if as_json:
         click.echo(json.dumps(data, indent=2, default=str))

@@ -107,7 +107,7 @@ def create_cmd(
     )
     source = data if data is not None else f"traffic:{traffic}"
     spec = rv.ReviewSpec(refs[0], refs[1], parsed.to_dict(), reviewers_per_item, source, stratify, seed)
-    review = rv.create(reg, name, spec, items)
+    review = reg.reviews().create(name, spec, items)
     strata = sorted({it.stratum for it in items})
     console.print(
         Text(
@@ -181,9 +181,8 @@ def serve_cmd(
 def invite_cmd(reviewer: str, registry_root: str | None) -> None:
     """A new invite for REVIEWER: their own key to the review pages (shown once). It rates as
     REVIEWER only, does not see results and never reaches /admin; `platform review revoke` ends it."""
-    from registry import invites
 
-    token = invites.invite(open_registry(registry_root), reviewer)
+    token = open_registry(registry_root).invites().invite(reviewer)
     console.print(Text(f"invite for {reviewer.strip()} (shown once; give it on /review/login):"))
     click.echo(token)
 
@@ -194,9 +193,8 @@ def invite_cmd(reviewer: str, registry_root: str | None) -> None:
 @handle_errors
 def revoke_cmd(reviewer: str, registry_root: str | None) -> None:
     """Revoke every invite of REVIEWER (their next request is refused)."""
-    from registry import invites
 
-    n = invites.revoke(open_registry(registry_root), reviewer)
+    n = open_registry(registry_root).invites().revoke(reviewer)
     console.print(Text(f"revoked {n} invite(s) of {reviewer.strip()}"))
 
 
@@ -207,14 +205,12 @@ def invites_cmd(registry_root: str | None) -> None:
     """Every invite: reviewer, when it was made, whether it is revoked."""
     import datetime as dt
 
-    from registry import invites
-
     def when(ts: float | None) -> str:
         return "" if ts is None else dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M")
 
     rows = [
         {"reviewer": i.reviewer, "created": when(i.created), "revoked": when(i.revoked)}
-        for i in invites.invites(open_registry(registry_root))
+        for i in open_registry(registry_root).invites().invites()
     ]
     print_records(console, "invites", rows)
 
@@ -232,7 +228,6 @@ def report_cmd(
     name: str, as_json: bool, png: Path | None, csv_file: Path | None, registry_root: str | None
 ) -> None:
     """Results of review NAME: win rate of B over A, criteria, agreement (stored with both versions)."""
-    from registry import reviews as rv
     from serving.experiments.review_report import plot, ratings_csv, report_for
 
     reg = open_registry(registry_root)
@@ -240,8 +235,8 @@ def report_cmd(
     if png:
         plot(report, png)
     if csv_file:
-        review = rv.get(reg, name)
-        csv_file.write_text(ratings_csv(review, rv.items(reg, name), rv.ratings(reg, name)))
+        review = reg.reviews().get(name)
+        csv_file.write_text(ratings_csv(review, reg.reviews().items(name), reg.reviews().ratings(name)))
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
         return

@@ -186,7 +186,6 @@ def start_cmd(
     rolls back; an inconclusive gate, or fewer than --min-requests per variant, waits (--max-wait:
     pause). The feedback gates (thumbs_up, score) are judged only once both variants have
     --min-feedback feedback events in the step; before that they neither pass nor hold the step."""
-    from registry import rollouts as ro
     from serving.experiments.rollout import check, resolve_spec
 
     spec = resolve_spec(
@@ -211,7 +210,7 @@ def start_cmd(
         _offline_preflight(
             spec.baseline, spec.candidate, eval_data, eval_gates, eval_max_examples, registry_root
         )
-    r = ro.create(reg, name, spec)
+    r = reg.rollouts().create(name, spec)
     console.print(
         Text(
             f"rollout {r.name}: {r.spec.baseline} -> {r.spec.candidate}, steps "
@@ -252,11 +251,9 @@ def status_cmd(name: str, as_json: bool, png: str | None, registry_root: str | N
     """State of rollout NAME and its timeline of decisions (with per-variant numbers)."""
     from dataclasses import asdict
 
-    from registry import rollouts as ro
-
     reg = open_registry(registry_root)
-    r = ro.get(reg, name)
-    events = ro.events(reg, name)
+    r = reg.rollouts().get(name)
+    events = reg.rollouts().events(name)
     if png:
         from serving.experiments.rollout import plot
 
@@ -277,7 +274,6 @@ def status_cmd(name: str, as_json: bool, png: str | None, registry_root: str | N
 @handle_errors
 def list_cmd(registry_root: str | None) -> None:
     """Every rollout and its state."""
-    from registry import rollouts as ro
 
     rows = [
         {
@@ -288,7 +284,7 @@ def list_cmd(registry_root: str | None) -> None:
             "weight": f"{r.weight:g}%",
             "since": _clock(r.updated),
         }
-        for r in ro.list_rollouts(open_registry(registry_root))
+        for r in open_registry(registry_root).rollouts().list_rollouts()
     ]
     print_records(console, "rollouts", rows)
 
@@ -323,7 +319,6 @@ rollout_group.add_command(_simple("abort", "Stop rollout NAME: candidate weight 
 def watch_cmd(max_seconds: float | None, registry_root: str | None) -> None:
     """Run the rollout controller in this process (instead of, or beside, `platform serve`:
     a lease in the catalog lets exactly one controller act)."""
-    from registry import rollouts as ro
     from serving.experiments.rollout import TICK_S, controller_id, tick
 
     reg = open_registry(registry_root)
@@ -337,4 +332,4 @@ def watch_cmd(max_seconds: float | None, registry_root: str | None) -> None:
     except KeyboardInterrupt:
         pass
     finally:
-        ro.release_lease(reg, holder)
+        reg.rollouts().release_lease(holder)

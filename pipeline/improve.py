@@ -313,14 +313,13 @@ def _review(
     items = build_items(examples, (plan.serving, candidate), root, samples=settings.review_samples)
     name = f"improve-{candidate.replace('@', '-v')}"
     spec = rv.ReviewSpec(plan.serving, candidate, load_rubric().to_dict(), 1, source)
-    review = rv.create(reg, name, spec, items)
+    review = reg.reviews().create(name, spec, items)
     outcome.steps.append(
         {"step": "review", "outcome": "created", "review": review.name, "items": review.items}
     )
 
 
 def _rollout(plan: Plan, settings: ImproveSettings, candidate: str, reg: Registry, outcome: Outcome) -> None:
-    from registry import rollouts as ro
     from serving.experiments.rollout import check, resolve_spec
 
     spec = resolve_spec(
@@ -332,7 +331,7 @@ def _rollout(plan: Plan, settings: ImproveSettings, candidate: str, reg: Registr
         interval_s=settings.interval_s,
         shadow_first=settings.shadow_first,
     )
-    r = ro.create(reg, plan.name, check(reg, plan.name, spec))
+    r = reg.rollouts().create(plan.name, check(reg, plan.name, spec))
     outcome.steps.append(
         {"step": "rollout", "outcome": r.state, "baseline": plan.serving, "candidate": candidate}
     )

@@ -66,7 +66,7 @@ def write_card(path: Path, name: str, version: int, lineage: dict[str, Any], inf
 
 
 def review_lines(summaries: list[dict[str, Any]]) -> list[str]:
-    """One line per human review of a version (`registry.reviews.summaries_for`), for the card
+    """One line per human review of a version (`ReviewStore.summaries_for`), for the card
     and `registry show`: the other version's win rate against it turned into this version's."""
     lines = []
     for s in summaries:
@@ -85,7 +85,7 @@ def review_lines(summaries: list[dict[str, Any]]) -> list[str]:
 
 
 def rollout_lines(outcomes: list[dict[str, Any]]) -> list[str]:
-    """One line per rollout that had this version as its candidate (`registry.rollouts.outcomes_for`)."""
+    """One line per rollout that had this version as its candidate (`RolloutStore.outcomes_for`)."""
     lines = []
     for o in outcomes:
         line = f"rollout {o['rollout']}: {o['outcome'].replace('_', ' ')}"

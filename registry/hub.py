@@ -100,11 +100,9 @@ def _upload(registry: Registry, v: Version, path: Path) -> str | bytes:
     if path.name != "README.md":
         return str(path)
     from registry.card import with_records
-    from registry.reviews import summaries_for
-    from registry.rollouts import outcomes_for
 
     return with_records(
-        path.read_text(), summaries_for(registry, v.ref), outcomes_for(registry, v.ref)
+        path.read_text(), registry.reviews().summaries_for(v.ref), registry.rollouts().outcomes_for(v.ref)
     ).encode()
 
 

@@ -36,9 +36,12 @@ from registry.catalog import Catalog, VersionRow
 from registry.db import CATALOG_FILE, CatalogDB, is_database_url
 from registry.errors import ConflictError, IntegrityError, NotFoundError, RegistryError
 from registry.evidence_store import EvidenceStore
+from registry.invites import InviteStore
 from registry.manifest import fsync_tree, verify, write_manifest
 from registry.payloads import PayloadStore
 from registry.refs import Ref, check_name, parse_ref
+from registry.reviews import ReviewStore
+from registry.rollouts import RolloutStore
 from registry.sql_catalog import SqlCatalog
 
 LATEST = "latest"
@@ -130,6 +133,18 @@ class Registry:
     def payloads(self) -> PayloadStore:
         """The logged payloads and their feedback (in the catalog database)."""
         return PayloadStore(self.db)
+
+    def invites(self) -> InviteStore:
+        """The review pages' invite tokens (in the catalog database)."""
+        return InviteStore(self.db)
+
+    def rollouts(self) -> RolloutStore:
+        """The rollouts, their events and the controller leases (in the catalog database)."""
+        return RolloutStore(self.db)
+
+    def reviews(self) -> ReviewStore:
+        """The review sets, their items and ratings (in the catalog database)."""
+        return ReviewStore(self.db)
 
     def close(self) -> None:
         self.db.dispose()

@@ -165,10 +165,8 @@ def traffic_prompts(registry: Registry, ref: str) -> list[Example]:
 def reviewed_rows(registry: Registry, name: str) -> list[tuple[Example, str]]:
     """Human-reviewed items whose preferred answer a version of `name` wrote (`platform review`),
     as training rows with that version."""
-    from registry.reviews import preferred
-
     rows: list[tuple[Example, str]] = []
-    for p in preferred(registry):
+    for p in registry.reviews().preferred():
         if p.version.split("@", 1)[0] != name:
             continue
         example = _chat_example(list(p.messages), p.answer, f"review {p.review} item {p.item}")
@@ -243,16 +241,14 @@ def review_choices(
 ) -> list[tuple[PreferredAnswer, dict[str, dict[str, float]]]]:
     """Review choices where a version of `name` wrote one side (or `version` did), each with its
     rubric criteria's mean scores: `{criterion: {"chosen": mean, "rejected": mean}}`."""
-    from registry.reviews import preferred, ratings
-
     out = []
     by_review: dict[str, list[Rating]] = {}
-    for p in preferred(registry):
+    for p in registry.reviews().preferred():
         sides = (p.version, p.rejected_version)
         if name not in {v.split("@", 1)[0] for v in sides} or version not in (None, *sides):
             continue
         if p.review not in by_review:
-            by_review[p.review] = ratings(registry, p.review, complete_only=True)
+            by_review[p.review] = registry.reviews().ratings(p.review, complete_only=True)
         item_ratings = [r for r in by_review[p.review] if r.item == p.item]
         out.append((p, _criterion_means(item_ratings, p.side)))
     return out

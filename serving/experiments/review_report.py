@@ -21,7 +21,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from registry import reviews as rv
 from registry.reviews import Item, Rating, ReviewSet
 from registry.store import Registry
 from serving.experiments.stats import Estimate, mean_ci
@@ -101,9 +100,9 @@ class ReviewReport:
 def report_for(reg: Registry, name: str) -> ReviewReport:
     """The report of review `name` from its stored ratings; its summary is stored with the review
     (so `registry show` and the model card of both versions show it)."""
-    review = rv.get(reg, name)
-    report = build_report(review, rv.items(reg, name), rv.ratings(reg, name))
-    rv.attach_summary(reg, name, report.summary())
+    review = reg.reviews().get(name)
+    report = build_report(review, reg.reviews().items(name), reg.reviews().ratings(name))
+    reg.reviews().attach_summary(name, report.summary())
     return report
 
 

@@ -2,7 +2,7 @@
 
 `decide` is pure (a spec, a step, the evidence: a Decision). `tick` is one round of the controller:
 take the lease (only the holder acts), then for every rollout due, read the evidence since its step
-began, decide, and apply the decision through `registry.rollouts.transition` (one conditional
+began, decide, and apply the decision through `RolloutStore.transition` (one conditional
 transaction: a re-run tick, or a controller with a stale view, changes nothing). It runs inside
 `platform serve` (`run_controller`, a task of the lifespan) and in `platform rollout watch`.
 """
@@ -143,8 +143,8 @@ def tick(reg: Registry, holder: str, now: float | None = None, ready: set[str] |
     """One round of the controller; returns what it did (one line per action). `ready`: the
     candidates this process has loaded (None: no engine here, pre-flight is the registry's)."""
     now = time.time() if now is None else now
-    active = [r for r in ro.list_rollouts(reg) if r.state in ("preflight", *ro.JUDGED)]
-    if not active or not ro.acquire_lease(reg, holder, LEASE_TTL_S, now):
+    active = [r for r in reg.rollouts().list_rollouts() if r.state in ("preflight", *ro.JUDGED)]
+    if not active or not reg.rollouts().acquire_lease(holder, LEASE_TTL_S, now):
         return []  # nothing to do: no lease taken (no write every second on an idle catalog)
     done = []
     for r in active:
@@ -161,7 +161,7 @@ def _act(reg: Registry, r: Rollout, holder: str, now: float, ready: set[str] | N
     if r.state == "preflight":
         if ready is not None and r.spec.candidate not in ready:
             return None
-        if now - r.created < LEASE_TTL_S or ro.replicas_not_ready(reg, r.name, now):
+        if now - r.created < LEASE_TTL_S or reg.rollouts().replicas_not_ready(r.name, now):
             return None  # every live replica has announced itself by then, and must have it loaded
         return _preflight_ok(reg, r, holder, now)
     if r.state not in ro.JUDGED or now - r.evaluated < r.spec.interval_s:
@@ -170,18 +170,22 @@ def _act(reg: Registry, r: Rollout, holder: str, now: float, ready: set[str] | N
     d = decide(r.spec, r.step, evidence_for(reg, r, now), shadow=shadow)
     common: dict[str, Any] = {"now": now, "holder": holder, "numbers": d.numbers, "reason": d.reason}
     if d.kind == "wait":
-        ro.note(reg, r, "wait", d.numbers, d.reason, holder, now)
+        reg.rollouts().note(r, "wait", d.numbers, d.reason, holder, now)
         return None
     if d.kind == "pause":
-        ro.transition(reg, r, state="paused", decision="pause", **common)
+        reg.rollouts().transition(r, state="paused", decision="pause", **common)
     elif d.kind == "fail":
-        ro.transition(reg, r, state="rolled_back", route="hold_baseline", decision="rollback", **common)
+        reg.rollouts().transition(
+            r, state="rolled_back", route="hold_baseline", decision="rollback", **common
+        )
     elif shadow:
-        ro.transition(reg, r, state="running", step=0, route="weights", decision="shadow-ok", **common)
+        reg.rollouts().transition(r, state="running", step=0, route="weights", decision="shadow-ok", **common)
     elif r.final_step:
-        ro.transition(reg, r, state="promoted", route="promote", decision="promote", **common)
+        reg.rollouts().transition(r, state="promoted", route="promote", decision="promote", **common)
     else:
-        ro.transition(reg, r, state="running", step=r.step + 1, route="weights", decision="advance", **common)
+        reg.rollouts().transition(
+            r, state="running", step=r.step + 1, route="weights", decision="advance", **common
+        )
     return f"{r.name}: {d.kind} - {d.reason}"
 
 
@@ -189,8 +193,7 @@ def _preflight_ok(reg: Registry, r: Rollout, holder: str, now: float) -> str:
     """The candidate is loaded: the shadow phase (copies of requests) or step 1 (user traffic)."""
     if r.spec.shadow_first:
         share = f"{r.spec.shadow_share:.0%}"
-        ro.transition(
-            reg,
+        reg.rollouts().transition(
             r,
             state="shadow",
             route="shadow",
@@ -201,8 +204,7 @@ def _preflight_ok(reg: Registry, r: Rollout, holder: str, now: float) -> str:
             reason=f"{r.spec.candidate} loaded; shadow phase: it answers copies of {share} of requests",
         )
         return f"{r.name}: pre-flight passed, shadow phase ({share} of requests copied)"
-    ro.transition(
-        reg,
+    reg.rollouts().transition(
         r,
         state="running",
         step=0,
@@ -217,7 +219,7 @@ def _preflight_ok(reg: Registry, r: Rollout, holder: str, now: float) -> str:
 
 # -- commands ------------------------------------------------------------------------------
 def check(reg: Registry, name: str, spec: RolloutSpec) -> RolloutSpec:
-    """The registry's pre-flight before `registry.rollouts.create` (no traffic moves until a controller
+    """The registry's pre-flight before `RolloutStore.create` (no traffic moves until a controller
     has loaded the candidate): both versions exist and belong to NAME, the candidate's files
     verify and it is a loadable LoRA on the baseline's base, steps and gates are valid. Returns the
     spec with both references pinned to versions (`name@N`)."""
@@ -263,37 +265,36 @@ def resolve_spec(name: str, candidate: str, baseline: str | None, alias: str, **
 
 
 def pause(reg: Registry, name: str, reason: str = "paused by an operator") -> Rollout:
-    r = ro.get(reg, name)
+    r = reg.rollouts().get(name)
     if r.state not in ro.JUDGED:
         raise RegistryError(
             f"rollout {name!r} is {r.state}: only a running (or shadow) rollout can be paused"
         )
-    return ro.transition(reg, r, state="paused", decision="pause", now=time.time(), reason=reason)
+    return reg.rollouts().transition(r, state="paused", decision="pause", now=time.time(), reason=reason)
 
 
 def resume(reg: Registry, name: str) -> Rollout:
     """Resume a paused rollout at its step (or in its shadow phase), with a fresh evidence window."""
-    r = ro.get(reg, name)
+    r = reg.rollouts().get(name)
     if r.state != "paused":
         raise RegistryError(f"rollout {name!r} is {r.state}: only a paused rollout can be resumed")
     state = "shadow" if r.phase == "shadow" else "running"
-    return ro.transition(reg, r, state=state, decision="resume", now=time.time(), reason="resumed")
+    return reg.rollouts().transition(r, state=state, decision="resume", now=time.time(), reason="resumed")
 
 
 def abort(reg: Registry, name: str, reason: str = "aborted by an operator") -> Rollout:
     """Stop a rollout now: the candidate's weight goes to 0, the alias stays."""
-    r = ro.get(reg, name)
+    r = reg.rollouts().get(name)
     if r.state in ro.TERMINAL:
         raise RegistryError(f"rollout {name!r} already ended ({r.state})")
-    return ro.transition(
-        reg, r, state="aborted", route="hold_baseline", decision="abort", now=time.time(), reason=reason
+    return reg.rollouts().transition(
+        r, state="aborted", route="hold_baseline", decision="abort", now=time.time(), reason=reason
     )
 
 
 def fail_preflight(reg: Registry, r: Rollout, reason: str, holder: str) -> None:
     with contextlib.suppress(ro.StaleRollout):
-        ro.transition(
-            reg,
+        reg.rollouts().transition(
             r,
             state="failed",
             route="hold_baseline",
@@ -320,18 +321,20 @@ async def run_controller(state: ServerState, holder: str) -> None:
             await asyncio.sleep(TICK_S)
     finally:
         with contextlib.suppress(Exception):  # the catalog may be gone at shutdown
-            await asyncio.shield(asyncio.to_thread(ro.release_lease, state.registry, holder))
+            await asyncio.shield(asyncio.to_thread(state.registry.rollouts().release_lease, holder))
 
 
 async def controller_round(state: ServerState, holder: str) -> None:
     reg = state.registry
     active = [
-        r for r in await asyncio.to_thread(ro.list_rollouts, reg) if r.state in ("preflight", *ro.JUDGED)
+        r
+        for r in await asyncio.to_thread(reg.rollouts().list_rollouts)
+        if r.state in ("preflight", *ro.JUDGED)
     ]
     ready: set[str] = set()
     preflight = [r for r in active if r.state == "preflight"]
     if preflight:  # this replica is alive: the candidate gets no traffic before it has it loaded
-        await asyncio.to_thread(ro.announce, reg, holder, [], LEASE_TTL_S, time.time())
+        await asyncio.to_thread(reg.rollouts().announce, holder, [], LEASE_TTL_S, time.time())
     for r in active:
         try:
             async with state.adapters.lease(r.spec.candidate):
@@ -343,7 +346,7 @@ async def controller_round(state: ServerState, holder: str) -> None:
                 await asyncio.to_thread(fail_preflight, reg, r, reason, holder)
     loaded = [r.name for r in preflight if r.spec.candidate in ready]
     if loaded:
-        await asyncio.to_thread(ro.announce, reg, holder, loaded, LEASE_TTL_S, time.time())
+        await asyncio.to_thread(reg.rollouts().announce, holder, loaded, LEASE_TTL_S, time.time())
     for line in await asyncio.to_thread(tick, reg, holder, time.time(), ready):
         log.info("rollout %s", line)
     await asyncio.to_thread(_export, state)
@@ -352,14 +355,14 @@ async def controller_round(state: ServerState, holder: str) -> None:
 def _export(state: ServerState) -> None:
     """Rollout step, candidate weight and last decision per route, for /metrics."""
     m = state.metrics
-    for r in ro.list_rollouts(state.registry):
+    for r in state.registry.rollouts().list_rollouts():
         if r.state in ro.TERMINAL and r.updated < time.time() - 3600:
             continue
         m.rollout_step.labels(r.name).set(r.step + 1)
         m.rollout_weight.labels(r.name).set(r.weight / 100)
         for phase in PHASES:
             m.rollout_phase.labels(r.name, phase).set(1 if phase == r.phase else 0)
-        last = ro.last_decision(state.registry, r.name) or r.state
+        last = state.registry.rollouts().last_decision(r.name) or r.state
         for d in DECISIONS:
             m.rollout_decision.labels(r.name, d).set(1 if d == last else 0)
 

@@ -24,7 +24,6 @@ from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from registry import invites
 from registry import reviews as rv
 from registry.errors import ConflictError
 from registry.store import Registry
@@ -78,7 +77,7 @@ def reviewer_access(request: Request) -> Access:
     given = token if token is not None else request.cookies.get(COOKIE)
     if key_matches(given, key):
         return Access(None, True)
-    who = invites.reviewer_for(get_registry(request), given) if given else None
+    who = get_registry(request).invites().reviewer_for(given) if given else None
     if who is None:
         raise PermissionDeniedError(
             "this page needs the admin key or an invite: open /review/login", code="admin_key_required"
@@ -132,7 +131,7 @@ async def login(request: Request) -> Response:
     key = _admin_key(request)
     known = key_matches(given, key) or (
         bool(given)
-        and await run_in_threadpool(invites.reviewer_for, get_registry(request), given) is not None
+        and await run_in_threadpool(get_registry(request).invites().reviewer_for, given) is not None
     )
     if not known:
         page = _html(request, "login.html", failed=True)
@@ -152,14 +151,14 @@ def _over_https(request: Request) -> bool:
 
 @pages.get("/", response_class=HTMLResponse)
 def index(request: Request, reg: Reg, who: Who) -> HTMLResponse:
-    return _html(request, "index.html", reviews=rv.list_reviews(reg))
+    return _html(request, "index.html", reviews=reg.reviews().list_reviews())
 
 
 @pages.get("/{name}/", response_class=HTMLResponse)
 def start(request: Request, name: str, reg: Reg, who: Who) -> HTMLResponse:
-    review = rv.get(reg, name)
+    review = reg.reviews().get(name)
     return _html(
-        request, "start.html", review=review, progress=rv.progress(reg, name), signed_in_as=who.reviewer
+        request, "start.html", review=review, progress=reg.reviews().progress(name), signed_in_as=who.reviewer
     )
 
 
@@ -167,7 +166,7 @@ def start(request: Request, name: str, reg: Reg, who: Who) -> HTMLResponse:
 def next_item(name: str, reviewer: Reviewer, reg: Reg, who: Who) -> RedirectResponse:
     """The reviewer's next item (resuming an unfinished one first), or the end page."""
     reviewer = who.as_reviewer(reviewer)
-    index = rv.assign_next(reg, name, reviewer)
+    index = reg.reviews().assign_next(name, reviewer)
     quoted = quote(reviewer)
     target = (
         f"/review/{quote(name)}/done?reviewer={quoted}"
@@ -182,12 +181,12 @@ def item_page(
     request: Request, name: str, index: int, reviewer: Reviewer, reg: Reg, who: Who
 ) -> HTMLResponse:
     reviewer = who.as_reviewer(reviewer)
-    review = rv.get(reg, name)
-    it = rv.item(reg, name, index)
-    seen = rv.history(reg, name, reviewer)
+    review = reg.reviews().get(name)
+    it = reg.reviews().item(name, index)
+    seen = reg.reviews().history(name, reviewer)
     if index not in seen:
         raise ConflictError(f"item {index} of review {name!r} was not handed to {reviewer!r}")
-    rating = rv.rating(reg, name, index, reviewer)
+    rating = reg.reviews().rating(name, index, reviewer)
     position = seen.index(index)
     return _html(
         request,
@@ -201,7 +200,7 @@ def item_page(
         state=_screen_state(it, rating),
         previous=seen[position - 1] if position > 0 else None,
         position=position + 1,
-        progress=rv.progress(reg, name, reviewer),
+        progress=reg.reviews().progress(name, reviewer),
     )
 
 
@@ -217,8 +216,7 @@ def _screen_state(it: rv.Item, rating: rv.Rating | None) -> dict[str, Any]:
 @pages.post("/{name}/item/{index}/rating")
 def save_rating(name: str, index: int, body: RatingBody, reg: Reg, who: Who) -> dict[str, Any]:
     """Save one answer (a criterion's score for one side, or the preference) at once."""
-    r = rv.rate(
-        reg,
+    r = reg.reviews().rate(
         name,
         index,
         who.as_reviewer(body.reviewer),
@@ -232,22 +230,22 @@ def save_rating(name: str, index: int, body: RatingBody, reg: Reg, who: Who) -> 
 
 @pages.post("/{name}/item/{index}/skip")
 def skip(name: str, index: int, body: SkipBody, reg: Reg, who: Who) -> dict[str, Any]:
-    rv.skip(reg, name, index, who.as_reviewer(body.reviewer))
+    reg.reviews().skip(name, index, who.as_reviewer(body.reviewer))
     return {"skipped": True, "next": f"/review/{quote(name)}/next?reviewer={quote(body.reviewer.strip())}"}
 
 
 @pages.get("/{name}/done", response_class=HTMLResponse)
 def done(request: Request, name: str, reviewer: Reviewer, reg: Reg, who: Who) -> HTMLResponse:
     reviewer = who.as_reviewer(reviewer)
-    review = rv.get(reg, name)
-    seen = rv.history(reg, name, reviewer)
+    review = reg.reviews().get(name)
+    seen = reg.reviews().history(name, reviewer)
     return _html(
         request,
         "done.html",
         review=review,
         reviewer=rv.check_reviewer(reviewer),
         last=seen[-1] if seen else None,
-        progress=rv.progress(reg, name, reviewer),
+        progress=reg.reviews().progress(name, reviewer),
     )
 
 
@@ -257,7 +255,7 @@ def report_page(request: Request, name: str, reg: Reg, who: Who) -> HTMLResponse
     from serving.experiments.review_report import report_for
 
     report = report_for(reg, name)
-    return _html(request, "report.html", report=report, review=rv.get(reg, name))
+    return _html(request, "report.html", report=report, review=reg.reviews().get(name))
 
 
 @pages.get("/{name}/report.png")
@@ -265,9 +263,9 @@ def report_png(name: str, reg: Reg, who: Who) -> Response:
     who.require_admin()
     from serving.experiments.review_report import build_report, plot
 
-    review = rv.get(reg, name)
+    review = reg.reviews().get(name)
     buf = io.BytesIO()
-    plot(build_report(review, rv.items(reg, name), rv.ratings(reg, name)), buf)
+    plot(build_report(review, reg.reviews().items(name), reg.reviews().ratings(name)), buf)
     return Response(buf.getvalue(), media_type="image/png")
 
 
@@ -276,8 +274,8 @@ def ratings_csv(name: str, reg: Reg, who: Who) -> Response:
     who.require_admin()
     from serving.experiments.review_report import ratings_csv as to_csv
 
-    review = rv.get(reg, name)
-    text = to_csv(review, rv.items(reg, name), rv.ratings(reg, name))
+    review = reg.reviews().get(name)
+    text = to_csv(review, reg.reviews().items(name), reg.reviews().ratings(name))
     disposition = f'attachment; filename="review-{quote(name)}.csv"'
     return Response(text, media_type="text/csv", headers={"Content-Disposition": disposition})
 

@@ -10,7 +10,6 @@ import pytest
 from click.testing import CliRunner
 
 from cli.main import cli
-from registry import reviews as rv
 from registry.store import Registry
 
 
@@ -60,9 +59,9 @@ def test_create_samples_both_versions_blind_then_reports(two_versions: Path, tmp
         "--max-new-tokens", "6", "--reviewers-per-item", "2", "--registry", reg,
     )  # fmt: skip
     assert code == 0, out
-    review = rv.get(Registry(reg), "r1")
+    review = Registry(reg).reviews().get("r1")
     assert (review.spec.version_a, review.spec.version_b, review.items) == ("bot@1", "bot@2", 8)
-    items = rv.items(Registry(reg), "r1")
+    items = Registry(reg).reviews().items("r1")
     assert len({it.prompt for it in items}) == 8  # no duplicate prompt
     assert {it.stratum for it in items} == {"short", "medium", "long", "very long"}  # every length band
     assert {it.a_on_left for it in items} == {True, False}  # sides shuffled
@@ -72,18 +71,20 @@ def test_create_samples_both_versions_blind_then_reports(two_versions: Path, tmp
         "--stratify", "topic", "--max-new-tokens", "2", "--registry", reg,
     )  # fmt: skip
     assert code == 0, out
-    assert {it.stratum for it in rv.items(Registry(reg), "r2")} == {"t0", "t1", "t2"}
+    assert {it.stratum for it in Registry(reg).reviews().items("r2")} == {"t0", "t1", "t2"}
 
     code, out = run("review", "report", "r1", "--registry", reg)
     assert code == 0 and "no complete ratings yet" in out
     registry = Registry(reg)
     for who, choice in (("ann", "right"), ("bob", "tie")):
-        index = rv.assign_next(registry, "r1", who)
+        index = registry.reviews().assign_next("r1", who)
         assert index == 0
         for c in ("correctness", "format", "tone"):
             for side in ("left", "right"):
-                rv.rate(registry, "r1", 0, who, criterion=c, side=side, score=3 if side == "left" else 5)
-        rv.rate(registry, "r1", 0, who, preference=choice)
+                registry.reviews().rate(
+                    "r1", 0, who, criterion=c, side=side, score=3 if side == "left" else 5
+                )
+        registry.reviews().rate("r1", 0, who, preference=choice)
     b_side = "b" if items[0].side_version("right") == "b" else "a"
     csv_file, png = tmp_path / "r.csv", tmp_path / "r.png"
     code, out = run(
@@ -136,9 +137,9 @@ def test_create_from_logged_traffic(two_versions: Path) -> None:
         "--max-new-tokens", "2", "--registry", reg,
     )  # fmt: skip
     assert code == 0, out
-    review = rv.get(Registry(reg), "rt")
+    review = Registry(reg).reviews().get("rt")
     assert review.spec.source == "traffic:bot"
-    assert sorted(it.prompt for it in rv.items(Registry(reg), "rt")) == [
+    assert sorted(it.prompt for it in Registry(reg).reviews().items("rt")) == [
         "cancel it please",
         "where is my order?",
     ]
@@ -147,6 +148,6 @@ def test_create_from_logged_traffic(two_versions: Path) -> None:
         "--max-new-tokens", "2", "--registry", reg,
     )  # fmt: skip
     assert code == 0, out
-    assert [it.prompt for it in rv.items(Registry(reg), "rt2")] == [
+    assert [it.prompt for it in Registry(reg).reviews().items("rt2")] == [
         "where is my order?"
     ]  # what bot@2 answered

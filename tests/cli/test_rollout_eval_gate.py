@@ -9,7 +9,6 @@ import pytest
 from click.testing import CliRunner
 
 from cli.main import cli
-from registry import rollouts as ro
 from registry.errors import NotFoundError
 from registry.store import Registry
 from serving.experiments.gates import GateError, parse_offline_gate
@@ -56,9 +55,9 @@ def test_rollout_start_runs_the_offline_gate_first(tiny_run, tmp_path: Path) -> 
     assert refused.startswith("1\n") and "offline gate failed, rollout not started" in refused
     assert "rougeL" in refused and "FAIL" in refused
     with pytest.raises(NotFoundError):  # no rollout, no route: no traffic ever reached it
-        ro.get(reg, v1.name)
+        reg.rollouts().get(v1.name)
     started = start(v1.name, "exact_match>=baseline-0.02", "loss<=baseline+0.01")
     assert started.startswith("0\n") and "pass: exact_match" in started
-    assert ro.get(reg, v1.name).spec.candidate == candidate
+    assert reg.rollouts().get(v1.name).spec.candidate == candidate
     bad = CliRunner().invoke(cli, ["rollout", "start", "x", "--candidate", candidate, "--eval-gate", "nope"])
     assert bad.exit_code == 2 and "--eval-gate" in bad.output

@@ -10,7 +10,6 @@ from click.testing import CliRunner
 
 from cli.main import cli
 from registry import reviews as rv
-from registry import rollouts as ro
 from registry.errors import NotFoundError
 from registry.rubric import load_rubric
 from registry.store import Registry
@@ -78,13 +77,13 @@ def serving(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
         )
         for i in range(16)
     ]
-    rv.create(reg, "later", spec, items)
+    reg.reviews().create("later", spec, items)
     for i in range(16):
-        assert rv.assign_next(reg, "later", "ann") == i
+        assert reg.reviews().assign_next("later", "ann") == i
         for criterion in ("correctness", "format", "tone"):
             for side in ("left", "right"):
-                rv.rate(reg, "later", i, "ann", criterion=criterion, side=side, score=4)
-        rv.rate(reg, "later", i, "ann", preference="left")
+                reg.reviews().rate("later", i, "ann", criterion=criterion, side=side, score=4)
+        reg.reviews().rate("later", i, "ann", preference="left")
     return registry, tmp_path
 
 
@@ -128,4 +127,4 @@ def test_a_candidate_failing_an_offline_gate_stops_with_the_alias_unchanged(
     assert [s["step"] for s in candidate.lineage["improve"]["steps"]] == ["export", "train"]
     assert reg.get("bot:prod").ref == "bot@1"
     with pytest.raises(NotFoundError):
-        ro.get(reg, "bot")  # no rollout started
+        reg.rollouts().get("bot")  # no rollout started

@@ -17,37 +17,37 @@ def _review(reg: Registry, n: int = 3, k: int = 2) -> rv.ReviewSet:
         rv.NewItem([{"role": "user", "content": f"q{i}"}], f"a{i}", f"b{i}", a_on_left=i % 2 == 0)
         for i in range(n)
     ]
-    return rv.create(reg, "r1", spec, items, now=1.0)
+    return reg.reviews().create("r1", spec, items, now=1.0)
 
 
 def _complete(reg: Registry, index: int, who: str, preference: str) -> rv.Rating:
     last = None
     for c in ("correctness", "format", "tone"):
         for side in ("left", "right"):
-            last = rv.rate(reg, "r1", index, who, criterion=c, side=side, score=4)
+            last = reg.reviews().rate("r1", index, who, criterion=c, side=side, score=4)
     assert last is not None and not last.complete
-    return rv.rate(reg, "r1", index, who, preference=preference)
+    return reg.reviews().rate("r1", index, who, preference=preference)
 
 
 def test_each_item_goes_to_k_reviewers_and_every_answer_is_kept(registry_location: str) -> None:
     reg = Registry(registry_location)
     _review(reg, n=2, k=2)
-    assert rv.assign_next(reg, "r1", "ann") == 0
-    assert rv.assign_next(reg, "r1", "ann") == 0  # unfinished: the same item again (resume)
-    assert rv.assign_next(reg, "r1", "bob") == 0
-    assert rv.assign_next(reg, "r1", "cid") == 1  # item 0 has its 2 reviewers
-    first = rv.rate(reg, "r1", 0, "ann", criterion="tone", side="left", score=5)
+    assert reg.reviews().assign_next("r1", "ann") == 0
+    assert reg.reviews().assign_next("r1", "ann") == 0  # unfinished: the same item again (resume)
+    assert reg.reviews().assign_next("r1", "bob") == 0
+    assert reg.reviews().assign_next("r1", "cid") == 1  # item 0 has its 2 reviewers
+    first = reg.reviews().rate("r1", 0, "ann", criterion="tone", side="left", score=5)
     assert first.scores == {"tone": {"a": 5}} and not first.complete  # item 0 shows A on the left
-    assert rv.rating(reg, "r1", 0, "ann") == first  # saved at once, before the item is finished
+    assert reg.reviews().rating("r1", 0, "ann") == first  # saved at once, before the item is finished
     done = _complete(reg, 0, "ann", "right")
     assert done.complete and done.preference == "b" and done.scores["tone"] == {"a": 4, "b": 4}
-    assert rv.assign_next(reg, "r1", "ann") == 1
-    assert rv.assign_next(reg, "r1", "ann") == 1
-    rv.skip(reg, "r1", 1, "ann")  # skipped: ann gets nothing new, and item 1 has a free place again
-    assert rv.assign_next(reg, "r1", "ann") is None
-    assert rv.assign_next(reg, "r1", "dan") == 1
-    assert rv.history(reg, "r1", "ann") == [0, 1]
-    p = rv.progress(reg, "r1", "ann")
+    assert reg.reviews().assign_next("r1", "ann") == 1
+    assert reg.reviews().assign_next("r1", "ann") == 1
+    reg.reviews().skip("r1", 1, "ann")  # skipped: ann gets nothing new, and item 1 has a free place again
+    assert reg.reviews().assign_next("r1", "ann") is None
+    assert reg.reviews().assign_next("r1", "dan") == 1
+    assert reg.reviews().history("r1", "ann") == [0, 1]
+    p = reg.reviews().progress("r1", "ann")
     assert (p.complete, p.target, p.reviewer_complete, p.reviewer_skipped) == (1, 4, 1, 1)
     assert p.reviewers == ["ann", "bob", "cid", "dan"]
 
@@ -58,8 +58,8 @@ def test_bad_ratings_and_names_are_refused(registry_location: str) -> None:
     with pytest.raises(ConflictError):
         _review(reg)
     with pytest.raises(ConflictError):  # not handed to eve
-        rv.rate(reg, "r1", 0, "eve", preference="tie")
-    rv.assign_next(reg, "r1", "eve")
+        reg.reviews().rate("r1", 0, "eve", preference="tie")
+    reg.reviews().assign_next("r1", "eve")
     for kwargs in (
         {"criterion": "speed", "side": "left", "score": 3},
         {"criterion": "tone", "side": "middle", "score": 3},
@@ -67,13 +67,13 @@ def test_bad_ratings_and_names_are_refused(registry_location: str) -> None:
         {"preference": "A"},
     ):
         with pytest.raises(rv.RatingError):
-            rv.rate(reg, "r1", 0, "eve", **kwargs)  # type: ignore[arg-type]
+            reg.reviews().rate("r1", 0, "eve", **kwargs)  # type: ignore[arg-type]
     with pytest.raises(rv.RatingError):
-        rv.assign_next(reg, "r1", " ")
+        reg.reviews().assign_next("r1", " ")
     with pytest.raises(NotFoundError):
-        rv.item(reg, "r1", 99)
+        reg.reviews().item("r1", 99)
     with pytest.raises(NotFoundError):
-        rv.assign_next(reg, "nope", "eve")
+        reg.reviews().assign_next("nope", "eve")
 
 
 def test_preferred_answers_and_summaries_per_version(registry_location: str) -> None:
@@ -81,23 +81,23 @@ def test_preferred_answers_and_summaries_per_version(registry_location: str) -> 
     _review(reg, n=3, k=2)
     for who in ("ann", "bob"):
         for _ in range(3):
-            index = rv.assign_next(reg, "r1", who)
+            index = reg.reviews().assign_next("r1", who)
             assert index is not None
             # item 0: both prefer B; item 1: split (no majority); item 2: both tie
             choice = {0: "b", 1: "a" if who == "ann" else "b", 2: "tie"}[index]
-            it = rv.item(reg, "r1", index)
+            it = reg.reviews().item("r1", index)
             side = "tie" if choice == "tie" else ("left" if it.side_version("left") == choice else "right")
             _complete(reg, index, who, side)
-    best = rv.preferred(reg, "r1")
+    best = reg.reviews().preferred("r1")
     assert [(p.item, p.answer, p.version, p.rejected, p.votes) for p in best] == [(0, "b0", "bot@2", "a0", 2)]
     assert best[0].messages == [{"role": "user", "content": "q0"}]
-    assert rv.preferred(reg, version="bot@1") == []
-    rv.attach_summary(reg, "r1", {"win_rate": 0.5})
-    assert rv.summaries_for(reg, "bot@2") == [
+    assert reg.reviews().preferred(version="bot@1") == []
+    reg.reviews().attach_summary("r1", {"win_rate": 0.5})
+    assert reg.reviews().summaries_for("bot@2") == [
         {"review": "r1", "role": "b", "against": "bot@1", "win_rate": 0.5}
     ]
-    assert rv.summaries_for(reg, "bot@1")[0]["role"] == "a"
-    assert rv.summaries_for(reg, "bot@3") == []
+    assert reg.reviews().summaries_for("bot@1")[0]["role"] == "a"
+    assert reg.reviews().summaries_for("bot@3") == []
 
 
 def test_export_reviewed_adds_the_preferred_answers_of_the_name(registry_location: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -110,8 +110,8 @@ def test_export_reviewed_adds_the_preferred_answers_of_the_name(registry_locatio
     reg = Registry(registry_location)
     _review(reg, n=2, k=1)
     for who, index, choice in (("ann", 0, "b"), ("bob", 1, "a")):
-        assert rv.assign_next(reg, "r1", who) == index
-        it = rv.item(reg, "r1", index)
+        assert reg.reviews().assign_next("r1", who) == index
+        it = reg.reviews().item("r1", index)
         _complete(reg, index, who, "left" if it.side_version("left") == choice else "right")
     out = tmp_path / "reviewed.jsonl"
     args = ["data", "export", "bot", "--reviewed", "--out", str(out), "--registry", registry_location]

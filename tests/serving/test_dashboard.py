@@ -101,7 +101,7 @@ def start_rollout(registry: Path, refs: dict[str, str], name: str) -> None:
         candidate=reg.push(name, candidate.path, candidate.lineage).ref,
         baseline=reg.push(name, baseline.path, baseline.lineage).ref,
     )
-    rollouts.create(reg, name, spec)
+    reg.rollouts().create(name, spec)
 
 
 @pytest.mark.slow

@@ -234,13 +234,13 @@ def test_thumbs_and_review_choices_export_as_dpo_pairs_and_kto_rows(
     reg = Registry(logging_server.registry)  # a finished human review between two versions of the name
     spec = rv.ReviewSpec("support@1", "support@9", load_rubric().to_dict(), reviewers_per_item=1, source="t")
     item = rv.NewItem([{"role": "user", "content": "Where is my parcel?"}], "It ships today.", "No.", True)
-    rv.create(reg, "prefs", spec, [item])
-    review = rv.list_reviews(reg)[-1].name
-    assert rv.assign_next(reg, review, "ann") == 0
+    reg.reviews().create("prefs", spec, [item])
+    review = reg.reviews().list_reviews()[-1].name
+    assert reg.reviews().assign_next(review, "ann") == 0
     for criterion in ("correctness", "format", "tone"):
-        rv.rate(reg, review, 0, "ann", criterion=criterion, side="left", score=5)
-        rv.rate(reg, review, 0, "ann", criterion=criterion, side="right", score=2)
-    rv.rate(reg, review, 0, "ann", preference="left")  # answer a, on the left
+        reg.reviews().rate(review, 0, "ann", criterion=criterion, side="left", score=5)
+        reg.reviews().rate(review, 0, "ann", criterion=criterion, side="right", score=2)
+    reg.reviews().rate(review, 0, "ann", preference="left")  # answer a, on the left
 
     def export(*flags: str) -> tuple[int, str, list[dict[str, object]]]:
         out = tmp_path / f"{'-'.join(f.strip('-') for f in flags)}.jsonl"

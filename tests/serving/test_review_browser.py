@@ -78,7 +78,7 @@ def review_server(tmp_path: Path) -> Iterator[tuple[str, Registry]]:
         )
         for i, p in enumerate(PROMPTS)
     ]
-    rv.create(registry, "support-v2", spec, items)
+    registry.reviews().create("support-v2", spec, items)
     port = free_port()
     cmd = [platform_cmd(), "review", "serve", "--port", str(port), "--registry", str(tmp_path / "registry")]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -204,7 +204,7 @@ def test_two_reviewers_rate_with_the_keyboard_and_resume(review_server: tuple[st
     assert report["win_rate"]["low"] <= expected["win_rate"] <= report["win_rate"]["high"]
     assert report["alpha"] == pytest.approx(expected["alpha"])
     assert page_rate == f"{100 * expected['win_rate']:.1f}%"
-    stored = {(r.item, r.reviewer): r for r in rv.ratings(registry, "support-v2")}
+    stored = {(r.item, r.reviewer): r for r in registry.reviews().ratings("support-v2")}
     assert stored[(0, "ann")].scores["correctness"] == {"a": 4, "b": 5}  # item 0: A on the left
 
 

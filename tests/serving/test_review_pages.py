@@ -21,7 +21,7 @@ def _client(tmp_path: Path, key: str | None = None) -> TestClient:
     item = rv.NewItem(
         [{"role": "user", "content": "<img src=x onerror=alert(1)>"}], "</pre><b>a</b>", "b", True
     )
-    rv.create(reg, "r1", spec, [item])
+    reg.reviews().create("r1", spec, [item])
     return TestClient(create_review_app(reg, key))
 
 

@@ -13,7 +13,6 @@ from click.testing import CliRunner
 from fastapi.testclient import TestClient
 
 from cli.main import cli
-from registry import invites
 from registry import reviews as rv
 from registry.rubric import load_rubric
 from registry.store import Registry
@@ -27,7 +26,7 @@ ADMIN_KEY = "review-admin-key-0123"
 def _registry(tmp_path: Path, prompt: str = "hi", answer: str = "a") -> Registry:
     reg = Registry(tmp_path / "registry")
     spec = rv.ReviewSpec("bot@1", "bot@2", load_rubric().to_dict(), reviewers_per_item=2)
-    rv.create(reg, "r1", spec, [rv.NewItem([{"role": "user", "content": prompt}], answer, "b", True)])
+    reg.reviews().create("r1", spec, [rv.NewItem([{"role": "user", "content": prompt}], answer, "b", True)])
     return reg
 
 
@@ -38,7 +37,7 @@ def _bearer(token: str) -> dict[str, str]:
 def test_an_invite_rates_as_its_own_reviewer_only_and_is_revocable(tmp_path: Path) -> None:
     reg = _registry(tmp_path)
     c = TestClient(create_review_app(reg, ADMIN_KEY))
-    ann = _bearer(invites.invite(reg, "ann"))
+    ann = _bearer(reg.invites().invite("ann"))
     assert c.get("/review/", headers=ann).status_code == 200
     assert "Signed in as" in c.get("/review/r1/", headers=ann).text
     assert c.get("/review/r1/next?reviewer=ann", headers=ann, follow_redirects=False).status_code == 303
@@ -57,7 +56,7 @@ def test_an_invite_rates_as_its_own_reviewer_only_and_is_revocable(tmp_path: Pat
     ):
         r = c.request(method, path, json=body, headers=ann)
         assert r.status_code == 403 and r.json()["error"]["code"] == "wrong_reviewer", (path, r.text)
-    assert rv.rating(reg, "r1", 0, "bob") is None
+    assert reg.reviews().rating("r1", 0, "bob") is None
     # the results un-blind the versions: the admin's, not a reviewer's
     for path in ("/review/r1/report", "/review/r1/ratings.csv", "/review/r1/report.png"):
         assert c.get(path, headers=ann).status_code == 403, path
@@ -66,7 +65,7 @@ def test_an_invite_rates_as_its_own_reviewer_only_and_is_revocable(tmp_path: Pat
     login = c.post("/review/login", data={"key": ann["Authorization"][7:]}, follow_redirects=False)
     assert login.status_code == 303
     assert c.get("/review/").status_code == 200  # the cookie
-    assert invites.revoke(reg, "ann") == 1
+    assert reg.invites().revoke("ann") == 1
     assert c.get("/review/").status_code == 403
     assert c.get("/review/", headers=ann).status_code == 403
     assert c.post("/review/login", data={"key": ann["Authorization"][7:]}).status_code == 403
@@ -74,7 +73,7 @@ def test_an_invite_rates_as_its_own_reviewer_only_and_is_revocable(tmp_path: Pat
 
 def test_an_invite_never_reaches_admin_under_platform_serve(tmp_path: Path) -> None:
     reg = _registry(tmp_path)
-    token = invites.invite(reg, "ann")
+    token = reg.invites().invite("ann")
     app = create_app(ServeSettings(admin_key=ADMIN_KEY, registry=str(tmp_path / "registry")))
     c = TestClient(app)  # no lifespan: the front door answers before any engine is needed
     for path in ("/admin/adapters", "/admin/routes/x"):
@@ -89,11 +88,11 @@ def test_the_cli_makes_lists_and_revokes_invites(tmp_path: Path) -> None:
     made = CliRunner().invoke(cli, ["review", "invite", "ann", *where])
     assert made.exit_code == 0, made.output
     token = made.output.strip().splitlines()[-1]
-    assert invites.reviewer_for(reg, token) == "ann"
+    assert reg.invites().reviewer_for(token) == "ann"
     listed = CliRunner().invoke(cli, ["review", "invites", *where])
     assert "ann" in listed.output and token not in listed.output
     assert CliRunner().invoke(cli, ["review", "revoke", "ann", *where]).exit_code == 0
-    assert invites.reviewer_for(reg, token) is None
+    assert reg.invites().reviewer_for(token) is None
     again = CliRunner().invoke(cli, ["review", "revoke", "ann", *where])
     assert again.exit_code == 1 and "no live invite" in again.output
 
@@ -135,8 +134,8 @@ def test_pages_carry_security_headers_and_answer_allowed_hosts_only(tmp_path: Pa
 def test_csv_cells_that_start_a_formula_are_escaped(tmp_path: Path, text: str) -> None:
     reg = _registry(tmp_path, prompt=text, answer=text)
     reviewer = text if text.isprintable() else "ann"  # reviewer names are printable
-    rv.assign_next(reg, "r1", reviewer)
-    rv.rate(reg, "r1", 0, reviewer, preference="tie")
+    reg.reviews().assign_next("r1", reviewer)
+    reg.reviews().rate("r1", 0, reviewer, preference="tie")
     body = TestClient(create_review_app(reg)).get("/review/r1/ratings.csv").text
     [row] = list(csv.DictReader(io.StringIO(body)))
     for field in ("prompt", "answer_a", *(["reviewer"] if reviewer == text else [])):

@@ -183,11 +183,11 @@ def _route_listed(url: str, name: str) -> bool:
 
 
 def state(setup: Setup, name: str) -> str:
-    return ro.get(setup.registry(), name).state
+    return setup.registry().rollouts().get(name).state
 
 
 def timeline(setup: Setup, name: str) -> list[ro.Event]:
-    events = ro.events(setup.registry(), name)
+    events = setup.registry().rollouts().events(name)
     for e in events:  # the decision timeline, for the README and for a failing test's output
         step = "shadow" if e.numbers.get("phase") == "shadow" and e.step < 0 else f"step {e.step + 1}"
         print(f"{e.ts - events[0].ts:6.1f}s {step:6} {e.weight:5.1f}% {e.decision:16} {e.reason or ''}")
@@ -273,7 +273,7 @@ def test_a_candidate_that_cannot_load_fails_preflight_before_any_traffic(one: Se
         wait_until(lambda: state(one, "noload") == "failed", 20)
         failed = len(traffic.served)
         wait_until(lambda: len(traffic.served) >= failed + 5, 20)
-    r = ro.get(one.registry(), "noload")
+    r = one.registry().rollouts().get("noload")
     assert "rank 32 exceeds" in (r.reason or "") and r.reason.startswith("pre-flight")  # type: ignore[union-attr]
     assert {m for _, m in traffic.served} == {baseline}  # no request ever reached the candidate
     reqs, _ = one.registry().evidence().load("noload")
@@ -403,13 +403,13 @@ def test_improve_reaches_the_rollout_under_a_request_loop_without_a_failed_reque
         rv.NewItem([{"role": "user", "content": f"ticket {i}"}], f"Sorry, {i} ships.", f"no {i}", True)
         for i in range(4)
     ]
-    rv.create(reg, "loop-review", spec, rows)
+    reg.reviews().create("loop-review", spec, rows)
     for i in range(4):
-        assert rv.assign_next(reg, "loop-review", "ann") == i
+        assert reg.reviews().assign_next("loop-review", "ann") == i
         for criterion in ("correctness", "format", "tone"):
             for side in ("left", "right"):
-                rv.rate(reg, "loop-review", i, "ann", criterion=criterion, side=side, score=4)
-        rv.rate(reg, "loop-review", i, "ann", preference="left")
+                reg.reviews().rate("loop-review", i, "ann", criterion=criterion, side=side, score=4)
+        reg.reviews().rate("loop-review", i, "ann", preference="left")
 
     statuses: Counter[int | str] = Counter()
     stop = threading.Event()
@@ -471,7 +471,7 @@ def test_improve_reaches_the_rollout_under_a_request_loop_without_a_failed_reque
     assert {"improve:gates-passed", "improve:review-created", "improve:rollout-started"} <= set(
         candidate.tags
     )
-    assert rv.get(one.registry(), "improve-loop-v2").items == 2  # the review set, beside the rollout
+    assert one.registry().reviews().get("improve-loop-v2").items == 2  # the review set, beside the rollout
     assert candidate.lineage["objective"]["reference"] == "loop@1"
     one.rollout("abort", "loop")
 
@@ -485,8 +485,8 @@ def test_two_replicas_one_controller_acts_and_a_killed_holder_is_replaced(pair: 
     args += ["--gate", "latency_p95=off", "--gate", "ttft_p95=off"]
     pair.rollout("start", "duo", "--candidate", candidate, *args)
     with Traffic(pair.urls, "duo", thumbs=lambda _: "up") as traffic:
-        wait_until(lambda: ro.get(pair.registry(), "duo").step >= 1, 40)
-        first = ro.lease_holder(pair.registry(), time.time())
+        wait_until(lambda: pair.registry().rollouts().get("duo").step >= 1, 40)
+        first = pair.registry().rollouts().lease_holder(time.time())
         assert first is not None
         pid = int(first.split(":")[1])
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")

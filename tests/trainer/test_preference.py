@@ -58,16 +58,16 @@ def reviewed(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
         )
         for i in range(16)
     ]
-    rv.create(reg, "polite", spec, items)
+    reg.reviews().create("polite", spec, items)
     for i in range(16):
-        assert rv.assign_next(reg, "polite", "ann") == i
-        good = "left" if rv.item(reg, "polite", i).side_version("left") == "a" else "right"
+        assert reg.reviews().assign_next("polite", "ann") == i
+        good = "left" if reg.reviews().item("polite", i).side_version("left") == "a" else "right"
         for criterion in ("correctness", "format", "tone"):
             for side in ("left", "right"):
-                rv.rate(
-                    reg, "polite", i, "ann", criterion=criterion, side=side, score=5 if side == good else 2
+                reg.reviews().rate(
+                    "polite", i, "ann", criterion=criterion, side=side, score=5 if side == good else 2
                 )
-        rv.rate(reg, "polite", i, "ann", preference=good)
+        reg.reviews().rate("polite", i, "ann", preference=good)
     return registry, root
 
 

@@ -44,12 +44,12 @@ def rows(reg: Registry, variant: str, n: int, ts: float, *, shadow: bool, status
 
 def start(tmp_path: Path, spec: ro.RolloutSpec = SPEC) -> tuple[Registry, ro.Rollout]:
     reg = Registry(str(tmp_path / "registry"))
-    ro.create(reg, "bot", spec, now=100.0)
+    reg.rollouts().create("bot", spec, now=100.0)
     assert ctl.tick(reg, "me", now=102.0) == []  # replicas have LEASE_TTL_S to announce themselves
     assert ctl.tick(reg, "me", now=103.5) == [
         "bot: pre-flight passed, shadow phase (100% of requests copied)"
     ]
-    r = ro.get(reg, "bot")
+    r = reg.rollouts().get("bot")
     assert (r.state, r.phase, r.step, r.weight) == ("shadow", "shadow", -1, 0.0)
     route = get_route(reg, "bot")
     assert [(v.ref, v.weight) for v in route.variants] == [("bot@1", 100.0), ("bot@2", 0.0)]
@@ -62,7 +62,7 @@ def test_a_shadow_that_passes_moves_to_step_one_and_ends_the_copies(tmp_path: Pa
     rows(reg, "bot@1", 30, 103.6, shadow=False)
     rows(reg, "bot@2", 5, 103.6, shadow=True)
     assert ctl.tick(reg, "me", now=104.6) == []  # 5 copies: wait
-    assert ro.events(reg, "bot")[-1].reason == (
+    assert reg.rollouts().events("bot")[-1].reason == (
         "inconclusive: 30 baseline and 5 candidate requests, need 10 each"
     )
     rows(reg, "bot@2", 25, 104.7, shadow=True)
@@ -70,11 +70,11 @@ def test_a_shadow_that_passes_moves_to_step_one_and_ends_the_copies(tmp_path: Pa
         reg, "bot@2", 30, 104.7, shadow=False
     )  # live candidate rows (none in a real shadow) are not its evidence
     assert ctl.tick(reg, "me", now=105.7)[0].startswith("bot: pass - shadow phase passed: error_rate")
-    r = ro.get(reg, "bot")
+    r = reg.rollouts().get("bot")
     assert (r.state, r.phase, r.step, r.weight) == ("running", "steps", 0, 50.0)
     route = get_route(reg, "bot")
     assert route.shadow is None and [v.weight for v in route.variants] == [50.0, 50.0]
-    last = ro.events(reg, "bot")[-1]
+    last = reg.rollouts().events("bot")[-1]
     assert last.decision == "shadow-ok" and last.numbers["candidate"]["requests"] == 30
 
 
@@ -83,14 +83,14 @@ def test_an_erroring_shadow_is_rolled_back_before_any_user_traffic(tmp_path: Pat
     rows(reg, "bot@1", 30, 103.6, shadow=False)
     rows(reg, "bot@2", 20, 103.6, shadow=True, status="error")
     assert ctl.tick(reg, "me", now=104.6)[0].startswith("bot: fail - shadow phase: gate failed: error_rate")
-    r = ro.get(reg, "bot")
+    r = reg.rollouts().get("bot")
     assert (r.state, r.weight) == ("rolled_back", 0.0) and "error_rate +100.00pt" in (r.reason or "")
     route = get_route(reg, "bot")  # kept at 100% baseline (`ab stop bot` ends it), no copies any more
     assert route.shadow is None and [(v.ref, v.weight) for v in route.variants] == [
         ("bot@1", 100.0),
         ("bot@2", 0.0),
     ]
-    decisions = [(e.decision, e.weight) for e in ro.events(reg, "bot")]
+    decisions = [(e.decision, e.weight) for e in reg.rollouts().events("bot")]
     assert decisions == [("start", 0.0), ("preflight-ok", 0.0), ("rollback", 0.0)]
 
 
@@ -100,7 +100,7 @@ def test_pause_and_resume_keep_the_shadow_phase(tmp_path: Path) -> None:
         "bot: pause - paused after 3s in the shadow phase: "
         "inconclusive: 0 baseline and 0 candidate requests, need 10 each"
     ]
-    r = ro.get(reg, "bot")
+    r = reg.rollouts().get("bot")
     assert (r.state, r.phase, r.weight) == ("paused", "shadow", 0.0)
     assert get_route(reg, "bot").shadow == "bot@2"  # paused: the copies go on, users keep the baseline
     r = ctl.resume(reg, "bot")
@@ -111,13 +111,13 @@ def test_pause_and_resume_keep_the_shadow_phase(tmp_path: Path) -> None:
 
 def test_preflight_waits_until_every_live_replica_has_the_candidate_loaded(tmp_path: Path) -> None:
     reg = Registry(str(tmp_path / "registry"))
-    ro.create(reg, "bot", replace(SPEC, shadow_first=False), now=100.0)
-    ro.announce(reg, "a", ["bot"], 3.0, now=100.5)  # replica a has it loaded, b is still loading
-    ro.announce(reg, "b", [], 3.0, now=100.5)
-    assert ro.replicas_not_ready(reg, "bot", now=103.0) == ["b"]
+    reg.rollouts().create("bot", replace(SPEC, shadow_first=False), now=100.0)
+    reg.rollouts().announce("a", ["bot"], 3.0, now=100.5)  # replica a has it loaded, b is still loading
+    reg.rollouts().announce("b", [], 3.0, now=100.5)
+    assert reg.rollouts().replicas_not_ready("bot", now=103.0) == ["b"]
     assert ctl.tick(reg, "a", now=103.0, ready={"bot@2"}) == []
-    assert ro.get(reg, "bot").state == "preflight"
-    ro.announce(reg, "b", ["bot"], 3.0, now=103.2)
+    assert reg.rollouts().get("bot").state == "preflight"
+    reg.rollouts().announce("b", ["bot"], 3.0, now=103.2)
     assert ctl.tick(reg, "a", now=103.5, ready={"bot@2"}) == ["bot: pre-flight passed, 50%"]
-    ro.announce(reg, "c", [], 3.0, now=104.0)  # a replica that stopped announcing is not waited for
-    assert ro.replicas_not_ready(reg, "bot", now=107.1) == []
+    reg.rollouts().announce("c", [], 3.0, now=104.0)  # a replica that stopped announcing is not waited for
+    assert reg.rollouts().replicas_not_ready("bot", now=107.1) == []
