@@ -1,7 +1,7 @@
 """What a JSON-schema constraint buys on the contact-json adapter, and what it costs.
 
-    python loadtests/bench_structured.py                       # trains a tiny contact adapter first
-    python loadtests/bench_structured.py --registry R --ref contact:prod --base-model smollm2
+    python -m loadtests.bench_structured                       # trains a tiny contact adapter first
+    python -m loadtests.bench_structured --registry R --ref contact:prod --base-model smollm2
 
 Starts `platform serve` (vLLM) on the registry, then:
   validity    - each held prompt of the contact-json sample, greedy, once without and once with
@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -30,11 +29,8 @@ from typing import Any
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from loadtests.record import RESULTS, write_result  # noqa: E402
-from testkit.servers import serve_command, server_process  # noqa: E402
+from loadtests.record import RESULTS, ROOT, write_result
+from testkit.servers import serve_command, server_process
 
 CONTACT = {
     "type": "object",
