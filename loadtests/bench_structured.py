@@ -124,7 +124,7 @@ def throughput(
 
 def tiny_contact(root: Path) -> tuple[Path, str]:
     """A registry with a contact-json adapter trained on the tiny model (a few steps)."""
-    from tests.serving.fixtures import train_tiny
+    from testkit.adapters import train_tiny
 
     registry = root / "registry"
     return registry, train_tiny(registry, root / "runs", "contact", "sample:contact-json", seed=2, steps=30)

@@ -60,3 +60,33 @@ def push_adapters(registry: Path, base: Any, paths: list[Path], prefix: str = "l
         "source": "loadtests (random weights)",
     }
     return [reg.push(f"{prefix}{i}", p, lineage).ref for i, p in enumerate(paths)]
+
+
+def train_tiny(registry: Path, out: Path, name: str, data: str, seed: int, steps: int = 8) -> str:
+    """A version of `name` trained on the tiny model in a few steps (tests and benchmarks)."""
+    from rich.console import Console
+
+    from trainer.config import load_config
+    from trainer.publish import publish
+    from trainer.recipe import run
+
+    config = load_config(
+        None,
+        [
+            "base_model=embedded/tiny-llama",
+            f"name={name}",
+            f"output_dir={out}",
+            f"data.path={data}",
+            f"training.max_steps={steps}",
+            "training.lr=0.01",
+            f"training.seed={seed}",
+            "eval.max_examples=2",
+            "eval.max_new_tokens=4",
+            "eval.compare_base=false",
+            "data.max_seq_len=96",
+            "data.overlong=truncate",  # rows of ~100-150 tokens: cut the prompt, keep the answer
+            "lora.r=8",
+            "lora.alpha=16",
+        ],
+    )
+    return publish(run(config, console=Console(quiet=True)), str(registry))

@@ -16,7 +16,7 @@ from registry.basemodels import resolve_base_model
 from registry.store import Registry
 from testkit.servers import platform_cmd
 from tests.registry.test_store import LINEAGE, make_adapter
-from tests.serving.fixtures import free_port
+from tests.serving.fixtures import free_port, random_adapter
 
 ROOT = Path(__file__).parents[2]
 
@@ -53,7 +53,8 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
     adapter = make_adapter(root / "adapter")
     reg.push("other", adapter, LINEAGE)
     tiny = resolve_base_model("tiny")
-    reg.push("tiny-r4", adapter, {"base_model": tiny.id, "base_model_sha256": tiny.weights_sha256})
+    fits = random_adapter(root / "tiny-r4", 4, ["q_proj", "v_proj"])  # fits the tiny base's layers
+    reg.push("tiny-r4", fits, {"base_model": tiny.id, "base_model_sha256": tiny.weights_sha256})
     reg.close()
     return root / "registry"
 

@@ -13,6 +13,7 @@ import pytest
 
 from registry.store import Registry
 from testkit.adapters import random_adapter as random_adapter  # re-exported for the serving tests
+from testkit.adapters import train_tiny as train_tiny
 from testkit.servers import free_port, platform_cmd, stop_process, wait_ready
 from tests.serving.otlp import Receiver
 
@@ -77,35 +78,6 @@ def is_ready(url: str) -> bool:
         return httpx.get(url + "/ready", timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
-
-
-def train_tiny(registry: Path, out: Path, name: str, data: str, seed: int, steps: int = 8) -> str:
-    from rich.console import Console
-
-    from trainer.config import load_config
-    from trainer.publish import publish
-    from trainer.recipe import run
-
-    config = load_config(
-        None,
-        [
-            "base_model=embedded/tiny-llama",
-            f"name={name}",
-            f"output_dir={out}",
-            f"data.path={data}",
-            f"training.max_steps={steps}",
-            "training.lr=0.01",
-            f"training.seed={seed}",
-            "eval.max_examples=2",
-            "eval.max_new_tokens=4",
-            "eval.compare_base=false",
-            "data.max_seq_len=96",
-            "data.overlong=truncate",  # rows of ~100-150 tokens: cut the prompt, keep the answer
-            "lora.r=8",
-            "lora.alpha=16",
-        ],
-    )
-    return publish(run(config, console=Console(quiet=True)), str(registry))
 
 
 @pytest.fixture(scope="session")
