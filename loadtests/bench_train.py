@@ -32,13 +32,14 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "loadtests" / "results"
 CONFIGS = ("ours", "trl", "plain")
 DATASETS = ("support-tickets", "contact-json")
+VAL_FRACTION = 0.05
 
 
 # -- shared by the three trainers ------------------------------------------------------------
 def _splits(dataset: str) -> Any:
     from trainer.data import prepare
 
-    return prepare(f"sample:{dataset}", val_fraction=0.1, test_fraction=0.0)[0]
+    return prepare(f"sample:{dataset}", val_fraction=VAL_FRACTION, test_fraction=0.0)[0]
 
 
 def _encoded(tokenizer: Any, examples: list[Any], seq_len: int) -> list[Any]:
@@ -130,7 +131,7 @@ def run_ours(dataset: str, args: argparse.Namespace, out: Path) -> dict[str, Any
             "name=bench",
             f"output_dir={out}",
             f"data.path=sample:{dataset}",
-            "data.val_fraction=0.1",
+            f"data.val_fraction={VAL_FRACTION}",
             "data.test_fraction=0",
             f"data.max_seq_len={args.seq_len}",
             f"lora.r={args.rank}",
@@ -184,7 +185,7 @@ def run_plain(dataset: str, args: argparse.Namespace, out: Path) -> dict[str, An
     trainer = Trainer(
         model=model,
         args=TrainingArguments(**_common(args, out), remove_unused_columns=False),
-        train_dataset=train,  # type: ignore[arg-type]
+        train_dataset=train,
         data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
     )
     seconds, tokens = _timed_train(trainer)
@@ -196,7 +197,8 @@ def run_trl(dataset: str, args: argparse.Namespace, out: Path) -> dict[str, Any]
     """TRL's SFTTrainer on conversational prompt/completion rows (completion-only loss)."""
     import torch
     from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
+    from trl.trainer.sft_config import SFTConfig
+    from trl.trainer.sft_trainer import SFTTrainer
 
     model, tokenizer = _model_and_tokenizer(args)
     splits = _splits(dataset)

@@ -10,6 +10,7 @@ MLflow run after the registry reference and tags it, so each points at the other
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 from trainer.config import TrainConfig
 from trainer.errors import TrainerError
 
+log = logging.getLogger("lora_platform.tracking")
 TRACKERS = ("mlflow", "tensorboard", "wandb")
 REF_TAG = "lora_platform.registry_ref"
 """MLflow run tag holding the registry reference (name@N) of the version the run produced."""
@@ -217,17 +219,25 @@ def _tensorboard_summary(log_dir: Path, flat: dict[str, float], predictions: lis
         writer.close()
 
 
-def link(record: dict[str, Any], ref: str, registry_location: str, card: Path | None) -> None:
-    """After the push: the MLflow run is named after `ref`, tagged with it, and gets the model card."""
+def link(record: dict[str, Any], ref: str, registry_location: str, card: Path | None) -> bool:
+    """After the push: the MLflow run is named after `ref`, tagged with it, and gets the model card.
+
+    The version is already stored: a tracking server that fails now costs the link, not the
+    push, so the failure is logged and False returned."""
     info = record.get("mlflow")
     if not info:
-        return
+        return False
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri=info["tracking_uri"] if "://" in info["tracking_uri"] else None)
+    client = MlflowClient(tracking_uri=info["tracking_uri"])
     run_id = info["run_id"]
-    client.update_run(run_id, name=ref)
-    client.set_tag(run_id, REF_TAG, ref)
-    client.set_tag(run_id, REGISTRY_TAG, registry_location)
-    if card is not None and card.is_file():
-        client.log_artifact(run_id, str(card))
+    try:
+        client.update_run(run_id, name=ref)
+        client.set_tag(run_id, REF_TAG, ref)
+        client.set_tag(run_id, REGISTRY_TAG, registry_location)
+        if card is not None and card.is_file():
+            client.log_artifact(run_id, str(card))
+    except Exception as exc:  # MlflowException, connection errors: the push stands
+        log.warning("MLflow run %s at %s not linked to %s: %s", run_id, info["tracking_uri"], ref, exc)
+        return False
+    return True

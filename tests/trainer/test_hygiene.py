@@ -81,7 +81,10 @@ def test_platform_train_masks_personal_data_before_training(tmp_path: Path) -> N
 
     data = tmp_path / "rows.jsonl"
     rows = [
-        {"prompt": f"Customer {i} writes from user{i}@example.com about order {10000 + i}", "completion": "ok"}
+        {
+            "prompt": f"Customer {i} writes from user{i}@example.com about order {10000 + i}",
+            "completion": "ok",
+        }
         for i in range(60)
     ]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
