@@ -355,24 +355,21 @@ def main() -> None:
     import tempfile
 
     results: dict[str, dict[str, Any]] = {}
+    keys = ("base_model", "steps", "batch", "seq_len", "lr", "rank", "ours")
+    settings = {k: getattr(args, k) for k in keys}
+    settings |= {"lora_alpha": 2 * args.rank, "targets": "all-linear", "dtype": "fp32"}
+    out = Path(args.out)
     with tempfile.TemporaryDirectory(prefix="bench-train-") as work:
         for dataset in args.datasets.split(","):
             results[dataset] = {}
             for config in args.configs.split(","):
                 results[dataset][config] = measure(config, dataset, args, Path(work))
                 print(dataset, config, json.dumps(results[dataset][config]), flush=True)
-    settings = {
-        k: getattr(args, k) for k in ("base_model", "steps", "batch", "seq_len", "lr", "rank", "ours")
-    }
-    payload = {
-        "settings": {**settings, "lora_alpha": 2 * args.rank, "targets": "all-linear", "dtype": "fp32"},
-        "results": results,
-        "ratios": {d: ratios(r) for d, r in results.items()},
-    }
-    out = Path(args.out)
-    write_result(out, sys.argv[1:], payload)
+                ratio = {d: ratios(r) for d, r in results.items()}
+                # written after every measurement: a run cut short keeps what it measured
+                write_result(out, sys.argv[1:], {"settings": settings, "results": results, "ratios": ratio})
     plot(json.loads(out.read_text()), out.with_suffix(".png"))
-    print(json.dumps(payload["ratios"], indent=2))
+    print(json.dumps(ratio, indent=2))
 
 
 if __name__ == "__main__":
