@@ -20,11 +20,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -273,38 +271,26 @@ def ratios(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def machine() -> dict[str, Any]:
-    from trainer.lineage import _cpu, code_revision, library_versions
+def write_result(out_dir: Path, figures: dict[str, Any]) -> Path:
+    """`<out_dir>/bench_train.json` in the shared result schema (loadtests/record.py)."""
+    from loadtests.record import write_result as write
 
-    return {**_cpu(), "platform": platform.platform(), "code_revision": code_revision(), **library_versions()}
-
-
-def write_result(path: Path, command: list[str], payload: dict[str, Any]) -> None:
-    """The result file: command, commit, date, machine (CPU flags) and versions, then the figures.
-
-    NOTE for the lead: the `docs` helper is defining the shared result-file schema for loadtests;
-    connect this to that writer (only this function writes the file)."""
-    record = {
-        "benchmark": "bench_train",
-        "command": " ".join(["python", "-m", "loadtests.bench_train", *command]),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": machine(),
-        **payload,
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=2) + "\n")
+    return write("bench_train", figures, out_dir)
 
 
 def plot(record: dict[str, Any], out: Path) -> None:
     import matplotlib
 
+    from loadtests.record import cpu_label
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    datasets = list(record["results"])
+    figures = record["figures"]
+    datasets = list(figures["results"])
     fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 3.6), dpi=100, squeeze=False)
     for ax, dataset in zip(axes[0], datasets, strict=True):
-        results = record["results"][dataset]
+        results = figures["results"][dataset]
         names = list(results)
         bars = ax.bar(
             names, [results[n]["tokens_per_second"] for n in names], color=["C0", "C1", "C2"][: len(names)]
@@ -321,7 +307,7 @@ def plot(record: dict[str, Any], out: Path) -> None:
         ax.set_ylabel("training tokens/s (real tokens)")
         ax.margins(y=0.25)
     fig.suptitle(
-        f"{record['settings']['steps']} steps, batch {record['settings']['batch']}, {record['machine']['cpu']}",
+        f"{figures['settings']['steps']} steps, batch {figures['settings']['batch']}, {cpu_label(record['machine'])}",
         fontsize=9,
     )
     fig.tight_layout()
@@ -342,7 +328,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--ours", action="append", default=[], help="extra key=value for platform train")
-    parser.add_argument("--out", default=str(RESULTS / "bench_train.json"))
+    parser.add_argument("--out-dir", default=str(RESULTS), help="folder of the result file")
     parser.add_argument("--one", choices=CONFIGS, help=argparse.SUPPRESS)
     parser.add_argument("--dataset", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
@@ -358,7 +344,6 @@ def main() -> None:
     keys = ("base_model", "steps", "batch", "seq_len", "lr", "rank", "ours")
     settings = {k: getattr(args, k) for k in keys}
     settings |= {"lora_alpha": 2 * args.rank, "targets": "all-linear", "dtype": "fp32"}
-    out = Path(args.out)
     with tempfile.TemporaryDirectory(prefix="bench-train-") as work:
         for dataset in args.datasets.split(","):
             results[dataset] = {}
@@ -367,7 +352,9 @@ def main() -> None:
                 print(dataset, config, json.dumps(results[dataset][config]), flush=True)
                 ratio = {d: ratios(r) for d, r in results.items()}
                 # written after every measurement: a run cut short keeps what it measured
-                write_result(out, sys.argv[1:], {"settings": settings, "results": results, "ratios": ratio})
+                out = write_result(
+                    Path(args.out_dir), {"settings": settings, "results": results, "ratios": ratio}
+                )
     plot(json.loads(out.read_text()), out.with_suffix(".png"))
     print(json.dumps(ratio, indent=2))
 
