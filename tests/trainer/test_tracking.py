@@ -63,7 +63,7 @@ def test_mlflow_run_and_registry_version_point_at_each_other(
     for key in ("loss", "learning_rate", "grad_norm", "train_tokens_per_second"):
         history = client.get_metric_history(run.info.run_id, key)
         assert [m.step for m in history] == [1, 2, 3], key
-    assert client.get_metric_history(run.info.run_id, "eval_loss")
+    assert client.get_metric_history(run.info.run_id, "final_loss")  # validation loss of the kept model
     assert run.data.metrics["num_input_tokens_seen"] > 0
     assert "heldout.adapter.loss" in run.data.metrics and "heldout.base.loss" in run.data.metrics
     # the evaluation table, the loss curve and the model card as artifacts
