@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from registry.payloads import PayloadRecord, PayloadStore, last_user_text, prompt_digest
+from registry.redact import redact as redact  # the default hook (linear time; shared with the trainer)
 from serving.batching import BatchWriter
 from serving.experiments.drift import drift_report
 from serving.protocol import ChatCompletionRequest, CompletionRequest
@@ -39,41 +40,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("lora_platform.payloads")
 Redactor = Callable[[str], str]
 
-DOMAIN = re.compile(r"@([\w-]{1,63}(?:\.[\w-]{1,63}){1,8})")
-"""An e-mail address from its `@` on: a domain of at most 8 labels of at most 63 characters."""
-LOCAL_REVERSED = re.compile(r"[\w.+-]{1,64}")
-"""An e-mail address's local part (at most 64 characters), matched on the reversed text before `@`."""
-NUMBER = re.compile(r"\+?\d(?:[ ().-]{0,3}\d){3,19}")
-"""A phone, card or account number: 4 to 20 digits, at most 3 separators between two of them."""
 MAX_TEXT_CHARS = 1_000_000
 """Longer text is cut to this many characters before it is redacted and stored."""
 REDACTION_FAILED = "[redaction failed]"
-
-
-def redact(text: str) -> str:
-    """The default hook: e-mail addresses -> `[EMAIL]`, numbers of 4+ digits -> `[NUMBER]`.
-
-    Linear in the text: every repetition is bounded and an address is looked for only around
-    each `@` (the stdlib's backtracking `re` would otherwise restart a `[...]+@` match at every
-    character of a long run: 15,000 `-` took 0.7 s). Written with `re` rather than a linear-time
-    engine (google-re2) to keep Python's Unicode `\\w` and need no native dependency."""
-    return NUMBER.sub("[NUMBER]", _redact_emails(text))
-
-
-def _redact_emails(text: str) -> str:
-    out: list[str] = []
-    done = 0  # text[:done] is already in out
-    for m in DOMAIN.finditer(text):
-        at = m.start()
-        if at < done:
-            continue
-        window = text[max(done, at - 64) : at][::-1]
-        local = LOCAL_REVERSED.match(window)
-        if local is None:
-            continue
-        out += [text[done : at - local.end()], "[EMAIL]"]
-        done = m.end()
-    return "".join([*out, text[done:]])
 
 
 def capped(text: str) -> str:
