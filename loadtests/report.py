@@ -180,6 +180,30 @@ def structured(f: dict[str, Any]) -> str:
     )
 
 
+def train(f: dict[str, Any]) -> str:
+    """bench_train.py: training tokens/s, peak RSS and validation loss, ours vs TRL vs a plain loop."""
+    s = f["settings"]
+    rows = [
+        [data, who, fmt(m["tokens_per_second"]), fmt(m["peak_rss_mb"]), fmt(m["val_loss"]), m["steps"]]
+        for data, by in f["results"].items()
+        for who, m in by.items()
+    ]
+    ratio_rows = [
+        [data, fmt(r["tokens_per_second_vs_plain"]), fmt(r["tokens_per_second_vs_trl"]), r["targets_met"]]
+        for data, r in f["ratios"].items()
+    ]
+    head = (
+        f"`{s['base_model']}`, {s['dtype']}, LoRA r{s['rank']} on {s['targets']}, sequence {s['seq_len']}, "
+        f"global batch {s['batch']}, lr {s['lr']:g}, {s['steps']} steps; ours with {s['ours'] or 'its defaults'}.\n\n"
+    )
+    return (
+        head
+        + table(["data", "trainer", "tokens/s", "peak RSS MB", "val loss", "steps"], rows)
+        + "\n\n"
+        + table(["data", "ours / plain (>= 1.3)", "ours / TRL (>= 1.0)", "targets met"], ratio_rows)
+    )
+
+
 RENDER: dict[str, Callable[[dict[str, Any]], str]] = {
     "bench": servers,
     "bench_llamacpp": servers,
@@ -190,6 +214,7 @@ RENDER: dict[str, Callable[[dict[str, Any]], str]] = {
     "bench_load_stall": load_stall,
     "bench_preference": preference,
     "bench_structured": structured,
+    "bench_train": train,
 }
 
 
