@@ -16,6 +16,7 @@ import hashlib
 import json
 import re
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -145,12 +146,9 @@ def row_to_example(row: dict[str, Any], shape: str, where: str, problems: list[s
     return Example(tuple(turns[:-1]), turns[-1][1], where)
 
 
-def read_jsonl(path: Path) -> tuple[list[Example], str]:
-    """Read and validate one JSONL file; raise DataError listing every bad row."""
-    problems: list[str] = []
-    examples: list[Example] = []
-    shape: str | None = None
-    shape_line = 0
+def json_objects(path: Path, problems: list[str]) -> Iterator[tuple[int, str, dict[str, Any]]]:
+    """(line number, `file:line`, object) for every non-blank line of a JSONL file. An unreadable file raises
+    DataError; a line that is not a JSON object is added to `problems` and skipped."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
@@ -169,6 +167,16 @@ def read_jsonl(path: Path) -> tuple[list[Example], str]:
         if not isinstance(row, dict):
             problems.append(f"{where}: each line must be a JSON object, got {type(row).__name__}")
             continue
+        yield lineno, where, row
+
+
+def read_jsonl(path: Path) -> tuple[list[Example], str]:
+    """Read and validate one JSONL file; raise DataError listing every bad row."""
+    problems: list[str] = []
+    examples: list[Example] = []
+    shape: str | None = None
+    shape_line = 0
+    for lineno, where, row in json_objects(path, problems):
         row_shape = _detect_shape(row)
         if row_shape is None:
             problems.append(

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trainer.data import Example, clean_text, split_of
+from trainer.data import Example, clean_text, json_objects, split_of
 from trainer.errors import DataError
 
 PREFERENCE_SHAPES = {"pairs": {"prompt", "chosen", "rejected"}, "unpaired": {"prompt", "completion", "label"}}
@@ -122,26 +122,11 @@ def read_preferences(path: Path, objective: str) -> list[PreferenceRow]:
     want = PREFERENCE_SHAPES[shape]
     problems: list[str] = []
     rows: list[PreferenceRow] = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise DataError([f"cannot read: {exc.strerror}"], str(path)) from exc
-    except UnicodeDecodeError as exc:
-        raise DataError([f"not UTF-8 text ({exc.reason} at byte {exc.start})"], str(path)) from exc
-    for lineno, line in enumerate(lines, 1):
-        where = f"{path}:{lineno}"
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            problems.append(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})")
-            continue
-        if not isinstance(row, dict) or not want <= row.keys():
-            fields = sorted(row) if isinstance(row, dict) else type(row).__name__
+    for _, where, row in json_objects(path, problems):
+        if not want <= row.keys():
             problems.append(
                 f"{where}: training.objective={objective} reads {shape} rows with fields "
-                f"{sorted(want)}, got {fields}"
+                f"{sorted(want)}, got {sorted(row)}"
                 + ("; export them with `platform data export NAME --pairs`" if shape == "pairs" else "")
                 + ("; export them with `platform data export NAME --unpaired`" if shape == "unpaired" else "")
             )

@@ -211,7 +211,9 @@ def test_thumbs_and_review_choices_export_as_dpo_pairs_and_kto_rows(
     logging_server: Server, tmp_path: Path
 ) -> None:
     from registry import reviews as rv
+    from registry.redact import redact
     from registry.rubric import load_rubric
+    from trainer.data import clean_text
 
     question = "My invoice shows a double charge, what now?"
 
@@ -223,7 +225,9 @@ def test_thumbs_and_review_choices_export_as_dpo_pairs_and_kto_rows(
             temperature=1.0,
             seed=seed,
         )
-        return reply.id, (reply.choices[0].message.content or "").strip()  # exported as training cleans it
+        # the answer as exported: redacted and stored as the log keeps it (no NUL), cleaned as training does
+        stored = redact(reply.choices[0].message.content or "").replace("\x00", "\ufffd")
+        return reply.id, clean_text(stored)
 
     (up, up_text), (down, down_text) = sampled(1), sampled(2)
     assert up_text != down_text
