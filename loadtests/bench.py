@@ -219,6 +219,7 @@ def measure(
     if done.returncode != 0:
         raise SystemExit(f"locust failed on {kind}/{label}:\n{done.stderr[-2000:]}")
     s = summarize(read_stats(prefix))
+    s["kinds"] = trace_kinds(read_trace(trace))  # percentiles as every benchmark takes them
     # tokens streamed inside the window; the tokens of every request started in it, including
     # those streamed while Locust lets the last requests finish, over the window: the earlier figure
     s["output_tokens_per_s"] = round(tokens_in_window(read_trace(trace), args.duration) / args.duration, 2)
@@ -355,16 +356,24 @@ def percentiles(values: list[float]) -> dict[str, Any]:
     }
 
 
+def trace_kinds(requests: list[dict[str, Any]]) -> dict[str, Any]:
+    """E2E, TTFT and TPOT percentiles (ms) of the requests of per-request traces, with the one
+    percentile function (not Locust's own)."""
+    ended = [r for r in requests if r.get("end") is not None]
+    e2e = [(r["end"] - r["start"]) * 1000 for r in ended]
+    ttft = [(r["first"] - r["start"]) * 1000 for r in requests if r["first"] is not None]
+    tpot = [
+        (r["end"] - r["first"]) * 1000 / (r["tokens"] - 1)
+        for r in ended
+        if r["first"] is not None and r["tokens"] > 1
+    ]
+    return {"E2E": percentiles(e2e), "TTFT": percentiles(ttft), "TPOT": percentiles(tpot)}
+
+
 def pooled(rounds: list[dict[str, Any]], traces: list[list[dict[str, Any]]]) -> dict[str, Any]:
     """One scenario over several rounds: mean throughput, TTFT and TPOT percentiles of every
     request of every round (from the traces), loads and evictions over all requests."""
     requests = [r for t in traces for r in t]
-    ttft = [(r["first"] - r["start"]) * 1000 for r in requests if r["first"] is not None]
-    tpot = [
-        (r["end"] - r["first"]) * 1000 / (r["tokens"] - 1)
-        for r in requests
-        if r["first"] is not None and r["tokens"] > 1
-    ]
     each = [s["output_tokens_per_s"] for s in rounds]
     out: dict[str, Any] = {
         "rounds": len(rounds),
@@ -375,7 +384,7 @@ def pooled(rounds: list[dict[str, Any]], traces: list[list[dict[str, Any]]]) -> 
         ),
         "requests": sum(s["requests"] for s in rounds),
         "failures": sum(s["failures"] for s in rounds),
-        "kinds": {"TTFT": percentiles(ttft), "TPOT": percentiles(tpot)},
+        "kinds": trace_kinds(requests),
     }
     for key in ("loads", "evictions"):
         if all(key in s for s in rounds) and out["requests"]:
