@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -233,12 +234,9 @@ def test_a_folder_that_is_not_a_registry_is_refused(tmp_path: Path) -> None:
         Registry(tmp_path)
 
 
-def _open_when_told(root: str, go: str, ready: mp.Queue, out: mp.Queue) -> None:  # type: ignore[type-arg]
+def _open_when_told(root: str, go: Any, ready: mp.Queue, out: mp.Queue) -> None:  # type: ignore[type-arg]
     ready.put(os.getpid())
-    for _ in range(30000):  # imports are done: every process opens the fresh folder at about once
-        if Path(go).exists():
-            break
-        time.sleep(0.001)
+    go.wait(30)  # imports are done: every process opens the fresh folder at about once
     try:
         Registry(root)
         out.put("ok")
@@ -252,14 +250,14 @@ def test_processes_creating_a_fresh_registry_at_once_all_open_it(tmp_path: Path)
     q: mp.Queue = ctx.Queue()  # type: ignore[type-arg]
     ready: mp.Queue = ctx.Queue()  # type: ignore[type-arg]
     for attempt in range(2):
-        root, go = tmp_path / f"fresh{attempt}", tmp_path / f"go{attempt}"
-        args = (str(root), str(go), ready, q)
+        root, go = tmp_path / f"fresh{attempt}", ctx.Event()
+        args = (str(root), go, ready, q)
         procs = [ctx.Process(target=_open_when_told, args=args) for _ in range(4)]
         for p in procs:
             p.start()
         for _ in procs:  # every interpreter has imported the registry
             ready.get(timeout=120)
-        go.touch()
+        go.set()
         got = [q.get(timeout=120) for _ in procs]
         for p in procs:
             p.join(timeout=60)

@@ -9,8 +9,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 from tests.serving.fixtures import free_port
@@ -63,19 +61,12 @@ class MlflowServer:
             raise
 
     def _wait_ready(self) -> None:
-        deadline = time.monotonic() + READY_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"mlflow server exited {self.proc.returncode}: {self.log.read_text()[-2000:]}"
-                )
-            try:
-                with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as resp:
-                    if resp.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.5)
-        raise RuntimeError(f"mlflow server not ready in {READY_S:.0f}s: {self.log.read_text()[-2000:]}")
+        from testkit.servers import wait_ready
+
+        try:
+            wait_ready(self.uri, self.proc, READY_S, "/health")
+        except RuntimeError as exc:
+            raise RuntimeError(f"mlflow server: {exc}: {self.log.read_text()[-2000:]}") from exc
 
     def close(self) -> None:
         self.proc.terminate()
