@@ -13,6 +13,7 @@ from registry import reviews as rv
 from registry.errors import NotFoundError
 from registry.rubric import load_rubric
 from registry.store import Registry
+from tests.registry.reviewing import finish_review
 
 TINY = [
     "--base-model",
@@ -78,12 +79,7 @@ def serving(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
         for i in range(16)
     ]
     reg.reviews().create("later", spec, items)
-    for i in range(16):
-        assert reg.reviews().assign_next("later", "ann") == i
-        for criterion in ("correctness", "format", "tone"):
-            for side in ("left", "right"):
-                reg.reviews().rate("later", i, "ann", criterion=criterion, side=side, score=4)
-        reg.reviews().rate("later", i, "ann", preference="left")
+    finish_review(reg, "later")
     return registry, tmp_path
 
 

@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from cli.main import cli
 from registry.payloads import PayloadRecord
 from registry.store import Registry
+from tests.registry.reviewing import finish_review
 from tests.serving.fixtures import Server, metric, running_server, train_tiny, wait_until
 from trainer.data import prepare
 
@@ -240,11 +241,7 @@ def test_thumbs_and_review_choices_export_as_dpo_pairs_and_kto_rows(
     item = rv.NewItem([{"role": "user", "content": "Where is my parcel?"}], "It ships today.", "No.", True)
     reg.reviews().create("prefs", spec, [item])
     review = reg.reviews().list_reviews()[-1].name
-    assert reg.reviews().assign_next(review, "ann") == 0
-    for criterion in ("correctness", "format", "tone"):
-        reg.reviews().rate(review, 0, "ann", criterion=criterion, side="left", score=5)
-        reg.reviews().rate(review, 0, "ann", criterion=criterion, side="right", score=2)
-    reg.reviews().rate(review, 0, "ann", preference="left")  # answer a, on the left
+    finish_review(reg, review)  # answer a preferred: tone 5 against 2
 
     def export(*flags: str) -> tuple[int, str, list[dict[str, object]]]:
         out = tmp_path / f"{'-'.join(f.strip('-') for f in flags)}.jsonl"

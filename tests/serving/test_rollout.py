@@ -32,6 +32,7 @@ from registry.basemodels import resolve_base_model
 from registry.store import Registry
 from testkit.postgres import Postgres
 from testkit.servers import server_process
+from tests.registry.reviewing import finish_review
 from tests.serving.fixtures import free_port, random_adapter, serve_cmd, wait_until
 
 pytestmark = pytest.mark.slow
@@ -404,12 +405,7 @@ def test_improve_reaches_the_rollout_under_a_request_loop_without_a_failed_reque
         for i in range(4)
     ]
     reg.reviews().create("loop-review", spec, rows)
-    for i in range(4):
-        assert reg.reviews().assign_next("loop-review", "ann") == i
-        for criterion in ("correctness", "format", "tone"):
-            for side in ("left", "right"):
-                reg.reviews().rate("loop-review", i, "ann", criterion=criterion, side=side, score=4)
-        reg.reviews().rate("loop-review", i, "ann", preference="left")
+    finish_review(reg, "loop-review")
 
     statuses: Counter[int | str] = Counter()
     stop = threading.Event()

@@ -14,6 +14,7 @@ from cli.main import cli
 from registry import reviews as rv
 from registry.rubric import load_rubric
 from registry.store import Registry
+from tests.registry.reviewing import finish_review
 
 FAST = [
     "--base-model",
@@ -59,15 +60,7 @@ def reviewed(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
         for i in range(16)
     ]
     reg.reviews().create("polite", spec, items)
-    for i in range(16):
-        assert reg.reviews().assign_next("polite", "ann") == i
-        good = "left" if reg.reviews().item("polite", i).side_version("left") == "a" else "right"
-        for criterion in ("correctness", "format", "tone"):
-            for side in ("left", "right"):
-                reg.reviews().rate(
-                    "polite", i, "ann", criterion=criterion, side=side, score=5 if side == good else 2
-                )
-        reg.reviews().rate("polite", i, "ann", preference=good)
+    finish_review(reg, "polite")
     return registry, root
 
 
