@@ -68,21 +68,18 @@ def _offline_preflight(
 ) -> None:
     """`platform eval` of both versions on the held-out file; any gate failing stops the rollout
     before it starts (no route, no traffic)."""
+    from pipeline.improve import check_offline_gates
     from serving.experiments.gates import GateError, parse_offline_gate
-    from trainer.evaluate_versions import evaluate_refs
 
     console.print(Text(f"pre-flight: evaluating {baseline} and {candidate} on {data}"), soft_wrap=True)
-    results, _ = evaluate_refs([baseline, candidate], data, registry_root, max_examples=max_examples)
-    base, cand = results[baseline].metrics, results[candidate].metrics
-    failed = []
-    for gate in gates or (parse_offline_gate("exact_match>=baseline-0.02"),):
-        try:
-            ok, reason = gate.check(base, cand)
-        except GateError as exc:
-            raise click.BadParameter(str(exc), param_hint="--eval-gate") from None
+    checked = gates or (parse_offline_gate("exact_match>=baseline-0.02"),)
+    try:
+        results = check_offline_gates(baseline, candidate, data, checked, registry_root, max_examples)
+    except GateError as exc:
+        raise click.BadParameter(str(exc), param_hint="--eval-gate") from None
+    for ok, reason in results:
         console.print(Text(f"  {'pass' if ok else 'FAIL'}: {reason}"), soft_wrap=True)
-        if not ok:
-            failed.append(reason)
+    failed = [reason for ok, reason in results if not ok]
     if failed:
         raise click.ClickException(f"offline gate failed, rollout not started: {'; '.join(failed)}")
 

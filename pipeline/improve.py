@@ -22,15 +22,19 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from registry.errors import RegistryError
 from registry.store import Registry, Version
 from trainer.errors import TrainerError
 from trainer.export import ExportKind
+
+if TYPE_CHECKING:
+    from serving.experiments.gates import OfflineGate
 
 KINDS: dict[str, ExportKind] = {"dpo": "pairs", "kto": "unpaired", "sft": "sft"}
 """Training objective -> the export kind it reads."""
@@ -251,27 +255,42 @@ def _train(
     return publish(result, root)
 
 
+def check_offline_gates(
+    baseline: str,
+    candidate: str,
+    data: str,
+    gates: Sequence[OfflineGate],
+    registry_root: str | None,
+    max_examples: int = 0,
+) -> list[tuple[bool, str]]:
+    """Both versions evaluated on the held-out file (`platform eval`), then each gate checked:
+    (passed, reason with the numbers) per gate; a gate naming an unknown metric raises GateError.
+    `platform rollout start --eval-data` and `improve` both gate with it."""
+    from trainer.evaluate_versions import evaluate_refs
+
+    results, _ = evaluate_refs([baseline, candidate], data, registry_root, max_examples=max_examples)
+    base, cand = results[baseline].metrics, results[candidate].metrics
+    return [gate.check(base, cand) for gate in gates]
+
+
 def _gates(
     plan: Plan, settings: ImproveSettings, candidate: str, root: str | None, outcome: Outcome, console: Any
 ) -> bool:
     from serving.experiments.gates import GateError, parse_offline_gate
-    from trainer.evaluate_versions import evaluate_refs
 
     with tempfile.TemporaryDirectory() as tmp:
         data = settings.eval_data or _heldout_file(plan.serving, root, Path(tmp))
-        results, _ = evaluate_refs(
-            [plan.serving, candidate], data, root, max_examples=settings.eval_max_examples
-        )
-    base, cand = results[plan.serving].metrics, results[candidate].metrics
-    reasons, passed = [], True
-    for text in settings.eval_gates:
         try:
-            ok, reason = parse_offline_gate(text).check(base, cand)
+            gates = [parse_offline_gate(text) for text in settings.eval_gates]
+            checked = check_offline_gates(
+                plan.serving, candidate, data, gates, root, settings.eval_max_examples
+            )
         except GateError as exc:
             raise ImproveError(str(exc)) from exc
+    for ok, reason in checked:
         console.print(f"  {'pass' if ok else 'FAIL'}: {reason}")
-        reasons.append(reason)
-        passed = passed and ok
+    passed = all(ok for ok, _ in checked)
+    reasons = [reason for _, reason in checked]
     outcome.steps.append({"step": "gates", "outcome": "passed" if passed else "failed", "reasons": reasons})
     return passed
 
