@@ -10,6 +10,15 @@ and ignored labels, so it is a separate (unused) sequence too.
 
 The model must run with `use_cache=False` while training on packed blocks: with a cache object,
 transformers skips the packed-sequence detection and the rows would attend across boundaries.
+
+Completion-only logits: the loss reads the logits of completion positions only, yet a causal LM
+computes its output head (hidden x vocabulary, 49,152 columns for SmolLM2) and the float32 loss for
+every position, prompt and padding included. When the model takes a tensor `logits_to_keep` and its
+loss takes `shift_labels` (transformers' causal LMs), the collator adds both: the positions some row
+of the batch predicts a completion token at, and the targets there. The loss is the same (the
+dropped positions carried no target); the head's work shrinks to those positions. TRL and Axolotl
+reach the same saving with Liger's fused linear cross-entropy, a Triton kernel (GPU only); this
+works on every device.
 """
 
 from __future__ import annotations
@@ -91,15 +100,42 @@ class PackedCollator:
         return {key: torch.stack(values) for key, values in out.items()}
 
 
-class Collator:
-    """Packed blocks (training with packing) or padded rows (evaluation, training without)."""
+def keep_completion_logits(batch: dict[str, Any]) -> dict[str, Any]:
+    """Adds `logits_to_keep` (positions some row predicts a target at) and their `shift_labels`."""
+    import torch
 
-    def __init__(self, pad_id: int) -> None:
+    labels = batch["labels"]
+    shifted = torch.nn.functional.pad(labels, (0, 1), value=IGNORE)[:, 1:]
+    keep = (shifted != IGNORE).any(dim=0).nonzero().flatten()
+    if keep.numel() == 0:  # a batch without targets: keep one position so shapes stay valid
+        keep = torch.zeros(1, dtype=torch.long)
+    return {**batch, "logits_to_keep": keep, "shift_labels": shifted[:, keep].contiguous()}
+
+
+def takes_completion_logits(model: Any) -> bool:
+    """Whether the causal LM under any peft wrapper takes a tensor `logits_to_keep` and computes its
+    loss with transformers' `ForCausalLMLoss` (which reads `shift_labels`)."""
+    import inspect
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if "logits_to_keep" not in inspect.signature(inner.forward).parameters:
+        return False
+    loss = getattr(inner, "loss_function", None)
+    return getattr(loss, "__name__", "") == "ForCausalLMLoss"
+
+
+class Collator:
+    """Packed blocks (training with packing) or padded rows (evaluation, training without);
+    with `completion_logits`, the batch also says which positions' logits the loss needs."""
+
+    def __init__(self, pad_id: int, completion_logits: bool = False) -> None:
         self.padded = PaddedCollator(pad_id)
         self.packed = PackedCollator(pad_id)
+        self.completion_logits = completion_logits
 
     def __call__(self, batch: list[dict[str, Any]]) -> dict[str, Any]:
-        return self.packed(batch) if "rows" in batch[0] else self.padded(batch)
+        out = self.packed(batch) if "rows" in batch[0] else self.padded(batch)
+        return keep_completion_logits(out) if self.completion_logits else out
 
 
 def dataset(items: list[Any], packed: bool) -> RowDataset | BlockDataset:

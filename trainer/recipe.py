@@ -39,7 +39,7 @@ from trainer.hygiene import HygieneReport
 from trainer.hygiene import check as hygiene_check
 from trainer.lineage import library_versions, training_record
 from trainer.model import apply_lora, load_base, load_tokenizer, without_kv_cache
-from trainer.packing import Collator, RowDataset, dataset
+from trainer.packing import Collator, RowDataset, dataset, takes_completion_logits
 from trainer.plan import Plan, make_plan
 from trainer.template import Encoded, encode, fit_rows, pack
 from trainer.tracking import Tracking
@@ -228,7 +228,7 @@ class LoRARecipe:
             args=training_arguments(t, plan, self.run_dir / "checkpoints"),
             train_dataset=dataset(self.train_items, self.config.data.packing),
             eval_dataset=RowDataset(self.val_rows) if plan.eval_every else None,
-            data_collator=Collator(self.tokenizer.pad_token_id),
+            data_collator=Collator(self.tokenizer.pad_token_id, takes_completion_logits(self.model)),
             callbacks=callbacks,
         )
         trainer.remove_callback(PrinterCallback)

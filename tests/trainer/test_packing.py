@@ -94,3 +94,43 @@ def test_training_with_packing_runs_on_blocks(tmp_path: Any) -> None:
     assert recipe.plan.items == len(recipe.train_items) < len(recipe.train_rows) / 3  # ~4+ rows a block
     recipe.train()
     assert recipe.steps == 1
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_completion_only_logits_give_the_full_loss_and_gradients(
+    tiny_base: Any, tiny_rows: tuple[Any, list[Encoded]], packed: bool
+) -> None:
+    """The collator's `logits_to_keep` (completion positions only) changes neither the loss nor the
+    LoRA gradients a training step takes, while the head computes far fewer positions."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from trainer.model import load_base, without_kv_cache
+    from trainer.packing import Collator, dataset, takes_completion_logits
+
+    tokenizer, rows = tiny_rows
+    items: list[Any] = pack(rows, 400) if packed else rows
+    ds = dataset(items, packed)
+    torch.manual_seed(0)
+    base = load_base(tiny_base, attn_implementation="sdpa")
+    model = get_peft_model(
+        base, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
+    )
+    assert takes_completion_logits(model)
+    full = Collator(tokenizer.pad_token_id)([ds[i] for i in range(len(ds))])
+    kept = Collator(tokenizer.pad_token_id, completion_logits=True)([ds[i] for i in range(len(ds))])
+
+    def loss_and_grads(batch: dict[str, Any]) -> tuple[Any, Any, list[Any]]:
+        model.zero_grad()
+        with without_kv_cache(model):
+            out = model(**batch)
+        out.loss.backward()
+        grads = [p.grad.clone() for p in model.parameters() if p.requires_grad]
+        return out.loss.detach(), out.logits.shape, grads
+
+    full_loss, full_shape, full_grads = loss_and_grads(full)
+    kept_loss, kept_shape, kept_grads = loss_and_grads(kept)
+    assert abs(full_loss.item() - kept_loss.item()) < 1e-5
+    for a, b in zip(full_grads, kept_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    assert kept_shape[1] < full_shape[1] / 2  # the head ran on under half the positions
