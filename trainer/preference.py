@@ -25,6 +25,7 @@ from trainer.evaluate import EvalResult
 from trainer.lineage import training_record
 from trainer.preference_data import PreferenceRow, read_preferences, split_preferences
 from trainer.recipe import LoRARecipe, RunResult
+from trainer.tracking import Tracking
 
 OBJECTIVES = ("sft", "dpo", "kto")
 PREFERENCE_METRICS = ("rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected", "loss")
@@ -79,6 +80,7 @@ class PreferenceRecipe(LoRARecipe):
         self.model = apply_lora(model, c.lora, c.training.gradient_checkpointing, init_from)
         stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
         self.run_dir = new_run_dir(Path(c.output_dir), c.run_dir_stem(stamp))
+        self.tracking = Tracking(c, self.run_dir)
 
     def _trainer(self, train: list[PreferenceRow], callbacks: list[Any]) -> Any:
         import math
@@ -156,6 +158,9 @@ class PreferenceRecipe(LoRARecipe):
         if not train:
             raise TrainerError(f"{self.config.data.path}: no training rows left after the split")
         callbacks = [JsonlLogCallback(self.run_dir / "train_log.jsonl"), RichProgressCallback(self.console)]
+        assert self.tracking is not None
+        self.tracking.start()  # the same trackers as SFT; the held-out reward metrics reach them too
+        callbacks += self.tracking.callbacks()
         self.trl = self._trainer(train, callbacks)
         self.trl.remove_callback(PrinterCallback)
         start = time.monotonic()

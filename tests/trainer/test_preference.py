@@ -82,6 +82,7 @@ def test_a_preference_objective_trains_from_a_version_and_pushes_one_with_its_li
         "--init-adapter",
         "bot@1",
         f"training.objective={objective}",
+        "training.tracking=tensorboard",
     )
     assert code == 0, out
     new = Registry(registry).get("bot")
@@ -95,6 +96,17 @@ def test_a_preference_objective_trains_from_a_version_and_pushes_one_with_its_li
     assert "exact_match" in lineage["metrics"]["adapter"]
     if objective == "dpo":  # reward accuracy and margin on the held-out pairs
         assert {"rewards/accuracies", "rewards/margins"} <= set(lineage["metrics"]["preference"])
+    # the run is tracked as SFT runs are: the training curve, and for DPO the held-out rewards
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    scalars: set[str] = set()
+    for events in Path(lineage["tracking"]["tensorboard"]["log_dir"]).glob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        scalars |= set(acc.Tags()["scalars"])
+    assert "train/loss" in scalars and "heldout.adapter.exact_match" in scalars
+    if objective == "dpo":
+        assert "eval/rewards/accuracies" in scalars
 
 
 def test_sft_rows_given_to_dpo_are_a_clear_error_naming_the_line(
