@@ -123,6 +123,8 @@ class AdapterManager:
         self.loaded: dict[tuple[str, int], Loaded] = {}
         self._next_id = 1
         self._locks: dict[tuple[str, int], asyncio.Lock] = {}
+        self._adding = 0
+        """Versions between `_make_room` and their entry in `loaded`: they hold a slot already."""
         self._resolved: OrderedDict[str, Key] = OrderedDict()
         self._catalog = ThreadPoolExecutor(CATALOG_THREADS, thread_name_prefix="catalog")
         self._catalog_failed: tuple[float, StorageError] | None = None
@@ -266,11 +268,15 @@ class AdapterManager:
                 handle = AdapterHandle(self._next_id, v.ref, v.path)
                 self._next_id += 1
                 await self._make_room()
-                await self._add(handle)
+                self._adding += 1  # concurrent loads of other versions count this slot as taken
+                try:
+                    await self._add(handle)
+                    self.loaded[key] = Loaded(handle, v)
+                finally:
+                    self._adding -= 1
             self.loads += 1
             if self.metrics is not None:
                 self.metrics.loaded(v.ref, "ahead" if ahead else "request", time.perf_counter() - started)
-            self.loaded[key] = Loaded(handle, v)
             return self.loaded[key]
 
     async def _add(self, handle: AdapterHandle) -> None:
@@ -323,7 +329,7 @@ class AdapterManager:
             raise AdapterLoadError(f"{v.ref}: DoRA adapters are not supported by the engine")
 
     async def _make_room(self) -> None:
-        while len(self.loaded) >= self.max_loaded:
+        while len(self.loaded) + self._adding >= self.max_loaded:
             idle = [(k, v) for k, v in self.loaded.items() if v.in_use == 0 and not v.pinned]
             if not idle:
                 return  # every slot busy: load anyway; the engine queues by its own max_loras

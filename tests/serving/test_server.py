@@ -344,6 +344,14 @@ def test_unused_adapters_are_evicted_lru_and_reloaded_on_demand(
     assert max(loaded) <= 4, f"adapters loaded after each new one: {loaded}"
     again = [chat(client, r, PROMPTS[1]).choices[0].message.content for r in refs]
     assert first == again == [first[0]] * 5  # same weights under five names, evicted and reloaded
+    # first requests for three new versions at once: each load holds its slot from the moment it
+    # made room, so concurrent loads do not all fit themselves into one freed slot
+    burst = [reg.push(f"burst{i}", src.path, src.lineage).ref for i in range(3)]
+    wait_until(lambda: set(burst) <= {m.id for m in client.models.list().data}, 5)
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        answers = list(pool.map(lambda r: chat(client, r, PROMPTS[1]).choices[0].message.content, burst))
+    assert answers == [first[0]] * 3
+    assert metric(server.url, "lora_loaded_adapters") <= 4
     shutil.rmtree(tmp_path, ignore_errors=True)
 
 
