@@ -187,12 +187,13 @@ class PreferenceRecipe(LoRARecipe):
             self.preference_metrics["pairs"] = float(len(held_out))
         return results
 
+    def extra_metrics(self) -> dict[str, dict[str, float]]:
+        # in metrics.json, the lineage and the trackers (heldout.preference.rewards/accuracies)
+        return {"preference": self.preference_metrics} if self.preference_metrics else {}
+
     def save(self) -> RunResult:
         result = super().save()
         t = self.config.training
-        if self.preference_metrics:
-            result.metrics["preference"] = self.preference_metrics
-            (self.run_dir / "metrics.json").write_text(json.dumps(result.metrics, indent=2) + "\n")
         result.lineage["objective"] = {
             "name": t.objective,
             "beta": t.beta,

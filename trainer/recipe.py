@@ -293,10 +293,14 @@ class LoRARecipe:
         return self.results
 
     # -- save ----------------------------------------------------------------------------
+    def extra_metrics(self) -> dict[str, dict[str, float]]:
+        """Metric groups beyond the generation metrics (a preference run's held-out rewards)."""
+        return {}
+
     def save(self) -> RunResult:
         adapter_dir = self.run_dir / "adapter"
         self.model.save_pretrained(adapter_dir, safe_serialization=True)
-        metrics = {k: v.metrics for k, v in self.results.items()}
+        metrics = {k: v.metrics for k, v in self.results.items()} | self.extra_metrics()
         (self.run_dir / "config.yaml").write_text(
             f"# resolved config of this run; rerun with: platform train --config {self.run_dir / 'config.yaml'}\n"
             + yaml.safe_dump(self.config.to_dict(), sort_keys=False)

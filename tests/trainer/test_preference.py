@@ -106,7 +106,7 @@ def test_a_preference_objective_trains_from_a_version_and_pushes_one_with_its_li
         scalars |= set(acc.Tags()["scalars"])
     assert "train/loss" in scalars and "heldout.adapter.exact_match" in scalars
     if objective == "dpo":
-        assert "eval/rewards/accuracies" in scalars
+        assert "heldout.preference.rewards/accuracies" in scalars
 
 
 def test_sft_rows_given_to_dpo_are_a_clear_error_naming_the_line(
