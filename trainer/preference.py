@@ -62,13 +62,10 @@ class PreferenceRecipe(LoRARecipe):
         return path
 
     def _setup_model(self) -> None:
-        from datetime import UTC, datetime
-
         import torch
 
         from registry.basemodels import resolve_base_model
         from trainer.model import apply_lora, load_base, load_tokenizer
-        from trainer.recipe import new_run_dir
 
         c = self.config
         self.base = resolve_base_model(c.base_model)
@@ -77,8 +74,7 @@ class PreferenceRecipe(LoRARecipe):
         torch.manual_seed(c.training.seed)
         init_from = self._init_adapter() if c.init_adapter else None
         self.model = apply_lora(model, c.lora, c.training.gradient_checkpointing, init_from)
-        stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-        self.run_dir = new_run_dir(Path(c.output_dir), c.run_dir_stem(stamp))
+        self.make_run_dir(tracking=False)
 
     def _trainer(self, train: list[PreferenceRow], callbacks: list[Any]) -> Any:
         import math
