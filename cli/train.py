@@ -89,8 +89,8 @@ def train_cmd(
     with the defaults meant for real data (2 epochs, lr 2e-4); the plan is printed before training.
     """
     from trainer.config import load_config
+    from trainer.publish import train_and_publish
     from trainer.recipe import dry_run as plan_only
-    from trainer.recipe import run
 
     flags = {
         "base_model": base_model,
@@ -109,12 +109,10 @@ def train_cmd(
     if dry_run:
         plan_only(config, console)
         return
-    result = run(config, console=Console(stderr=True), registry=registry_root)
-    if not no_push:
-        from trainer.publish import publish
-
-        result.registry_ref = publish(result, registry_root)
-    print_run(result)
+    # under torchrun/accelerate every process runs this; rank 0 alone gets a result (and publishes)
+    result = train_and_publish(config, Console(stderr=True), registry_root, push=not no_push)
+    if result is not None:
+        print_run(result)
 
 
 def print_run(result: Any) -> None:

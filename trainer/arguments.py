@@ -26,7 +26,10 @@ def save_steps(t: TrainingSettings, plan: Plan) -> int:
     return t.save_every
 
 
-def training_arguments(t: TrainingSettings, plan: Plan, output_dir: Path) -> Any:
+def training_arguments(
+    t: TrainingSettings, plan: Plan, output_dir: Path, strategy: dict[str, Any] | None = None
+) -> Any:
+    """`strategy`: the fsdp/fsdp_config or deepspeed keywords of `training.strategy` (trainer/strategy.py)."""
     from transformers import TrainingArguments
 
     evaluating = plan.eval_every > 0
@@ -67,4 +70,8 @@ def training_arguments(t: TrainingSettings, plan: Plan, output_dir: Path) -> Any
         remove_unused_columns=False,
         dataloader_num_workers=0,
         dataloader_pin_memory=False,
+        # every LoRA weight gets a gradient each step; with non-reentrant checkpointing (trainer/model.py)
+        # DDP needs no search for unused parameters (and reentrant checkpointing would break under it)
+        ddp_find_unused_parameters=False,
+        **(strategy or {}),
     )

@@ -108,6 +108,15 @@ class TrainingSettings:
     """`fp32` or `bf16` for the weights of the loaded base model (autocast is `precision`)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (non-reentrant): less memory, about 30% more compute."""
+    strategy: str = "auto"
+    """How a run launched on several processes (torchrun, accelerate launch) shares the work: `auto`
+    (DDP when launched on several, else one process), `ddp` (each process holds the model, gradients
+    are averaged; gloo on CPU), `fsdp` (parameters, gradients and optimizer state sharded; CUDA) or
+    `deepspeed` (ZeRO; CUDA and the deepspeed package). See docs/scaling-out.md."""
+    strategy_config: str | None = None
+    """fsdp/deepspeed settings: a shipped preset (`fsdp-lora`, `fsdp-qlora`, `zero2`, `zero3`, in
+    trainer/configs/strategies/) or a JSON file; unset: fsdp-lora (fsdp-qlora with lora.quantize)
+    for fsdp, zero2 for deepspeed."""
     eval_every: int | None = None
     """Validation loss every N steps; null: about 10 evaluations over the run; 0: only at the end."""
     best_metric: str = "val_loss"
@@ -279,6 +288,7 @@ class TrainConfig:
                 "training.early_stopping_patience needs evaluations (training.eval_every null or > 0)"
             )
         problems += device_problems(t)
+        problems += _strategy_problems(self)
         unknown = sorted(set(t.report_to) - {"tensorboard", "wandb"})
         if unknown:
             problems.append(f"training.report_to: unknown logger(s) {unknown}; known: tensorboard, wandb")
@@ -313,6 +323,15 @@ def device_problems(t: TrainingSettings) -> list[str]:
     if t.precision == "fp16" and not has_cuda():
         problems.append("training.precision=fp16 needs a CUDA GPU (loss scaling); use bf16, fp32 or auto")
     return problems
+
+
+def _strategy_problems(config: TrainConfig) -> list[str]:
+    import os
+
+    from trainer import strategy
+    from trainer.hardware import has_cuda
+
+    return strategy.problems(config, int(os.environ.get("WORLD_SIZE", "1")), has_cuda())
 
 
 def _hygiene_and_tracking_problems(config: TrainConfig) -> list[str]:

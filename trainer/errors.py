@@ -34,3 +34,7 @@ class DataError(TrainerError):
 
 class ModelError(TrainerError):
     """The base model or the LoRA setup is unusable (unknown target module, bad dtype, ...)."""
+
+
+class RankFailedError(TrainerError):
+    """Another process of a distributed run failed; this one stops too, and nothing is published."""

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trainer.data import Example
+from trainer.distributed import Dist, unshard
 from trainer.template import IGNORE, encode, prompt_ids
 
 
@@ -70,6 +71,14 @@ def eval_loss(
     model: Any, tokenizer: Any, examples: list[Example], max_seq_len: int, batch_size: int = 8
 ) -> float:
     """Mean token loss on completion tokens."""
+    total, count = loss_sum(model, tokenizer, examples, max_seq_len, batch_size)
+    return total / max(count, 1)
+
+
+def loss_sum(
+    model: Any, tokenizer: Any, examples: list[Example], max_seq_len: int, batch_size: int = 8
+) -> tuple[float, int]:
+    """Summed token loss on completion tokens and the number of those tokens."""
     import torch
 
     total, count = 0.0, 0
@@ -93,7 +102,7 @@ def eval_loss(
             )
             total += loss.item()
             count += int((target != IGNORE).sum())
-    return total / max(count, 1)
+    return total, count
 
 
 def generate(
@@ -126,6 +135,37 @@ def generate(
     return out
 
 
+@dataclass
+class Outputs:
+    """One model's raw output on some rows: summed completion-token loss, its token count, the
+    generated answers; what a rank hands back from its shard of the held-out rows."""
+
+    loss_sum: float
+    tokens: int
+    predictions: list[str]
+
+
+def model_outputs(
+    model: Any,
+    tokenizer: Any,
+    examples: list[Example],
+    *,
+    max_seq_len: int,
+    max_new_tokens: int,
+    batch_size: int,
+) -> Outputs:
+    total, count = loss_sum(model, tokenizer, examples, max_seq_len)
+    return Outputs(total, count, generate(model, tokenizer, examples, max_new_tokens, batch_size))
+
+
+def scored(outputs: Outputs, examples: list[Example]) -> EvalResult:
+    """Loss, perplexity and the text metrics of `outputs` (in the order of `examples`)."""
+    loss = outputs.loss_sum / max(outputs.tokens, 1)
+    metrics = {"loss": loss, "perplexity": math.exp(min(loss, 50))}
+    metrics.update(text_metrics(outputs.predictions, [ex.completion for ex in examples]))
+    return EvalResult(metrics, outputs.predictions)
+
+
 def evaluate_model(
     model: Any,
     tokenizer: Any,
@@ -135,11 +175,15 @@ def evaluate_model(
     max_new_tokens: int,
     batch_size: int,
 ) -> EvalResult:
-    loss = eval_loss(model, tokenizer, examples, max_seq_len)
-    predictions = generate(model, tokenizer, examples, max_new_tokens, batch_size)
-    metrics = {"loss": loss, "perplexity": math.exp(min(loss, 50))}
-    metrics.update(text_metrics(predictions, [ex.completion for ex in examples]))
-    return EvalResult(metrics, predictions)
+    outputs = model_outputs(
+        model,
+        tokenizer,
+        examples,
+        max_seq_len=max_seq_len,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+    )
+    return scored(outputs, examples)
 
 
 @contextlib.contextmanager
@@ -161,12 +205,38 @@ def evaluate_base_and_adapter(
     max_new_tokens: int,
     batch_size: int,
     with_base: bool = True,
+    dist: Dist | None = None,
 ) -> dict[str, EvalResult]:
-    """Evaluate the adapter and (optionally) the base model on the same rows."""
+    """Evaluate the adapter and (optionally) the base model on the same rows.
+
+    In a distributed run each rank takes its share of the rows (`Dist.shard`), rank 0 gathers the
+    shares, checks that every row came back exactly once and scores them; other ranks get `{}`.
+    """
+    dist = dist or Dist()
+    mine = dist.shard(examples)
+    rows = [examples[i] for i in mine]
     kwargs = {"max_seq_len": max_seq_len, "max_new_tokens": max_new_tokens, "batch_size": batch_size}
+
+    def shard() -> tuple[list[int], dict[str, Outputs]]:
+        out = {}
+        if with_base:
+            with base_only(model):
+                out["base"] = model_outputs(model, tokenizer, rows, **kwargs)
+        out["adapter"] = model_outputs(model, tokenizer, rows, **kwargs)
+        return mine, out
+
+    parts = dist.gather_results(shard)
+    if not dist.is_main:
+        return {}
     results = {}
-    if with_base:
-        with base_only(model):
-            results["base"] = evaluate_model(model, tokenizer, examples, **kwargs)
-    results["adapter"] = evaluate_model(model, tokenizer, examples, **kwargs)
+    for side in parts[0][1]:
+        predictions = unshard(
+            [list(zip(idx, out[side].predictions, strict=True)) for idx, out in parts], len(examples)
+        )
+        total = Outputs(
+            sum(out[side].loss_sum for _, out in parts),
+            sum(out[side].tokens for _, out in parts),
+            predictions,
+        )
+        results[side] = scored(total, examples)
     return results

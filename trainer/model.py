@@ -44,18 +44,24 @@ def accelerator() -> str | None:
 
 
 def load_base(
-    base: BaseModel, dtype: str = "fp32", quantize: str | None = None, attn_implementation: str | None = None
+    base: BaseModel,
+    dtype: str = "fp32",
+    quantize: str | None = None,
+    attn_implementation: str | None = None,
+    fsdp: bool = False,
 ) -> Any:
     """The base model, on this process's GPU when there is one (so the evaluation before training
     runs there too, and a 4-bit model, which cannot be moved after loading, is placed at once).
-    `attn_implementation` (e.g. `sdpa`) pins the attention kernel; None lets transformers choose."""
+    `attn_implementation` (e.g. `sdpa`) pins the attention kernel; None lets transformers choose.
+    `fsdp` with `quantize` (FSDP + QLoRA): the 4-bit weights are stored in `dtype`, like the
+    other weights, so FSDP can flatten and shard them together, and FSDP places them."""
     from transformers import AutoModelForCausalLM
 
     kwargs: dict[str, Any] = {"dtype": torch_dtype(dtype)}
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
     device = accelerator()
-    if device is not None:
+    if device is not None and not (fsdp and quantize):
         kwargs["device_map"] = {"": device}
     if quantize == "nf4":
         from transformers import BitsAndBytesConfig
@@ -65,6 +71,7 @@ def load_base(
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch_dtype(dtype),
+            **({"bnb_4bit_quant_storage": torch_dtype(dtype)} if fsdp else {}),
         )
     model = AutoModelForCausalLM.from_pretrained(base.path, **kwargs)
     model.config.name_or_path = base.id

@@ -25,7 +25,6 @@ from trainer.evaluate import EvalResult
 from trainer.lineage import training_record
 from trainer.preference_data import PreferenceRow, read_preferences, split_preferences
 from trainer.recipe import LoRARecipe, RunResult
-from trainer.tracking import Tracking
 
 OBJECTIVES = ("sft", "dpo", "kto")
 PREFERENCE_METRICS = ("rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected", "loss")
@@ -63,13 +62,10 @@ class PreferenceRecipe(LoRARecipe):
         return path
 
     def _setup_model(self) -> None:
-        from datetime import UTC, datetime
-
         import torch
 
         from registry.basemodels import resolve_base_model
         from trainer.model import apply_lora, load_base, load_tokenizer
-        from trainer.recipe import new_run_dir
 
         c = self.config
         self.base = resolve_base_model(c.base_model)
@@ -78,9 +74,7 @@ class PreferenceRecipe(LoRARecipe):
         torch.manual_seed(c.training.seed)
         init_from = self._init_adapter() if c.init_adapter else None
         self.model = apply_lora(model, c.lora, c.training.gradient_checkpointing, init_from)
-        stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-        self.run_dir = new_run_dir(Path(c.output_dir), c.run_dir_stem(stamp))
-        self.tracking = Tracking(c, self.run_dir)
+        self.make_run_dir(tracking=True)
 
     def _trainer(self, train: list[PreferenceRow], callbacks: list[Any]) -> Any:
         import math
@@ -158,9 +152,9 @@ class PreferenceRecipe(LoRARecipe):
         if not train:
             raise TrainerError(f"{self.config.data.path}: no training rows left after the split")
         callbacks = [JsonlLogCallback(self.run_dir / "train_log.jsonl"), RichProgressCallback(self.console)]
-        assert self.tracking is not None
-        self.tracking.start()  # the same trackers as SFT; the held-out reward metrics reach them too
-        callbacks += self.tracking.callbacks()
+        if self.tracking is not None:  # rank 0: the same trackers as SFT, held-out rewards included
+            self.tracking.start()
+            callbacks += self.tracking.callbacks()
         self.trl = self._trainer(train, callbacks)
         self.trl.remove_callback(PrinterCallback)
         start = time.monotonic()

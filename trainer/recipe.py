@@ -1,15 +1,19 @@
 """The LoRA fine-tuning recipe: setup -> train -> evaluate -> save, one readable class.
 
-Training runs through the Hugging Face Trainer, so `accelerate launch`/`torchrun` scale it
-to several GPUs unchanged. Adapters are saved as safetensors only.
+Training runs through the Hugging Face Trainer. Under `torchrun`/`accelerate launch` (any launcher
+that sets RANK/WORLD_SIZE/LOCAL_RANK) every process runs this recipe with its `Dist`
+(trainer/distributed.py): rank 0 prepares the data and creates the run folder and hands both to the
+others, training is data-parallel (DDP, or `training.strategy`), the held-out evaluation is sharded
+across the ranks and gathered on rank 0, and rank 0 alone saves. Adapters are saved as safetensors only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-import os
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,6 +23,7 @@ import yaml
 from rich.console import Console
 
 from registry.basemodels import BaseModel, resolve_base_model
+from trainer import strategy
 from trainer.arguments import training_arguments
 from trainer.callbacks import (
     EstimateCallback,
@@ -31,6 +36,7 @@ from trainer.callbacks import (
 )
 from trainer.config import TrainConfig
 from trainer.data import DataReport, Example, prepare
+from trainer.distributed import Dist
 from trainer.errors import DataError, TrainerError
 from trainer.evaluate import EvalResult, evaluate_base_and_adapter
 from trainer.export import HELDOUT_FILE, export_lineage, heldout_record
@@ -84,9 +90,15 @@ class LoRARecipe:
     """setup() loads data, tokenizer and model; train() fits; evaluate(); save() writes the run."""
 
     def __init__(
-        self, config: TrainConfig, console: Console | None = None, registry: str | None = None
+        self,
+        config: TrainConfig,
+        console: Console | None = None,
+        registry: str | None = None,
+        dist: Dist | None = None,
     ) -> None:
         self.config = config
+        self.dist = dist or Dist()
+        """This process's rank in a distributed run (one process of one by default)."""
         self.registry = registry
         """Registry location `init_adapter` is read from (None: the default registry)."""
         self.parent: dict[str, Any] | None = None
@@ -101,6 +113,16 @@ class LoRARecipe:
         """trainer.lineage.training_record of the finished training."""
         self.hygiene: HygieneReport | None = None
 
+    @contextlib.contextmanager
+    def tracked(self) -> Iterator[None]:
+        """Marks the tracking run (rank 0's) failed when the block raises."""
+        try:
+            yield
+        except BaseException:
+            if self.tracking is not None:
+                self.tracking.fail()
+            raise
+
     # -- setup ---------------------------------------------------------------------------
     def setup(self) -> None:
         """Data and plan (`setup_data`), then the model with its LoRA, then the run folder."""
@@ -108,28 +130,27 @@ class LoRARecipe:
         self.setup_data()
         # packed blocks need an attention that honours restarting position ids (trainer/packing.py)
         attention = "sdpa" if c.data.packing else None
-        model = load_base(self.base, c.training.dtype, c.lora.quantize, attention)
+        fsdp = strategy.resolved(c, self.dist.world_size) == "fsdp"
+        model = load_base(self.base, c.training.dtype, c.lora.quantize, attention, fsdp=fsdp)
         import torch
 
         torch.manual_seed(c.training.seed)
         init_from = self._init_adapter() if c.init_adapter else None
         self.model = apply_lora(model, c.lora, c.training.gradient_checkpointing, init_from)
+        self.make_run_dir()
+
+    def make_run_dir(self, tracking: bool = True) -> None:
+        """The run folder (created by rank 0, the same path on every rank) and, on rank 0, tracking."""
+        c = self.config
         stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-        self.run_dir = new_run_dir(Path(c.output_dir), c.run_dir_stem(stamp))
-        self.tracking = Tracking(c, self.run_dir)
+        self.run_dir = self.dist.on_main(lambda: new_run_dir(Path(c.output_dir), c.run_dir_stem(stamp)))
+        self.tracking = Tracking(c, self.run_dir) if tracking and self.dist.is_main else None
 
     def setup_data(self) -> None:
-        """Rows, tokenizer, encoded rows and the plan: all `platform train --dry-run` needs."""
+        """Rows, tokenizer, encoded rows and the plan: all `platform train --dry-run` needs.
+        Rank 0 reads, splits and checks the rows; the other ranks receive its result."""
         c = self.config
-        self.splits, self.report = prepare(
-            c.data.path,
-            test_spec=c.data.test_path,
-            val_fraction=c.data.val_fraction,
-            test_fraction=c.data.test_fraction,
-            do_dedup=c.data.dedup,
-            drop_leaked=c.data.drop_leaked,
-        )
-        self.splits, self.hygiene = self._hygiene(self.splits)
+        self.splits, self.report, self.hygiene = self.dist.on_main(self._prepare)
         self.base = resolve_base_model(c.base_model)
         self.tokenizer = load_tokenizer(self.base)
         self._encode_training_rows()
@@ -141,17 +162,26 @@ class LoRARecipe:
             dropped=self.report.overlong_dropped,
             truncated=self.report.truncated,
             items=len(self.train_items),
-            world_size=int(os.environ.get("WORLD_SIZE", "1")),
+            world_size=self.dist.world_size,
             precision=resolve_precision(c.training.precision),
             device=device_summary(),
         )
 
-    def _hygiene(self, splits: dict[str, list[Example]]) -> tuple[dict[str, list[Example]], HygieneReport]:
-        """Personal data counted (and masked with data.redact) and near-duplicates reported."""
+    def _prepare(self) -> tuple[dict[str, list[Example]], DataReport, HygieneReport]:
+        """The split rows and their report; personal data counted (and masked with data.redact)
+        and near-duplicates reported."""
         d = self.config.data
-        splits, report = hygiene_check(splits, redact_pii=d.redact, threshold=d.near_duplicate_threshold)
-        self.console.print(f"[bold]data hygiene[/]: {report.summary()}")
-        return splits, report
+        splits, report = prepare(
+            d.path,
+            test_spec=d.test_path,
+            val_fraction=d.val_fraction,
+            test_fraction=d.test_fraction,
+            do_dedup=d.dedup,
+            drop_leaked=d.drop_leaked,
+        )
+        splits, hygiene = hygiene_check(splits, redact_pii=d.redact, threshold=d.near_duplicate_threshold)
+        self.console.print(f"[bold]data hygiene[/]: {hygiene.summary()}")
+        return splits, report, hygiene
 
     def _init_adapter(self) -> Path:
         """The folder of the version to continue from, after checking it is of this base model."""
@@ -217,15 +247,19 @@ class LoRARecipe:
             callbacks.append(
                 GenerationMetricCallback(self.model, self.tokenizer, subset, self.config.eval.max_new_tokens)
             )
-        callbacks += [JsonlLogCallback(log), RichProgressCallback(self.console), estimate]
+        if self.dist.is_main:  # one log, one progress bar, one tracking run
+            callbacks += [JsonlLogCallback(log), RichProgressCallback(self.console)]
+        callbacks.append(estimate)
         if t.early_stopping_patience and plan.eval_every:
             callbacks.append(EarlyStoppingCallback(early_stopping_patience=t.early_stopping_patience))
-        assert self.tracking is not None
-        self.tracking.start()
-        callbacks += self.tracking.callbacks()
+        if self.tracking is not None:
+            self.tracking.start()
+            callbacks += self.tracking.callbacks()
         trainer = Trainer(
             model=self.model,
-            args=training_arguments(t, plan, self.run_dir / "checkpoints"),
+            args=training_arguments(
+                t, plan, self.run_dir / "checkpoints", strategy.trainer_arguments(self.config)
+            ),
             train_dataset=dataset(self.train_items, self.config.data.packing),
             eval_dataset=RowDataset(self.val_rows) if plan.eval_every else None,
             data_collator=Collator(self.tokenizer.pad_token_id, takes_completion_logits(self.model)),
@@ -244,12 +278,31 @@ class LoRARecipe:
             best_checkpoint(trainer.state, t.best_metric) if trainer.args.load_best_model_at_end else None
         )
         self.warnings = [*plan.warnings]
-        overfit = overfitting_warning(log)
+        overfit = overfitting_warning(log) if self.dist.is_main else None
         if overfit:
             self.warnings.append(overfit)
             self.console.print(f"[yellow]warning:[/] {overfit}")
         self.final_val_loss = self._final_val_loss(trainer, log)
+        self._gather_sharded_weights(trainer)
         return self.train_seconds
+
+    def _gather_sharded_weights(self, trainer: Any) -> None:
+        """After fsdp/deepspeed training each rank may hold only a shard of the weights: the full
+        state is gathered (accelerate's get_state_dict, a collective), rank 0 writes the adapter,
+        and every rank reloads base + adapter whole for the evaluation and the save."""
+        if strategy.resolved(self.config, self.dist.world_size) not in ("fsdp", "deepspeed"):
+            return
+        from peft import PeftModel
+
+        state = trainer.accelerator.get_state_dict(trainer.model_wrapped)
+        adapter_dir = self.run_dir / "adapter"
+        if self.dist.is_main:
+            self.model.save_pretrained(adapter_dir, state_dict=state, safe_serialization=True)
+        self.dist.barrier()
+        del state, trainer
+        c = self.config
+        base = load_base(self.base, c.training.dtype, c.lora.quantize)
+        self.model = PeftModel.from_pretrained(base, str(adapter_dir))
 
     def print_plan(self) -> None:
         assert self.plan is not None, "setup_data() first"
@@ -265,6 +318,8 @@ class LoRARecipe:
             return None
         trainer.remove_callback(GenerationMetricCallback)
         loss = float(trainer.evaluate(RowDataset(self.val_rows), metric_key_prefix="final")["final_loss"])
+        if not self.dist.is_main:
+            return loss
         with log.open("a") as fh:
             record = {"step": self.steps, "final_val_loss": loss, "kept_step": (self.best or {}).get("step")}
             fh.write(json.dumps(record) + "\n")
@@ -272,6 +327,8 @@ class LoRARecipe:
 
     # -- evaluate ------------------------------------------------------------------------
     def evaluate(self) -> dict[str, EvalResult]:
+        """Base and adapter on the held-out rows; each rank generates for its share of the rows,
+        rank 0 gathers them (the other ranks get no results)."""
         e, d = self.config.eval, self.config.data
         rows = self.splits["test"] or self.splits["val"]
         if e.max_examples:
@@ -280,7 +337,9 @@ class LoRARecipe:
         if not rows:
             self.results: dict[str, EvalResult] = {}
             return self.results
-        self.console.print(f"[bold]evaluating[/] on {len(rows)} held-out rows (base and adapter)")
+        if self.dist.is_main:
+            shared = f" across {self.dist.world_size} processes" if self.dist.is_distributed else ""
+            self.console.print(f"[bold]evaluating[/] on {len(rows)} held-out rows (base and adapter){shared}")
         self.results = evaluate_base_and_adapter(
             self.model,
             self.tokenizer,
@@ -289,6 +348,7 @@ class LoRARecipe:
             max_new_tokens=e.max_new_tokens,
             batch_size=e.batch_size,
             with_base=e.compare_base,
+            dist=self.dist,
         )
         return self.results
 
@@ -337,6 +397,7 @@ class LoRARecipe:
             "tracking": self.tracking.record if self.tracking else {},
             "plan": self.plan.to_dict() if self.plan else None,
             "init_adapter": self.parent,
+            "distributed": strategy.lineage(self.config, self.dist.world_size),
             "export": export_lineage(self.config.data.path),
             "libraries": library_versions(),
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -370,19 +431,23 @@ def dry_run(config: TrainConfig, console: Console | None = None) -> Plan:
     return recipe.plan
 
 
-def run(config: TrainConfig, console: Console | None = None, registry: str | None = None) -> RunResult:
-    """Set up, train, evaluate and save one run; `registry` is where `init_adapter` is read."""
-    recipe = LoRARecipe(config, console, registry)
+def new_recipe(
+    config: TrainConfig, console: Console | None = None, registry: str | None = None, dist: Dist | None = None
+) -> LoRARecipe:
+    """The recipe of `training.objective`: SFT here, DPO/KTO in trainer/preference.py."""
     if config.training.objective != "sft":
         from trainer.preference import PreferenceRecipe
 
-        recipe = PreferenceRecipe(config, console, registry)
-    try:
+        return PreferenceRecipe(config, console, registry, dist)
+    return LoRARecipe(config, console, registry, dist)
+
+
+def run(config: TrainConfig, console: Console | None = None, registry: str | None = None) -> RunResult:
+    """Set up, train, evaluate and save one run in this process; `registry` is where `init_adapter`
+    is read. Distributed runs go through trainer.publish.train_and_publish."""
+    recipe = new_recipe(config, console, registry)
+    with recipe.tracked():
         recipe.setup()
         recipe.train()
         recipe.evaluate()
         return recipe.save()
-    except BaseException:
-        if recipe.tracking is not None:
-            recipe.tracking.fail()
-        raise

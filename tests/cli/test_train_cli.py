@@ -22,13 +22,13 @@ def test_bad_data_names_file_and_line_without_traceback(tmp_path: Path) -> None:
 
 def test_bad_config_lists_every_problem(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["train", "lora.r=0", "training.dtype=fp8", "--no-push"])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "lora.r must be >= 1" in result.output and "training.dtype must be" in result.output
 
 
 def test_unknown_base_model_is_a_clear_error() -> None:
     result = CliRunner().invoke(cli, ["train", "--base-model", "embedded/nope", "--no-push"])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "unknown embedded base model 'embedded/nope'" in result.output
 
 
@@ -64,7 +64,7 @@ def test_bad_name_is_refused_before_anything_runs_or_is_created(
     result = CliRunner().invoke(
         cli, ["train", "--base-model", "tiny", "--name", "../x", "--registry", str(tmp_path / "reg")]
     )
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and "name: invalid name '../x'" in lines[0], result.output
     assert "Traceback" not in result.output
@@ -87,7 +87,7 @@ def test_fields_checked_later_are_checked_up_front(tmp_path: Path) -> None:
             "data.test_path=sample:nope",
         ],
     )
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     for field in (
         "data.path:",
         "data.test_path: unknown sample 'nope'",
