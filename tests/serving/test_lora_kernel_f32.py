@@ -184,3 +184,40 @@ def test_an_unknown_setting_is_logged_and_means_auto(monkeypatch, caplog) -> Non
     monkeypatch.setenv(lora_kernel.ENV_KERNEL, "avx1024")
     assert lora_kernel.requested() == "auto"
     assert "avx1024" in caplog.text
+
+
+@pytest.mark.slow
+def test_a_float32_engine_serves_adapters_through_each_variant_as_the_torch_path_does(
+    tmp_path, tiny_base
+) -> None:  # type: ignore[no-untyped-def]
+    """A float32 vLLM engine (what `--dtype float32` and `--dtype auto` on AVX2 CPUs serve): its LoRA
+    layers run on this CPU's variant and on AVX2 forced, adapters taking turns in one slot, and each
+    gives the torch path's greedy tokens."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.serving.fixtures import random_adapter
+
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    first = random_adapter(tmp_path / "a", 8, targets)
+    second = random_adapter(tmp_path / "b", 4, targets)
+    cmd = [sys.executable, "-m", "tests.serving.bf16_engine", str(tiny_base.path), str(first), str(second)]
+    runs = {}
+    for setting in ("torch", "auto", "avx2"):
+        env = {**os.environ, lora_kernel.ENV_KERNEL: setting}
+        proc = subprocess.run([*cmd, "float32"], capture_output=True, text=True, timeout=300, env=env)
+        lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+        assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+        runs[setting] = json.loads(lines[-1].removeprefix("RESULT "))
+    assert runs["torch"]["kernel"] is None and runs["torch"]["layers_bound"] == 0
+    assert runs["auto"]["kernel"] == lora_kernel.f32_variant(want="auto")
+    assert runs["avx2"]["kernel"] == "avx2"
+    for setting in ("auto", "avx2"):
+        out = runs[setting]
+        assert out["layers_bound"] > 0, f"{setting}: no LoRA layer ran on the compiled op"
+        assert out["a"] != out["base"] and out["b"] != out["a"], "adapters must change the outputs"
+        assert out["a_again"] == out["a"], "an adapter back in a re-used slot must give its own outputs"
+        for key in ("base", "a", "b"):
+            assert out[key] == runs["torch"][key], (setting, key)

@@ -183,6 +183,9 @@ def test_the_cpu_lora_plugin_runs_in_the_engine_process(server: Server) -> None:
     assert engine, "the plugin must be registered inside vLLM's engine-core process"
     if lora_kernel.cpu_supported():  # the compiled bf16 op is loaded there too
         assert set(engine) <= {"amx", "avx512"}, engine
+    # the server runs float32: its LoRA layers on this CPU's float32 variant (AVX512F, AVX2/FMA)
+    f32 = {f32 for pid, _, f32 in lines if int(pid) != server.proc.pid}
+    assert f32 == {lora_kernel.f32_variant(want="auto") or "torch"}, f32
 
 
 def test_on_two_cpus_the_model_computes_on_both(server: Server) -> None:
