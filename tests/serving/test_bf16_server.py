@@ -1,5 +1,5 @@
 """The default serving path: `platform serve --dtype bfloat16`, whose LoRA layers run on the compiled
-op (lora_bf16.c) where the CPU has AVX512-BF16. The session server runs float32 (the torch path)."""
+op (lora_bf16.c) where the CPU has AVX512-BF16. The session server runs float32 (lora_f32.c)."""
 
 from __future__ import annotations
 
