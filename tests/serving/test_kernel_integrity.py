@@ -28,7 +28,7 @@ import ctypes, logging, sys
 logging.basicConfig(level=logging.INFO)
 from serving.engine.cpu import kernel_build, lora_kernel
 name = sys.argv[1]
-spec = {lib.name: lib for lib in (lora_kernel.BF16_LIBRARY, *lora_kernel.F32_LIBRARIES.values())}[name]
+spec = {lib.name: lib for lib in lora_kernel.LIBRARIES}[name]
 variant = name.removeprefix("lora_f32_")
 if name == "lora_bf16" and lora_kernel.cpu_supported():
     lora_kernel.load()

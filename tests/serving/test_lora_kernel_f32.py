@@ -221,3 +221,28 @@ def test_a_float32_engine_serves_adapters_through_each_variant_as_the_torch_path
         assert out["a_again"] == out["a"], "an adapter back in a re-used slot must give its own outputs"
         for key in ("base", "a", "b"):
             assert out[key] == runs["torch"][key], (setting, key)
+
+
+def test_the_install_step_builds_the_float32_libraries_where_the_compiler_has_no_amx(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`make setup` with a compiler that rejects the bf16 library's AMX flags (an older gcc) still
+    builds the float32 ones: an AVX2 machine gets its op."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    cc = tmp_path / "cc"
+    gcc = shutil.which("gcc")
+    assert gcc
+    cc.write_text(
+        f'#!/bin/sh\ncase "$*" in *amx*) echo "unknown -mamx-tile" >&2; exit 1;; esac\nexec {gcc} "$@"\n'
+    )
+    cc.chmod(0o755)
+    env = {"LORA_PLATFORM_HOME": str(tmp_path / "home"), "PATH": os.environ["PATH"], "CC": str(cc)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "serving.engine.cpu.lora_kernel"], env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    built = sorted(p.name.split("-")[0] for p in (tmp_path / "home" / "kernels").glob("*.so"))
+    assert built == ["lora_f32_avx2", "lora_f32_avx512"], proc.stdout
+    assert "lora_bf16 not built" in proc.stdout

@@ -148,9 +148,7 @@ def library_path() -> Path:
     return BF16_LIBRARY.path()
 
 
-def build_all() -> list[Path]:
-    """Every library of the compiled op (bf16, float32 AVX2 and AVX512F); RuntimeError where one fails."""
-    return [kernel_build.build(spec) for spec in (BF16_LIBRARY, *F32_LIBRARIES.values())]
+LIBRARIES = (BF16_LIBRARY, *F32_LIBRARIES.values())
 
 
 _ARGTYPES = [ctypes.c_void_p, ctypes.c_int64] * 2 + [ctypes.c_void_p] * 2 + [ctypes.c_int64]
@@ -452,17 +450,16 @@ def run(
 
 
 def main() -> None:
-    """`python -m serving.engine.cpu.lora_kernel`: build the libraries (make setup runs this).
-    Compiling needs no AVX512 or AVX2 (an image can be built on any x86 machine); running does."""
-    try:
-        paths = build_all()
-    except RuntimeError as exc:
-        print(f"lora_kernel: not built ({exc}); LoRA will take the torch path")
-        return
+    """`python -m serving.engine.cpu.lora_kernel`: build the libraries (make setup runs this), each on
+    its own (an old compiler without AMX flags still builds the float32 ones). Compiling needs no
+    AVX512 or AVX2 (an image can be built on any x86 machine); running does."""
+    for spec in LIBRARIES:
+        try:
+            print(f"lora_kernel: {kernel_build.build(spec)}")
+        except RuntimeError as exc:
+            print(f"lora_kernel: {spec.name} not built ({exc}); its layers will take the torch path")
     bf16 = "amx" if cpu_supported() and cpu_has_amx() else "avx512" if cpu_supported() else "torch path"
     f32 = f32_variant(want="auto") or "torch path"
-    for path in paths:
-        print(f"lora_kernel: {path}")
     print(f"lora_kernel: this CPU runs bf16 LoRA on {bf16}, float32 LoRA on {f32}")
 
 
