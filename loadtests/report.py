@@ -228,7 +228,6 @@ RENDER: dict[str, Callable[[dict[str, Any]], str]] = {
     "bench_many": servers,
     "bench_lora": lora,
     "bench_lora_avx2": lora_ops,
-    "bench_lora_f32_avx2": lora,
     "bench_ray": ray,
     "bench_registry": registry,
     "bench_load_stall": load_stall,
