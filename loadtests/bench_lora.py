@@ -2,12 +2,15 @@
 
     python -m loadtests.bench_lora                       # SmolLM2, 64 requests x 32 tokens, r=16
     python -m loadtests.bench_lora --base-model tiny --requests 16 --tokens 8 --rounds 1   # seconds
+    python -m loadtests.bench_lora --dtype float32 --configs ours,torch --kernel avx2 \
+        --result bench_lora_f32_avx2     # float32: the AVX2 op forced vs the torch path
 
 Starts one vLLM AsyncLLM per configuration, all at once in this process (each engine core is its
 own process, idle while another measures):
-  ours   - LoRA enabled, the project's CPU LoRA ops (serving/engine/cpu/cpu_lora.py; for bf16 the
+  ours   - LoRA enabled, the project's CPU LoRA ops (serving/engine/cpu/cpu_lora.py; for bf16 and float32 the
            compiled op of lora_kernel.py)
   stock  - LoRA enabled, vLLM's own CPU LoRA ops (LORA_PLATFORM_STOCK_CPU_LORA=1)
+  torch  - LoRA enabled, the project's CPU LoRA ops on their torch path (no compiled op)
   nolora - LoRA disabled (base requests only)
 and measures, in each, the scenarios base / 1 adapter / N adapters mixed / base + N adapters
 mixed, all requests in flight at once, `ignore_eos` so every request makes exactly --tokens
@@ -58,6 +61,8 @@ class Bench:
 
         # read by the plugin in the engine-core process, which is spawned here
         os.environ["LORA_PLATFORM_STOCK_CPU_LORA"] = "1" if self.label == "stock" else "0"
+        kernel = "torch" if self.label == "torch" else self.args.kernel
+        os.environ["LORA_PLATFORM_CPU_LORA_KERNEL"] = kernel
         t0 = time.monotonic()
         self.engine = AsyncLLM.from_engine_args(
             AsyncEngineArgs(
@@ -144,7 +149,13 @@ async def main() -> None:
     parser.add_argument("--adapters", type=int, default=4)
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--dtype", default="bfloat16")
-    parser.add_argument("--configs", default="ours,stock,nolora")
+    parser.add_argument("--configs", default="ours,stock,nolora", help="of ours, stock, torch, nolora")
+    parser.add_argument(
+        "--kernel", default="auto", help="LORA_PLATFORM_CPU_LORA_KERNEL for `ours`: auto, avx512, avx2, torch"
+    )
+    parser.add_argument(
+        "--result", default="bench_lora", help="the result's name (loadtests/results/NAME.json)"
+    )
     parser.add_argument("--rounds", type=int, default=3, help="interleaved repeats; figures are medians")
     parser.add_argument("--stock-rounds", type=int, default=1, help="repeats for the (slow) stock ops")
     parser.add_argument("--out-dir", default=str(RESULTS))
@@ -192,13 +203,14 @@ async def main() -> None:
                 ratios[f"{label}:base/nolora_base"] = round(
                     configs[label]["base"]["tokens_per_s"] / configs["nolora"]["base"]["tokens_per_s"], 3
                 )
-    if "ours" in configs and "stock" in configs:
-        for key in ("one_adapter", "n_adapters_mixed", "base_plus_n_mixed"):
-            ratios[f"ours/stock:{key}"] = round(
-                configs["ours"][key]["tokens_per_s"] / configs["stock"][key]["tokens_per_s"], 2
-            )
+    for other in ("stock", "torch"):
+        if "ours" in configs and other in configs:
+            for key in ("one_adapter", "n_adapters_mixed", "base_plus_n_mixed"):
+                ratios[f"ours/{other}:{key}"] = round(
+                    configs["ours"][key]["tokens_per_s"] / configs[other][key]["tokens_per_s"], 2
+                )
     report["ratios"] = ratios
-    out = write_result("bench_lora", report, args.out_dir)
+    out = write_result(args.result, report, args.out_dir)
     print(json.dumps(ratios, indent=2))
     print(f"written to {out}")
 

@@ -89,6 +89,24 @@ def lora(f: dict[str, Any]) -> str:
     return table(["engine", *[f"{s} tok/s" for s in scenarios]], rows) + "\n\n" + ratios(f["ratios"])
 
 
+def lora_ops(f: dict[str, Any]) -> str:
+    """bench_lora_kernel.py: microseconds per decoder layer's LoRA, by batch, dtype and variant."""
+    names = ["torch", "avx2", "avx512", "amx"]
+    rows = [
+        [batch, dtype, *[us.get(n) for n in names]]
+        for batch, by_dtype in f["batches"].items()
+        for dtype, us in by_dtype.items()
+    ]
+    head = f"{f['torch_threads']} thread(s), {f['clock']}, rank {f['args']['rank']}; microseconds per decoder layer"
+    return (
+        head
+        + f" (x {f['decoder_layers']} for a SmolLM2 step)\n\n"
+        + table(["batch", "dtype", *[f"{n} us" for n in names]], rows)
+        + "\n\n"
+        + ratios(f["speedup_over_torch"])
+    )
+
+
 def ray(f: dict[str, Any]) -> str:
     """bench_ray.py: adapter loads and TTFT per routing mode, and the router's added latency."""
     rows = [
@@ -209,6 +227,7 @@ RENDER: dict[str, Callable[[dict[str, Any]], str]] = {
     "bench_llamacpp": servers,
     "bench_many": servers,
     "bench_lora": lora,
+    "bench_lora_avx2": lora_ops,
     "bench_ray": ray,
     "bench_registry": registry,
     "bench_load_stall": load_stall,

@@ -1,5 +1,6 @@
-"""Run by test_lora_kernel.py in a subprocess: a bf16 vLLM engine (in-process engine core) on the
-tiny model with one LoRA slot, so adapters take turns in the same slot. Prints JSON."""
+"""Run by test_lora_kernel.py (and test_lora_kernel_f32.py, with `float32` as a 4th argument) in a
+subprocess: a bf16 vLLM engine (in-process engine core) on the tiny model with one LoRA slot, so
+adapters take turns in the same slot. Prints JSON: outputs, the kernel that ran, layers bound to it."""
 
 from __future__ import annotations
 
@@ -38,7 +39,8 @@ def main() -> None:
     from serving.engine.cpu import cpu_lora, lora_kernel
 
     base, first, second = sys.argv[1:4]
-    llm = tiny_lora_llm(base, max_loras=1, max_cpu_loras=1, dtype="bfloat16")
+    dtype = sys.argv[4] if len(sys.argv) > 4 else "bfloat16"
+    llm = tiny_lora_llm(base, max_loras=1, max_cpu_loras=1, dtype=dtype)
     sp = SamplingParams(max_tokens=12, temperature=0)
     prompts = ["The order arrived late", "Reset my password", "Where is my refund?", "Hello there"]
 
@@ -47,7 +49,7 @@ def main() -> None:
         return [list(o.outputs[0].token_ids) for o in outs]
 
     a, b = LoRARequest("a", 1, first), LoRARequest("b", 2, second)
-    kernel = lora_kernel.load()
+    kernel = lora_kernel.load() if dtype == "bfloat16" else lora_kernel.load_f32()
     result = {
         "plugin": cpu_lora.is_active(),
         "kernel": kernel.name if kernel else None,
@@ -55,6 +57,7 @@ def main() -> None:
         "a": gen(a),
         "b": gen(b),  # b evicts a from the only slot
         "a_again": gen(a),  # and a comes back into it
+        "layers_bound": cpu_lora.STATS["layers_bound"],
     }
     print("RESULT " + json.dumps(result))
 

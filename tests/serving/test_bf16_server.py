@@ -1,5 +1,5 @@
 """The default serving path: `platform serve --dtype bfloat16`, whose LoRA layers run on the compiled
-op (lora_bf16.c) where the CPU has AVX512-BF16. The session server runs float32 (the torch path)."""
+op (lora_bf16.c) where the CPU has AVX512-BF16. The session server runs float32 (lora_f32.c)."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def test_bf16_mixed_batches_give_each_row_its_own_adapter(bf16_server: Server) -
     """Base rows batched with two adapters' rows equal base-only outputs; each adapter row equals
     its output when it runs alone (greedy; concurrent requests so that they share steps)."""
     lines = [line.split() for line in bf16_server.plugin_marker.read_text().splitlines()]
-    engine = {kernel for pid, kernel in lines if int(pid) != bf16_server.proc.pid}
+    engine = {kernel for pid, kernel, *_ in lines if int(pid) != bf16_server.proc.pid}
     if lora_kernel.cpu_supported():
         assert engine and engine <= {"amx", "avx512"}, f"the compiled op must serve bf16: {engine}"
     client = bf16_server.client()

@@ -1,6 +1,7 @@
 """The compiled LoRA op is loaded only if it is the library this install built (issue 31, item 3):
 a shared library put into the kernel cache by anything else (a crafted artifact-store listing, a
-writable cache) never runs; the reason is logged and the library is built again."""
+writable cache) never runs; the reason is logged and the library is built again. Every library of the
+op: bf16 (AVX512-BF16/AMX) and float32 (AVX2/FMA, AVX512F)."""
 
 from __future__ import annotations
 
@@ -23,13 +24,21 @@ __attribute__((constructor)) static void planted(void) {
 }
 """
 LOAD = """
-import logging
+import ctypes, logging, sys
 logging.basicConfig(level=logging.INFO)
-from serving.engine.cpu import lora_kernel
-lora_kernel.load() if lora_kernel.cpu_supported() else lora_kernel.build()
-import ctypes
-ctypes.CDLL(str(lora_kernel.library_path()))  # whatever the cache holds now is what load() would take
+from serving.engine.cpu import kernel_build, lora_kernel
+name = sys.argv[1]
+spec = {lib.name: lib for lib in lora_kernel.LIBRARIES}[name]
+variant = name.removeprefix("lora_f32_")
+if name == "lora_bf16" and lora_kernel.cpu_supported():
+    lora_kernel.load()
+elif variant in lora_kernel.F32_LIBRARIES and lora_kernel.f32_variant(want=variant):
+    lora_kernel.load_f32(variant)
+else:  # a CPU that cannot run this one: what load() would build
+    kernel_build.build(spec)
+ctypes.CDLL(str(spec.path()))  # whatever the cache holds now is what load() would take
 """
+LIBRARIES = ["lora_bf16", "lora_f32_avx2", "lora_f32_avx512"]
 
 pytestmark = pytest.mark.skipif(not shutil.which("gcc"), reason="no C compiler")
 
@@ -39,20 +48,21 @@ def _env(home: Path, marker: Path) -> dict[str, str]:
     return {**keep, "PYTHONPATH": str(ROOT), "LORA_PLATFORM_HOME": str(home), "PLANTED_MARKER": str(marker)}
 
 
-def _built(home: Path, env: dict[str, str]) -> Path:
+def _built(home: Path, env: dict[str, str], name: str) -> Path:
     setup = subprocess.run(
         [sys.executable, "-m", "serving.engine.cpu.lora_kernel"], env=env, capture_output=True, text=True
     )
     assert setup.returncode == 0, setup.stderr
-    (library,) = (home / "kernels").glob("lora_bf16-*.so")
+    (library,) = (home / "kernels").glob(f"{name}-*.so")
     return library
 
 
+@pytest.mark.parametrize("name", LIBRARIES)
 @pytest.mark.parametrize("tamper", ["replace the library", "replace it and drop its record"])
-def test_a_library_replaced_in_the_cache_is_never_loaded(tmp_path: Path, tamper: str) -> None:
+def test_a_library_replaced_in_the_cache_is_never_loaded(tmp_path: Path, tamper: str, name: str) -> None:
     home, marker = tmp_path / "home", tmp_path / "planted-ran"
     env = _env(home, marker)
-    library = _built(home, env)
+    library = _built(home, env, name)
     source = tmp_path / "planted.c"
     source.write_text(PLANTED)
     planted = tmp_path / "planted.so"
@@ -61,7 +71,9 @@ def test_a_library_replaced_in_the_cache_is_never_loaded(tmp_path: Path, tamper:
     if tamper.endswith("record"):
         library.with_suffix(".sha256.json").unlink()
 
-    proc = subprocess.run([sys.executable, "-c", LOAD], env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", LOAD, name], env=env, capture_output=True, text=True, timeout=300
+    )
 
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert not marker.exists(), "the planted library was loaded"
@@ -72,12 +84,15 @@ def test_a_library_replaced_in_the_cache_is_never_loaded(tmp_path: Path, tamper:
     assert library.read_bytes() != planted.read_bytes()  # built again from this install's source
 
 
-def test_a_library_this_install_built_is_loaded_without_a_word(tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", LIBRARIES)
+def test_a_library_this_install_built_is_loaded_without_a_word(tmp_path: Path, name: str) -> None:
     home, marker = tmp_path / "home", tmp_path / "planted-ran"
     env = _env(home, marker)
-    library = _built(home, env)
+    library = _built(home, env, name)
     mtime = library.stat().st_mtime_ns
-    proc = subprocess.run([sys.executable, "-c", LOAD], env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", LOAD, name], env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "not loaded" not in proc.stderr
     assert library.stat().st_mtime_ns == mtime  # not rebuilt

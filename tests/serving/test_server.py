@@ -179,10 +179,13 @@ def test_mixed_batches_give_each_row_its_own_adapter(server: Server) -> None:
 
 def test_the_cpu_lora_plugin_runs_in_the_engine_process(server: Server) -> None:
     lines = [line.split() for line in server.plugin_marker.read_text().splitlines()]
-    engine = [kernel for pid, kernel in lines if int(pid) != server.proc.pid]
+    engine = [kernel for pid, kernel, *_ in lines if int(pid) != server.proc.pid]
     assert engine, "the plugin must be registered inside vLLM's engine-core process"
     if lora_kernel.cpu_supported():  # the compiled bf16 op is loaded there too
         assert set(engine) <= {"amx", "avx512"}, engine
+    # the server runs float32: its LoRA layers on this CPU's float32 variant (AVX512F, AVX2/FMA)
+    f32 = {f32 for pid, _, f32 in lines if int(pid) != server.proc.pid}
+    assert f32 == {lora_kernel.f32_variant(want="auto") or "torch"}, f32
 
 
 def test_on_two_cpus_the_model_computes_on_both(server: Server) -> None:

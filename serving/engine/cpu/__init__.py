@@ -39,7 +39,8 @@ What each module replaces or reads (vLLM 0.32):
   overrides `schedule` and reads and edits `running`, `waiting`, `lora_config`, `policy`,
   `max_num_running_reqs`, `vllm_config.additional_config` and requests' `lora_request`,
   `max_tokens`, `num_output_tokens`, `arrival_time`. vllm.py passes it only where `vllm_tested`.
-- lora_kernel.py + lora_bf16.c: the compiled bf16 LoRA op (no vLLM names; vLLM's stacked weight
+- lora_kernel.py + lora_bf16.c + lora_f32.c (kernel_build.py builds them): the compiled LoRA op,
+  bf16 (AMX / AVX512-BF16) and float32 (AVX512F / AVX2+FMA) (no vLLM names; vLLM's stacked weight
   layout `[slots, 1, r, K]` / `[slots, 1, n, r]`).
 """
 

@@ -8,8 +8,8 @@ adapter in the batch, rows with -1 untouched, no per-token weight copies, and a 
 when the whole batch uses one slot. Same signatures as the stock ops.
 
 On top of the ops, `PunicaWrapperCPU` is replaced by a subclass (make_wrapper_class) that
-builds the batch's plan once per step (StepPlan) and runs each LoRA layer, for bf16, as one call
-into the compiled op of lora_kernel.py (CompiledLoRA: every slice and adapter row at once);
+builds the batch's plan once per step (StepPlan) and runs each LoRA layer, for bf16 and float32, as
+one call into the compiled op of lora_kernel.py (CompiledLoRA: every slice and adapter row at once);
 otherwise on the torch path (TorchLoRA: two matrix products for one adapter, slices fused, or two
 `bmm` over padded row segments for several adapters).
 
@@ -241,7 +241,7 @@ class StepPlan:
 
 class CompiledLoRA:
     """The compiled op of lora_kernel.py, one bound call per LoRA layer (bf16 on AVX512-BF16/AMX
-    CPUs): every slice and adapter row in one C call. Cache: the layer's stacked A weights (held by
+    CPUs, float32 on AVX512F or AVX2/FMA): every slice and adapter row in one C call. Cache: the layer's stacked A weights (held by
     the entry, so their id is not reused) -> its packed weights and call, or None for the torch path.
 
     A slot of a layer is a pointer to an adapter's packed blocks. When vLLM activates an adapter it
@@ -278,9 +278,9 @@ class CompiledLoRA:
     def _bind(
         self, a_stacked: Any, b_stacked: Any, sizes: tuple[int, ...], x: Any
     ) -> tuple[Any, lora_kernel.PackedLayer, Any] | None:
-        kernel = lora_kernel.load()
+        kernel = lora_kernel.for_dtype(x.dtype)
         entry = None
-        if kernel is not None and a_stacked[0].dtype == x.dtype == lora_kernel.bfloat16():
+        if kernel is not None and a_stacked[0].dtype == x.dtype:
             layer = lora_kernel.PackedLayer(a_stacked, b_stacked, sizes)
             call = lora_kernel.bind(kernel, layer)
             entry = None if call is None else (a_stacked, layer, call)
@@ -583,18 +583,21 @@ def register() -> None:
 
     # the compiled op, built here if `make setup` did not; None where it cannot run
     kernel = lora_kernel.load() if current_platform.is_cpu() else None
+    f32 = lora_kernel.load_f32() if current_platform.is_cpu() else None
+    bf16_name, f32_name = kernel.name if kernel else "torch", f32.name if f32 else "torch"
     log.info(
-        "lora-platform plugin active in process %d: vLLM's CPU LoRA ops replaced (%s)%s; "
-        "set %s=1 to use vLLM's own",
+        "lora-platform plugin active in process %d: vLLM's CPU LoRA ops replaced (bf16 LoRA: %s, "
+        "float32 LoRA: %s)%s; set %s=1 to use vLLM's own",
         os.getpid(),
-        f"compiled op: {kernel.name}" if kernel else "torch path",
+        bf16_name,
+        f32_name,
         ", RMSNorm on vLLM's CPU kernels" if norms else "",
         ENV_DISABLE,
     )
     marker = os.environ.get(ENV_MARKER)
     if marker:
         with open(marker, "a") as fh:
-            fh.write(f"{os.getpid()} {kernel.name if kernel else 'torch'}\n")
+            fh.write(f"{os.getpid()} {bf16_name} {f32_name}\n")
 
 
 def is_active() -> bool:

@@ -1,30 +1,30 @@
-"""The compiled fused LoRA op (lora_bf16.c): build, load, pack weights, call.
+"""The compiled fused LoRA op (lora_bf16.c, lora_f32.c): build, choose, load, pack weights, call.
 
 One C call per LoRA layer and step computes every slice's shrink and expand for every adapter row
-of the batch with AMX-BF16 tiles (AVX512-BF16 dot products on CPUs without AMX), accumulating into
-the output in place. The library is
-built by `make setup` (`python -m serving.engine.cpu.lora_kernel`) into
-`$LORA_PLATFORM_HOME/kernels/`, named by the source's sha256, and built on first use when missing.
-Beside it, a record of the library's own sha256 written at build time: a library that does not
-match it (a file put into the cache by anything but this install's build) is never loaded; it is
-logged and built again.
-Machines without AVX512-BF16 or without a C compiler keep the torch path of cpu_lora.py; so does
+of the batch, accumulating into the output in place. Two sets of kernels, by the model's dtype:
+- bf16: AMX-BF16 tiles, or AVX512-BF16 dot products on CPUs without AMX (lora_bf16.c);
+- float32: AVX512F, or AVX2/FMA on CPUs without AVX512 (lora_f32.c, one source built twice): what
+  serves `--dtype float32`, and `--dtype auto` on CPUs without bf16 instructions (AMD Zen 2/3).
+The variant is chosen at run time from the CPU's flags (/proc/cpuinfo); LORA_PLATFORM_CPU_LORA_KERNEL
+forces one (`avx512`, `avx2`, `torch`). A layer no compiled variant runs (a CPU without AVX2, no C
+compiler, bf16 on a CPU without AVX512-BF16, `torch`) keeps the torch path of cpu_lora.py; so does
 `LORA_PLATFORM_NO_FUSED_LORA=1`.
+The libraries are built by `make setup` (`python -m serving.engine.cpu.lora_kernel`) into
+`$LORA_PLATFORM_HOME/kernels/`, or on first use, and loaded only if their sha256 matches the record
+written when this install built them (kernel_build.py).
 """
 
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import json
 import logging
 import os
-import shutil
-import subprocess
-import tempfile
 from functools import cache
 from pathlib import Path
 from typing import Any, Literal
+
+from serving.engine.cpu import kernel_build
+from serving.engine.cpu.kernel_build import Library
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,11 @@ ENV_DISABLE = "LORA_PLATFORM_NO_FUSED_LORA"
 ENV_NO_AMX = "LORA_PLATFORM_NO_AMX_LORA"
 ENV_THREADS = "LORA_PLATFORM_LORA_THREADS"
 """Threads per kernel call: unset or 0 = the engine's OpenMP pool, 1 = the calling thread only."""
+ENV_KERNEL = "LORA_PLATFORM_CPU_LORA_KERNEL"
+"""Which compiled LoRA kernels run: `auto` (default: the best the CPU has), `avx512` (bf16 on
+AMX/AVX512-BF16, float32 on AVX512F), `avx2` (float32 on AVX2/FMA; bf16 on the torch path) or `torch`
+(no compiled op). A forced variant the CPU lacks is refused (logged) and the torch path runs."""
+VARIANTS = ("auto", "avx512", "avx2", "torch")
 SOURCE = Path(__file__).with_name("lora_bf16.c")
 FLAGS = [
     "-O3",
@@ -45,6 +50,14 @@ FLAGS = [
     "-shared",
     "-fPIC",
 ]
+BF16_LIBRARY = Library("lora_bf16", SOURCE, tuple(FLAGS))
+_F32_SOURCE = Path(__file__).with_name("lora_f32.c")
+_F32_COMMON = ("-O3", "-fopenmp", "-shared", "-fPIC")
+F32_LIBRARIES = {
+    "avx2": Library("lora_f32_avx2", _F32_SOURCE, ("-mavx2", "-mfma", "-DVW=8", *_F32_COMMON)),
+    "avx512": Library("lora_f32_avx512", _F32_SOURCE, ("-mavx512f", "-DVW=16", *_F32_COMMON)),
+}
+"""The float32 kernels: one source, 8-float (AVX2/FMA) and 16-float (AVX512F) vectors."""
 MAX_RANKS = 1024
 """slices x rank of one layer, as compiled (MAXRT)."""
 AMX_MAX_K = 16384
@@ -98,92 +111,63 @@ def cpu_dtype(setting: Dtype, flags: set[str] | None = None) -> Dtype:
     return setting
 
 
-def _source_digest() -> str:
-    """sha256 of the C source and the compiler flags: what a library of this install is built from."""
-    return hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode()).hexdigest()
+def cpu_has_avx2(flags: set[str] | None = None) -> bool:
+    """True on an x86 CPU with AVX2 and FMA (the float32 kernel's minimum)."""
+    return {"avx2", "fma"} <= (_cpu_flags() if flags is None else flags)
+
+
+def cpu_has_avx512f(flags: set[str] | None = None) -> bool:
+    return "avx512f" in (_cpu_flags() if flags is None else flags)
+
+
+def requested() -> str:
+    """The variant LORA_PLATFORM_CPU_LORA_KERNEL asks for (`auto` when unset or not one of VARIANTS)."""
+    value = (os.environ.get(ENV_KERNEL) or "auto").strip().lower()
+    if value not in VARIANTS:
+        log.warning("%s=%s is not one of %s: auto", ENV_KERNEL, value, ", ".join(VARIANTS))
+        return "auto"
+    return value
+
+
+def f32_variant(flags: set[str] | None = None, want: str | None = None) -> str | None:
+    """The float32 kernel for this CPU and request (`want`, default: the environment's): `avx512`,
+    `avx2`, or None (the torch path). A forced variant the CPU lacks gives None, never an
+    instruction the CPU would fault on."""
+    flags = _cpu_flags() if flags is None else flags
+    want = requested() if want is None else want
+    if want == "auto":
+        return "avx512" if cpu_has_avx512f(flags) else "avx2" if cpu_has_avx2(flags) else None
+    has = {"avx512": cpu_has_avx512f(flags), "avx2": cpu_has_avx2(flags)}.get(want)
+    if has is False:
+        log.warning("%s=%s: this CPU lacks it; float32 LoRA takes the torch path", ENV_KERNEL, want)
+    return want if has else None
 
 
 def library_path() -> Path:
-    from registry.basemodels import home
-
-    return home() / "kernels" / f"lora_bf16-{_source_digest()[:16]}.so"
-
-
-def record_path(library: Path) -> Path:
-    """The sidecar written when `library` was built: its sha256 and the source digest it came from."""
-    return library.with_suffix(".sha256.json")
+    """Where the bf16 library of this install is (or will be) built."""
+    return BF16_LIBRARY.path()
 
 
-def _file_sha256(path: Path) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
+LIBRARIES = (BF16_LIBRARY, *F32_LIBRARIES.values())
 
 
-def mismatch(library: Path) -> str | None:
-    """Why `library` is not the one this install built (None: it is). A library is loaded only
-    if its sha256 matches the record written beside it at build time, and the record names this
-    install's source digest: a file put into the cache by anything else is never loaded."""
-    try:
-        record = json.loads(record_path(library).read_text())
-    except (OSError, ValueError):
-        return "no build record beside it"
-    if not isinstance(record, dict) or record.get("source_sha256") != _source_digest():
-        return "its build record is for another source"
-    if record.get("library_sha256") != _file_sha256(library):
-        return "its sha256 differs from the one recorded when it was built"
-    return None
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def build() -> Path:
-    """The library this install built: compiled if it is not there yet, and compiled again if the
-    file there is not the one recorded at build time (`mismatch`, logged); atomic (temp files renamed
-    into place, the record before the library: a process that finds no library builds its own)."""
-    out = library_path()
-    if out.exists():
-        reason = mismatch(out)
-        if reason is None:
-            return out
-        log.warning("compiled LoRA op %s not loaded: %s; building it again", out.name, reason)
-    cc = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
-    if not cc:
-        raise RuntimeError("no C compiler (gcc or cc) on PATH")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".so.tmp")
-    os.close(fd)
-    try:
-        proc = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"{cc} failed on {SOURCE.name}: {proc.stderr.strip()[-2000:]}")
-        record = {"library_sha256": _file_sha256(Path(tmp)), "source_sha256": _source_digest()}
-        _write_atomic(record_path(out), json.dumps(record).encode())
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return out
+_ARGTYPES = [ctypes.c_void_p, ctypes.c_int64] * 2 + [ctypes.c_void_p] * 2 + [ctypes.c_int64]
+_ARGTYPES += [ctypes.c_void_p] * 2 + [ctypes.c_int64] * 3 + [ctypes.c_void_p] * 2 + [ctypes.c_float]
+"""(x, sx, y, sy, rows, slots, n_rows, a_slots, b_slots, K, R, S, offs, sizes, scale): every kernel's."""
 
 
 class Kernel:
-    """The library's two entry points: AVX512-BF16, and AMX where the CPU and the OS allow it."""
+    """The bf16 library's two entry points: AVX512-BF16, and AMX where the CPU and the OS allow it."""
+
+    group = 2
+    """Ranks and K are packed in pairs (one 32-bit bf16 pair per dot product)."""
 
     def __init__(self, lib: Any) -> None:
         p, i64 = ctypes.c_void_p, ctypes.c_int64
-        argtypes = [p, i64, p, i64, p, p, i64, p, p, i64, i64, i64, p, p, ctypes.c_float]
         self.avx512 = lib.lora_bf16_fused
         self.amx = lib.lora_bf16_fused_amx
         for fn in (self.avx512, self.amx):
-            fn.argtypes = argtypes
+            fn.argtypes = _ARGTYPES
             fn.restype = ctypes.c_int
         self.use_amx = cpu_has_amx() and os.environ.get(ENV_NO_AMX) != "1" and lib.lora_amx_init() == 0
         lib.lora_set_threads(int(os.environ.get(ENV_THREADS) or 0))
@@ -203,20 +187,60 @@ class Kernel:
         return self.amx if self.use_amx and rank_fits and k_fits else self.avx512
 
 
+class F32Kernel:
+    """A float32 library's entry point (lora_f32.c built for `name`: 'avx2' or 'avx512')."""
+
+    group = 1
+
+    def __init__(self, lib: Any, name: str) -> None:
+        self.name = name
+        self.fused = lib.lora_f32_fused
+        self.fused.argtypes = _ARGTYPES
+        self.fused.restype = ctypes.c_int
+        lib.lora_set_threads(int(os.environ.get(ENV_THREADS) or 0))
+
+    def pick(self, layer: PackedLayer) -> Any:
+        return self.fused
+
+
+def _open(spec: Library) -> Any | None:
+    try:
+        return ctypes.CDLL(str(kernel_build.build(spec)))
+    except (OSError, RuntimeError) as exc:
+        log.warning("fused LoRA op %s off: %s", spec.name, exc)
+        return None
+
+
 @cache
 def load() -> Kernel | None:
-    """The compiled kernel, or None (with the reason logged once) where it cannot run."""
-    if os.environ.get(ENV_DISABLE) == "1":
+    """The compiled bf16 kernel, or None (with the reason logged once) where it cannot run."""
+    if os.environ.get(ENV_DISABLE) == "1" or requested() in ("avx2", "torch"):
         return None
     if not cpu_supported():
-        log.info("fused LoRA op off: this CPU has no AVX512-BF16")
+        log.info("fused bf16 LoRA op off: this CPU has no AVX512-BF16")
         return None
-    try:
-        lib = ctypes.CDLL(str(build()))
-    except (OSError, RuntimeError) as exc:
-        log.warning("fused LoRA op off: %s", exc)
+    lib = _open(BF16_LIBRARY)
+    return None if lib is None else Kernel(lib)
+
+
+@cache
+def load_f32(want: str | None = None) -> F32Kernel | None:
+    """The compiled float32 kernel: the one `want` names ('avx2', 'avx512'; default: the one the
+    environment and the CPU choose, f32_variant), or None where it cannot run on this CPU."""
+    if os.environ.get(ENV_DISABLE) == "1":
         return None
-    return Kernel(lib)
+    name = f32_variant(want=want)
+    if name is None:
+        return None
+    lib = _open(F32_LIBRARIES[name])
+    return None if lib is None else F32Kernel(lib, name)
+
+
+def for_dtype(dtype: Any) -> Kernel | F32Kernel | None:
+    """The kernel for activations of a torch dtype (bf16 or float32), None for any other."""
+    import torch
+
+    return load() if dtype == torch.bfloat16 else load_f32() if dtype == torch.float32 else None
 
 
 class PackedLayer:
@@ -227,6 +251,8 @@ class PackedLayer:
     blocks packed once and kept with an adapter (`pack(slot)`, then `point(slot, blocks)`), so an
     adapter that comes back to a slot is not packed or copied again. The pointer tables and buffers
     never move (the bound call holds their addresses); the layer holds every block a slot points at.
+    bf16 blocks hold pairs (of K in A, of ranks in B) side by side, as the dot-product instructions
+    read them, K padded to 32 for AMX tiles; float32 blocks are plain rows (`group` 1).
     """
 
     def __init__(self, a_stacked: tuple[Any, ...], b_stacked: tuple[Any, ...], sizes: tuple[int, ...]):
@@ -234,13 +260,15 @@ class PackedLayer:
 
         slots, _, self.rank, k = a_stacked[0].shape
         self.a_stacked, self.b_stacked, self.n = a_stacked, b_stacked, tuple(sizes)
-        r = self.rank + self.rank % 2  # the kernel takes pairs of ranks
+        self.dtype = a_stacked[0].dtype
+        g = self.group = 2 if self.dtype == torch.bfloat16 else 1
+        r = -(-self.rank // g) * g  # the bf16 kernels take pairs of ranks
         s = len(a_stacked)
         self.rt = -(-s * r // 16) * 16
-        self.k2 = -(-k // 32) * 16  # K padded to 32 (one AMX tile of bf16)
+        self.k2 = -(-k // 32) * 16 if g == 2 else k  # bf16: K padded to 32 (one AMX tile), in pairs
         self.npad = tuple(-(-n // 16) * 16 for n in sizes)
-        self.a = torch.zeros(slots, self.k2 * self.rt * 2, dtype=torch.bfloat16)
-        self.b = torch.zeros(slots, r * sum(self.npad), dtype=torch.bfloat16)
+        self.a = torch.zeros(slots, self.k2 * self.rt * g, dtype=self.dtype)
+        self.b = torch.zeros(slots, r * sum(self.npad), dtype=self.dtype)
         self.a_slots = (ctypes.c_void_p * slots)()  # the kernel's pointer tables, slot -> block
         self.b_slots = (ctypes.c_void_p * slots)()
         self._held: list[tuple[Any, Any] | None] = [None] * slots
@@ -248,9 +276,9 @@ class PackedLayer:
         self.offs = torch.tensor([sum(sizes[:i]) for i in range(s)], dtype=torch.int64)
         self.sizes = torch.tensor(sizes, dtype=torch.int64)
         self.ok = s * r <= MAX_RANKS
-        # where slice i's A^T and B^T go in a block: (element offset, stride between pairs of rows)
-        self._a_dst = [(i * r * 2, self.rt * 2) for i in range(s)]
-        self._b_dst = [(r * sum(self.npad[:i]), npad * 2) for i, npad in enumerate(self.npad)]
+        # where slice i's A^T and B^T go in a block: (element offset, stride between groups of rows)
+        self._a_dst = [(i * r * g, self.rt * g) for i in range(s)]
+        self._b_dst = [(r * sum(self.npad[:i]), npad * g) for i, npad in enumerate(self.npad)]
         self.repack(range(slots))
 
     def repack(self, slots: Any) -> None:
@@ -275,20 +303,23 @@ class PackedLayer:
         them from vLLM's stacked weights. None where they do not fit the layer or the library."""
         import torch
 
-        kernel = load()
-        if kernel is None or len(lora_a) != self.s or len(lora_b) != self.s:
+        kernel = load() if self.group == 2 else None  # bf16 pairs are packed by the library
+        if (self.group == 2 and kernel is None) or len(lora_a) != self.s or len(lora_b) != self.s:
             return None
         for a, b, n in zip(lora_a, lora_b, self.n, strict=True):
             if a is None and b is None:
                 continue
             if a is None or b is None or a.dim() != 2 or b.dim() != 2:
                 return None
-            if a.dtype != torch.bfloat16 or b.dtype != torch.bfloat16 or a.device.type != "cpu":
+            if a.dtype != self.dtype or b.dtype != self.dtype or a.device.type != "cpu":
                 return None
             if a.shape[0] > self.rank or a.shape[1] != self.k or b.shape[1] != a.shape[0] or b.shape[0] > n:
                 return None
         blocks = (torch.zeros_like(self.a[0]), torch.zeros_like(self.b[0]))
-        self._pack_pairs(kernel, *blocks, lora_a, lora_b)
+        if kernel is not None:
+            self._pack_pairs(kernel, *blocks, lora_a, lora_b)
+        else:
+            self._copy_into(*blocks, lora_a, lora_b)
         return blocks
 
     def _pack_pairs(
@@ -321,31 +352,36 @@ class PackedLayer:
 
         a_list = [w[slot, 0] for w in self.a_stacked]
         b_list = [w[slot, 0, :n] for w, n in zip(self.b_stacked, self.n, strict=True)]
-        kernel = load() if compiled else None
+        kernel = load() if compiled and self.group == 2 else None
         if kernel is not None and all(w.dtype == torch.bfloat16 for w in (*a_list, *b_list)):
             self._pack_pairs(kernel, a_out, b_out, a_list, b_list)
             return
-        a = a_out.view(self.k2, self.rt, 2)  # [K2, RT, 2]: pairs of K next to each other
-        for i, w in enumerate(a_list):
-            _pairs_into(a[:, i * self.r : i * self.r + self.rank], w.t())
-        for (off, _), w, npad in zip(self._b_dst, b_list, self.npad, strict=True):
-            b = b_out[off : off + self.r * npad].view(self.r // 2, npad, 2)  # [r/2, npad, 2]
-            _pairs_into(b[:, : w.shape[0]], w.t())
+        self._copy_into(a_out, b_out, a_list, b_list)
+
+    def _copy_into(self, a_out: Any, b_out: Any, lora_a: list[Any], lora_b: list[Any]) -> None:
+        """Per slice, A^T [K, r] and B^T [r, n] into their places in the blocks with torch copies
+        (float32: one strided copy each, nothing to interleave; bf16 without the library)."""
+        g = self.group
+        a = a_out.view(self.k2, self.rt, g)  # [K / g, RT, g]: groups of K next to each other
+        for i, w in enumerate(lora_a):
+            if w is not None:
+                _groups_into(a[:, i * self.r : i * self.r + w.shape[0]], w.t())
+        for (off, _), w, npad in zip(self._b_dst, lora_b, self.npad, strict=True):
+            if w is not None:
+                b = b_out[off : off + self.r * npad].view(self.r // g, npad, g)  # [r / g, npad, g]
+                _groups_into(b[:, : w.shape[0]], w.t())
 
 
-def _pairs_into(dst: Any, src: Any) -> None:
-    """dst[i // 2, j, i % 2] = src[i, j] for every row i of src (dst: [rows/2 rounded up, cols, 2];
-    an odd last row fills only the first of its pair, whose other half stays zero)."""
+def _groups_into(dst: Any, src: Any) -> None:
+    """dst[i // g, j, i % g] = src[i, j] for every row i of src (dst: [rows/g rounded up, cols, g],
+    g 1 or 2; an odd last row fills only the first of its pair, whose other half stays zero)."""
+    if dst.shape[2] == 1:
+        dst[: src.shape[0], :, 0].copy_(src)
+        return
     even = src.shape[0] // 2 * 2
     dst[: even // 2].copy_(src[:even].unflatten(0, (even // 2, 2)).transpose(1, 2))
     if even < src.shape[0]:
         dst[even // 2, :, 0].copy_(src[even])
-
-
-def bfloat16() -> Any:
-    import torch
-
-    return torch.bfloat16
 
 
 class Rows:
@@ -369,10 +405,10 @@ class Rows:
         self.args = (rows.data_ptr(), slots.data_ptr(), rows.numel())
 
 
-def bind(kernel: Kernel, layer: PackedLayer) -> Any | None:
+def bind(kernel: Kernel | F32Kernel, layer: PackedLayer) -> Any | None:
     """A call `f(x, y, rows, scale) -> bool` for this layer, arguments that never change bound once
     (per-call Python is a few microseconds); None when the layer's shape is outside the kernel."""
-    if not layer.ok:
+    if not layer.ok or kernel.group != layer.group:  # a bf16 kernel for bf16 blocks, float32 for float32
         return None
     fn = kernel.pick(layer)
     tail = (
@@ -384,12 +420,11 @@ def bind(kernel: Kernel, layer: PackedLayer) -> Any | None:
         layer.offs.data_ptr(),
         layer.sizes.data_ptr(),
     )
-    k, width, slots = layer.k, sum(layer.n), layer.a.shape[0]
-    bf16 = bfloat16()
+    k, width, slots, dtype = layer.k, sum(layer.n), layer.a.shape[0], layer.dtype
 
     def call(x: Any, y: Any, rows: Rows, scale: float) -> bool:
-        # 2-D bf16 rows with unit column stride; anything else goes back to the torch path
-        if x.dtype is not bf16 or y.dtype is not bf16 or x.dim() != 2 or y.dim() != 2:
+        # 2-D rows of the layer's dtype with unit column stride; anything else goes back to torch
+        if x.dtype is not dtype or y.dtype is not dtype or x.dim() != 2 or y.dim() != 2:
             return False
         if x.shape[1] != k or x.stride(1) != 1 or y.stride(1) != 1 or rows.end > min(x.shape[0], y.shape[0]):
             return False
@@ -405,7 +440,9 @@ def bind(kernel: Kernel, layer: PackedLayer) -> Any | None:
     return call
 
 
-def run(kernel: Kernel, layer: PackedLayer, x: Any, y: Any, rows: Any, slots: Any, scale: float) -> bool:
+def run(
+    kernel: Kernel | F32Kernel, layer: PackedLayer, x: Any, y: Any, rows: Any, slots: Any, scale: float
+) -> bool:
     """y[rows] += LoRA(x[rows]) in place (rows: int32 grouped by slot); False when the call cannot be
     made, and the caller falls back to torch."""
     call = bind(kernel, layer)
@@ -413,15 +450,17 @@ def run(kernel: Kernel, layer: PackedLayer, x: Any, y: Any, rows: Any, slots: An
 
 
 def main() -> None:
-    """`python -m serving.engine.cpu.lora_kernel`: build the library (make setup runs this). Compiling
-    needs no AVX512 (an image can be built on any x86 machine); running it does."""
-    try:
-        path = build()
-    except RuntimeError as exc:
-        print(f"lora_kernel: not built ({exc}); bf16 LoRA will take the torch path")
-        return
-    usable = "amx" if cpu_supported() and cpu_has_amx() else "avx512" if cpu_supported() else "torch path"
-    print(f"lora_kernel: {path} (this CPU: {usable})")
+    """`python -m serving.engine.cpu.lora_kernel`: build the libraries (make setup runs this), each on
+    its own (an old compiler without AMX flags still builds the float32 ones). Compiling needs no
+    AVX512 or AVX2 (an image can be built on any x86 machine); running does."""
+    for spec in LIBRARIES:
+        try:
+            print(f"lora_kernel: {kernel_build.build(spec)}")
+        except RuntimeError as exc:
+            print(f"lora_kernel: {spec.name} not built ({exc}); its layers will take the torch path")
+    bf16 = "amx" if cpu_supported() and cpu_has_amx() else "avx512" if cpu_supported() else "torch path"
+    f32 = f32_variant(want="auto") or "torch path"
+    print(f"lora_kernel: this CPU runs bf16 LoRA on {bf16}, float32 LoRA on {f32}")
 
 
 if __name__ == "__main__":
