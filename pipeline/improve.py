@@ -20,6 +20,7 @@ This package composes trainer, registry and serving.experiments, which never imp
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 import time
 from collections.abc import Sequence
@@ -75,7 +76,7 @@ class ImproveSettings:
     @property
     def gates(self) -> tuple[str, ...]:
         """The offline gates checked: `eval_gates`, plus `judge>=0.5` with a judge."""
-        named = any(g.strip().startswith("judge") for g in self.eval_gates)
+        named = any(re.match(r"\s*judge\s*[<>]=", g) for g in self.eval_gates)
         return self.eval_gates if self.judge is None or named else (*self.eval_gates, "judge>=0.5")
 
 
@@ -293,11 +294,11 @@ def check_offline_gates(
         report = judge_versions(judge, (baseline, candidate), examples, answers, registry_root)
         cand[METRIC], base[METRIC] = report.rate, 1 - report.rate
         summary = report.summary()
-        return [
-            (ok, f"{why}; {summary}" if g.metric == METRIC else why)
-            for g in gates
-            for ok, why in [g.check(base, cand)]
-        ]
+        checked = []
+        for gate in gates:
+            ok, why = gate.check(base, cand)
+            checked.append((ok, f"{why}; {summary}" if gate.metric == METRIC else why))
+        return checked
     return [gate.check(base, cand) for gate in gates]
 
 
