@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
 from rich.text import Text
 
 from cli.errors import handle_errors
+from cli.judge_options import judge_options
 from cli.options import DURATION, POSITIVE_DURATION, registry_options
 from cli.rollout import parse_steps
+
+if TYPE_CHECKING:
+    from trainer.judge import JudgeSpec
 
 console = Console()
 
@@ -33,7 +38,8 @@ console = Console()
     "--eval-gate",
     "eval_gates",
     multiple=True,
-    help="Offline gate, repeatable (default exact_match>=baseline-0.02).",
+    help="Offline gate, repeatable (default exact_match>=baseline-0.02; with --judge or --judge-url, "
+    "judge>=0.5 is added unless a judge gate is named).",
 )
 @click.option(
     "--eval-max-examples", default=0, type=click.IntRange(0), help="Evaluate only the first N rows."
@@ -63,6 +69,7 @@ console = Console()
     help="Run again every this long (e.g. 24h), as a long-running command; without it: once.",
 )
 @click.option("--set", "overrides", multiple=True, help="Training setting key=value, repeatable.")
+@judge_options
 @registry_options
 @handle_errors
 def improve_cmd(
@@ -82,6 +89,7 @@ def improve_cmd(
     dry_run: bool,
     every: float | None,
     overrides: tuple[str, ...],
+    judge: JudgeSpec | None,
     registry_root: str | None,
 ) -> None:
     """Improve the version NAME:ALIAS serves from what arrived since it was published: export the
@@ -104,6 +112,7 @@ def improve_cmd(
         train_overrides=overrides,
         review_samples=review_samples,
         on_drift=on_drift,
+        judge=judge,
     )
     while True:
         if dry_run:

@@ -13,11 +13,13 @@ from rich.console import Console
 from rich.text import Text
 
 from cli.errors import handle_errors
+from cli.judge_options import judge_options
 from cli.options import DURATION, open_registry, registry_options
 from cli.tables import print_records
 
 if TYPE_CHECKING:
     from serving.experiments.gates import OfflineGate
+    from trainer.judge import JudgeSpec
 
 console = Console()
 
@@ -65,6 +67,7 @@ def _offline_preflight(
     gates: tuple[OfflineGate, ...],
     max_examples: int,
     registry_root: str | None,
+    judge: JudgeSpec | None = None,
 ) -> None:
     """`platform eval` of both versions on the held-out file; any gate failing stops the rollout
     before it starts (no route, no traffic)."""
@@ -72,9 +75,10 @@ def _offline_preflight(
     from serving.experiments.gates import GateError, parse_offline_gate
 
     console.print(Text(f"pre-flight: evaluating {baseline} and {candidate} on {data}"), soft_wrap=True)
-    checked = gates or (parse_offline_gate("exact_match>=baseline-0.02"),)
+    defaults = ["exact_match>=baseline-0.02", *(["judge>=0.5"] if judge is not None else [])]
+    checked = gates or tuple(parse_offline_gate(g) for g in defaults)
     try:
-        results = check_offline_gates(baseline, candidate, data, checked, registry_root, max_examples)
+        results = check_offline_gates(baseline, candidate, data, checked, registry_root, max_examples, judge)
     except GateError as exc:
         raise click.BadParameter(str(exc), param_hint="--eval-gate") from None
     for ok, reason in results:
@@ -149,11 +153,14 @@ def rollout_group() -> None:
     "eval_gates",
     multiple=True,
     callback=_offline_gates,
-    help="With --eval-data: e.g. exact_match>=baseline-0.02, rougeL>=0.8 (repeatable; default exact_match>=baseline-0.02).",
+    help="With --eval-data: e.g. exact_match>=baseline-0.02, rougeL>=0.8, or judge>=0.5 (the share of rows "
+    "a model judge prefers the candidate's answer, ties half; with --judge or --judge-url) (repeatable; "
+    "default exact_match>=baseline-0.02, and judge>=0.5 with a judge).",
 )
 @click.option(
     "--eval-max-examples", default=0, type=click.IntRange(0), help="Evaluate only the first N rows."
 )
+@judge_options
 @registry_options
 @handle_errors
 def start_cmd(
@@ -172,6 +179,7 @@ def start_cmd(
     eval_data: str | None,
     eval_gates: tuple[OfflineGate, ...],
     eval_max_examples: int,
+    judge: JudgeSpec | None,
     registry_root: str | None,
 ) -> None:
     """Start rolling out --candidate on the route NAME (`model="NAME"` traffic). Checks the candidate
@@ -201,11 +209,15 @@ def start_cmd(
     )
     if eval_gates and not eval_data:
         raise click.UsageError("--eval-gate needs --eval-data FILE")
+    if judge is not None and not eval_data:
+        raise click.UsageError("--judge/--judge-url need --eval-data FILE (the rows it judges)")
+    if judge is None and any(g.metric == "judge" for g in eval_gates):
+        raise click.UsageError("--eval-gate judge...: name the judge with --judge REF or --judge-url URL")
     reg = open_registry(registry_root)
     spec = check(reg, name, spec)  # the cheap checks before the evaluation
     if eval_data:
         _offline_preflight(
-            spec.baseline, spec.candidate, eval_data, eval_gates, eval_max_examples, registry_root
+            spec.baseline, spec.candidate, eval_data, eval_gates, eval_max_examples, registry_root, judge
         )
     r = reg.rollouts().create(name, spec)
     console.print(

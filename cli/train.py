@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
+from rich.text import Text
 
 from cli.errors import handle_errors
+from cli.judge_options import judge_options
 from cli.options import registry_options
 from cli.tables import Record, print_records
+
+if TYPE_CHECKING:
+    from trainer.judge import JudgeSpec
 
 console = Console()
 
@@ -168,6 +174,7 @@ def tracking_lines(record: dict[str, Any]) -> list[str]:
     "--server", help="Generate through a running `platform serve` at this URL instead of in-process."
 )
 @click.option("--report-dir", type=click.Path(file_okay=False), help="Write comparison.md/.json/.png here.")
+@judge_options
 @registry_options
 @handle_errors
 def eval_cmd(
@@ -177,15 +184,22 @@ def eval_cmd(
     max_new_tokens: int,
     server: str | None,
     report_dir: str | None,
+    judge: JudgeSpec | None,
     registry_root: str | None,
 ) -> None:
     """Evaluate versions (name, name@3, name:alias, or `base`) on the same rows and compare them.
 
     Each version after the first is compared with the first: per-example win/tie/loss and a
-    95% paired-bootstrap interval on the difference of exact match and ROUGE-L.
+    95% paired-bootstrap interval on the difference of exact match and ROUGE-L. With a judge
+    (--judge REF or --judge-url URL) and two versions: the judge compares their answers on every
+    row in both orders, by the review rubric, and its agreement with people who reviewed the same
+    pair is shown.
     """
     from trainer.compare import paired_comparisons, write_report
     from trainer.evaluate_versions import evaluate_refs
+
+    if judge is not None and len(refs) != 2:
+        raise click.UsageError(f"a judge compares two versions; {len(refs)} given")
 
     results, examples = evaluate_refs(
         list(refs),
@@ -206,6 +220,30 @@ def eval_cmd(
         )
     if report_dir:
         console.print(f"report: {write_report(Path(report_dir), data, results, comparisons, examples)}")
+    if judge is not None:
+        print_judge(judge, (refs[0], refs[1]), examples, results, registry_root, report_dir)
+
+
+def print_judge(
+    judge: JudgeSpec,
+    refs: tuple[str, str],
+    examples: list[Any],
+    results: dict[str, Any],
+    registry_root: str | None,
+    report_dir: str | None,
+) -> None:
+    """The judge's verdicts on the two versions' answers (and its agreement with people)."""
+    from trainer.judge import judge_versions
+
+    answers = (results[refs[0]].predictions, results[refs[1]].predictions)
+    report = judge_versions(judge, refs, examples, answers, registry_root)
+    console.print(Text(report.summary()), soft_wrap=True)
+    for a in report.agreement:
+        console.print(Text(a.summary()), soft_wrap=True)
+    if report_dir:
+        path = Path(report_dir) / "judge.json"
+        path.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+        console.print(f"judge report: {path}")
 
 
 @click.command("merge")

@@ -20,6 +20,7 @@ This package composes trainer, registry and serving.experiments, which never imp
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 import time
 from collections.abc import Sequence
@@ -35,6 +36,7 @@ from trainer.export import ExportKind
 
 if TYPE_CHECKING:
     from serving.experiments.gates import OfflineGate
+    from trainer.judge import JudgeSpec
 
 KINDS: dict[str, ExportKind] = {"dpo": "pairs", "kto": "unpaired", "sft": "sft"}
 """Training objective -> the export kind it reads."""
@@ -67,6 +69,15 @@ class ImproveSettings:
     rows), serving vs candidate, made before the rollout starts (the two run side by side)."""
     on_drift: bool = False
     """Run only when `platform monitor` sees a signal of the serving version move (else a skip)."""
+    judge: JudgeSpec | None = None
+    """A model judge of serving vs candidate answers: with it, `judge>=0.5` joins the offline gates
+    (unless they name a `judge` gate themselves)."""
+
+    @property
+    def gates(self) -> tuple[str, ...]:
+        """The offline gates checked: `eval_gates`, plus `judge>=0.5` with a judge."""
+        named = any(re.match(r"\s*judge\s*[<>]=", g) for g in self.eval_gates)
+        return self.eval_gates if self.judge is None or named else (*self.eval_gates, "judge>=0.5")
 
 
 @dataclass
@@ -262,14 +273,32 @@ def check_offline_gates(
     gates: Sequence[OfflineGate],
     registry_root: str | None,
     max_examples: int = 0,
+    judge: JudgeSpec | None = None,
 ) -> list[tuple[bool, str]]:
     """Both versions evaluated on the held-out file (`platform eval`), then each gate checked:
     (passed, reason with the numbers) per gate; a gate naming an unknown metric raises GateError.
+    A `judge` gate (`judge>=0.5`) asks `judge` to compare the two versions' answers (both orders):
+    its metric is the candidate's preference rate (ties half), the baseline's is the rest.
     `platform rollout start --eval-data` and `improve` both gate with it."""
+    from serving.experiments.gates import GateError
     from trainer.evaluate_versions import evaluate_refs
+    from trainer.judge import METRIC, judge_versions
 
-    results, _ = evaluate_refs([baseline, candidate], data, registry_root, max_examples=max_examples)
-    base, cand = results[baseline].metrics, results[candidate].metrics
+    judged = [g for g in gates if g.metric == METRIC]
+    if judged and judge is None:
+        raise GateError(f"--eval-gate {judged[0].text}: name the judge with --judge REF or --judge-url URL")
+    results, examples = evaluate_refs([baseline, candidate], data, registry_root, max_examples=max_examples)
+    base, cand = dict(results[baseline].metrics), dict(results[candidate].metrics)
+    if judged and judge is not None:
+        answers = (results[baseline].predictions, results[candidate].predictions)
+        report = judge_versions(judge, (baseline, candidate), examples, answers, registry_root)
+        cand[METRIC], base[METRIC] = report.rate, 1 - report.rate
+        summary = report.summary()
+        checked = []
+        for gate in gates:
+            ok, why = gate.check(base, cand)
+            checked.append((ok, f"{why}; {summary}" if gate.metric == METRIC else why))
+        return checked
     return [gate.check(base, cand) for gate in gates]
 
 
@@ -281,9 +310,9 @@ def _gates(
     with tempfile.TemporaryDirectory() as tmp:
         data = settings.eval_data or _heldout_file(plan.serving, root, Path(tmp))
         try:
-            gates = [parse_offline_gate(text) for text in settings.eval_gates]
+            gates = [parse_offline_gate(text) for text in settings.gates]
             checked = check_offline_gates(
-                plan.serving, candidate, data, gates, root, settings.eval_max_examples
+                plan.serving, candidate, data, gates, root, settings.eval_max_examples, settings.judge
             )
         except GateError as exc:
             raise ImproveError(str(exc)) from exc

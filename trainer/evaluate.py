@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,9 +106,15 @@ def loss_sum(
 
 
 def generate(
-    model: Any, tokenizer: Any, examples: list[Example], max_new_tokens: int, batch_size: int = 16
+    model: Any,
+    tokenizer: Any,
+    examples: list[Example],
+    max_new_tokens: int,
+    batch_size: int = 16,
+    logits_processor: Callable[[], list[Any]] | None = None,
 ) -> list[str]:
-    """Greedy generation, batched with left padding."""
+    """Greedy generation, batched with left padding; `logits_processor()` gives each batch fresh
+    processors (e.g. xgrammar's, which keep per-row state)."""
     import torch
 
     model.eval()
@@ -129,6 +135,7 @@ def generate(
                 do_sample=False,
                 pad_token_id=pad,
                 eos_token_id=eos_ids,
+                logits_processor=logits_processor() if logits_processor else None,
             )
             for row in gen[:, width:]:
                 out.append(tokenizer.decode(row, skip_special_tokens=True).strip())

@@ -14,6 +14,7 @@ from registry.errors import NotFoundError
 from registry.rubric import load_rubric
 from registry.store import Registry
 from tests.registry.reviewing import finish_review
+from tests.trainer.judge_server import scripted_judge
 
 TINY = [
     "--base-model",
@@ -111,8 +112,12 @@ def test_a_candidate_failing_an_offline_gate_stops_with_the_alias_unchanged(
     serving: tuple[str, Path],
 ) -> None:
     registry, tmp_path = serving
-    code, out = _improve(registry, tmp_path, "--eval-gate", "exact_match>=baseline+2", *FAST_SETS)
+    with scripted_judge() as judge:  # a model judge joins the gates (judge>=0.5); it calls a tie
+        judge.decide = lambda asked: '{"preference": "tie"}'
+        flags = ["--judge-url", judge.url, "--judge-model", "scripted"]
+        code, out = _improve(registry, tmp_path, "--eval-gate", "exact_match>=baseline+2", *flags, *FAST_SETS)
     assert code == 1 and "failed an offline gate" in out and "bot@1 keeps serving" in out, out
+    assert "pass: judge 0.5000" in out and judge.asked, out
     reg = Registry(registry)
     candidate = reg.get("bot@2")
     assert "improve:gates-failed" in candidate.tags

@@ -1,6 +1,9 @@
-"""A finished human review for tests: one reviewer completes every item, preferring version A."""
+"""A finished human review for tests: one reviewer completes every item, preferring version A
+(or the version `preferences` names per item)."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from registry.store import Registry
 
@@ -8,14 +11,22 @@ CRITERIA = ("correctness", "format", "tone")
 """The default rubric's criteria."""
 
 
-def finish_review(reg: Registry, review: str, reviewer: str = "ann") -> None:
-    """`reviewer` rates every item of `review`: A's answer 5 on each criterion, B's 2, A preferred."""
+def finish_review(reg: Registry, review: str, reviewer: str = "ann", preferences: Sequence[str] = ()) -> None:
+    """`reviewer` rates every item of `review`: the preferred version's answer 5 on each criterion,
+    the other's 2 (a tie: 3 both), and prefers `preferences[i]` (`a`, `b` or `tie`; default `a`)."""
     reviews = reg.reviews()
     for index in range(reviews.get(review).items):
         assert reviews.assign_next(review, reviewer) == index
-        a_side = "left" if reviews.item(review, index).side_version("left") == "a" else "right"
+        wanted = preferences[index] if index < len(preferences) else "a"
+        item = reviews.item(review, index)
+        left = item.side_version("left")
         for criterion in CRITERIA:
             for side in ("left", "right"):
-                score = 5 if side == a_side else 2
+                score = 3 if wanted == "tie" else 5 if item.side_version(side) == wanted else 2
                 reviews.rate(review, index, reviewer, criterion=criterion, side=side, score=score)
-        reviews.rate(review, index, reviewer, preference=a_side)
+        reviews.rate(
+            review,
+            index,
+            reviewer,
+            preference="tie" if wanted == "tie" else ("left" if left == wanted else "right"),
+        )
