@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,7 +36,7 @@ from trainer.errors import DataError, TrainerError
 from trainer.evaluate import EvalResult, evaluate_base_and_adapter
 from trainer.export import HELDOUT_FILE, export_lineage, heldout_record
 from trainer.hardware import device_summary, resolve_precision
-from trainer.hygiene import HygieneReport
+from trainer.hygiene import HygieneReport, Splits
 from trainer.hygiene import check as hygiene_check
 from trainer.lineage import library_versions, training_record
 from trainer.model import apply_lora, load_base, load_tokenizer, without_kv_cache
@@ -146,10 +147,12 @@ class LoRARecipe:
             device=device_summary(),
         )
 
-    def _hygiene(self, splits: dict[str, list[Example]]) -> tuple[dict[str, list[Example]], HygieneReport]:
+    def _hygiene(self, splits: Splits) -> tuple[Splits, HygieneReport]:
         """Personal data counted (and masked with data.redact) and near-duplicates reported."""
         d = self.config.data
-        splits, report = hygiene_check(splits, redact_pii=d.redact, threshold=d.near_duplicate_threshold)
+        splits, report = hygiene_check(
+            splits, redact_pii=d.redact, threshold=d.near_duplicate_threshold, max_rows=d.near_duplicate_max_rows
+        )
         self.console.print(f"[bold]data hygiene[/]: {report.summary()}")
         return splits, report
 
@@ -199,7 +202,7 @@ class LoRARecipe:
         self.train_rows = fitted.rows
         self.train_items: list[Any] = pack(fitted.rows, d.max_seq_len) if d.packing else fitted.rows
 
-    def _encode(self, examples: list[Example]) -> list[Encoded]:
+    def _encode(self, examples: Sequence[Example]) -> list[Encoded]:
         return [encode(self.tokenizer, ex, self.config.data.max_seq_len) for ex in examples]
 
     # -- train ---------------------------------------------------------------------------
@@ -213,7 +216,7 @@ class LoRARecipe:
         estimate = EstimateCallback(self.console)
         callbacks: list[Any] = []
         if plan.eval_every and t.best_metric != "val_loss":
-            subset = self.splits["val"][: t.metric_examples]
+            subset = list(self.splits["val"][: t.metric_examples])
             callbacks.append(
                 GenerationMetricCallback(self.model, self.tokenizer, subset, self.config.eval.max_new_tokens)
             )
@@ -273,9 +276,8 @@ class LoRARecipe:
     # -- evaluate ------------------------------------------------------------------------
     def evaluate(self) -> dict[str, EvalResult]:
         e, d = self.config.eval, self.config.data
-        rows = self.splits["test"] or self.splits["val"]
-        if e.max_examples:
-            rows = rows[: e.max_examples]
+        held_out = self.splits["test"] or self.splits["val"]
+        rows = list(held_out[: e.max_examples] if e.max_examples else held_out)
         self.eval_rows = rows
         if not rows:
             self.results: dict[str, EvalResult] = {}
