@@ -71,10 +71,13 @@ class DataReport:
     """Training rows longer than max_seq_len left out (data.overlong=drop, or a completion that alone is too long)."""
 
 
+_TRAILING_BLANKS = re.compile(r"[ \t]+$", re.MULTILINE)
+
+
 def clean_text(text: str) -> str:
     """Normalize line endings, strip trailing spaces per line and outer blank space."""
     text = text.replace("\r\n", "\n").replace("\r", "\n")
-    return "\n".join(re.sub(r"[ \t]+$", "", line) for line in text.split("\n")).strip()
+    return _TRAILING_BLANKS.sub("", text).strip()
 
 
 def _text(
@@ -210,47 +213,49 @@ def json_objects(
         yield lineno, where, row
 
 
-def stream_jsonl(path: Path, sha: Any = None) -> Iterator[tuple[Example, str]]:
-    """Every valid row of one JSONL file with the file's shape, as a stream; after the last row, raise
-    DataError listing every bad row (file:line), or `no rows`. `sha` is fed the raw bytes."""
-    problems = Problems()
-    shape: str | None = None
-    shape_line = 0
-    rows = 0
-    for lineno, where, row in json_objects(path, problems, sha):
-        row_shape = _detect_shape(row)
-        if row_shape is None:
-            problems.append(
-                f"{where}: unknown row shape with fields {sorted(row)}; expected alpaca "
-                "(instruction/input/output), prompt/completion, or chat (messages)"
-            )
-            continue
-        if shape is None:
-            shape, shape_line = row_shape, lineno
-        elif row_shape != shape:
-            problems.append(
-                f"{where}: row is {row_shape} but line {shape_line} is {shape}; one shape per file"
-            )
-            continue
-        row_problems: list[str] = []
-        example = row_to_example(row, row_shape, where, row_problems)
-        problems.extend(row_problems)
-        if example is not None and not problems.total:
-            rows += 1
-            yield example, row_shape
-    if problems.total:
-        raise problems.error(str(path))
-    if not rows:
-        raise DataError(["no rows"], str(path))
+class JsonlRows:
+    """The valid rows of one JSONL file, as a stream: iterating reads the file once; after the last row it
+    raises DataError listing every bad row (file:line), or `no rows`. `shape` is the file's row shape and
+    `sha` (a hashlib object, optional) is fed the raw bytes."""
+
+    def __init__(self, path: Path, sha: Any = None) -> None:
+        self.path, self.sha = path, sha
+        self.shape = ""
+
+    def __iter__(self) -> Iterator[Example]:
+        problems = Problems()
+        shape_line = rows = 0
+        for lineno, where, row in json_objects(self.path, problems, self.sha):
+            row_shape = _detect_shape(row)
+            if row_shape is None:
+                problems.append(
+                    f"{where}: unknown row shape with fields {sorted(row)}; expected alpaca "
+                    "(instruction/input/output), prompt/completion, or chat (messages)"
+                )
+                continue
+            if not self.shape:
+                self.shape, shape_line = row_shape, lineno
+            elif row_shape != self.shape:
+                problems.append(
+                    f"{where}: row is {row_shape} but line {shape_line} is {self.shape}; one shape per file"
+                )
+                continue
+            row_problems: list[str] = []
+            example = row_to_example(row, row_shape, where, row_problems)
+            problems.extend(row_problems)
+            if example is not None and not problems.total:
+                rows += 1
+                yield example
+        if problems.total:
+            raise problems.error(str(self.path))
+        if not rows:
+            raise DataError(["no rows"], str(self.path))
 
 
 def read_jsonl(path: Path) -> tuple[list[Example], str]:
     """Read and validate one JSONL file; raise DataError listing every bad row."""
-    examples: list[Example] = []
-    shape = ""
-    for example, shape in stream_jsonl(path):
-        examples.append(example)
-    return examples, shape
+    rows = JsonlRows(path)
+    return list(rows), rows.shape
 
 
 def _resolve_path(spec: str) -> list[Path]:
@@ -310,11 +315,11 @@ def stream_examples(spec: str, add: Callable[[Example], None]) -> tuple[str, str
     shapes: dict[str, Path] = {}
     rows = 0
     for path in _resolve_path(spec):
-        shape = ""
-        for example, shape in stream_jsonl(path, h):
+        file_rows = JsonlRows(path, h)
+        for example in file_rows:
             add(example)
             rows += 1
-        shapes.setdefault(shape, path)
+        shapes.setdefault(file_rows.shape, path)
     if len(shapes) > 1:
         detail = ", ".join(f"{p.name} is {s}" for s, p in shapes.items())
         raise DataError([f"files of different shapes: {detail}"], spec)

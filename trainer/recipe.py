@@ -151,7 +151,10 @@ class LoRARecipe:
         """Personal data counted (and masked with data.redact) and near-duplicates reported."""
         d = self.config.data
         splits, report = hygiene_check(
-            splits, redact_pii=d.redact, threshold=d.near_duplicate_threshold, max_rows=d.near_duplicate_max_rows
+            splits,
+            redact_pii=d.redact,
+            threshold=d.near_duplicate_threshold,
+            max_rows=d.near_duplicate_max_rows,
         )
         self.console.print(f"[bold]data hygiene[/]: {report.summary()}")
         return splits, report
