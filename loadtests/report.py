@@ -222,6 +222,44 @@ def train(f: dict[str, Any]) -> str:
     )
 
 
+def dataprep(f: dict[str, Any]) -> str:
+    """bench_dataprep.py: preparing a large JSONL, streaming (now) against reading it all (before)."""
+    load = ", ".join(fmt(x) for x in f["load_average"])
+    head = (
+        f"{f['rows']} rows ({fmt(f['file_mib'])} MiB of JSONL), prepared as `platform train` does before "
+        f"tokenizing: validate, clean, dedup, split, leakage, personal data, near-duplicates at Jaccard "
+        f"{fmt(f['threshold'])}. Load average at the end {load} on a shared machine"
+        + ("; both sides ran at the same time" if f.get("side_by_side") else "")
+        + ".\n\n"
+    )
+    rows = []
+    for label, m in (("streaming (now)", f["after"]), (f"all in memory ({f['before_ref']})", f["before"])):
+        if not m:
+            continue
+        splits = m.get("splits") or {}
+        rows.append(
+            [
+                label,
+                fmt(m["peak_rss_mb"]),
+                fmt(m["wall_s"]),
+                fmt(m.get("rows_per_s")),
+                fmt(m.get("duplicates_dropped")),
+                " / ".join(str(splits[k]) for k in ("train", "val", "test")) if splits else "-",
+                fmt(m.get("near_duplicate_pairs")),
+                m.get("stopped", "finished"),
+            ]
+        )
+    header = ["code", "peak RSS MB", "wall s", "rows/s", "duplicates dropped", "train / val / test"]
+    out = head + table([*header, "near-dup pairs", "run"], rows)
+    sample = f["after"].get("near_duplicate_sample")
+    if sample:
+        out += (
+            f"\n\nNear-duplicates (now) on an even sample: {sample['train'][0]} of {sample['train'][1]} training rows, "
+            f"{sample['heldout'][0]} of {sample['heldout'][1]} held-out rows (`data.near_duplicate_max_rows`)."
+        )
+    return out
+
+
 RENDER: dict[str, Callable[[dict[str, Any]], str]] = {
     "bench": servers,
     "bench_llamacpp": servers,
@@ -234,6 +272,7 @@ RENDER: dict[str, Callable[[dict[str, Any]], str]] = {
     "bench_preference": preference,
     "bench_structured": structured,
     "bench_train": train,
+    "bench_dataprep": dataprep,
 }
 
 

@@ -59,6 +59,9 @@ class DataConfig:
     in every row before training; the counts per kind are reported either way."""
     near_duplicate_threshold: float = 0.8
     """Report row pairs whose word-3-gram Jaccard similarity (MinHash estimate) reaches this (0: off)."""
+    near_duplicate_max_rows: int = 20_000
+    """Most training rows (and most held-out rows) the near-duplicate check MinHashes; a larger split is
+    checked on an even sample of this many rows (about 60 MB of signatures), and the report says so."""
 
 
 @dataclass
@@ -346,6 +349,10 @@ def _hygiene_and_tracking_problems(config: TrainConfig) -> list[str]:
     if not 0 <= config.data.near_duplicate_threshold < 1:
         problems.append(
             f"data.near_duplicate_threshold must be in [0, 1), got {config.data.near_duplicate_threshold}"
+        )
+    if config.data.near_duplicate_max_rows < 1:
+        problems.append(
+            f"data.near_duplicate_max_rows must be at least 1, got {config.data.near_duplicate_max_rows}"
         )
     return problems
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections import Counter
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,10 +71,13 @@ class DataReport:
     """Training rows longer than max_seq_len left out (data.overlong=drop, or a completion that alone is too long)."""
 
 
+_TRAILING_BLANKS = re.compile(r"[ \t]+$", re.MULTILINE)
+
+
 def clean_text(text: str) -> str:
     """Normalize line endings, strip trailing spaces per line and outer blank space."""
     text = text.replace("\r\n", "\n").replace("\r", "\n")
-    return "\n".join(re.sub(r"[ \t]+$", "", line) for line in text.split("\n")).strip()
+    return _TRAILING_BLANKS.sub("", text).strip()
 
 
 def _text(
@@ -146,16 +149,56 @@ def row_to_example(row: dict[str, Any], shape: str, where: str, problems: list[s
     return Example(tuple(turns[:-1]), turns[-1][1], where)
 
 
-def json_objects(path: Path, problems: list[str]) -> Iterator[tuple[int, str, dict[str, Any]]]:
-    """(line number, `file:line`, object) for every non-blank line of a JSONL file. An unreadable file raises
-    DataError; a line that is not a JSON object is added to `problems` and skipped."""
+MAX_PROBLEMS = 1000
+"""Bad-row messages kept per file (every one is counted): a broken multi-million-row file stays bounded."""
+
+
+class Problems(list[str]):
+    """Bad-row messages of one file: the first MAX_PROBLEMS kept, `total` counts all."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = 0
+
+    def append(self, problem: str) -> None:
+        self.total += 1
+        if len(self) < MAX_PROBLEMS:
+            super().append(problem)
+
+    def extend(self, problems: Iterable[str]) -> None:
+        for problem in problems:
+            self.append(problem)
+
+    def error(self, source: str) -> DataError:
+        return DataError(list(self), source, self.total)
+
+
+def _lines(path: Path, sha: Any = None) -> Iterator[tuple[int, str]]:
+    """(line number, text) of every line of a file, read as a stream (never the whole file at once);
+    `sha` (a hashlib object) is fed the raw bytes. An unreadable or non-UTF-8 file raises DataError."""
+    offset = 0
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        with path.open("rb") as fh:
+            for lineno, raw in enumerate(fh, 1):
+                if sha is not None:
+                    sha.update(raw)
+                try:
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    problem = f"not UTF-8 text ({exc.reason} at byte {offset + exc.start})"
+                    raise DataError([problem], str(path)) from exc
+                offset += len(raw)
+                yield lineno, text
     except OSError as exc:
         raise DataError([f"cannot read: {exc.strerror}"], str(path)) from exc
-    except UnicodeDecodeError as exc:
-        raise DataError([f"not UTF-8 text ({exc.reason} at byte {exc.start})"], str(path)) from exc
-    for lineno, line in enumerate(lines, 1):
+
+
+def json_objects(
+    path: Path, problems: list[str], sha: Any = None
+) -> Iterator[tuple[int, str, dict[str, Any]]]:
+    """(line number, `file:line`, object) for every non-blank line of a JSONL file, streamed. An unreadable
+    file raises DataError; a line that is not a JSON object is added to `problems` and skipped."""
+    for lineno, line in _lines(path, sha):
         where = f"{path}:{lineno}"
         if not line.strip():
             continue
@@ -170,36 +213,49 @@ def json_objects(path: Path, problems: list[str]) -> Iterator[tuple[int, str, di
         yield lineno, where, row
 
 
+class JsonlRows:
+    """The valid rows of one JSONL file, as a stream: iterating reads the file once; after the last row it
+    raises DataError listing every bad row (file:line), or `no rows`. `shape` is the file's row shape and
+    `sha` (a hashlib object, optional) is fed the raw bytes."""
+
+    def __init__(self, path: Path, sha: Any = None) -> None:
+        self.path, self.sha = path, sha
+        self.shape = ""
+
+    def __iter__(self) -> Iterator[Example]:
+        problems = Problems()
+        shape_line = rows = 0
+        for lineno, where, row in json_objects(self.path, problems, self.sha):
+            row_shape = _detect_shape(row)
+            if row_shape is None:
+                problems.append(
+                    f"{where}: unknown row shape with fields {sorted(row)}; expected alpaca "
+                    "(instruction/input/output), prompt/completion, or chat (messages)"
+                )
+                continue
+            if not self.shape:
+                self.shape, shape_line = row_shape, lineno
+            elif row_shape != self.shape:
+                problems.append(
+                    f"{where}: row is {row_shape} but line {shape_line} is {self.shape}; one shape per file"
+                )
+                continue
+            row_problems: list[str] = []
+            example = row_to_example(row, row_shape, where, row_problems)
+            problems.extend(row_problems)
+            if example is not None and not problems.total:
+                rows += 1
+                yield example
+        if problems.total:
+            raise problems.error(str(self.path))
+        if not rows:
+            raise DataError(["no rows"], str(self.path))
+
+
 def read_jsonl(path: Path) -> tuple[list[Example], str]:
     """Read and validate one JSONL file; raise DataError listing every bad row."""
-    problems: list[str] = []
-    examples: list[Example] = []
-    shape: str | None = None
-    shape_line = 0
-    for lineno, where, row in json_objects(path, problems):
-        row_shape = _detect_shape(row)
-        if row_shape is None:
-            problems.append(
-                f"{where}: unknown row shape with fields {sorted(row)}; expected alpaca "
-                "(instruction/input/output), prompt/completion, or chat (messages)"
-            )
-            continue
-        if shape is None:
-            shape, shape_line = row_shape, lineno
-        elif row_shape != shape:
-            problems.append(
-                f"{where}: row is {row_shape} but line {shape_line} is {shape}; one shape per file"
-            )
-            continue
-        example = row_to_example(row, row_shape, where, problems)
-        if example is not None:
-            examples.append(example)
-    if problems:
-        raise DataError(problems, str(path))
-    if not examples:
-        raise DataError(["no rows"], str(path))
-    assert shape is not None
-    return examples, shape
+    rows = JsonlRows(path)
+    return list(rows), rows.shape
 
 
 def _resolve_path(spec: str) -> list[Path]:
@@ -247,23 +303,34 @@ def _load_hf(name: str) -> tuple[list[Example], str]:
     return examples, shape
 
 
-def load_examples(spec: str) -> tuple[list[Example], str, str]:
-    """Load rows from a spec; returns (examples, shape, sha256 of the raw bytes)."""
+def stream_examples(spec: str, add: Callable[[Example], None]) -> tuple[str, str, int]:
+    """Hand every row of a spec to `add`, file by file, as it is read; (shape, sha256 of the raw bytes, rows).
+    Raises DataError for bad rows (after reading the file they are in) or files of different shapes."""
     if spec.startswith("hf:"):
         examples, shape = _load_hf(spec[3:])
-        return examples, shape, hashlib.sha256(spec.encode()).hexdigest()
+        for ex in examples:
+            add(ex)
+        return shape, hashlib.sha256(spec.encode()).hexdigest(), len(examples)
     h = hashlib.sha256()
-    all_examples: list[Example] = []
     shapes: dict[str, Path] = {}
+    rows = 0
     for path in _resolve_path(spec):
-        examples, shape = read_jsonl(path)
-        h.update(path.read_bytes())
-        shapes.setdefault(shape, path)
-        all_examples.extend(examples)
+        file_rows = JsonlRows(path, h)
+        for example in file_rows:
+            add(example)
+            rows += 1
+        shapes.setdefault(file_rows.shape, path)
     if len(shapes) > 1:
         detail = ", ".join(f"{p.name} is {s}" for s, p in shapes.items())
         raise DataError([f"files of different shapes: {detail}"], spec)
-    return all_examples, next(iter(shapes)), h.hexdigest()
+    return next(iter(shapes)), h.hexdigest(), rows
+
+
+def load_examples(spec: str) -> tuple[list[Example], str, str]:
+    """Load rows from a spec into memory; returns (examples, shape, sha256 of the raw bytes)."""
+    examples: list[Example] = []
+    shape, sha, _ = stream_examples(spec, examples.append)
+    return examples, shape, sha
 
 
 def dedup(examples: list[Example]) -> tuple[list[Example], int]:
@@ -287,18 +354,6 @@ def split_of(example: Example, val_fraction: float, test_fraction: float) -> str
     return "train"
 
 
-def leakage(splits: dict[str, list[Example]]) -> dict[str, int]:
-    """Rows of val/test whose prompt, or whose completion, also appears in train."""
-    train_prompts = {ex.prompt_key for ex in splits["train"]}
-    train_completions = Counter(ex.completion for ex in splits["train"])
-    report = {}
-    for name in ("val", "test"):
-        rows = splits.get(name, [])
-        report[f"{name}_prompt_overlap"] = sum(ex.prompt_key in train_prompts for ex in rows)
-        report[f"{name}_completion_overlap"] = sum(ex.completion in train_completions for ex in rows)
-    return report
-
-
 def prepare(
     spec: str,
     *,
@@ -307,30 +362,37 @@ def prepare(
     test_fraction: float = 0.12,
     do_dedup: bool = True,
     drop_leaked: bool = True,
-) -> tuple[dict[str, list[Example]], DataReport]:
-    """Load, clean, dedup, split and leakage-check a dataset."""
-    examples, shape, sha = load_examples(spec)
-    report = DataReport(source=spec, shape=shape, rows_read=len(examples))
+) -> tuple[dict[str, Sequence[Example]], DataReport]:
+    """Load, clean, dedup, split and leakage-check a dataset, streaming it (see "Large datasets" in
+    docs/training.md): rows go to an Arrow file per split as they are read, and dedup and leakage work on
+    16-byte hashes, so memory stays bounded whatever the file's size. The splits are read-only sequences
+    over those files (`trainer.rowstore.Rows`), in file order like the rows they came from."""
+    from trainer.rowstore import SplitWriter
+
+    with tempfile.TemporaryDirectory(prefix="lora-platform-data-") as tmp:
+        rows = SplitWriter(Path(tmp) / "rows", val_fraction, 0.0 if test_spec else test_fraction)
+        shape, sha, read = rows.fill(lambda add: stream_examples(spec, add))
+        splits = rows.close()
+        if test_spec:
+            held = SplitWriter(Path(tmp) / "test", only="test")
+            test_sha = held.fill(lambda add: stream_examples(test_spec, add))[1]
+            splits["test"] = held.close()["test"]
+            sha = hashlib.sha256((sha + test_sha).encode()).hexdigest()
+    report = DataReport(source=spec, shape=shape, rows_read=read, sha256=sha)
     if do_dedup:
-        examples, report.duplicates_dropped = dedup(examples)
-    splits: dict[str, list[Example]] = {"train": [], "val": [], "test": []}
-    for ex in examples:
-        splits[split_of(ex, val_fraction, 0.0 if test_spec else test_fraction)].append(ex)
-    if test_spec:
-        test_rows, _, test_sha = load_examples(test_spec)
-        splits["test"] = dedup(test_rows)[0] if do_dedup else test_rows
-        sha = hashlib.sha256((sha + test_sha).encode()).hexdigest()
-    report.leakage = leakage(splits)
-    if drop_leaked:
-        train_prompts = {ex.prompt_key for ex in splits["train"]}
-        for name in ("val", "test"):
-            kept = [ex for ex in splits[name] if ex.prompt_key not in train_prompts]
-            report.leaked_dropped += len(splits[name]) - len(kept)
-            splits[name] = kept
-    if not splits["train"]:
+        for name, split in splits.items():
+            dropped = split.dedup()
+            report.duplicates_dropped += 0 if test_spec and name == "test" else dropped
+    train = splits["train"]
+    for name in ("val", "test"):
+        prompt_in_train = splits[name].prompts_in(train)
+        report.leakage[f"{name}_prompt_overlap"] = int(prompt_in_train.sum())
+        report.leakage[f"{name}_completion_overlap"] = int(splits[name].completions_in(train).sum())
+        if drop_leaked:
+            report.leaked_dropped += splits[name].drop(prompt_in_train)
+    if not len(train):
         raise DataError(
             ["no training rows left after the split; add rows or lower the val/test fractions"], spec
         )
     report.splits = {k: len(v) for k, v in splits.items()}
-    report.sha256 = sha
-    return splits, report
+    return {k: v.rows for k, v in splits.items()}, report

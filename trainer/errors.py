@@ -23,12 +23,14 @@ class ConfigError(TrainerError):
 class DataError(TrainerError):
     """The dataset is unreadable or has bad rows; every bad row is listed with file and line."""
 
-    def __init__(self, problems: list[str], source: str) -> None:
+    def __init__(self, problems: list[str], source: str, total: int | None = None) -> None:
         self.problems = problems
+        """The problems kept (a huge file keeps its first ones; `total` counts them all)."""
+        self.total = max(total or 0, len(problems))
         shown = problems[:50]
-        more = f"\n  ... and {len(problems) - 50} more" if len(problems) > 50 else ""
+        more = f"\n  ... and {self.total - 50} more" if self.total > 50 else ""
         super().__init__(
-            f"{source}: {len(problems)} bad row(s):\n" + "\n".join(f"  - {p}" for p in shown) + more
+            f"{source}: {self.total} bad row(s):\n" + "\n".join(f"  - {p}" for p in shown) + more
         )
 
 

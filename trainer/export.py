@@ -22,6 +22,7 @@ import hashlib
 import itertools
 import json
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -95,7 +96,7 @@ def prompt_key(example: Example) -> str:
     return hashlib.sha256(example.prompt_key.encode()).hexdigest()
 
 
-def heldout_record(test_rows: list[Example]) -> dict[str, Any]:
+def heldout_record(test_rows: Iterable[Example]) -> dict[str, Any]:
     """What training writes to `heldout.json`: hashes of each test row's prompt and last user turn."""
     return {
         "prompt_sha256": sorted({prompt_key(ex) for ex in test_rows}),

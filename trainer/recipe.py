@@ -13,7 +13,7 @@ import contextlib
 import hashlib
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,7 +41,7 @@ from trainer.errors import DataError, TrainerError
 from trainer.evaluate import EvalResult, evaluate_base_and_adapter
 from trainer.export import HELDOUT_FILE, export_lineage, heldout_record
 from trainer.hardware import device_summary, resolve_precision
-from trainer.hygiene import HygieneReport
+from trainer.hygiene import HygieneReport, Splits
 from trainer.hygiene import check as hygiene_check
 from trainer.lineage import library_versions, training_record
 from trainer.model import apply_lora, load_base, load_tokenizer, without_kv_cache
@@ -167,9 +167,9 @@ class LoRARecipe:
             device=device_summary(),
         )
 
-    def _prepare(self) -> tuple[dict[str, list[Example]], DataReport, HygieneReport]:
-        """The split rows and their report; personal data counted (and masked with data.redact)
-        and near-duplicates reported."""
+    def _prepare(self) -> tuple[Splits, DataReport, HygieneReport]:
+        """The split rows (streamed to Arrow files, trainer.rowstore) and their report, then the
+        hygiene check."""
         d = self.config.data
         splits, report = prepare(
             d.path,
@@ -179,9 +179,20 @@ class LoRARecipe:
             do_dedup=d.dedup,
             drop_leaked=d.drop_leaked,
         )
-        splits, hygiene = hygiene_check(splits, redact_pii=d.redact, threshold=d.near_duplicate_threshold)
-        self.console.print(f"[bold]data hygiene[/]: {hygiene.summary()}")
+        splits, hygiene = self._hygiene(splits)
         return splits, report, hygiene
+
+    def _hygiene(self, splits: Splits) -> tuple[Splits, HygieneReport]:
+        """Personal data counted (and masked with data.redact) and near-duplicates reported."""
+        d = self.config.data
+        splits, report = hygiene_check(
+            splits,
+            redact_pii=d.redact,
+            threshold=d.near_duplicate_threshold,
+            max_rows=d.near_duplicate_max_rows,
+        )
+        self.console.print(f"[bold]data hygiene[/]: {report.summary()}")
+        return splits, report
 
     def _init_adapter(self) -> Path:
         """The folder of the version to continue from, after checking it is of this base model."""
@@ -229,7 +240,7 @@ class LoRARecipe:
         self.train_rows = fitted.rows
         self.train_items: list[Any] = pack(fitted.rows, d.max_seq_len) if d.packing else fitted.rows
 
-    def _encode(self, examples: list[Example]) -> list[Encoded]:
+    def _encode(self, examples: Sequence[Example]) -> list[Encoded]:
         return [encode(self.tokenizer, ex, self.config.data.max_seq_len) for ex in examples]
 
     # -- train ---------------------------------------------------------------------------
@@ -243,7 +254,7 @@ class LoRARecipe:
         estimate = EstimateCallback(self.console)
         callbacks: list[Any] = []
         if plan.eval_every and t.best_metric != "val_loss":
-            subset = self.splits["val"][: t.metric_examples]
+            subset = list(self.splits["val"][: t.metric_examples])
             callbacks.append(
                 GenerationMetricCallback(self.model, self.tokenizer, subset, self.config.eval.max_new_tokens)
             )
@@ -330,9 +341,8 @@ class LoRARecipe:
         """Base and adapter on the held-out rows; each rank generates for its share of the rows,
         rank 0 gathers them (the other ranks get no results)."""
         e, d = self.config.eval, self.config.data
-        rows = self.splits["test"] or self.splits["val"]
-        if e.max_examples:
-            rows = rows[: e.max_examples]
+        held_out = self.splits["test"] or self.splits["val"]
+        rows = list(held_out[: e.max_examples] if e.max_examples else held_out)
         self.eval_rows = rows
         if not rows:
             self.results: dict[str, EvalResult] = {}

@@ -8,6 +8,7 @@ the template rewrites earlier turns and the labels would be wrong); their labels
 from __future__ import annotations
 
 import bisect
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,7 +74,7 @@ class Fitted:
 
 
 def fit_rows(
-    rows: list[Encoded], examples: list[Example], policy: str, max_seq_len: int, source: str
+    rows: list[Encoded], examples: Sequence[Example], policy: str, max_seq_len: int, source: str
 ) -> Fitted:
     """Apply `data.overlong` (drop | truncate | error) to encoded training rows."""
     over = [i for i, r in enumerate(rows) if r.truncated]
