@@ -74,6 +74,7 @@ def measure(args: argparse.Namespace, root: str, runs: Path) -> dict[str, Any]:
             f"training.max_steps={args.dpo_steps}",
             f"training.lr={args.dpo_lr}",
             f"training.beta={args.beta}",
+            f"training.rpo_alpha={args.rpo_alpha}",
             "training.batch_size=4",
             "eval.compare_base=false",
         ],
@@ -117,6 +118,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dpo-steps", type=int, default=60)
     parser.add_argument("--dpo-lr", type=float, default=1e-4)
     parser.add_argument("--beta", type=float, default=0.1)
+    parser.add_argument("--rpo-alpha", type=float, default=1.0, help="0: plain DPO (training.rpo_alpha)")
     parser.add_argument("--heldout", type=int, default=48)
     parser.add_argument("--out-dir", default=str(RESULTS), help="Where bench_preference.json goes.")
     args = parser.parse_args(argv)

@@ -177,7 +177,8 @@ def preference(f: dict[str, Any]) -> str:
     s = f["settings"]
     head = (
         f"{f['held_out']} held-out prompts of `sample:support-prefs`, greedy; SFT {s['sft_steps']} steps, "
-        f"DPO {s['dpo_steps']} steps at lr {s['dpo_lr']:g}, beta {s['beta']:g}; 95% bootstrap intervals.\n\n"
+        f"DPO {s['dpo_steps']} steps at lr {s['dpo_lr']:g}, beta {s['beta']:g}, rpo_alpha {s.get('rpo_alpha', 0):g}; "
+        "95% bootstrap intervals.\n\n"
     )
     return head + table(["model", "version", "polite closing rate", "first-line exact match"], rows)
 

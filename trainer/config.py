@@ -152,6 +152,10 @@ class TrainingSettings:
     completion, label), the latter two through TRL; `platform data export --pairs/--unpaired` writes them."""
     beta: float = 0.1
     """DPO/KTO: how far the policy may move from the reference (higher: closer)."""
+    rpo_alpha: float = 0.0
+    """DPO: weight of a negative log-likelihood term on the chosen answer beside the DPO loss (RPO;
+    TRL's `loss_type=["sigmoid", "sft"]`). 0: plain DPO. 1.0 keeps the policy producing the chosen
+    answers instead of only moving away from the rejected ones (see docs/training.md)."""
 
 
 LR_SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
@@ -302,6 +306,10 @@ class TrainConfig:
             problems.append(f"data.packing is for SFT rows; training.objective={t.objective} pads its pairs")
         if not 0 < t.beta <= 10:
             problems.append(f"training.beta must be in (0, 10], got {t.beta}")
+        if t.rpo_alpha < 0 or (t.rpo_alpha and t.objective != "dpo"):
+            problems.append(
+                f"training.rpo_alpha must be >= 0 and is for training.objective=dpo, got {t.rpo_alpha}"
+            )
         if e.max_examples < 0 or e.max_new_tokens < 1 or e.batch_size < 1:
             problems.append("eval.max_examples must be >= 0, eval.max_new_tokens and eval.batch_size >= 1")
         return problems

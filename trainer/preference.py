@@ -127,9 +127,10 @@ class PreferenceRecipe(LoRARecipe):
             from trl.trainer.dpo_config import DPOConfig
             from trl.trainer.dpo_trainer import DPOTrainer
 
+            rpo = {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, t.rpo_alpha]} if t.rpo_alpha else {}
             return DPOTrainer(
                 model=self.model,
-                args=DPOConfig(**common),
+                args=DPOConfig(**common, **rpo),
                 train_dataset=data,
                 processing_class=self.tokenizer,
                 callbacks=callbacks,
@@ -191,6 +192,7 @@ class PreferenceRecipe(LoRARecipe):
         result.lineage["objective"] = {
             "name": t.objective,
             "beta": t.beta,
+            "rpo_alpha": t.rpo_alpha,
             "reference": self.parent["ref"] if self.parent else "base model (adapters disabled)",
             "trainer": f"trl {_version('trl')}",
             "held_out_rows": len(self.pref_splits["test"]),

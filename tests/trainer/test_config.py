@@ -127,3 +127,10 @@ def test_unknown_scheduler_optimizer_and_overlong_policy_are_listed() -> None:
     assert "training.optimizer must be one of adamw_torch" in text
     assert "data.overlong must be 'drop', 'truncate' or 'error'" in text
     assert "training.warmup_ratio must be in [0, 1)" in text
+
+
+def test_rpo_alpha_is_for_dpo_only() -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["training.objective=kto", "training.rpo_alpha=1"])
+    assert "training.rpo_alpha must be >= 0 and is for training.objective=dpo" in str(err.value)
+    assert load_config(None, ["training.objective=dpo", "training.rpo_alpha=1"]).training.rpo_alpha == 1.0

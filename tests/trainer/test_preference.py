@@ -83,12 +83,14 @@ def test_a_preference_objective_trains_from_a_version_and_pushes_one_with_its_li
         "bot@1",
         f"training.objective={objective}",
         "training.tracking=tensorboard",
+        *(["training.rpo_alpha=1.0"] if objective == "dpo" else []),  # DPO with an NLL term (RPO)
     )
     assert code == 0, out
     new = Registry(registry).get("bot")
     assert new.version >= 2 and new.parent == 1
     lineage = new.lineage
     assert lineage["objective"]["name"] == objective and lineage["objective"]["reference"] == "bot@1"
+    assert lineage["objective"]["rpo_alpha"] == (1.0 if objective == "dpo" else 0.0)
     assert lineage["init_adapter"]["ref"] == "bot@1"
     sidecar = json.loads(Path(str(data) + ".export.json").read_text())
     assert lineage["export"]["sha256"] == sidecar["sha256"] and lineage["export"]["kind"] == flag.strip("-")
