@@ -205,7 +205,9 @@ def test_a_float32_engine_serves_adapters_through_each_variant_as_the_torch_path
     second = random_adapter(tmp_path / "b", 4, targets)
     cmd = [sys.executable, "-m", "tests.serving.bf16_engine", str(tiny_base.path), str(first), str(second)]
     runs = {}
-    for setting in ("torch", "auto", "avx2"):
+    # "avx2" forced only where the CPU's own choice is another variant (each setting starts an engine)
+    forced = ("avx2",) if lora_kernel.f32_variant(want="auto") != "avx2" else ()
+    for setting in ("torch", "auto", *forced):
         env = {**os.environ, lora_kernel.ENV_KERNEL: setting}
         proc = subprocess.run([*cmd, "float32"], capture_output=True, text=True, timeout=300, env=env)
         lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
@@ -213,8 +215,8 @@ def test_a_float32_engine_serves_adapters_through_each_variant_as_the_torch_path
         runs[setting] = json.loads(lines[-1].removeprefix("RESULT "))
     assert runs["torch"]["kernel"] is None and runs["torch"]["layers_bound"] == 0
     assert runs["auto"]["kernel"] == lora_kernel.f32_variant(want="auto")
-    assert runs["avx2"]["kernel"] == "avx2"
-    for setting in ("auto", "avx2"):
+    assert all(runs[s]["kernel"] == s for s in forced)
+    for setting in ("auto", *forced):
         out = runs[setting]
         assert out["layers_bound"] > 0, f"{setting}: no LoRA layer ran on the compiled op"
         assert out["a"] != out["base"] and out["b"] != out["a"], "adapters must change the outputs"
