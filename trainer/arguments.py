@@ -27,9 +27,14 @@ def save_steps(t: TrainingSettings, plan: Plan) -> int:
 
 
 def training_arguments(
-    t: TrainingSettings, plan: Plan, output_dir: Path, strategy: dict[str, Any] | None = None
+    t: TrainingSettings,
+    plan: Plan,
+    output_dir: Path,
+    strategy: dict[str, Any] | None = None,
+    packed: bool = False,
 ) -> Any:
-    """`strategy`: the fsdp/fsdp_config or deepspeed keywords of `training.strategy` (trainer/strategy.py)."""
+    """`strategy`: the fsdp/fsdp_config or deepspeed keywords of `training.strategy` (trainer/strategy.py);
+    `packed`: the training items are packed blocks (no length grouping)."""
     from transformers import TrainingArguments
 
     evaluating = plan.eval_every > 0
@@ -63,6 +68,7 @@ def training_arguments(
         greater_is_better=greater if evaluating else None,
         seed=t.seed,
         data_seed=t.seed,
+        train_sampling_strategy="group_by_length" if t.group_by_length and not packed else "random",
         report_to="none",  # trackers come as callbacks (trainer/tracking.py)
         run_name=output_dir.parent.name,
         include_num_input_tokens_seen="non_padding",  # real tokens for tokens/s and the lineage

@@ -147,6 +147,10 @@ class TrainingSettings:
     """MLflow experiment / W&B project (default: the adapter name)."""
     seed: int = 42
     """Seed for data order, LoRA init and dropout."""
+    group_by_length: bool = True
+    """Unpacked rows: batches of rows of similar length (transformers' `LengthGroupedSampler`: groups of
+    50 batches sorted by length, in random order), so little of a batch is padding. Off: plain random
+    batches. Packed blocks (`data.packing`) are full already and ignore it."""
     objective: str = "sft"
     """`sft` (chat rows), `dpo` (preference pairs: prompt, chosen, rejected) or `kto` (prompt,
     completion, label), the latter two through TRL; `platform data export --pairs/--unpaired` writes them."""

@@ -127,7 +127,9 @@ class PreferenceRecipe(LoRARecipe):
             from trl.trainer.dpo_config import DPOConfig
             from trl.trainer.dpo_trainer import DPOTrainer
 
-            rpo = {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, t.rpo_alpha]} if t.rpo_alpha else {}
+            rpo: dict[str, Any] = (
+                {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, t.rpo_alpha]} if t.rpo_alpha else {}
+            )
             return DPOTrainer(
                 model=self.model,
                 args=DPOConfig(**common, **rpo),

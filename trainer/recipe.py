@@ -269,7 +269,11 @@ class LoRARecipe:
         trainer = Trainer(
             model=self.model,
             args=training_arguments(
-                t, plan, self.run_dir / "checkpoints", strategy.trainer_arguments(self.config)
+                t,
+                plan,
+                self.run_dir / "checkpoints",
+                strategy.trainer_arguments(self.config),
+                packed=self.config.data.packing,
             ),
             train_dataset=dataset(self.train_items, self.config.data.packing),
             eval_dataset=RowDataset(self.val_rows) if plan.eval_every else None,

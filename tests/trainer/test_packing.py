@@ -134,3 +134,60 @@ def test_completion_only_logits_give_the_full_loss_and_gradients(
     for a, b in zip(full_grads, kept_grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
     assert kept_shape[1] < full_shape[1] / 2  # the head ran on under half the positions
+
+
+@pytest.mark.parametrize("grouped", [True, False])
+def test_rows_of_similar_length_share_a_batch_so_little_is_padding(grouped: bool, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """training.group_by_length (default on): the Trainer's batches, built from the run's arguments
+    and collator, waste under half the padding of random batches on rows of widely spread lengths."""
+    import random
+
+    import torch
+    from transformers import Trainer
+
+    from trainer.arguments import training_arguments
+    from trainer.config import TrainingSettings
+    from trainer.packing import Collator, RowDataset
+    from trainer.plan import Plan
+
+    rng = random.Random(0)
+    rows = [
+        Encoded([5] * n, [IGNORE] * (n // 2) + [5] * (n - n // 2), False)
+        for n in (rng.randint(8, 400) for _ in range(400))
+    ]
+    plan = Plan(
+        rows={"train": 400, "val": 0, "test": 0},
+        tokens={"p50": 1, "p95": 1, "max": 1},
+        overlong={"max_seq_len": 512, "policy": "drop", "rows": 0, "dropped": 0, "truncated": 0},
+        items=400,
+        world_size=1,
+        effective_batch=8,
+        steps_per_epoch=50,
+        steps=50,
+        epochs=1,
+        warmup_steps=0,
+        eval_every=0,
+        precision="fp32",
+        device="cpu",
+    )
+
+    def padding(group_by_length: bool) -> float:
+        t = TrainingSettings(batch_size=8, group_by_length=group_by_length)
+        trainer = Trainer(
+            model=torch.nn.Linear(1, 1),
+            args=training_arguments(t, plan, tmp_path / str(group_by_length)),
+            train_dataset=RowDataset(rows),
+            data_collator=Collator(0),
+        )
+        batches = list(trainer.get_train_dataloader())
+        assert sum(len(b["input_ids"]) for b in batches) == len(rows)  # every row once
+        return sum(float((b["attention_mask"] == 0).sum()) for b in batches) / sum(
+            b["attention_mask"].numel() for b in batches
+        )
+
+    if grouped:
+        assert padding(True) < 0.5 * padding(False)
+    else:  # the unpacked default is grouped; packing turns it off (blocks are full already)
+        t = TrainingSettings()
+        assert t.group_by_length
+        assert training_arguments(t, plan, tmp_path, packed=True).train_sampling_strategy == "random"
