@@ -271,6 +271,7 @@ RENDER: dict[str, Callable[[dict[str, Any]], str]] = {
     "bench_registry": registry,
     "bench_load_stall": load_stall,
     "bench_preference": preference,
+    "bench_preference_plain_dpo": preference,
     "bench_structured": structured,
     "bench_train": train,
     "bench_dataprep": dataprep,
