@@ -261,6 +261,36 @@ def dataprep(f: dict[str, Any]) -> str:
     return out
 
 
+def training_layouts(f: dict[str, Any]) -> str:
+    """bench_ddp.py / bench_ray_train.py: training tokens/s of one process x N threads against N
+    processes (torchrun) or N Ray Train workers of one thread each."""
+
+    def layout(r: dict[str, Any]) -> str:
+        threads = f"{r['threads_per_process']} thread" + ("s" if r["threads_per_process"] != 1 else "")
+        if "ray_workers" in r:
+            return f"{r['ray_workers']} Ray workers x {threads}"
+        return f"{r['processes']} process" + ("es" if r["processes"] != 1 else "") + f" x {threads}"
+
+    rows = [
+        [
+            layout(r),
+            r["batch_per_process"],
+            r["tokens_per_second"],
+            r["train_seconds"],
+            r["command_seconds"],
+            r["final_train_loss"],
+        ]
+        for r in f["runs"]
+    ]
+    [ratio] = [k for k in f if k.endswith("_over_threads")]
+    head = f"`{f['base_model']}`, {f['steps']} steps, global batch {f['global_batch']}, sequence {f['seq_len']}.\n\n"
+    return (
+        head
+        + table(["layout", "batch per process", "tokens/s", "train s", "command s", "final loss"], rows)
+        + f"\n\nSecond layout / one process (tokens/s): {fmt(f[ratio])} ({f['note']})."
+    )
+
+
 RENDER: dict[str, Callable[[dict[str, Any]], str]] = {
     "bench": servers,
     "bench_llamacpp": servers,
@@ -268,6 +298,7 @@ RENDER: dict[str, Callable[[dict[str, Any]], str]] = {
     "bench_lora": lora,
     "bench_lora_avx2": lora_ops,
     "bench_ray": ray,
+    "bench_ddp": training_layouts,
     "bench_registry": registry,
     "bench_load_stall": load_stall,
     "bench_preference": preference,
