@@ -235,8 +235,15 @@ def test_judge_through_platform_serve(server, adapters, tmp_path: Path) -> None:
     data.write_text(
         "".join(json.dumps({"prompt": f"Parcel {i}?", "completion": "ok"}) + "\n" for i in range(2))
     )
+    # one short criterion: the judge's prompt and reply fit the tiny model's 512 positions
+    rubric = tmp_path / "rubric.yaml"
+    rubric.write_text(
+        "criteria:\n  - name: ok\n    scale: 1-2\n    description: Right?\n"
+        "preference:\n  description: Which is better?\n"
+    )
     common = ["eval", refs["support"], refs["contact"], "--data", str(data), "--server", server.url]
-    common += ["--max-new-tokens", "4", "--registry", str(registry), "--judge-max-tokens", "256"]
+    common += ["--max-new-tokens", "4", "--registry", str(registry), "--judge-max-tokens", "128"]
+    common += ["--judge-rubric", str(rubric)]
 
     free = CliRunner().invoke(
         cli, [*common, "--judge-url", server.url, "--judge-model", refs["support"], "--judge-free"]
