@@ -7,12 +7,15 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
+import uvicorn
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -43,6 +46,43 @@ def serve_command(base_model: str, registry: Path | str, port: int, *extra: str)
         str(port),
         *extra,
     ]
+
+
+def wait_until(pred: Callable[[], object], timeout: float = 1.0) -> float:
+    """Seconds until `pred()` holds, polled every 50 ms; AssertionError after `timeout`."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if pred():
+            return time.monotonic() - start
+        time.sleep(0.05)
+    raise AssertionError(f"condition not met within {timeout}s")
+
+
+class _ThreadServer(uvicorn.Server):
+    """uvicorn's server that says, through an Event, when it accepts connections."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.ready = threading.Event()
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        self.ready.set()
+
+
+@contextmanager
+def app_in_thread(app: Any, port: int, timeout_s: float = 20) -> Iterator[str]:
+    """An ASGI app served by uvicorn on 127.0.0.1:`port` in a daemon thread; yields its URL."""
+    server = _ThreadServer(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    if not server.ready.wait(timeout_s):
+        raise RuntimeError(f"in-thread server on port {port} not started after {timeout_s}s")
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
 
 
 def wait_ready(

@@ -9,16 +9,16 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import uvicorn
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
+
+from testkit.servers import app_in_thread
 
 TOKEN = "hf_fake_token"
 
@@ -184,16 +184,5 @@ def make_app(repos: dict[str, Repo], base_url: list[str]) -> FastAPI:
 def fake_hub(port: int) -> Iterator[tuple[str, dict[str, Repo]]]:
     repos: dict[str, Repo] = {}
     url = f"http://127.0.0.1:{port}"
-    server = uvicorn.Server(
-        uvicorn.Config(make_app(repos, [url]), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    try:
+    with app_in_thread(make_app(repos, [url]), port):
         yield url, repos
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)

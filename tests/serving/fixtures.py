@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ from registry.store import Registry
 from testkit.adapters import random_adapter as random_adapter  # re-exported for the serving tests
 from testkit.adapters import train_tiny as train_tiny
 from testkit.servers import free_port, platform_cmd, stop_process, wait_ready
+from testkit.servers import wait_until as wait_until  # re-exported for the serving tests
 from tests.serving.otlp import Receiver
 
 START_TIMEOUT_S = 240
@@ -33,16 +33,6 @@ def serve_cmd(registry: Path | str, port: int, *extra: str) -> list[str]:
         str(port),
         *extra,
     ]
-
-
-def wait_until(pred, timeout: float = 1.0) -> float:  # type: ignore[no-untyped-def]
-    """Seconds until `pred()` holds, polled every 50 ms; AssertionError after `timeout`."""
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if pred():
-            return time.monotonic() - start
-        time.sleep(0.05)
-    raise AssertionError(f"condition not met within {timeout}s")
 
 
 def metric(server_url: str, name: str, headers: dict[str, str] | None = None) -> float:

@@ -7,10 +7,12 @@ rank has come through publishes in that wait; one that waits for every rank publ
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-import time
 from typing import Any
+
+from testkit.servers import wait_until
 
 WAIT_S = 15.0
 """How long rank 1 waits for a version before it fails anyway."""
@@ -33,9 +35,8 @@ def fail_rank_one_after_evaluation() -> None:
 
     def evaluate_then_fail(self: LoRARecipe) -> Any:
         evaluate(self)
-        deadline = time.monotonic() + WAIT_S
-        while time.monotonic() < deadline and not version_published(os.environ["FAILING_RANK_REGISTRY"]):
-            time.sleep(0.2)
+        with contextlib.suppress(AssertionError):  # no version within WAIT_S: fail anyway
+            wait_until(lambda: version_published(os.environ["FAILING_RANK_REGISTRY"]), WAIT_S)
         raise RuntimeError("rank 1 failed after its evaluation (tests/trainer/failing_rank.py)")
 
     LoRARecipe.evaluate = evaluate_then_fail  # type: ignore[method-assign]

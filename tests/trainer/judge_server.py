@@ -5,17 +5,15 @@
 from __future__ import annotations
 
 import re
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import uvicorn
 from fastapi import FastAPI, Request
 
-from testkit.servers import free_port
+from testkit.servers import app_in_thread, free_port
 
 _ASKED = re.compile(r"\[answer 1\]\n(.*?)\n\n\[answer 2\]\n(.*?)\n\nRate both answers", re.DOTALL)
 _PROMPT = re.compile(r"Conversation:\n(.*?)\n\n\[answer 1\]", re.DOTALL)
@@ -84,14 +82,5 @@ def _app(judge: ScriptedJudge) -> FastAPI:
 def scripted_judge() -> Iterator[ScriptedJudge]:
     port = free_port()
     judge = ScriptedJudge(f"http://127.0.0.1:{port}")
-    server = uvicorn.Server(uvicorn.Config(_app(judge), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    try:
+    with app_in_thread(_app(judge), port):
         yield judge
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
