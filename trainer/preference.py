@@ -74,7 +74,7 @@ class PreferenceRecipe(LoRARecipe):
         torch.manual_seed(c.training.seed)
         init_from = self._init_adapter() if c.init_adapter else None
         self.model = apply_lora(model, c.lora, c.training.gradient_checkpointing, init_from)
-        self.make_run_dir(tracking=True)
+        self.make_run_dir()
 
     def _trainer(self, train: list[PreferenceRow], callbacks: list[Any]) -> Any:
         import math

@@ -49,6 +49,15 @@ def torchrun(
     )
 
 
+def torchrun_train(
+    tmp_path: Path, *overrides: str, script: str | None = None, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """`platform train` of TRAIN (batch 2 per rank) under torchrun, runs in tmp_path/runs, registry tmp_path/registry."""
+    runs, registry = str(tmp_path / "runs"), str(tmp_path / "registry")
+    args = [*TRAIN, "--output-dir", runs, "--registry", registry, "training.batch_size=2", *overrides]
+    return torchrun(tmp_path, *args, script=script, **env)
+
+
 def versions(registry: Path) -> list[str]:
     out = CliRunner().invoke(cli, ["registry", "list", "--json", "--registry", str(registry)])
     assert out.exit_code == 0, out.output
@@ -68,16 +77,7 @@ def losses(folder: Path) -> list[float]:
 def test_two_processes_publish_one_version_trained_like_one_process(tmp_path: Path) -> None:
     """With gradient checkpointing on (non-reentrant, DDP without unused-parameter search)."""
     registry = tmp_path / "registry"
-    out = torchrun(
-        tmp_path,
-        *TRAIN,
-        "--output-dir",
-        str(tmp_path / "runs"),
-        "--registry",
-        str(registry),
-        "training.batch_size=2",
-        "training.gradient_checkpointing=true",
-    )
+    out = torchrun_train(tmp_path, "training.gradient_checkpointing=true")
     assert out.returncode == 0, out.stdout + out.stderr
     assert versions(registry) == ["ddp@1"]
     folder = run_folder(tmp_path / "runs")
@@ -102,17 +102,7 @@ def test_two_processes_publish_one_version_trained_like_one_process(tmp_path: Pa
 
 def test_a_rank_that_fails_fails_the_run_and_publishes_nothing(tmp_path: Path) -> None:
     registry = tmp_path / "registry"
-    out = torchrun(
-        tmp_path,
-        *TRAIN,
-        "--output-dir",
-        str(tmp_path / "runs"),
-        "--registry",
-        str(registry),
-        "training.batch_size=2",
-        script="failing_rank.py",
-        FAILING_RANK_REGISTRY=str(registry),
-    )
+    out = torchrun_train(tmp_path, script="failing_rank.py", FAILING_RANK_REGISTRY=str(registry))
     assert out.returncode != 0
     assert "rank 1 failed after its evaluation" in out.stderr
     assert versions(registry) == []
