@@ -145,31 +145,17 @@ def test_rows_of_similar_length_share_a_batch_so_little_is_padding(grouped: bool
     import torch
     from transformers import Trainer
 
+    from tests.trainer.support import fixed_plan
     from trainer.arguments import training_arguments
     from trainer.config import TrainingSettings
     from trainer.packing import Collator, RowDataset
-    from trainer.plan import Plan
 
     rng = random.Random(0)
     rows = [
         Encoded([5] * n, [IGNORE] * (n // 2) + [5] * (n - n // 2), False)
         for n in (rng.randint(8, 400) for _ in range(400))
     ]
-    plan = Plan(
-        rows={"train": 400, "val": 0, "test": 0},
-        tokens={"p50": 1, "p95": 1, "max": 1},
-        overlong={"max_seq_len": 512, "policy": "drop", "rows": 0, "dropped": 0, "truncated": 0},
-        items=400,
-        world_size=1,
-        effective_batch=8,
-        steps_per_epoch=50,
-        steps=50,
-        epochs=1,
-        warmup_steps=0,
-        eval_every=0,
-        precision="fp32",
-        device="cpu",
-    )
+    plan = fixed_plan(400, 0)
 
     def padding(group_by_length: bool) -> float:
         t = TrainingSettings(batch_size=8, group_by_length=group_by_length)

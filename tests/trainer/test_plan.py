@@ -129,22 +129,21 @@ def test_steps_follow_epochs_batch_and_accumulation() -> None:
 
 @pytest.mark.parametrize("rows", [0, 10])
 def test_validation_split_too_small_is_warned_about(rows: int) -> None:
-    from trainer.plan import FEW_VAL_ROWS, Plan, plan_warnings
+    from tests.trainer.support import fixed_plan
+    from trainer.plan import FEW_VAL_ROWS, plan_warnings
 
-    plan = Plan(
-        rows={"train": 500, "val": rows, "test": 50},
+    plan = fixed_plan(
+        500,
+        rows,
+        50,
         tokens={"p50": 1, "p95": 1, "max": 1},
         overlong={"max_seq_len": 8, "policy": "drop", "rows": 0, "dropped": 0, "truncated": 0},
-        items=500,
-        world_size=1,
         effective_batch=16,
         steps_per_epoch=32,
         steps=64,
         epochs=2,
         warmup_steps=2,
         eval_every=10,
-        precision="fp32",
-        device="cpu",
     )
     assert rows < FEW_VAL_ROWS
     assert [w for w in plan_warnings(plan, 500) if "validation rows" in w]
