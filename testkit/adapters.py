@@ -62,8 +62,11 @@ def push_adapters(registry: Path, base: Any, paths: list[Path], prefix: str = "l
     return [reg.push(f"{prefix}{i}", p, lineage).ref for i, p in enumerate(paths)]
 
 
-def train_tiny(registry: Path, out: Path, name: str, data: str, seed: int, steps: int = 8) -> str:
-    """A version of `name` trained on the tiny model in a few steps (tests and benchmarks)."""
+def train_tiny(
+    registry: Path, out: Path, name: str, data: str, seed: int, steps: int = 8, extra: tuple[str, ...] = ()
+) -> str:
+    """A version of `name` trained on the tiny model in a few steps (tests and benchmarks);
+    `extra`: more `key=value` config overrides."""
     from rich.console import Console
 
     from trainer.config import load_config
@@ -87,6 +90,7 @@ def train_tiny(registry: Path, out: Path, name: str, data: str, seed: int, steps
             "data.overlong=truncate",  # rows of ~100-150 tokens: cut the prompt, keep the answer
             "lora.r=8",
             "lora.alpha=16",
+            *extra,
         ],
     )
     return publish(run(config, console=Console(quiet=True)), str(registry))

@@ -204,6 +204,11 @@ class TrainConfig:
     init_adapter: str | None = None
     """Registry reference (name@3, name:prod) of a version to continue from: training starts from
     its weights instead of a fresh LoRA. Same base model, lora.r and lora.target_modules required."""
+    response_format: str | None = None
+    """The output format of a JSON task: a JSON file holding a JSON schema (or an OpenAI
+    `response_format` object), or `sample:contact-json` for the shipped sample's schema. The
+    published version carries it as its default response format: the server constrains requests
+    that name none to it, so `model="contact:prod"` answers schema-valid JSON."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -211,6 +216,22 @@ class TrainConfig:
     def run_dir_stem(self, stamp: str) -> str:
         """The run folder's name under output_dir: `<name>-<stamp>` (name is checked, so no `/`)."""
         return f"{check_name(self.name)}-{stamp}"
+
+    def read_response_format(self) -> dict[str, Any] | None:
+        """`response_format` read and checked as an OpenAI response_format (a plain schema is
+        wrapped as a strict `json_schema` named after the adapter); None when unset."""
+        from registry.errors import RegistryError
+        from registry.response_format import read_response_format
+        from trainer.samples import schema_path
+
+        spec = self.response_format
+        if spec is None:
+            return None
+        path = schema_path(spec) if spec.startswith("sample:") else Path(spec).expanduser()
+        try:
+            return read_response_format(path, check_name(self.name))
+        except (RegistryError, InvalidReferenceError) as exc:
+            raise TrainerError(str(exc)) from exc
 
     def resume_checkpoint(self) -> str | None:
         """`training.resume` as a checkpoint folder: `last` is the newest one of an earlier run of this name."""
@@ -395,6 +416,11 @@ def _location_problems(config: TrainConfig) -> list[str]:
     problem = _base_model_problem(config.base_model)
     if problem:
         problems.append(f"base_model: {problem}")
+    if config.response_format is not None:
+        try:
+            config.read_response_format()
+        except TrainerError as exc:
+            problems.append(f"response_format: {exc}")
     return problems
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from rich.console import Console
 
+from registry.response_format import RESPONSE_FORMAT
 from registry.store import KEEP_FILES, Registry
 from trainer.config import TrainConfig
 from trainer.distributed import Dist
@@ -57,7 +58,8 @@ def train_and_publish(
 
 
 def publish(result: RunResult, registry_root: str | None = None) -> str:
-    """Push the run's adapter and its records; returns the new reference `name@N`.
+    """Push the run's adapter and its records; returns the new reference `name@N`. A run whose
+    config named a `response_format` publishes it as the version's default response format.
 
     The lineage already holds the tracking run's id and URI; once the number is issued the MLflow
     run is renamed to `name@N`, tagged with it and given the model card (each points at the other).
@@ -66,7 +68,7 @@ def publish(result: RunResult, registry_root: str | None = None) -> str:
     try:
         extra = {
             f: result.run_dir / f
-            for f in KEEP_FILES
+            for f in (*KEEP_FILES, RESPONSE_FORMAT)
             if f != "lineage.json" and (result.run_dir / f).is_file()
         }
         name = result.lineage["config"]["name"]

@@ -23,6 +23,7 @@ import yaml
 from rich.console import Console
 
 from registry.basemodels import BaseModel, resolve_base_model
+from registry.response_format import RESPONSE_FORMAT
 from trainer import strategy
 from trainer.arguments import training_arguments
 from trainer.callbacks import (
@@ -380,6 +381,9 @@ class LoRARecipe:
             + yaml.safe_dump(self.config.to_dict(), sort_keys=False)
         )
         (self.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        response_format = self.config.read_response_format()
+        if response_format is not None:  # published as the version's default (trainer/publish.py)
+            (self.run_dir / RESPONSE_FORMAT).write_text(json.dumps(response_format, indent=2) + "\n")
         samples = []
         with (self.run_dir / "predictions.jsonl").open("w") as fh:
             for i, ex in enumerate(self.eval_rows):

@@ -19,6 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from trainer.errors import TrainerError
+
 SAMPLES_DIR = Path(__file__).parent / "samples"
 
 _ISSUES = {
@@ -240,6 +242,18 @@ DEFAULT_SAMPLE = "support-tickets"
 
 def sample_path(name: str) -> Path:
     return SAMPLES_DIR / f"{name}.jsonl"
+
+
+SCHEMAS = ("contact-json",)
+"""Samples whose answers follow a JSON schema, shipped as `<name>.schema.json`."""
+
+
+def schema_path(spec: str) -> Path:
+    """The shipped schema file of `sample:<name>`; TrainerError for a sample without one."""
+    name = spec.split(":", 1)[1]
+    if name not in SCHEMAS:
+        raise TrainerError(f"no shipped schema for {spec!r}; known: {', '.join(f'sample:{s}' for s in SCHEMAS)}")
+    return SAMPLES_DIR / f"{name}.schema.json"
 
 
 def write_samples(out_dir: Path = SAMPLES_DIR) -> list[Path]:

@@ -12,11 +12,13 @@ from typing import Any
 import httpx
 import jsonschema
 import pytest
+from click.testing import CliRunner
 
+from cli.main import cli
 from registry.basemodels import EMBEDDED_TINY
 from registry.response_format import with_response_format
 from registry.store import Registry
-from tests.serving.fixtures import Server, wait_until
+from tests.serving.fixtures import Server, train_tiny, wait_until
 
 CONTACT = {
     "type": "object",
@@ -160,6 +162,30 @@ def test_a_version_with_a_stored_schema_answers_json_without_a_response_format(
     assert text == _content(_chat(server, src.ref))
     choice = _content(_chat(server, "contactfmt:prod", structured_outputs={"choice": ["a", "b"]}))
     assert choice in ("a", "b")
+
+
+def test_a_version_trained_with_a_response_format_answers_schema_valid_json_by_default(
+    server: Server, adapters: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    schema = tmp_path / "contact.schema.json"
+    schema.write_text(json.dumps(CONTACT))
+    ref = train_tiny(
+        adapters[0],
+        tmp_path / "runs",
+        "contacttrained",
+        "sample:contact-json",
+        seed=3,
+        steps=2,
+        extra=(f"response_format={schema}",),
+    )
+    shown = CliRunner().invoke(cli, ["registry", "schema", ref, "--registry", str(adapters[0])])
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.output) == {
+        "type": "json_schema",
+        "json_schema": {"name": "contacttrained", "schema": CONTACT, "strict": True},
+    }
+    wait_until(lambda: _chat(server, ref).status_code == 200, 5)
+    jsonschema.validate(json.loads(_content(_chat(server, ref))), CONTACT)
 
 
 def test_logit_bias_reaches_the_engine(server: Server) -> None:

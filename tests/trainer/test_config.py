@@ -48,6 +48,24 @@ def test_all_problems_are_reported_at_once(tmp_path: Path) -> None:
     assert any("training.lr" in p for p in problems) and any("training.dtype" in p for p in problems)
 
 
+def test_a_response_format_is_read_and_checked_at_load(tmp_path: Path) -> None:
+    shipped = load_config(None, ["name=contact", "response_format=sample:contact-json"])
+    rf = shipped.read_response_format()
+    assert rf is not None and rf["json_schema"]["name"] == "contact" and rf["json_schema"]["strict"]
+    assert rf["json_schema"]["schema"]["required"] == ["name", "city", "intent"]
+    bad = tmp_path / "schema.json"
+    bad.write_text('{"type": "object",\n "properties": {"a": {"type": "strang"}}}')
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"type": "object",\n "properties": }')
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [f"response_format={bad}"])
+    assert f"response_format: {bad}: not a valid JSON schema at properties/a/type" in str(err.value)
+    with pytest.raises(ConfigError, match=rf"response_format: {broken}: line 2, column 16"):
+        load_config(None, [f"response_format={broken}"])
+    with pytest.raises(ConfigError, match="no shipped schema for 'sample:support-tickets'"):
+        load_config(None, ["response_format=sample:support-tickets"])
+
+
 def test_wrong_types_name_the_field() -> None:
     with pytest.raises(ConfigError, match=r"training.max_steps: expected int, got 'many'"):
         load_config(None, ["training.max_steps=many"])
