@@ -97,6 +97,16 @@ from cli.errors import handle_errors
 @click.option(
     "--max-replicas", type=click.IntRange(min=1), help="Autoscaling upper bound: turns autoscaling on."
 )
+@click.option(
+    "--tool-parser",
+    help="vLLM tool-call parser for the base model (vLLM's --tool-call-parser names: hermes, "
+    "llama3_json, mistral, ...): enables tools/tool_choice where the chat template renders tools.",
+)
+@click.option(
+    "--chat-template",
+    type=click.Path(dir_okay=False, exists=True),
+    help="Jinja chat template file used instead of the base model's own.",
+)
 @click.option("--target-ongoing-requests", type=float, help="Autoscaling target per replica (default 8).")
 @click.option(
     "--log-payloads",

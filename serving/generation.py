@@ -181,7 +181,9 @@ class Generation:
                 job = await asyncio.to_thread(build_job, state, req)
                 job.key_hash = state.hasher.api_key(bearer(headers or {}))
                 target, shadow = await _lease(state, job, sticky_key, held)
-                job.params = await asyncio.to_thread(structured.constrain, state, req, job.params, target)
+                job.params = await asyncio.to_thread(
+                    structured.constrain, state, req, job.params, target, job.tools
+                )
             logged = None
             if state.payloads is not None and state.payloads.name_of(job) is not None:
                 logged = request_text(req)

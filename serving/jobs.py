@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from serving.engine.base import GenParams
+from serving import tools
+from serving.engine.base import GenParams, ToolPlan
 from serving.errors import BadRequestError
 from serving.protocol import ChatCompletionRequest, CompletionRequest, new_id
 from serving.state import ServerState
@@ -34,6 +35,8 @@ class Job:
     key_hash: str | None = None
     """Keyed hash of the API key the request came with (feedback must come with the same)."""
     extra_headers: dict[str, str] = field(default_factory=dict)
+    tools: ToolPlan | None = None
+    """How the answer's tool calls are constrained and parsed (chat requests with `tools`)."""
 
 
 def build_job(state: ServerState, req: RequestBody) -> Job:
@@ -42,15 +45,17 @@ def build_job(state: ServerState, req: RequestBody) -> Job:
         raise BadRequestError(
             "echo is not supported by this server; leave it out or set it false", param="echo"
         )
+    plan = tools.plan(state, req) if isinstance(req, ChatCompletionRequest) else None
     prompt_ids = render(state, req)
     return Job(
         chat=chat,
         model=req.model,
         prompt_ids=prompt_ids,
-        params=_params(state, req, len(prompt_ids)),
+        params=_params(state, req, len(prompt_ids), plan),
         stream=req.stream,
         include_usage=bool(req.stream_options and req.stream_options.include_usage),
         id=new_id("chatcmpl" if chat else "cmpl"),
+        tools=plan,
     )
 
 
@@ -68,11 +73,11 @@ def render(state: ServerState, req: RequestBody) -> list[int]:
 
 
 def _chat_ids(state: ServerState, req: ChatCompletionRequest) -> list[int]:
-    messages = [
-        {"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages
-    ]
+    messages = [tools.template_message(m) for m in req.messages]
     try:
-        ids = state.engine.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        ids = state.engine.tokenizer.apply_chat_template(
+            messages, tools=tools.template_tools(req), add_generation_prompt=True, tokenize=True
+        )
     except Exception as exc:  # jinja template errors (roles the template refuses), unencodable text
         raise BadRequestError(
             f"the chat template could not render these messages: {exc}", param="messages"
@@ -101,7 +106,7 @@ def _prompt_ids(state: ServerState, prompt: str | list[str] | list[int]) -> list
         ) from exc
 
 
-def _params(state: ServerState, req: RequestBody, prompt_len: int) -> GenParams:
+def _params(state: ServerState, req: RequestBody, prompt_len: int, plan: ToolPlan | None) -> GenParams:
     if req.n > state.settings.max_n:
         raise BadRequestError(f"n={req.n} exceeds this server's cap of {state.settings.max_n}", param="n")
     stops = req.stop_list()
@@ -121,6 +126,7 @@ def _params(state: ServerState, req: RequestBody, prompt_len: int) -> GenParams:
         logprobs=logprobs,
         presence_penalty=req.presence_penalty,
         frequency_penalty=req.frequency_penalty,
+        skip_special_tokens=plan is None or plan.skip_special_tokens,
     )
 
 

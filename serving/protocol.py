@@ -4,7 +4,8 @@ Every request field that reaches the engine or SQLite is bounded here, so an odd
 integer, NaN, a megabyte string) is a 400 naming the field, never a 5xx.
 
 No request field is silently dropped: each OpenAI field is honoured, or refused with a 400 that
-names it and says why (`refused`: tools, audio, ...), or on the short list of fields that change
+names it and says why (`refused`: audio, ...; `tools` where the server has no tool calling), or on
+the short list of fields that change
 nothing about a completion here (`IGNORED_FIELDS`). A field OpenAI does not define is a 400 naming
 it, except vLLM's `structured_outputs` extra, which is honoured.
 """
@@ -79,11 +80,9 @@ IGNORED_FIELDS = (
     "service_tier",
     "prompt_cache_key",
     "safety_identifier",
-    "parallel_tool_calls",
 )
-"""OpenAI fields accepted and ignored: storage, billing tier, cache and abuse-tracking hints, and
-`parallel_tool_calls` (meaningless without `tools`, which are refused). `user` is used (A/B
-stickiness, payload logs)."""
+"""OpenAI fields accepted and ignored: storage, billing tier, cache and abuse-tracking hints.
+`user` is used (A/B stickiness, payload logs), `parallel_tool_calls` with `tools`."""
 
 
 def refused(why: str, harmless: tuple[Any, ...] = (None,)) -> AfterValidator:
@@ -99,10 +98,57 @@ def refused(why: str, harmless: tuple[Any, ...] = (None,)) -> AfterValidator:
     return AfterValidator(check)
 
 
-_NO_TOOLS = (
-    "tool calling is not supported by this server: no vLLM tool parser is set up for its base model; "
-    "leave tools/tool_choice out (or use response_format for structured answers)"
-)
+_FUNCTIONS = "the deprecated functions/function_call are not supported; use tools/tool_choice"
+_Name = Annotated[str, Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")]
+
+
+class FunctionDefinition(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: _Name
+    description: str | None = Field(None, max_length=8192)
+    parameters: dict[str, Any] | None = None
+    """A JSON schema of the arguments."""
+    strict: bool | None = None
+    """Arguments constrained to `parameters` when the function is called by `tool_choice`."""
+
+
+class Tool(BaseModel):
+    """OpenAI's function tool."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["function"] = "function"
+    function: FunctionDefinition
+
+
+class FunctionName(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: _Name
+
+
+class NamedToolChoice(BaseModel):
+    """`tool_choice` naming the one function to call."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["function"] = "function"
+    function: FunctionName
+
+
+class FunctionCallIn(BaseModel):
+    name: str = Field(max_length=64)
+    arguments: str = Field("", max_length=1 << 20)
+    """JSON text, as OpenAI sends it."""
+
+
+class ToolCallIn(BaseModel):
+    """A tool call of an earlier assistant message in the conversation."""
+
+    id: str = Field(max_length=128)
+    type: Literal["function"] = "function"
+    function: FunctionCallIn
 
 
 class _Request(BaseModel):
@@ -132,7 +178,6 @@ class _Request(BaseModel):
     service_tier: str | None = Field(None, max_length=32)
     prompt_cache_key: str | None = Field(None, max_length=512)
     safety_identifier: str | None = Field(None, max_length=512)
-    parallel_tool_calls: bool | None = None
 
     def stop_list(self) -> list[str]:
         if self.stop is None:
@@ -151,6 +196,10 @@ class ChatMessage(BaseModel):
 
     role: Literal["system", "user", "assistant", "developer", "tool"]
     content: str | list[dict[str, Any]] | None = None
+    tool_calls: list[ToolCallIn] | None = Field(None, max_length=128)
+    """An assistant message's tool calls."""
+    tool_call_id: str | None = Field(None, max_length=128)
+    """A tool message's answer to this call."""
 
     def text(self) -> str:
         if isinstance(self.content, list):
@@ -163,11 +212,13 @@ class ChatCompletionRequest(_Request):
     max_completion_tokens: int | None = Field(None, ge=1, le=COUNT_MAX)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
+    tools: list[Tool] | None = Field(None, max_length=128)
+    """Functions the model may call (where the server has tool calling; else a 400 naming it)."""
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
     # refused: a 400 naming the field
-    tools: Annotated[Any, refused(_NO_TOOLS, (None, []))] = None
-    tool_choice: Annotated[Any, refused(_NO_TOOLS, (None, "none"))] = None
-    functions: Annotated[Any, refused(_NO_TOOLS, (None, []))] = None
-    function_call: Annotated[Any, refused(_NO_TOOLS, (None, "none"))] = None
+    functions: Annotated[Any, refused(_FUNCTIONS, (None, []))] = None
+    function_call: Annotated[Any, refused(_FUNCTIONS, (None, "none"))] = None
     audio: Annotated[Any, refused("audio output is not supported: this server answers text only")] = None
     modalities: Annotated[Any, refused("only the text modality is supported", (None, ["text"]))] = None
     prediction: Annotated[Any, refused("predicted outputs are not supported by this server")] = None
@@ -234,9 +285,29 @@ class TextLogprobs(_Body):
     text_offset: list[int]
 
 
+class FunctionCallOut(_Body):
+    name: str
+    arguments: str
+
+
+class ToolCallOut(_Body):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCallOut
+
+
 class AssistantMessage(_Body):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[ToolCallOut] | None = None
+    """Left out of the JSON unless the model called tools."""
+
+    @model_serializer(mode="wrap")
+    def _tool_calls_if_any(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        out: dict[str, Any] = handler(self)
+        if out.get("tool_calls") is None:
+            out.pop("tool_calls", None)
+        return out
 
 
 class ChatChoice(_Body):
@@ -278,6 +349,8 @@ class ChunkDelta(_Body):
 
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    """Pieces of tool calls: index, then id, type and function name, then more arguments."""
 
     @model_serializer(mode="wrap")
     def _set_fields_only(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:

@@ -69,6 +69,7 @@ def check_startup(settings: ServeSettings) -> Startup:
     """Everything that can be checked before the engine starts (seconds, not minutes): the base
     model, the registry, every pin and the port. StartupError names the flag at fault."""
     base = _base_model(settings.base_model)
+    _check_tool_settings(settings)
     if settings.log_payloads:  # a redaction hook that does not load stops the server before it starts
         from serving.payloads import load_redactor
 
@@ -83,6 +84,45 @@ def check_startup(settings: ServeSettings) -> Startup:
         registry.close()
         raise
     return Startup(base, registry)
+
+
+def _check_tool_settings(settings: ServeSettings) -> None:
+    """--chat-template must be a readable Jinja template; --tool-parser a parser vLLM has, on the
+    vLLM engine."""
+    if settings.chat_template is not None:
+        from jinja2 import TemplateSyntaxError
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        try:
+            ImmutableSandboxedEnvironment().parse(Path(settings.chat_template).read_text())
+        except (OSError, UnicodeDecodeError) as exc:
+            raise StartupError(f"cannot read it: {exc}", param="--chat-template") from None
+        except TemplateSyntaxError as exc:
+            raise StartupError(
+                f"line {exc.lineno}: not a valid Jinja template ({exc.message})", param="--chat-template"
+            ) from None
+    if settings.tool_parser is None:
+        return
+    if settings.engine != "vllm":
+        raise StartupError("tool calling needs --engine vllm (its tool parsers)", param="--tool-parser")
+    if settings.replicas is not None:  # the ingress's RemoteEngine plans and parses no tool calls
+        raise StartupError(
+            "tool calling is not supported with --replicas yet; serve one engine", param="--tool-parser"
+        )
+    from serving.engine.cpu import TESTED_VLLM, vllm_tested, vllm_version
+    from serving.engine.vllm_tools import parser_names
+
+    if not vllm_tested():  # the parsers are reached through vLLM internals (serving/engine/vllm_tools.py)
+        raise StartupError(
+            f"tool calling was tested with vLLM {TESTED_VLLM}, not the installed {vllm_version()}",
+            param="--tool-parser",
+        )
+    known = parser_names()
+    if settings.tool_parser not in known:
+        raise StartupError(
+            f"unknown tool parser {settings.tool_parser!r}; vLLM has: {', '.join(known)}",
+            param="--tool-parser",
+        )
 
 
 def _base_model(name: str) -> BaseModel:

@@ -79,6 +79,13 @@ class ServeSettings(BaseSettings):
     the registry folder's `server_secret`; replicas on one database should share one)."""
     refresh_interval_s: float = Field(0.2, gt=0)
     """How often the registry's change counter is polled (new versions, alias moves)."""
+    tool_parser: str | None = None
+    """vLLM tool-call parser for the base model's output, by vLLM's `--tool-call-parser` name
+    (`hermes`, `llama3_json`, `mistral`, ...). With it, and a chat template that renders `tools`,
+    chat requests may carry `tools`/`tool_choice` (vLLM engine only); without it they are a 400."""
+    chat_template: str | None = None
+    """A Jinja chat template file rendered instead of the base model's own (e.g. one that renders
+    `tools`)."""
     served_model_name: str | None = None
     """Name of the base model in the API (default: the base model id)."""
     replicas: int | None = Field(None, ge=1)

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from registry.errors import RegistryError
 from registry.response_format import RESPONSE_FORMAT, check_json_schema
-from serving.engine.base import Constraint, GenParams
+from serving.engine.base import Constraint, GenParams, ToolPlan
 from serving.errors import AdapterLoadError, BadRequestError
 from serving.protocol import ChatCompletionRequest, CompletionRequest, ResponseFormat, StructuredOutputs
 
@@ -33,12 +33,19 @@ log = logging.getLogger("lora_platform.serving")
 
 
 def constrain(
-    state: ServerState, req: ChatCompletionRequest | CompletionRequest, params: GenParams, target: Target
+    state: ServerState,
+    req: ChatCompletionRequest | CompletionRequest,
+    params: GenParams,
+    target: Target,
+    tools: ToolPlan | None = None,
 ) -> GenParams:
-    """`params` with the request's constraint (or its version's default) and logit bias; a 400
-    naming the field when the engine cannot honour them (a schema it cannot compile)."""
-    constraint = request_constraint(req)
-    if constraint is None and req.response_format is None and target.adapter is not None:
+    """`params` with the request's constraint (with `tools`: the tool plan's, which holds it) or
+    its version's default (not for a request with `tools`), and logit bias; a 400 naming the field
+    when the engine cannot honour them (a schema it cannot compile)."""
+    # with tools, the plan's constraint holds the request's own (serving/tools.py)
+    constraint = request_constraint(req) if tools is None else tools.constraint
+    asks_tools = isinstance(req, ChatCompletionRequest) and bool(req.tools)
+    if constraint is None and req.response_format is None and target.adapter is not None and not asks_tools:
         constraint = version_default(target.adapter.path, target.served_name)
     bias = logit_bias(req, len(state.engine.tokenizer))
     if constraint is None and not bias:

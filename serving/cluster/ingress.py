@@ -60,7 +60,7 @@ def ingress_app(settings: ServeSettings, replicas: DeploymentHandle[Any], multip
     """The single server's app whose engine forwards to the engine replicas behind `replicas`."""
 
     def engine(settings: ServeSettings, base: BaseModel) -> RemoteEngine:
-        return RemoteEngine(replicas, base, multiplex, tuple(settings.pin))
+        return RemoteEngine(replicas, base, multiplex, tuple(settings.pin), settings.chat_template)
 
     def on_start(state: ServerState) -> None:
         assert isinstance(state.engine, RemoteEngine)

@@ -17,7 +17,7 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 from registry.basemodels import BaseModel
 from serving.cluster import BASE_MODEL_ID
 from serving.cluster.replica import ReplicaReport
-from serving.engine.base import AdapterHandle, Delta, Engine, GenParams
+from serving.engine.base import AdapterHandle, Delta, Engine, GenParams, load_tokenizer
 from serving.errors import ServiceUnavailableError
 
 log = logging.getLogger("lora_platform.serving")
@@ -90,8 +90,10 @@ class RemoteEngine(Engine):
         base: BaseModel,
         multiplex: bool = True,
         pinned: tuple[str, ...] = (),
+        chat_template: str | None = None,
     ) -> None:
         self.handle, self.base, self.multiplex = handle, base, multiplex
+        self.chat_template = chat_template
         try:  # by value, over Ray Serve's gRPC transport: 1.3 ms a call here instead of 3 ms
             self.streaming = handle.options(stream=True, _by_reference=False)
         except TypeError:  # a Ray Serve without that (private) option: Ray's actor calls
@@ -104,9 +106,7 @@ class RemoteEngine(Engine):
         self._draining: set[asyncio.Future[None]] = set()
 
     async def start(self) -> None:
-        from transformers import AutoTokenizer
-
-        self._tokenizer = await asyncio.to_thread(AutoTokenizer.from_pretrained, self.base.path)
+        self._tokenizer = await asyncio.to_thread(load_tokenizer, self.base.path, self.chat_template)
 
     async def shutdown(self) -> None:
         return None

@@ -13,7 +13,7 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 from registry.basemodels import BaseModel
-from serving.engine.base import AdapterHandle, Delta, Engine, GenParams
+from serving.engine.base import AdapterHandle, Delta, Engine, GenParams, load_tokenizer
 from serving.engine.cpu import lora_kernel
 from serving.errors import AdapterLoadError, EngineDeadError
 from serving.settings import ServeSettings
@@ -37,11 +37,11 @@ class PeftEngine(Engine):
 
     def _load(self) -> None:
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
         setting = lora_kernel.cpu_dtype(self.settings.dtype)  # this engine always runs on the CPU
         dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "auto": "auto"}[setting]
-        self._tokenizer = AutoTokenizer.from_pretrained(self.base.path)
+        self._tokenizer = load_tokenizer(self.base.path, self.settings.chat_template)
         if self._tokenizer.pad_token is None:
             self._tokenizer.pad_token = self._tokenizer.eos_token
         self.model = AutoModelForCausalLM.from_pretrained(self.base.path, dtype=dtype)

@@ -1,7 +1,8 @@
 """vLLM engine: `AsyncLLM` in this process (its engine core in a child process), LoRA enabled.
 
-The only module of the project that imports vllm. Prompts go in as token ids rendered by
-our tokenizer, so both engines see identical inputs.
+With vllm_tools.py (vLLM's tool parsers) and cpu/ (CPU kernels), the only modules of the project
+that import vllm. Prompts go in as token ids rendered by our tokenizer, so both engines see
+identical inputs.
 """
 
 from __future__ import annotations
@@ -11,8 +12,19 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 from registry.basemodels import BaseModel
-from serving.engine.base import AdapterHandle, Delta, Engine, EngineTimes, GenParams, TokenLogprob
+from serving.engine.base import (
+    AdapterHandle,
+    Constraint,
+    Delta,
+    Engine,
+    EngineTimes,
+    GenParams,
+    TokenLogprob,
+    ToolPlan,
+    load_tokenizer,
+)
 from serving.engine.cpu import lora_kernel, vllm_tested
+from serving.engine.vllm_tools import VLLMTools, structured_outputs
 from serving.errors import AdapterLoadError, BadRequestError, EngineDeadError
 from serving.settings import ServeSettings
 
@@ -27,9 +39,9 @@ class VLLMEngine(Engine):
         self.base = base
         self.llm: Any = None
         self._tokenizer: Any = None
+        self.tools: VLLMTools | None = None
 
     async def start(self) -> None:
-        from transformers import AutoTokenizer
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.platforms import current_platform
         from vllm.v1.engine.async_llm import AsyncLLM
@@ -38,7 +50,10 @@ class VLLMEngine(Engine):
         reserved = _reserved_cores(self.settings.cpu_reserved_cores)
         if reserved is not None and current_platform.is_cpu():
             os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", str(reserved))
-        self._tokenizer = AutoTokenizer.from_pretrained(self.base.path)
+        self._tokenizer = load_tokenizer(self.base.path, self.settings.chat_template)
+        if self.settings.tool_parser is not None:
+            self.tools = VLLMTools(self.settings.tool_parser, self._tokenizer)
+            self.tool_parser = self.settings.tool_parser
         s = self.settings
         dtype = lora_kernel.cpu_dtype(s.dtype) if current_platform.is_cpu() else s.dtype
         slot_aware = current_platform.is_cpu() and vllm_tested()  # an untested vLLM keeps its own
@@ -104,6 +119,18 @@ class VLLMEngine(Engine):
         except Exception as exc:
             self._raise_if_dead(exc)
             raise
+
+    def plan_tools(
+        self,
+        model: str,
+        tools: list[dict[str, Any]],
+        tool_choice: Any,
+        parallel: bool | None,
+        constraint: Constraint | None = None,
+    ) -> ToolPlan:
+        if self.tools is None:
+            return super().plan_tools(model, tools, tool_choice, parallel, constraint)
+        return self.tools.plan(model, tools, tool_choice, parallel, constraint)
 
     def check_params(self, params: GenParams) -> None:
         """vLLM's own request checks (the ones `add_request` makes), before the request is answered:
@@ -185,14 +212,8 @@ def _structured_outputs_config() -> Any:
 def _sampling_params(params: GenParams) -> Any:
     """vLLM's SamplingParams for our GenParams (deltas out: the server streams them)."""
     from vllm import SamplingParams
-    from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
+    from vllm.sampling_params import RequestOutputKind
 
-    c = params.constraint
-    structured = None
-    if c is not None:
-        spec: Any = list(c.spec) if isinstance(c.spec, tuple) else c.spec
-        kind: dict[str, Any] = {c.kind: True if c.kind == "json_object" else spec}
-        structured = StructuredOutputsParams(**kind)
     return SamplingParams(
         n=params.n,
         temperature=params.temperature,
@@ -203,8 +224,9 @@ def _sampling_params(params: GenParams) -> Any:
         logprobs=params.logprobs,
         presence_penalty=params.presence_penalty,
         frequency_penalty=params.frequency_penalty,
-        structured_outputs=structured,
+        structured_outputs=structured_outputs(params.constraint),
         logit_bias=dict(params.logit_bias) or None,
+        skip_special_tokens=params.skip_special_tokens,
         output_kind=RequestOutputKind.DELTA,
     )
 

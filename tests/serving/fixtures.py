@@ -140,6 +140,32 @@ def server(
     )
 
 
+TOOLS_TEMPLATE = Path(__file__).parents[2] / "serving" / "chat_templates" / "chatml-tools.jinja"
+"""The shipped ChatML template with Hermes-style tool calls (the tiny model's own renders no tools)."""
+
+
+@pytest.fixture(scope="session")
+def tool_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A server of the tiny base (an empty registry: no adapters to train first) that honours
+    `tools`: vLLM's `hermes` tool parser and a chat template that renders tools (the session server
+    has neither: there tools are a 400)."""
+    root = tmp_path_factory.mktemp("tool-server")
+    yield from running_server(
+        root / "registry",
+        root,
+        "--dtype",
+        "float32",
+        "--max-lora-rank",
+        "16",
+        "--kv-cache-gb",
+        "1",
+        "--tool-parser",
+        "hermes",
+        "--chat-template",
+        str(TOOLS_TEMPLATE),
+    )
+
+
 @dataclass
 class CatalogServer:
     """A running server and the registry it follows: a folder (SQLite), or PostgreSQL + artifacts."""

@@ -27,6 +27,7 @@ def test_tools_on_a_base_without_tool_calling_are_a_400_naming_tools(server: Ser
     with pytest.raises(openai.BadRequestError) as bad:
         server.client().chat.completions.create(model="support@1", messages=HI, tools=[TOOL], max_tokens=2)  # type: ignore[arg-type, list-item]
     assert bad.value.body["param"] == "tools" and "tool calling is not supported" in bad.value.body["message"]  # type: ignore[index]
+    assert "--tool-parser" in bad.value.body["message"]  # type: ignore[index]  # says how to get it
     r = _post(server, {"messages": HI, "tool_choice": "auto"})
     assert r.status_code == 400 and r.json()["error"]["param"] == "tool_choice"
     assert _post(server, {"messages": HI, "tool_choice": "none"}).status_code == 200  # asks for nothing
