@@ -252,7 +252,9 @@ def schema_path(spec: str) -> Path:
     """The shipped schema file of `sample:<name>`; TrainerError for a sample without one."""
     name = spec.split(":", 1)[1]
     if name not in SCHEMAS:
-        raise TrainerError(f"no shipped schema for {spec!r}; known: {', '.join(f'sample:{s}' for s in SCHEMAS)}")
+        raise TrainerError(
+            f"no shipped schema for {spec!r}; known: {', '.join(f'sample:{s}' for s in SCHEMAS)}"
+        )
     return SAMPLES_DIR / f"{name}.schema.json"
 
 
