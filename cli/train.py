@@ -69,6 +69,35 @@ def metrics_records(columns: dict[str, dict[str, float]]) -> list[Record]:
     "--tracking-uri",
     help="MLflow tracking server, e.g. http://127.0.0.1:5000 (turns MLflow on; default MLFLOW_TRACKING_URI).",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    help="Train on Ray: N Ray Train workers (data-parallel), checkpoints in shared storage, "
+    "restarted from the latest one when a worker dies.",
+)
+@click.option(
+    "--ray-address",
+    help="Ray cluster for --workers (auto, ray://head:10001, host:6379); default: a local Ray.",
+)
+@click.option(
+    "--gpus-per-worker",
+    type=click.FloatRange(min=0),
+    default=0,
+    show_default=True,
+    help="GPUs each Ray worker reserves (0: CPU training).",
+)
+@click.option(
+    "--max-failures",
+    type=click.IntRange(min=0),
+    default=3,
+    show_default=True,
+    help="With --workers: restarts from the latest checkpoint after a worker dies.",
+)
+@click.option(
+    "--checkpoint-storage",
+    help="With --workers: folder or URL every worker reaches (default: train-checkpoints/ "
+    "beside the registry's version files).",
+)
 @registry_options
 @click.argument("overrides", nargs=-1)
 @handle_errors
@@ -86,6 +115,11 @@ def train_cmd(
     init_adapter: str | None,
     tracking: tuple[str, ...],
     tracking_uri: str | None,
+    workers: int | None,
+    ray_address: str | None,
+    gpus_per_worker: float,
+    max_failures: int,
+    checkpoint_storage: str | None,
     registry_root: str | None,
     overrides: tuple[str, ...],
 ) -> None:
@@ -93,7 +127,16 @@ def train_cmd(
 
     With no arguments: the embedded SmolLM2-135M-Instruct on the shipped support-tickets sample,
     with the defaults meant for real data (2 epochs, lr 2e-4); the plan is printed before training.
+    With --workers N the same recipe runs on N Ray Train workers and publishes one version.
     """
+    ray_only = {
+        "--ray-address": ray_address is not None,
+        "--gpus-per-worker": bool(gpus_per_worker),
+        "--checkpoint-storage": checkpoint_storage is not None,
+    }
+    given = [flag for flag, set_ in ray_only.items() if set_]
+    if given and workers is None:
+        raise click.UsageError(f"{', '.join(given)}: only with --workers N (training on Ray)")
     from trainer.config import load_config
     from trainer.publish import train_and_publish
     from trainer.recipe import dry_run as plan_only
@@ -114,6 +157,18 @@ def train_cmd(
     config = load_config(config_path, [*extra, *overrides])
     if dry_run:
         plan_only(config, console)
+        return
+    if workers is not None:
+        from trainer.ray_launch import RayLaunch, train_on_ray
+
+        launch = RayLaunch(
+            workers=workers,
+            address=ray_address,
+            gpus_per_worker=gpus_per_worker,
+            max_failures=max_failures,
+            checkpoint_storage=checkpoint_storage,
+        )
+        print_run(train_on_ray(config, launch, registry_root, Console(stderr=True), push=not no_push))
         return
     # under torchrun/accelerate every process runs this; rank 0 alone gets a result (and publishes)
     result = train_and_publish(config, Console(stderr=True), registry_root, push=not no_push)

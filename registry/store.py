@@ -126,6 +126,14 @@ class Registry:
             self._store = open_store(self._artifacts, home() / "artifacts")
         return self._store
 
+    @property
+    def artifacts_location(self) -> str:
+        """Where version files live, as a folder or URL: the registry folder, or the artifact store
+        of a database registry (long jobs keep their own files beside them: training checkpoints)."""
+        if self.root is not None:
+            return str(self.root)
+        return self.store.location
+
     def evidence(self) -> EvidenceStore:
         """The A/B evidence rows (in the catalog database)."""
         return EvidenceStore(self.db)

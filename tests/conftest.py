@@ -89,6 +89,24 @@ def registry_location(request: pytest.FixtureRequest, tmp_path: Path, monkeypatc
 
 
 @pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[str]:
+    """One local Ray per test session, for Ray Serve (tests/serving) and Ray Train (tests/trainer);
+    its GCS address, for drivers in other processes (`--ray-address`).
+
+    4 logical CPUs, so a Ray Train run with 2 workers finds room beside Serve replicas another test
+    module left up; workers inherit this environment (PYTHONPATH: the checkout under test)."""
+    ray = pytest.importorskip("ray")
+
+    env = {"PYTHONPATH": os.environ.get("PYTHONPATH", ""), "HF_HUB_OFFLINE": "1"}
+    # workers' logs stay in Ray's session folder: printed here they land in CliRunner's output
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_base):  # type: ignore[no-untyped-def]
     """A LoRA trained for a few steps on the tiny model and pushed to a session registry."""
     from rich.console import Console

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from rich.console import Console
 
 from registry.response_format import RESPONSE_FORMAT
@@ -10,7 +12,7 @@ from registry.store import KEEP_FILES, Registry
 from trainer.config import TrainConfig
 from trainer.distributed import Dist
 from trainer.errors import RankFailedError
-from trainer.recipe import RunResult, new_recipe
+from trainer.recipe import LoRARecipe, RunResult, new_recipe
 from trainer.tracking import link
 
 
@@ -20,6 +22,7 @@ def train_and_publish(
     registry_root: str | None = None,
     push: bool = True,
     dist: Dist | None = None,
+    prepare: Callable[[LoRARecipe], None] | None = None,
 ) -> RunResult | None:
     """Train, evaluate and save on this process's rank, then publish one version from rank 0.
 
@@ -27,12 +30,15 @@ def train_and_publish(
     environment when not given); one process alone is a run of one. Rank 0 publishes only after
     every rank has come through (an all-reduce of a success flag): a rank that fails never joins it,
     and its exit ends the others (torchrun stops every process), so nothing is half-published.
-    Returns the result on rank 0 and None on the other ranks.
+    Returns the result on rank 0 and None on the other ranks. `prepare` is a launcher's change to
+    the recipe before it sets up (Ray Train: checkpoint reports, the checkpoint to resume from).
     """
     with (dist or Dist.from_env()).joined() as dist:
         if not dist.is_main:
             console = Console(quiet=True)  # one plan, one progress bar: rank 0's
         recipe = new_recipe(config, console, registry_root, dist)
+        if prepare is not None:
+            prepare(recipe)
         result: RunResult | None = None
         with recipe.tracked():
             recipe.setup()

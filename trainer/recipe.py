@@ -113,6 +113,12 @@ class LoRARecipe:
         self.trained: dict[str, Any] = {}
         """trainer.lineage.training_record of the finished training."""
         self.hygiene: HygieneReport | None = None
+        self.extra_callbacks: list[Any] = []
+        """Trainer callbacks a launcher adds (Ray Train's checkpoint reports: trainer/ray_worker.py)."""
+        self.resume_from: str | None = None
+        """A checkpoint folder a launcher resumes from (Ray Train's latest); else `training.resume`."""
+        self.launcher: dict[str, Any] = {}
+        """What a launcher adds to the lineage's `distributed` record (Ray Train: `launcher`, `ray`)."""
 
     @contextlib.contextmanager
     def tracked(self) -> Iterator[None]:
@@ -267,6 +273,7 @@ class LoRARecipe:
         if self.tracking is not None:
             self.tracking.start()
             callbacks += self.tracking.callbacks()
+        callbacks += self.extra_callbacks
         trainer = Trainer(
             model=self.model,
             args=training_arguments(
@@ -282,7 +289,7 @@ class LoRARecipe:
             callbacks=callbacks,
         )
         trainer.remove_callback(PrinterCallback)
-        resume = self.config.resume_checkpoint()
+        resume = self.resume_from or self.config.resume_checkpoint()
         start = time.monotonic()
         with without_kv_cache(self.model):
             trainer.train(resume_from_checkpoint=resume)
@@ -415,7 +422,7 @@ class LoRARecipe:
             "tracking": self.tracking.record if self.tracking else {},
             "plan": self.plan.to_dict() if self.plan else None,
             "init_adapter": self.parent,
-            "distributed": strategy.lineage(self.config, self.dist.world_size),
+            "distributed": strategy.lineage(self.config, self.dist.world_size) | self.launcher,
             "export": export_lineage(self.config.data.path),
             "libraries": library_versions(),
             "created": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -97,3 +97,12 @@ def test_fields_checked_later_are_checked_up_front(tmp_path: Path) -> None:
         assert field in result.output
     assert "Traceback" not in result.output
     assert not (tmp_path / "runs").exists()
+
+
+def test_ray_options_without_workers_are_a_usage_error() -> None:
+    result = CliRunner().invoke(
+        cli, ["train", "--ray-address", "auto", "--gpus-per-worker", "1", "--no-push"]
+    )
+    assert result.exit_code == 2
+    assert "--ray-address, --gpus-per-worker: only with --workers N" in result.output
+    assert "Traceback" not in result.output
