@@ -316,3 +316,53 @@ def test_kuberay_dashboard_is_guarded_by_ray_token_auth_or_loopback() -> None:
 def test_the_load_balancer_keeps_metrics_inside() -> None:
     cfg = (DOCKER / "haproxy.cfg").read_text()
     assert re.search(r"^\s*http-request deny .*if \{ path_beg /metrics \}", cfg, flags=re.M)
+
+
+def test_kuberay_rayjob_trains_on_ray_workers_of_its_own_cluster() -> None:
+    """docker/k8s/rayjob.yaml: a KubeRay RayJob whose entrypoint is a real `platform train --workers N`
+    joining the job's cluster, whose worker group has room for the N workers (none on the head), every
+    pod reaching the shared registry from the Secret rayservice.yaml uses, and the cluster removed
+    after the job."""
+    from cli.main import cli
+    from trainer.config import load_config
+
+    ray = pytest.importorskip("ray")
+    doc = yaml.safe_load((DOCKER / "k8s" / "rayjob.yaml").read_text())
+    assert doc["kind"] == "RayJob" and doc["apiVersion"].startswith("ray.io/")
+    spec = doc["spec"]
+    tokens = shlex.split(spec["entrypoint"])
+    check_platform_command(tokens, "k8s/rayjob.yaml")
+    train = cli.get_command(click.Context(cli), "train")
+    assert train is not None and tokens[1] == "train"
+    params = train.make_context("train", tokens[2:]).params  # parsed as click would
+    assert params["workers"] >= 2 and params["ray_address"] == "auto"
+    image_root = Path(re.search(r"^WORKDIR (\S+)$", (DOCKER / "Dockerfile.cpu").read_text(), re.M).group(1))
+    load_config(ROOT / Path(params["config_path"]).relative_to(image_root))  # a shipped config, valid
+    assert spec["shutdownAfterJobFinishes"] is True
+
+    cluster = spec["rayClusterSpec"]
+    assert cluster["rayVersion"] == ray.__version__
+    assert cluster.get("authOptions", {}).get("mode") == "token"
+    head = cluster["headGroupSpec"]
+    assert head["rayStartParams"]["num-cpus"] == "0"  # workers never land on the head
+    room = 0.0
+    for group in cluster["workerGroupSpecs"]:
+        [container] = group["template"]["spec"]["containers"]
+        per_pod = float(container["resources"]["requests"]["cpu"])
+        if params["gpus_per_worker"]:
+            per_pod = float(container["resources"]["limits"]["nvidia.com/gpu"]) / params["gpus_per_worker"]
+        room += group["minReplicas"] * per_pod
+    assert room >= params["workers"], "the worker group cannot hold every Ray Train worker"
+
+    service = yaml.safe_load((DOCKER / "k8s" / "rayservice.yaml").read_text())
+    service_head = service["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    secret = {e["name"]: e for e in service_head["env"]}["LORA_PLATFORM_REGISTRY"]["valueFrom"]
+    pods = [head["template"]["spec"]["containers"][0]]
+    pods += [g["template"]["spec"]["containers"][0] for g in cluster["workerGroupSpecs"]]
+    for container in pods:  # checkpoints go beside the artifacts: every pod reaches both
+        env = {e["name"]: e for e in container["env"]}
+        assert env["LORA_PLATFORM_REGISTRY"]["valueFrom"] == secret
+        assert (
+            env["LORA_PLATFORM_ARTIFACTS"]["valueFrom"]["secretKeyRef"]["name"]
+            == secret["secretKeyRef"]["name"]
+        )
