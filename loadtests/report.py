@@ -299,6 +299,7 @@ RENDER: dict[str, Callable[[dict[str, Any]], str]] = {
     "bench_lora_avx2": lora_ops,
     "bench_ray": ray,
     "bench_ddp": training_layouts,
+    "bench_ray_train": training_layouts,
     "bench_registry": registry,
     "bench_load_stall": load_stall,
     "bench_preference": preference,
