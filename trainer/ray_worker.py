@@ -63,6 +63,7 @@ def train_worker(args: dict[str, Any]) -> str | None:
             recipe.extra_callbacks.append(ReportCheckpoints())
             recipe.resume_from = resume
             recipe.launcher = launcher
+            recipe.run_name = launcher["ray"]["run"]  # a restart trains on in the same run folder
 
         try:
             result = train_and_publish(

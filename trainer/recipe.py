@@ -72,11 +72,15 @@ def template_sha256(tokenizer: Any) -> str:
     return hashlib.sha256((tokenizer.chat_template or "").encode()).hexdigest()
 
 
-def new_run_dir(parent: Path, stem: str) -> Path:
-    """A fresh run folder directly under `parent`: runs started in the same second get `-2`, `-3`, ..."""
+def new_run_dir(parent: Path, stem: str, reuse: bool = False) -> Path:
+    """A fresh run folder directly under `parent`: runs started in the same second get `-2`, `-3`, ...
+    With `reuse`, the folder `stem` itself, kept if it exists (a restarted run's)."""
     if Path(stem).name != stem or stem in (".", ".."):
         raise TrainerError(f"run folder name {stem!r} would leave {parent}")
     parent.mkdir(parents=True, exist_ok=True)
+    if reuse:
+        (parent / stem).mkdir(exist_ok=True)
+        return parent / stem
     for i in range(1, 1000):
         path = parent / (stem if i == 1 else f"{stem}-{i}")
         try:
@@ -119,6 +123,9 @@ class LoRARecipe:
         """A checkpoint folder a launcher resumes from (Ray Train's latest); else `training.resume`."""
         self.launcher: dict[str, Any] = {}
         """What a launcher adds to the lineage's `distributed` record (Ray Train: `launcher`, `ray`)."""
+        self.run_name: str | None = None
+        """A launcher's name for the run folder, the same folder again when the launcher restarts the
+        run (Ray Train: its run name); else a fresh `<name>-<time>` folder."""
 
     @contextlib.contextmanager
     def tracked(self) -> Iterator[None]:
@@ -150,7 +157,11 @@ class LoRARecipe:
         """The run folder (created by rank 0, the same path on every rank) and, on rank 0, tracking."""
         c = self.config
         stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-        self.run_dir = self.dist.on_main(lambda: new_run_dir(Path(c.output_dir), c.run_dir_stem(stamp)))
+        self.run_dir = self.dist.on_main(
+            lambda: new_run_dir(
+                Path(c.output_dir), self.run_name or c.run_dir_stem(stamp), self.run_name is not None
+            )
+        )
         self.tracking = Tracking(c, self.run_dir) if tracking and self.dist.is_main else None
 
     def setup_data(self) -> None:

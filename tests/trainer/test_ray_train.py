@@ -80,25 +80,12 @@ def our_train_workers() -> list[psutil.Process]:
     return found
 
 
-def test_two_ray_workers_publish_one_version(ray_cluster: str, tmp_path: Path) -> None:
-    output = finish(start_driver(tmp_path, ray_cluster, "training.max_steps=2"), tmp_path)
-    assert "registered as raytiny@1" in output
-    [version] = versions(tmp_path)
-    assert version["ref"] == "raytiny@1"
-    lineage = version["lineage"]
-    assert isinstance(lineage, dict)
-    launch = lineage["distributed"]
-    assert launch["world_size"] == 2 and launch["strategy"] == "ddp" and launch["launcher"] == "ray-train"
-    assert launch["ray"]["run"].startswith("raytiny-") and launch["ray"]["resumed_from"] is None
-    assert lineage["training"]["steps"] == 2
-    assert len(list((tmp_path / "runs").iterdir())) == 1  # one run folder for both workers
-    # the checkpoints were only for resuming: the published version holds the run
-    assert list((tmp_path / "reg" / "train-checkpoints").iterdir()) == []
-
-
 def test_a_killed_worker_resumes_from_the_last_checkpoint_and_publishes_once(
     ray_cluster: str, tmp_path: Path
 ) -> None:
+    """Two Ray Train workers, one SIGKILLed after the first committed checkpoint: the run resumes
+    from it and the driver publishes one version for both workers (one test for both, to share the
+    driver's start)."""
     proc = start_driver(tmp_path, ray_cluster, "training.max_steps=6", "training.save_every=1")
     log = tmp_path / "driver.log"
     deadline = time.monotonic() + DRIVER_TIMEOUT_S
@@ -119,6 +106,12 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint_and_publishes_once(
     resumed = lineage["distributed"]["ray"]["resumed_from"]
     assert resumed is not None and resumed.startswith("checkpoint-"), resumed
     assert lineage["training"]["steps"] == 6
+    launch = lineage["distributed"]
+    assert launch["world_size"] == 2 and launch["strategy"] == "ddp" and launch["launcher"] == "ray-train"
+    assert launch["ray"]["run"].startswith("raytiny-")
+    assert len(list((tmp_path / "runs").iterdir())) == 1  # one run folder for both workers
+    # the checkpoints were only for resuming: the published version holds the run
+    assert list((tmp_path / "reg" / "train-checkpoints").iterdir()) == []
     restarted = output.split("checkpoint committed: checkpoint-1 (", 1)[1]
     assert "checkpoint committed: checkpoint-1 (" not in restarted  # step 1 was not trained again
 
