@@ -51,10 +51,11 @@ def train_worker(args: dict[str, Any]) -> str | None:
         return None  # restarted after the run had finished: nothing left to do
     with tempfile.TemporaryDirectory(prefix="lora-ray-") as tmp:
         resume = checkpoint.to_directory(str(Path(tmp) / "resume")) if checkpoint is not None else None
+        run_name = ray.train.get_context().get_experiment_name()
         launcher = {
             "launcher": LAUNCHER,
             "ray": {
-                "run": ray.train.get_context().get_experiment_name(),
+                "run": run_name,
                 "resumed_from": Path(checkpoint.path).name if checkpoint is not None else None,
             },
         }
@@ -63,7 +64,7 @@ def train_worker(args: dict[str, Any]) -> str | None:
             recipe.extra_callbacks.append(ReportCheckpoints())
             recipe.resume_from = resume
             recipe.launcher = launcher
-            recipe.run_name = launcher["ray"]["run"]  # a restart trains on in the same run folder
+            recipe.run_name = run_name  # a restart trains on in the same run folder
 
         try:
             result = train_and_publish(
