@@ -38,11 +38,15 @@ console = Console()
     "--eval-gate",
     "eval_gates",
     multiple=True,
-    help="Offline gate, repeatable (default exact_match>=baseline-0.02; with --judge or --judge-url, "
+    help="Offline gate, repeatable (default exact_match>=baseline-0.02 and general>=baseline-0.02, the "
+    "general-capability set, so a candidate that forgot is stopped; with --judge or --judge-url, "
     "judge>=0.5 is added unless a judge gate is named).",
 )
 @click.option(
-    "--eval-max-examples", default=0, type=click.IntRange(0), help="Evaluate only the first N rows."
+    "--eval-max-examples",
+    default=0,
+    type=click.IntRange(0),
+    help="Evaluate only the first N rows (and N general-set items; 0: all rows, 100 items).",
 )
 @click.option(
     "--shadow-first/--no-shadow-first", default=True, show_default=True, help="Rollout shadow phase."

@@ -63,7 +63,7 @@ def _offline_gates(
 def _offline_preflight(
     baseline: str,
     candidate: str,
-    data: str,
+    data: str | None,
     gates: tuple[OfflineGate, ...],
     max_examples: int,
     registry_root: str | None,
@@ -74,7 +74,8 @@ def _offline_preflight(
     from pipeline.improve import check_offline_gates
     from serving.experiments.gates import GateError, parse_offline_gate
 
-    console.print(Text(f"pre-flight: evaluating {baseline} and {candidate} on {data}"), soft_wrap=True)
+    on = f"on {data}" if data else "on the general-capability set"
+    console.print(Text(f"pre-flight: evaluating {baseline} and {candidate} {on}"), soft_wrap=True)
     defaults = ["exact_match>=baseline-0.02", *(["judge>=0.5"] if judge is not None else [])]
     checked = gates or tuple(parse_offline_gate(g) for g in defaults)
     try:
@@ -155,10 +156,14 @@ def rollout_group() -> None:
     callback=_offline_gates,
     help="With --eval-data: e.g. exact_match>=baseline-0.02, rougeL>=0.8, or judge>=0.5 (the share of rows "
     "a model judge prefers the candidate's answer, ties half; with --judge or --judge-url) (repeatable; "
-    "default exact_match>=baseline-0.02, and judge>=0.5 with a judge).",
+    "default exact_match>=baseline-0.02, and judge>=0.5 with a judge); general>=baseline-0.02 scores "
+    "the shipped general-capability set (no --eval-data needed).",
 )
 @click.option(
-    "--eval-max-examples", default=0, type=click.IntRange(0), help="Evaluate only the first N rows."
+    "--eval-max-examples",
+    default=0,
+    type=click.IntRange(0),
+    help="Evaluate only the first N rows (and N general-set items; 0: all rows, 100 items).",
 )
 @judge_options
 @registry_options
@@ -207,15 +212,17 @@ def start_cmd(
         shadow_first=shadow_first,
         shadow_share=shadow_share,
     )
-    if eval_gates and not eval_data:
-        raise click.UsageError("--eval-gate needs --eval-data FILE")
+    from trainer.general import METRIC as GENERAL
+
+    if any(g.metric.split(".")[0] != GENERAL for g in eval_gates) and not eval_data:
+        raise click.UsageError("--eval-gate needs --eval-data FILE (only `general` gates do without)")
     if judge is not None and not eval_data:
         raise click.UsageError("--judge/--judge-url need --eval-data FILE (the rows it judges)")
     if judge is None and any(g.metric == "judge" for g in eval_gates):
         raise click.UsageError("--eval-gate judge...: name the judge with --judge REF or --judge-url URL")
     reg = open_registry(registry_root)
     spec = check(reg, name, spec)  # the cheap checks before the evaluation
-    if eval_data:
+    if eval_data or eval_gates:
         _offline_preflight(
             spec.baseline, spec.candidate, eval_data, eval_gates, eval_max_examples, registry_root, judge
         )

@@ -189,18 +189,28 @@ def print_run(result: Any) -> None:
         console.print(f"kept the best checkpoint: step {best['step']} ({best['metric']} {best['value']:.4f})")
     for warning in training.get("warnings", []):
         console.print(f"[yellow]warning:[/] {warning}")
-    sides = {k: v for k, v in result.metrics.items() if k != "preference"}
+    baseline = result.lineage.get("baseline") or {}
+    labels = {"prompted": baseline.get("label", "prompted")}
+    sides = {labels.get(k, k): v for k, v in result.metrics.items() if k != "preference"}
     if sides:
         print_records(console, "held-out evaluation", metrics_records(sides))
+    if baseline.get("verdict"):
+        console.print(f"verdict: {baseline['verdict']}")
+    elif baseline.get("note"):
+        console.print(f"prompted baseline ({baseline['setting']}): {baseline['note']}")
+    general = result.lineage.get("general")
+    if general:
+        shown = ", ".join(f"{side} {general[side]['general']:.4f}" for side in ("base", "adapter"))
+        console.print(f"general set ({general['items']} items, exact match): {shown}")
     if "preference" in result.metrics:
         shown = ", ".join(f"{k} {v:g}" for k, v in result.metrics["preference"].items())
         console.print(f"held-out preference pairs (policy vs reference): {shown}")
     for s in result.samples[:2]:
         console.print(f"[dim]prompt:[/] {s['prompt'][:200]}")
-        for key in ("base_prediction", "adapter_prediction"):
+        for key in ("base_prediction", "prompted_prediction", "adapter_prediction"):
             if key in s:
-                console.print(f"  [bold]{key.split('_')[0]:>7}[/]: {s[key][:200]}")
-        console.print(f"  [bold]expected[/]: {s['reference'][:200]}")
+                console.print(f"  [bold]{key.split('_')[0]:>9}[/]: {s[key][:200]}")
+        console.print(f"  [bold] expected[/]: {s['reference'][:200]}")
     console.print(
         f"trained in {result.train_seconds:.0f}s, total {result.total_seconds:.0f}s; run folder {result.run_dir}"
     )
@@ -222,8 +232,24 @@ def tracking_lines(record: dict[str, Any]) -> list[str]:
 
 @click.command("eval")
 @click.argument("refs", nargs=-1, required=True)
-@click.option("--data", required=True, help="JSONL file (or sample:<name>) with held-out rows.")
+@click.option("--data", help="JSONL file (or sample:<name>) with held-out rows.")
+@click.option(
+    "--general",
+    is_flag=True,
+    help="Also score each ref on the shipped general-capability set (exact match; what it forgot).",
+)
+@click.option(
+    "--shots",
+    help="Training rows the `+few_shot` shots are drawn from (default: the first rows of --data, "
+    "then left out of every ref's evaluation).",
+)
 @click.option("--max-examples", type=int, default=0, help="Evaluate at most N rows (0: all).")
+@click.option(
+    "--general-max-examples",
+    type=click.IntRange(0),
+    default=0,
+    help="With --general: the first N items (0: all 300).",
+)
 @click.option("--max-new-tokens", type=int, default=64)
 @click.option(
     "--server", help="Generate through a running `platform serve` at this URL instead of in-process."
@@ -234,8 +260,11 @@ def tracking_lines(record: dict[str, Any]) -> list[str]:
 @handle_errors
 def eval_cmd(
     refs: tuple[str, ...],
-    data: str,
+    data: str | None,
+    general: bool,
+    shots: str | None,
     max_examples: int,
+    general_max_examples: int,
     max_new_tokens: int,
     server: str | None,
     report_dir: str | None,
@@ -245,24 +274,64 @@ def eval_cmd(
     """Evaluate versions (name, name@3, name:alias, or `base`) on the same rows and compare them.
 
     Each version after the first is compared with the first: per-example win/tie/loss and a
-    95% paired-bootstrap interval on the difference of exact match and ROUGE-L. With a judge
-    (--judge REF or --judge-url URL) and two versions: the judge compares their answers on every
-    row in both orders, by the review rubric, and its agreement with people who reviewed the same
-    pair is shown.
+    95% paired-bootstrap interval on the difference of exact match and ROUGE-L. A ref may add a
+    prompting after `+`, as eval.baseline spells it: `base+few_shot:4`, `base+few_shot` (as many
+    as fit), `base+system:prompt.txt`; e.g. `platform eval base+few_shot:4 support@3 --data FILE`.
+    With a judge (--judge REF or --judge-url URL) and two versions: the judge compares their
+    answers on every row in both orders, by the review rubric, and its agreement with people who
+    reviewed the same pair is shown.
     """
-    from trainer.compare import paired_comparisons, write_report
+    if not data and not general:
+        raise click.UsageError("give --data FILE (held-out rows), --general, or both")
+    if judge is not None and (len(refs) != 2 or not data):
+        raise click.UsageError(f"a judge compares two versions' answers on --data FILE; {len(refs)} given")
+    _check_refs(refs)
+    if data:
+        _eval_data(
+            list(refs), data, shots, max_examples, max_new_tokens, server, report_dir, judge, registry_root
+        )
+    if general:
+        if server:
+            raise click.UsageError("--general runs in-process; leave out --server")
+        from trainer.evaluate_versions import general_refs
+
+        scores, items = general_refs(list(refs), registry_root, max_examples=general_max_examples)
+        title = f"general-capability set ({len(items)} items, exact match)"
+        print_records(console, title, metrics_records(scores))
+
+
+def _check_refs(refs: tuple[str, ...]) -> None:
+    from trainer.errors import BaselineError
+    from trainer.evaluate_versions import targets
+
+    try:
+        targets(list(refs))
+    except BaselineError as exc:
+        raise click.BadParameter(str(exc), param_hint="REFS") from None
+
+
+def _eval_data(
+    refs: list[str],
+    data: str,
+    shots: str | None,
+    max_examples: int,
+    max_new_tokens: int,
+    server: str | None,
+    report_dir: str | None,
+    judge: JudgeSpec | None,
+    registry_root: str | None,
+) -> None:
+    from trainer.compare import paired_comparisons, verdict, write_report
     from trainer.evaluate_versions import evaluate_refs
 
-    if judge is not None and len(refs) != 2:
-        raise click.UsageError(f"a judge compares two versions; {len(refs)} given")
-
     results, examples = evaluate_refs(
-        list(refs),
+        refs,
         data,
         registry_root,
         max_examples=max_examples,
         max_new_tokens=max_new_tokens,
         server=server,
+        shots=shots,
     )
     print_records(
         console, f"evaluation on {data}", metrics_records({k: v.metrics for k, v in results.items()})
@@ -273,6 +342,9 @@ def eval_cmd(
             f"{c.ref} vs {c.against} on {c.metric}: win {c.wins} / tie {c.ties} / loss {c.losses}, "
             f"difference {c.difference:+.4f} [{c.low:+.4f}, {c.high:+.4f}]"
         )
+    if "+" in refs[0]:  # the first is a prompted baseline: say whether each version beats it
+        for ref in refs[1:]:
+            console.print(f"verdict for {ref}: {verdict(comparisons, ref, refs[0])}")
     if report_dir:
         console.print(f"report: {write_report(Path(report_dir), data, results, comparisons, examples)}")
     if judge is not None:

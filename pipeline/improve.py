@@ -56,7 +56,9 @@ class ImproveSettings:
     """Fewer new rows than this for the objective: skip (nothing trained)."""
     eval_data: str | None = None
     """Held-out rows for the offline gates (default: the serving version's held-out rows)."""
-    eval_gates: tuple[str, ...] = ("exact_match>=baseline-0.02",)
+    eval_gates: tuple[str, ...] = ("exact_match>=baseline-0.02", "general>=baseline-0.02")
+    """Offline gates the candidate must pass against the serving version; `general` is the shipped
+    general-capability set (GENERAL_GATE_ITEMS items), so a candidate that forgot fails."""
     eval_max_examples: int = 0
     shadow_first: bool = True
     steps: tuple[float, ...] = (5.0, 25.0, 50.0, 100.0)
@@ -266,40 +268,58 @@ def _train(
     return publish(result, root)
 
 
+GENERAL_GATE_ITEMS = 100
+"""General-set items a `general...` gate evaluates (both versions, greedy, short answers)."""
+
+
 def check_offline_gates(
     baseline: str,
     candidate: str,
-    data: str,
+    data: str | None,
     gates: Sequence[OfflineGate],
     registry_root: str | None,
     max_examples: int = 0,
     judge: JudgeSpec | None = None,
 ) -> list[tuple[bool, str]]:
-    """Both versions evaluated on the held-out file (`platform eval`), then each gate checked:
-    (passed, reason with the numbers) per gate; a gate naming an unknown metric raises GateError.
+    """Both versions evaluated on the held-out file (`platform eval`) when there is one, and on the
+    shipped general set when a gate names `general` or `general.<category>` (its first
+    `max_examples` items, else GENERAL_GATE_ITEMS); then each gate checked: (passed, reason with
+    the numbers) per gate; a gate naming an unknown metric raises GateError.
     A `judge` gate (`judge>=0.5`) asks `judge` to compare the two versions' answers (both orders):
     its metric is the candidate's preference rate (ties half), the baseline's is the rest.
-    `platform rollout start --eval-data` and `improve` both gate with it."""
+    `platform rollout start --eval-data/--eval-gate` and `improve` both gate with it."""
     from serving.experiments.gates import GateError
-    from trainer.evaluate_versions import evaluate_refs
-    from trainer.judge import METRIC, judge_versions
+    from trainer.evaluate_versions import evaluate_refs, general_refs
+    from trainer.general import METRIC as GENERAL
+    from trainer.judge import METRIC as JUDGE
+    from trainer.judge import judge_versions
 
-    judged = [g for g in gates if g.metric == METRIC]
+    judged = [g for g in gates if g.metric == JUDGE]
     if judged and judge is None:
         raise GateError(f"--eval-gate {judged[0].text}: name the judge with --judge REF or --judge-url URL")
-    results, examples = evaluate_refs([baseline, candidate], data, registry_root, max_examples=max_examples)
-    base, cand = dict(results[baseline].metrics), dict(results[candidate].metrics)
-    if judged and judge is not None:
-        answers = (results[baseline].predictions, results[candidate].predictions)
-        report = judge_versions(judge, (baseline, candidate), examples, answers, registry_root)
-        cand[METRIC], base[METRIC] = report.rate, 1 - report.rate
-        summary = report.summary()
-        checked = []
-        for gate in gates:
-            ok, why = gate.check(base, cand)
-            checked.append((ok, f"{why}; {summary}" if gate.metric == METRIC else why))
-        return checked
-    return [gate.check(base, cand) for gate in gates]
+    base: dict[str, float] = {}
+    cand: dict[str, float] = {}
+    summary = ""
+    if data is not None:
+        results, examples = evaluate_refs(
+            [baseline, candidate], data, registry_root, max_examples=max_examples
+        )
+        base, cand = dict(results[baseline].metrics), dict(results[candidate].metrics)
+        if judged and judge is not None:
+            answers = (results[baseline].predictions, results[candidate].predictions)
+            report = judge_versions(judge, (baseline, candidate), examples, answers, registry_root)
+            cand[JUDGE], base[JUDGE] = report.rate, 1 - report.rate
+            summary = f"; {report.summary()}"
+    if any(g.metric.split(".")[0] == GENERAL for g in gates):
+        items = max_examples or GENERAL_GATE_ITEMS
+        scores, _ = general_refs([baseline, candidate], registry_root, max_examples=items)
+        base |= scores[baseline]
+        cand |= scores[candidate]
+    checked = []
+    for gate in gates:
+        ok, why = gate.check(base, cand)
+        checked.append((ok, why + summary if gate.metric == JUDGE else why))
+    return checked
 
 
 def _gates(

@@ -44,10 +44,7 @@ def card_text(name: str, version: int, lineage: dict[str, Any], info: AdapterInf
         f"- parent version: {lineage.get('parent') or 'none'}",
         f"- created: {lineage.get('created', '?')}",
     ]
-    base = lineage.get("metrics", {}).get("base", {})
-    if metrics:
-        lines += ["", "| metric | base | adapter |", "|---|---|---|"]
-        lines += [f"| {k} | {base.get(k, float('nan')):.4f} | {v:.4f} |" for k, v in metrics.items()]
+    lines += _evaluation_lines(lineage)
     objective = lineage.get("objective")
     if isinstance(objective, dict):
         lines += [
@@ -59,6 +56,33 @@ def card_text(name: str, version: int, lineage: dict[str, Any], info: AdapterInf
     if warnings:
         lines += ["", "## Training warnings", ""] + [f"- {w}" for w in warnings]
     return "\n".join(lines) + "\n"
+
+
+def _evaluation_lines(lineage: dict[str, Any]) -> list[str]:
+    """The held-out table (base, prompted base, adapter), the verdict and the general-set scores."""
+    all_metrics = lineage.get("metrics", {})
+    metrics = all_metrics.get("adapter", {})
+    baseline = lineage.get("baseline") or {}
+    sides = [("base", "base")]
+    if "prompted" in all_metrics:
+        sides.append(("prompted", str(baseline.get("label", "prompted base"))))
+    lines: list[str] = []
+    if metrics:
+        header = " | ".join(label for _, label in sides)
+        lines += ["", f"| metric | {header} | adapter |", "|---|" + "---|" * (len(sides) + 1)]
+        for k, v in metrics.items():
+            cells = " | ".join(f"{all_metrics.get(side, {}).get(k, float('nan')):.4f}" for side, _ in sides)
+            lines.append(f"| {k} | {cells} | {v:.4f} |")
+    if baseline.get("verdict"):
+        lines += ["", f"Against the prompted base ({baseline.get('setting')}): {baseline['verdict']}."]
+    general = lineage.get("general") or {}
+    if "base" in general and "adapter" in general:
+        lines += [
+            "",
+            f"General-capability set ({general.get('items')} items, exact match): "
+            f"base {general['base'].get('general', 0.0):.4f}, adapter {general['adapter'].get('general', 0.0):.4f}.",
+        ]
+    return lines
 
 
 def write_card(path: Path, name: str, version: int, lineage: dict[str, Any], info: AdapterInfo) -> None:

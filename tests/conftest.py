@@ -129,6 +129,8 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_base):  # type: igno
             "eval.max_new_tokens=12",
             "data.max_seq_len=96",
             "data.overlong=truncate",  # rows of ~100-150 tokens: cut the prompt, keep the answer
+            "eval.baseline=few_shot:1",  # a prompted base beside the bare one (no shot fits 96 tokens)
+            "eval.general_max_examples=5",
         ],
     )
     result = run(config, console=Console(quiet=True))

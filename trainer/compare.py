@@ -77,6 +77,22 @@ def paired_comparisons(results: dict[str, EvalResult], examples: list[Example]) 
     return out
 
 
+def verdict(comparisons: list[Comparison], adapter: str, baseline: str, label: str | None = None) -> str:
+    """One line: does `adapter` beat `baseline` (shown as `label`) by a margin whose 95%
+    paired-bootstrap interval stays above zero (on exact match or ROUGE-L, below zero on neither)?"""
+    mine = [c for c in comparisons if c.ref == adapter and c.against == baseline]
+    baseline = label or baseline
+    shown = "; ".join(f"{c.metric} {c.difference:+.4f} [{c.low:+.4f}, {c.high:+.4f}]" for c in mine)
+    if any(c.low > 0 for c in mine) and not any(c.high < 0 for c in mine):
+        return f"the adapter beats {baseline} ({shown})"
+    if any(c.high < 0 for c in mine):
+        return f"the adapter does worse than {baseline} ({shown}): the prompt alone does better"
+    return (
+        f"the adapter does not beat {baseline} by a margin that holds under the paired bootstrap "
+        f"({shown}): a prompt may do as well"
+    )
+
+
 def via_server(
     url: str, model: str, examples: list[Example], max_tokens: int, api_key: str | None = None
 ) -> EvalResult:

@@ -19,7 +19,8 @@ from pydantic import ConfigDict, TypeAdapter, ValidationError
 from registry.basemodels import EMBEDDED_SMOLLM2, EMBEDDED_TINY, SHORT_NAMES
 from registry.errors import InvalidReferenceError
 from registry.refs import check_name, parse_ref
-from trainer.errors import ConfigError, TrainerError
+from trainer.baseline import parse_baseline
+from trainer.errors import BaselineError, ConfigError, TrainerError
 
 CONFIGS_DIR = Path(__file__).parent / "configs"
 """The shipped configs (`trainer/configs/*.yaml`)."""
@@ -186,7 +187,16 @@ class EvalSettings:
     batch_size: int = 16
     """Generation batch size."""
     compare_base: bool = True
-    """Also evaluate the base model on the same rows."""
+    """Also evaluate the base model: on the same rows (bare, and prompted as `baseline` says) and,
+    with the adapter, on the general-capability set (false: neither; the adapter alone is scored)."""
+    baseline: str = "few_shot"
+    """The prompted base the adapter must beat: `few_shot` (as many training examples in the prompt
+    as fit data.max_seq_len, at most 8), `few_shot:K`, `system:FILE` (a system prompt from a text
+    file) or `zero_shot` (only the bare base). The K used is recorded in the lineage."""
+    general_max_examples: int = 50
+    """Items of the shipped general-capability set (300: instruction following, formatting,
+    arithmetic, reading, knowledge) scored by exact match for base and adapter, to see what
+    fine-tuning made the model forget; recorded as the `general` metric (0: skip)."""
 
 
 @dataclass
@@ -335,8 +345,15 @@ class TrainConfig:
             problems.append(
                 f"training.rpo_alpha must be >= 0 and is for training.objective=dpo, got {t.rpo_alpha}"
             )
-        if e.max_examples < 0 or e.max_new_tokens < 1 or e.batch_size < 1:
-            problems.append("eval.max_examples must be >= 0, eval.max_new_tokens and eval.batch_size >= 1")
+        if e.max_examples < 0 or e.max_new_tokens < 1 or e.batch_size < 1 or e.general_max_examples < 0:
+            problems.append(
+                "eval.max_examples and eval.general_max_examples must be >= 0, "
+                "eval.max_new_tokens and eval.batch_size >= 1"
+            )
+        try:
+            parse_baseline(e.baseline)
+        except BaselineError as exc:
+            problems.append(f"eval.baseline: {exc}")
         return problems
 
 

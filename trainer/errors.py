@@ -40,3 +40,7 @@ class ModelError(TrainerError):
 
 class RankFailedError(TrainerError):
     """Another process of a distributed run failed; this one stops too, and nothing is published."""
+
+
+class BaselineError(TrainerError):
+    """`eval.baseline` or a `base+...` reference is not zero_shot, few_shot, few_shot:K or system:FILE."""

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from trainer.baseline import KEY as PROMPTED
 from trainer.data import Example
 from trainer.distributed import Dist, unshard
 from trainer.template import IGNORE, encode, prompt_ids
@@ -212,9 +213,12 @@ def evaluate_base_and_adapter(
     max_new_tokens: int,
     batch_size: int,
     with_base: bool = True,
+    prompted: list[Example] | None = None,
     dist: Dist | None = None,
 ) -> dict[str, EvalResult]:
-    """Evaluate the adapter and (optionally) the base model on the same rows.
+    """Evaluate the adapter and (optionally) the base model on the same rows; with `prompted`
+    (the rows as `eval.baseline` prompts them), the base on those too, scored against the same
+    references as `prompted` (trainer.baseline.KEY), between `base` and `adapter`.
 
     In a distributed run each rank takes its share of the rows (`Dist.shard`), rank 0 gathers the
     shares, checks that every row came back exactly once and scores them; other ranks get `{}`.
@@ -226,9 +230,11 @@ def evaluate_base_and_adapter(
 
     def shard() -> tuple[list[int], dict[str, Outputs]]:
         out = {}
-        if with_base:
-            with base_only(model):
+        with base_only(model):
+            if with_base:
                 out["base"] = model_outputs(model, tokenizer, rows, **kwargs)
+            if prompted is not None:
+                out[PROMPTED] = model_outputs(model, tokenizer, [prompted[i] for i in mine], **kwargs)
         out["adapter"] = model_outputs(model, tokenizer, rows, **kwargs)
         return mine, out
 

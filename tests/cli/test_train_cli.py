@@ -46,10 +46,15 @@ def test_train_end_to_end_on_the_tiny_model_pushes_to_the_registry(tmp_path: Pat
         "training.max_steps=2",
         "eval.max_examples=4",
         "eval.max_new_tokens=4",
+        "eval.baseline=few_shot:1",
+        "eval.general_max_examples=3",
     ]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     assert "registered as cli-tiny@1" in result.output
+    table = result.output.split("held-out evaluation", 1)[1]
+    assert "┃ metric " in table and "base+few_shot:1" in table and "adapter" in table
+    assert "verdict: the adapter" in table and "general set (3 items, exact match): base " in table
     plan = result.output.split("train ━", 1)[0]  # printed before training starts
     for part in ("rows: train ", "tokens per row: p50 ", "steps: 2 = ", "effective batch 16", "precision: "):
         assert part in plan, part

@@ -22,7 +22,7 @@ def test_run_writes_a_complete_safetensors_run_folder(tiny_run) -> None:  # type
     log = [json.loads(line) for line in (result.run_dir / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if "loss" in r] == list(range(1, 7))
     assert (result.run_dir / "loss.png").read_bytes()[:4] == b"\x89PNG"
-    assert set(result.metrics) == {"base", "adapter"}
+    assert list(result.metrics) == ["base", "prompted", "adapter"]
     for side in result.metrics.values():
         assert {"loss", "perplexity", "exact_match", "rougeL", "bleu", "chrf"} <= set(side)
     # training on the task lowers the held-out loss below the base model's
