@@ -3,6 +3,7 @@ skip on too little data, and a candidate failing an offline gate that leaves the
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -115,9 +116,11 @@ def test_a_candidate_failing_an_offline_gate_stops_with_the_alias_unchanged(
     with scripted_judge() as judge:  # a model judge joins the gates (judge>=0.5); it calls a tie
         judge.decide = lambda asked: '{"preference": "tie"}'
         flags = ["--judge-url", judge.url, "--judge-model", "scripted"]
-        code, out = _improve(registry, tmp_path, "--eval-gate", "exact_match>=baseline+2", *flags, *FAST_SETS)
+        gates = ["--eval-gate", "exact_match>=baseline+2", "--eval-gate", "general>=baseline-0.02"]
+        code, out = _improve(registry, tmp_path, *gates, "--eval-max-examples", "3", *flags, *FAST_SETS)
     assert code == 1 and "failed an offline gate" in out and "bot@1 keeps serving" in out, out
     assert "pass: judge 0.5000" in out and judge.asked, out
+    assert re.search(r"(pass|FAIL): general \d\.\d{4} \(candidate\)", out), out  # the general set, scored
     reg = Registry(registry)
     candidate = reg.get("bot@2")
     assert "improve:gates-failed" in candidate.tags

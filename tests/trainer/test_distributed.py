@@ -19,6 +19,8 @@ from cli.main import cli
 ROOT = Path(__file__).resolve().parents[2]
 HELD_OUT = 7
 """Held-out rows evaluated: odd, so the two ranks' shares differ in size."""
+GENERAL = 5
+"""General-set items scored, odd too."""
 TRAIN = [
     "train",
     "--base-model",
@@ -32,6 +34,8 @@ TRAIN = [
     "eval.max_new_tokens=4",
     "data.max_seq_len=96",
     "data.overlong=truncate",
+    "eval.baseline=few_shot:1",
+    f"eval.general_max_examples={GENERAL}",
 ]
 LOSS_TOLERANCE = 1e-3
 """Relative: bf16 autocast on batches padded to different widths (2 rows vs 4) moves the 4th digit."""
@@ -96,6 +100,9 @@ def test_two_processes_publish_one_version_trained_like_one_process(tmp_path: Pa
     expected = [json.loads(x) for x in (alone / "predictions.jsonl").read_text().splitlines()]
     assert len(predictions) == HELD_OUT
     assert [p["prompt"] for p in predictions] == [p["prompt"] for p in expected]
+    # and so was the prompted base (eval.baseline) and every general-set item, base and adapter
+    assert all(p["prompted_prediction"] is not None for p in predictions)
+    assert lineage["general"]["items"] == GENERAL and set(lineage["general"]) >= {"base", "adapter"}
     base = json.loads((folder / "metrics.json").read_text())["base"]["loss"]
     assert abs(base - json.loads((alone / "metrics.json").read_text())["base"]["loss"]) < 1e-3 * base
 

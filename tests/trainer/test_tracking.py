@@ -25,6 +25,7 @@ TINY = [
     "training.lr=0.01",
     "eval.max_examples=4",
     "eval.max_new_tokens=6",
+    "eval.general_max_examples=0",  # the general set is tested in test_general.py
     "data.max_seq_len=96",
 ]
 
@@ -99,6 +100,7 @@ def test_tensorboard_and_wandb_offline_and_the_lineage(tmp_path: Path) -> None:
             "training.tracking=tensorboard,wandb",
             "eval.max_examples=3",
             "eval.max_new_tokens=4",
+            "eval.general_max_examples=0",
             "data.max_seq_len=96",
         ],
     )
