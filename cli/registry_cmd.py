@@ -97,12 +97,14 @@ def list_cmd(name: str | None, registry_root: str | None, as_json: bool) -> None
 @handle_errors
 def show_cmd(ref: str, registry_root: str | None, as_json: bool) -> None:
     """Show one version with its lineage (files are verified first)."""
-    from registry.card import review_lines, rollout_lines
+    from registry.card import evaluation_lines, review_lines, rollout_lines
 
     reg = Registry(registry_root)
     v = reg.get(ref)
     reviews, rollouts = reg.reviews().summaries_for(v.ref), reg.rollouts().outcomes_for(v.ref)
+    evaluations = reg.evaluations().for_version(v.name, v.version)
     data = {**_summary(v), "lineage": v.lineage, "reviews": reviews, "rollouts": rollouts}
+    data["evaluations"] = evaluations
     if as_json:
         click.echo(json.dumps(data, indent=2, default=str))
         return
@@ -122,6 +124,8 @@ def show_cmd(ref: str, registry_root: str | None, as_json: bool) -> None:
         _field("human review", line)
     for line in rollout_lines(rollouts):
         _field("rollout", line)
+    for line in evaluation_lines(evaluations):
+        _field("evaluation", line)
 
 
 def _field(key: str, value: Any) -> None:

@@ -123,10 +123,37 @@ def rollout_lines(outcomes: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def with_records(card: str, summaries: list[dict[str, Any]], outcomes: list[dict[str, Any]]) -> str:
-    """The model card with "Human review" and "Rollouts" sections (the stored card is immutable:
-    the sections are added where the card is shown or published)."""
-    for title, lines in (("Human review", review_lines(summaries)), ("Rollouts", rollout_lines(outcomes))):
+def evaluation_lines(evaluations: list[dict[str, Any]]) -> list[str]:
+    """One line per task of each evaluation made after the push (`EvaluationStore.for_version`)."""
+    lines = []
+    for e in evaluations:
+        when = datetime.fromtimestamp(e["created"], UTC).isoformat(timespec="seconds")
+        how = f"{e['kind']} {e.get('harness_version', '')}".strip() + f", {e.get('mode', '?')}, {when}"
+        for task, metrics in (e.get("results") or {}).items():
+            stderr = (e.get("stderr") or {}).get(task, {})
+            shown = ", ".join(
+                f"{k} {v:.4f}" + (f" (±{stderr[k]:.4f})" if isinstance(stderr.get(k), float) else "")
+                for k, v in metrics.items()
+                if isinstance(v, int | float)
+            )
+            n = (e.get("samples") or {}).get(task)
+            lines.append(f"{task}: {shown}" + (f" on {n} samples" if n else "") + f" ({how})")
+    return lines
+
+
+def with_records(
+    card: str,
+    summaries: list[dict[str, Any]],
+    outcomes: list[dict[str, Any]],
+    evaluations: list[dict[str, Any]] | None = None,
+) -> str:
+    """The model card with "Human review", "Rollouts" and "Evaluations" sections (the stored card
+    is immutable: the sections are added where the card is shown or published)."""
+    for title, lines in (
+        ("Human review", review_lines(summaries)),
+        ("Rollouts", rollout_lines(outcomes)),
+        ("Evaluations", evaluation_lines(evaluations or [])),
+    ):
         if lines:
             card = card.rstrip("\n") + f"\n\n## {title}\n\n" + "\n".join(f"- {x}" for x in lines) + "\n"
     return card

@@ -222,6 +222,17 @@ review_invites = sa.Table(
     sa.Column("revoked", sa.Float),
     sa.Index("review_invites_reviewer", "reviewer"),
 )
+evaluations = sa.Table(
+    "evaluations",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("kind", sa.Text, nullable=False),
+    sa.Column("created", sa.Float, nullable=False),
+    sa.Column("record", sa.Text, nullable=False),
+    sa.Index("evaluations_version", "name", "version"),
+)
 
 NOTIFY_CHANNEL = "lora_platform_changes"
 CATALOG_FILE = "catalog.sqlite"

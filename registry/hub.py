@@ -96,13 +96,16 @@ def push(registry: Registry, ref: str, target: str, token: str | None = None, pr
 
 
 def _upload(registry: Registry, v: Version, path: Path) -> str | bytes:
-    """The file to upload: the model card gets the version's human reviews and rollouts added."""
+    """The file to upload: the model card gets the version's human reviews, rollouts and later evaluations added."""
     if path.name != "README.md":
         return str(path)
     from registry.card import with_records
 
     return with_records(
-        path.read_text(), registry.reviews().summaries_for(v.ref), registry.rollouts().outcomes_for(v.ref)
+        path.read_text(),
+        registry.reviews().summaries_for(v.ref),
+        registry.rollouts().outcomes_for(v.ref),
+        registry.evaluations().for_version(v.name, v.version),
     ).encode()
 
 

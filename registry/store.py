@@ -35,6 +35,7 @@ from registry.card import write_card
 from registry.catalog import Catalog, VersionRow
 from registry.db import CATALOG_FILE, CatalogDB, is_database_url
 from registry.errors import ConflictError, IntegrityError, NotFoundError, RegistryError
+from registry.evaluations import EvaluationStore
 from registry.evidence_store import EvidenceStore
 from registry.invites import InviteStore
 from registry.manifest import fsync_tree, verify, write_manifest
@@ -153,6 +154,10 @@ class Registry:
     def reviews(self) -> ReviewStore:
         """The review sets, their items and ratings (in the catalog database)."""
         return ReviewStore(self.db)
+
+    def evaluations(self) -> EvaluationStore:
+        """Evaluations of versions made after their push, e.g. lm-evaluation-harness runs."""
+        return EvaluationStore(self.db)
 
     def close(self) -> None:
         self.db.dispose()
