@@ -12,6 +12,7 @@ from rich.text import Text
 
 from cli.errors import handle_errors
 from cli.judge_options import judge_options
+from cli.lm_eval_cli import lm_eval_options, run_lm_eval_refs
 from cli.options import registry_options
 from cli.tables import Record, print_records
 
@@ -256,6 +257,7 @@ def tracking_lines(record: dict[str, Any]) -> list[str]:
 )
 @click.option("--report-dir", type=click.Path(file_okay=False), help="Write comparison.md/.json/.png here.")
 @judge_options
+@lm_eval_options
 @registry_options
 @handle_errors
 def eval_cmd(
@@ -270,6 +272,7 @@ def eval_cmd(
     report_dir: str | None,
     judge: JudgeSpec | None,
     registry_root: str | None,
+    **lm_eval: Any,
 ) -> None:
     """Evaluate versions (name, name@3, name:alias, or `base`) on the same rows and compare them.
 
@@ -279,13 +282,30 @@ def eval_cmd(
     as fit), `base+system:prompt.txt`; e.g. `platform eval base+few_shot:4 support@3 --data FILE`.
     With a judge (--judge REF or --judge-url URL) and two versions: the judge compares their
     answers on every row in both orders, by the review rubric, and its agreement with people who
-    reviewed the same pair is shown.
+    reviewed the same pair is shown. With --lm-eval, lm-evaluation-harness tasks run on each
+    version (in-process, or through --server) and their scores are recorded with it;
+    --max-examples then limits the documents per task.
     """
-    if not data and not general:
-        raise click.UsageError("give --data FILE (held-out rows), --general, or both")
+    tasks = lm_eval["lm_eval_tasks"]
+    if not data and not general and not tasks:
+        raise click.UsageError(
+            "give --data FILE (held-out rows), --general, --lm-eval TASKS, or some of them"
+        )
     if judge is not None and (len(refs) != 2 or not data):
         raise click.UsageError(f"a judge compares two versions' answers on --data FILE; {len(refs)} given")
     _check_refs(refs)
+    if tasks:
+        run_lm_eval_refs(
+            console,
+            list(refs),
+            tasks,
+            registry_root,
+            server=server,
+            tasks_dir=lm_eval["lm_eval_tasks_dir"],
+            limit=max_examples,
+            fewshot=lm_eval["lm_eval_fewshot"],
+            chat=lm_eval["lm_eval_chat"],
+        )
     if data:
         _eval_data(
             list(refs), data, shots, max_examples, max_new_tokens, server, report_dir, judge, registry_root
