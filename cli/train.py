@@ -289,7 +289,7 @@ def eval_cmd(
     tasks = lm_eval["lm_eval_tasks"]
     if not data and not general and not tasks:
         raise click.UsageError(
-            "give --data FILE (held-out rows), --general, --lm-eval TASKS, or some of them"
+            "give what to evaluate on: --data FILE (held-out rows), --general, --lm-eval TASKS (one or more)"
         )
     if judge is not None and (len(refs) != 2 or not data):
         raise click.UsageError(f"a judge compares two versions' answers on --data FILE; {len(refs)} given")

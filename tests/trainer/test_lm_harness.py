@@ -131,7 +131,7 @@ def test_an_unknown_task_is_a_clear_error(adapters: tuple[Path, dict[str, str]],
     assert "Traceback" not in result.output
 
 
-def test_eval_needs_data_or_lm_eval_tasks(tmp_path: Path) -> None:
+def test_eval_needs_data_general_or_lm_eval_tasks(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["eval", "support@1", "--registry", str(tmp_path / "registry")])
     assert result.exit_code == 2
-    assert "give --data FILE (held-out rows) or --lm-eval TASKS" in result.output
+    assert "--data FILE (held-out rows), --general, --lm-eval TASKS" in result.output
