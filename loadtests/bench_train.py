@@ -29,15 +29,52 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "loadtests" / "results"
 CONFIGS = ("ours", "trl", "plain")
-DATASETS = ("support-tickets", "contact-json")
+DATASETS = ("support-tickets", "contact-json", "wide-spread")
 VAL_FRACTION = 0.05
+WIDE = "wide-spread"
+"""A generated set whose rows spread from ~55 to ~250 tokens (the shipped samples' rows are all
+short and alike, so a padded batch wastes little on them)."""
 
 
 # -- shared by the three trainers ------------------------------------------------------------
-def _splits(dataset: str) -> Any:
+def wide_spread_rows(count: int = 1200, seed: int = 7) -> list[dict[str, str]]:
+    """Prompt/completion rows asking for 1-20 numbered steps: rows of ~55 to ~250 tokens."""
+    import random
+
+    rng = random.Random(seed)
+    verbs = ["check", "open", "clean", "label", "measure", "replace", "tighten", "record", "test", "close"]
+    things = ["valve", "filter", "cable", "panel", "hinge", "sensor", "gasket", "fuse", "belt", "latch"]
+    how = ["slowly", "by hand", "twice", "with the tool", "before noon", "in order", "carefully", "again"]
+    tasks = ["service the pump", "reset the router", "prepare the room", "ship the parcel", "fix the door"]
+    rows = []
+    for i in range(count):
+        n = rng.randint(1, 20)
+        steps = [
+            f"{k}. {rng.choice(verbs).capitalize()} the {rng.choice(things)} {rng.choice(how)}."
+            for k in range(1, n + 1)
+        ]
+        rows.append(
+            {
+                "prompt": f"Request {i}: write {n} numbered steps to {rng.choice(tasks)}.",
+                "completion": "\n".join(steps),
+            }
+        )
+    return rows
+
+
+def data_path(dataset: str, work: Path) -> str:
+    """`sample:<name>`, or the generated wide-spread set written (same bytes every time) under `work`."""
+    if dataset != WIDE:
+        return f"sample:{dataset}"
+    path = work / f"{WIDE}.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in wide_spread_rows()))
+    return str(path)
+
+
+def _splits(dataset: str, work: Path) -> Any:
     from trainer.data import prepare
 
-    return prepare(f"sample:{dataset}", val_fraction=VAL_FRACTION, test_fraction=0.0)[0]
+    return prepare(data_path(dataset, work), val_fraction=VAL_FRACTION, test_fraction=0.0)[0]
 
 
 def _encoded(tokenizer: Any, examples: list[Any], seq_len: int) -> list[Any]:
@@ -130,7 +167,7 @@ def run_ours(dataset: str, args: argparse.Namespace, out: Path) -> dict[str, Any
             f"base_model={args.base_model}",
             "name=bench",
             f"output_dir={out}",
-            f"data.path=sample:{dataset}",
+            f"data.path={data_path(dataset, out.parent)}",
             f"data.val_fraction={VAL_FRACTION}",
             "data.test_fraction=0",
             f"data.max_seq_len={args.seq_len}",
@@ -179,7 +216,7 @@ def run_plain(dataset: str, args: argparse.Namespace, out: Path) -> dict[str, An
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
     model, tokenizer = _model_and_tokenizer(args)
-    splits = _splits(dataset)
+    splits = _splits(dataset, out.parent)
     model = get_peft_model(model, _lora(model, args))
     train = [
         {"input_ids": r.input_ids, "labels": r.labels, "attention_mask": [1] * len(r.input_ids)}
@@ -205,7 +242,7 @@ def run_trl(dataset: str, args: argparse.Namespace, out: Path) -> dict[str, Any]
     from trl.trainer.sft_trainer import SFTTrainer
 
     model, tokenizer = _model_and_tokenizer(args)
-    splits = _splits(dataset)
+    splits = _splits(dataset, out.parent)
     rows = [
         {"prompt": ex.prompt_messages, "completion": [{"role": "assistant", "content": ex.completion}]}
         for ex in splits["train"]
