@@ -71,10 +71,24 @@ def data_path(dataset: str, work: Path) -> str:
     return str(path)
 
 
-def _splits(dataset: str, work: Path) -> Any:
+def _splits(dataset: str, work: Path, rows: int) -> Any:
+    """The dataset's split (seeded), its training rows cut to the first `rows`: with `rows` = steps x
+    batch every trainer sees the same rows once, whatever order its sampler draws them in, so the
+    validation losses compare (otherwise a sampler that groups by length trains on other rows)."""
     from trainer.data import prepare
 
-    return prepare(data_path(dataset, work), val_fraction=VAL_FRACTION, test_fraction=0.0)[0]
+    splits = prepare(data_path(dataset, work), val_fraction=VAL_FRACTION, test_fraction=0.0)[0]
+    return {"train": list(splits["train"])[:rows], "val": list(splits["val"])}
+
+
+def training_file(dataset: str, work: Path, rows: int) -> str:
+    """The same training rows as `_splits`, as a chat JSONL for `platform train`."""
+    path = work / f"{dataset}-train-{rows}.jsonl"
+    with path.open("w") as out:
+        for ex in _splits(dataset, work, rows)["train"]:
+            turns = [*ex.prompt_messages, {"role": "assistant", "content": ex.completion}]
+            out.write(json.dumps({"messages": turns}) + "\n")
+    return str(path)
 
 
 def _encoded(tokenizer: Any, examples: list[Any], seq_len: int) -> list[Any]:
@@ -167,8 +181,8 @@ def run_ours(dataset: str, args: argparse.Namespace, out: Path) -> dict[str, Any
             f"base_model={args.base_model}",
             "name=bench",
             f"output_dir={out}",
-            f"data.path={data_path(dataset, out.parent)}",
-            f"data.val_fraction={VAL_FRACTION}",
+            f"data.path={training_file(dataset, out.parent, args.steps * args.batch)}",
+            "data.val_fraction=0",
             "data.test_fraction=0",
             f"data.max_seq_len={args.seq_len}",
             f"lora.r={args.rank}",
@@ -188,7 +202,8 @@ def run_ours(dataset: str, args: argparse.Namespace, out: Path) -> dict[str, Any
     recipe = LoRARecipe(config, Console(quiet=True))
     recipe.setup()
     recipe.train()
-    val_rows = _encoded(recipe.tokenizer, recipe.splits["val"], args.seq_len)
+    val = _splits(dataset, out.parent, 0)["val"]  # the same validation rows as the other two
+    val_rows = _encoded(recipe.tokenizer, val, args.seq_len)
     return {
         "seconds": recipe.train_seconds,
         "tokens": recipe.trained["tokens"],
@@ -216,7 +231,7 @@ def run_plain(dataset: str, args: argparse.Namespace, out: Path) -> dict[str, An
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
     model, tokenizer = _model_and_tokenizer(args)
-    splits = _splits(dataset, out.parent)
+    splits = _splits(dataset, out.parent, args.steps * args.batch)
     model = get_peft_model(model, _lora(model, args))
     train = [
         {"input_ids": r.input_ids, "labels": r.labels, "attention_mask": [1] * len(r.input_ids)}
@@ -242,7 +257,7 @@ def run_trl(dataset: str, args: argparse.Namespace, out: Path) -> dict[str, Any]
     from trl.trainer.sft_trainer import SFTTrainer
 
     model, tokenizer = _model_and_tokenizer(args)
-    splits = _splits(dataset, out.parent)
+    splits = _splits(dataset, out.parent, args.steps * args.batch)
     rows = [
         {"prompt": ex.prompt_messages, "completion": [{"role": "assistant", "content": ex.completion}]}
         for ex in splits["train"]
