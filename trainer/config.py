@@ -149,9 +149,10 @@ class TrainingSettings:
     seed: int = 42
     """Seed for data order, LoRA init and dropout."""
     group_by_length: bool = True
-    """Unpacked rows: batches of rows of similar length (transformers' `LengthGroupedSampler`: groups of
-    50 batches sorted by length, in random order), so little of a batch is padding. Off: plain random
-    batches. Packed blocks (`data.packing`) are full already and ignore it."""
+    """Unpacked rows: batches of rows of similar length (rows of a random group of 50 batches sorted by
+    length and cut into batches; the batches then in random order, trainer/sampling.py), so little of
+    a batch is padding. Off: plain random batches. Packed blocks (`data.packing`) are full already
+    and ignore it."""
     objective: str = "sft"
     """`sft` (chat rows), `dpo` (preference pairs: prompt, chosen, rejected) or `kto` (prompt,
     completion, label), the latter two through TRL; `platform data export --pairs/--unpaired` writes them."""

@@ -276,7 +276,9 @@ class LoRARecipe:
 
     # -- train ---------------------------------------------------------------------------
     def train(self) -> float:
-        from transformers import EarlyStoppingCallback, PrinterCallback, Trainer
+        from transformers import EarlyStoppingCallback, PrinterCallback
+
+        from trainer.sampling import GroupedTrainer, row_lengths
 
         t, plan = self.config.training, self.plan
         assert plan is not None, "setup() first"
@@ -298,7 +300,7 @@ class LoRARecipe:
             self.tracking.start()
             callbacks += self.tracking.callbacks()
         callbacks += self.extra_callbacks
-        trainer = Trainer(
+        trainer = GroupedTrainer(
             model=self.model,
             args=training_arguments(
                 t,
@@ -311,6 +313,7 @@ class LoRARecipe:
             eval_dataset=RowDataset(self.val_rows) if plan.eval_every else None,
             data_collator=Collator(self.tokenizer.pad_token_id, takes_completion_logits(self.model)),
             callbacks=callbacks,
+            lengths=row_lengths(self.train_items, t.group_by_length, self.config.data.packing),
         )
         trainer.remove_callback(PrinterCallback)
         resume = self.resume_from or self.config.resume_checkpoint()
