@@ -203,6 +203,7 @@ def print_run(result: Any) -> None:
     if general:
         shown = ", ".join(f"{side} {general[side]['general']:.4f}" for side in ("base", "adapter"))
         console.print(f"general set ({general['items']} items, exact match): {shown}")
+    print_mix(result.lineage.get("data_mix"), labels)
     if "preference" in result.metrics:
         shown = ", ".join(f"{k} {v:g}" for k, v in result.metrics["preference"].items())
         console.print(f"held-out preference pairs (policy vs reference): {shown}")
@@ -219,6 +220,29 @@ def print_run(result: Any) -> None:
         console.print(f"registered as [bold green]{result.registry_ref}[/]")
     for line in tracking_lines(result.lineage.get("tracking") or {}):
         console.print(line)
+
+
+def print_mix(mix: dict[str, Any] | None, labels: dict[str, str]) -> None:
+    """`data.mix`: the rows drawn per source, and the held-out metrics per source (sides named by `labels`)."""
+    if not mix:
+        return
+    drawn = [
+        {
+            "source": s["path"],
+            "weight": f"{s['weight']:g}",
+            "drawn": str(s["sampled"]),
+            "of": str(s["available"]),
+        }
+        for s in mix["sources"]
+    ]
+    print_records(console, f"data mix (seed {mix['seed']})", drawn)
+    per_source: dict[str, dict[str, dict[str, float]]] = mix.get("heldout_metrics") or {}
+    for source, sides in per_source.items():
+        rows = int(max((m.get("rows", 0.0) for m in sides.values()), default=0))
+        shown = {
+            labels.get(side, side): {k: v for k, v in m.items() if k != "rows"} for side, m in sides.items()
+        }
+        print_records(console, f"held-out evaluation: {source} ({rows} rows)", metrics_records(shown))
 
 
 def tracking_lines(record: dict[str, Any]) -> list[str]:

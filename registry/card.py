@@ -45,6 +45,7 @@ def card_text(name: str, version: int, lineage: dict[str, Any], info: AdapterInf
         f"- created: {lineage.get('created', '?')}",
     ]
     lines += _evaluation_lines(lineage)
+    lines += mix_lines(lineage.get("data_mix"), (lineage.get("baseline") or {}).get("label"))
     objective = lineage.get("objective")
     if isinstance(objective, dict):
         lines += [
@@ -82,6 +83,27 @@ def _evaluation_lines(lineage: dict[str, Any]) -> list[str]:
             f"General-capability set ({general.get('items')} items, exact match): "
             f"base {general['base'].get('general', 0.0):.4f}, adapter {general['adapter'].get('general', 0.0):.4f}.",
         ]
+    return lines
+
+
+def mix_lines(mix: dict[str, Any] | None, prompted: str | None = None) -> list[str]:
+    """`data.mix`: each source's weight and rows drawn, and its held-out exact match / ROUGE-L
+    (the prompted base's side named `prompted`)."""
+    if not mix:
+        return []
+    lines = ["", f"## Data mix (seed {mix.get('seed')})", "", "| source | weight | rows drawn | sha256 |"]
+    lines.append("|---|---|---|---|")
+    for s in mix.get("sources", []):
+        sha = str(s.get("sha256", "?"))[:12]
+        lines.append(f"| `{s['path']}` | {s['weight']:g} | {s['sampled']} of {s['available']} | `{sha}...` |")
+    per_source = mix.get("heldout_metrics") or {}
+    if per_source:
+        lines += ["", "| held-out source | rows | side | exact_match | rougeL |", "|---|---|---|---|---|"]
+        for source, sides in per_source.items():
+            for side, m in sides.items():
+                em, rouge = m.get("exact_match", float("nan")), m.get("rougeL", float("nan"))
+                label = (prompted or side) if side == "prompted" else side
+                lines.append(f"| `{source}` | {int(m.get('rows', 0))} | {label} | {em:.4f} | {rouge:.4f} |")
     return lines
 
 

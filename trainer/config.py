@@ -32,9 +32,27 @@ def shipped_config(name: str) -> Path:
 
 
 @dataclass
+class MixSource:
+    """One source of `data.mix`."""
+
+    path: str
+    """JSONL file, folder, `sample:<name>` or `hf:<dataset name>`, as `data.path`."""
+    weight: float = 1.0
+    """Relative weight: this source's share of the training rows is weight / sum of the weights."""
+
+
+@dataclass
 class DataConfig:
     path: str = "sample:support-tickets"
     """JSONL file, a folder of JSONL files, `sample:<name>` for a shipped sample, or `hf:<dataset name>`."""
+    mix: list[MixSource] = field(default_factory=list)
+    """Several sources mixed by weight instead of `path`, e.g.
+    `data.mix=[{path: sample:support-tickets, weight: 0.8}, {path: general.jsonl, weight: 0.2}]`.
+    Each is split on its own; training rows are drawn by weight (seeded by `training.seed`), held-out
+    rows keep their source and the evaluation reports metrics per source."""
+    mix_rows: int = 0
+    """Training rows `data.mix` draws in all (a source repeats rows when its share needs more than it
+    has); 0: the most rows that repeat none."""
     test_path: str | None = None
     """Optional separate held-out file; when set, no test split is carved out of `path`."""
     val_fraction: float = 0.05
@@ -280,6 +298,7 @@ class TrainConfig:
             problems.append(f"data.test_fraction must be in [0, 1), got {d.test_fraction}")
         if d.val_fraction + d.test_fraction >= 0.9:
             problems.append("data.val_fraction + data.test_fraction must leave at least 10% for training")
+        problems += mix_problems(self)
         if d.max_seq_len < 8:
             problems.append(f"data.max_seq_len must be >= 8, got {d.max_seq_len}")
         if lo.r < 1:
@@ -358,6 +377,26 @@ class TrainConfig:
         return problems
 
 
+def mix_problems(config: TrainConfig) -> list[str]:
+    """`data.mix`: positive weights, distinct paths, no separate test file, SFT only."""
+    d = config.data
+    if not d.mix:
+        return [f"data.mix_rows needs data.mix, got {d.mix_rows}"] if d.mix_rows else []
+    problems = [
+        f"data.mix[{i}].weight must be > 0, got {s.weight}" for i, s in enumerate(d.mix) if not s.weight > 0
+    ]
+    paths = [s.path for s in d.mix]
+    if len(set(paths)) < len(paths):
+        problems.append(f"data.mix: a path is listed twice ({', '.join(paths)}); give each source once")
+    if d.mix_rows < 0:
+        problems.append(f"data.mix_rows must be >= 0, got {d.mix_rows}")
+    if d.test_path:
+        problems.append("data.test_path cannot be used with data.mix: each source's test split is held out")
+    if config.training.objective != "sft":
+        problems.append(f"data.mix mixes SFT rows; training.objective={config.training.objective} is not sft")
+    return problems
+
+
 def device_problems(t: TrainingSettings) -> list[str]:
     """Optimizer and precision choices this machine cannot run (bitsandbytes, CUDA)."""
     from trainer.hardware import bitsandbytes_problem, has_cuda
@@ -422,7 +461,10 @@ def _location_problems(config: TrainConfig) -> list[str]:
             problems.append(str(exc))
     if not config.output_dir.strip():
         problems.append("output_dir must not be empty")
-    for key, spec in (("data.path", config.data.path), ("data.test_path", config.data.test_path)):
+    specs = [("data.path", config.data.path), ("data.test_path", config.data.test_path)]
+    if config.data.mix:  # then `path` is not read
+        specs = [(f"data.mix[{i}].path", s.path) for i, s in enumerate(config.data.mix)]
+    for key, spec in specs:
         problem = _data_problem(spec)
         if problem:
             problems.append(f"{key}: {problem}")

@@ -38,7 +38,7 @@ from trainer.callbacks import (
     plot_losses,
 )
 from trainer.config import TrainConfig
-from trainer.data import DataReport, Example, prepare
+from trainer.data import DataReport, Example
 from trainer.distributed import Dist
 from trainer.errors import DataError, TrainerError
 from trainer.evaluate import EvalResult, evaluate_base_and_adapter
@@ -50,6 +50,8 @@ from trainer.hardware import device_summary, resolve_precision
 from trainer.hygiene import HygieneReport, Splits
 from trainer.hygiene import check as hygiene_check
 from trainer.lineage import library_versions, training_record
+from trainer.mix import MixReport, per_source_metrics, prepare_data
+from trainer.mix import summary as mix_summary
 from trainer.model import apply_lora, load_base, load_tokenizer, without_kv_cache
 from trainer.packing import Collator, RowDataset, dataset, takes_completion_logits
 from trainer.plan import Plan, make_plan
@@ -122,6 +124,8 @@ class LoRARecipe:
         self.trained: dict[str, Any] = {}
         """trainer.lineage.training_record of the finished training."""
         self.hygiene: HygieneReport | None = None
+        self.mix: MixReport | None = None
+        """What `data.mix` drew from each source (None without a mix)."""
         self.extra_callbacks: list[Any] = []
         """Trainer callbacks a launcher adds (Ray Train's checkpoint reports: trainer/ray_worker.py)."""
         self.resume_from: str | None = None
@@ -181,7 +185,7 @@ class LoRARecipe:
         """Rows, tokenizer, encoded rows and the plan: all `platform train --dry-run` needs.
         Rank 0 reads, splits and checks the rows; the other ranks receive its result."""
         c = self.config
-        self.splits, self.report, self.hygiene = self.dist.on_main(self._prepare)
+        self.splits, self.report, self.hygiene, self.mix = self.dist.on_main(self._prepare)
         self.base = resolve_base_model(c.base_model)
         self.tokenizer = load_tokenizer(self.base)
         self._encode_training_rows()
@@ -198,20 +202,14 @@ class LoRARecipe:
             device=device_summary(),
         )
 
-    def _prepare(self) -> tuple[Splits, DataReport, HygieneReport]:
-        """The split rows (streamed to Arrow files, trainer.rowstore) and their report, then the
-        hygiene check."""
-        d = self.config.data
-        splits, report = prepare(
-            d.path,
-            test_spec=d.test_path,
-            val_fraction=d.val_fraction,
-            test_fraction=d.test_fraction,
-            do_dedup=d.dedup,
-            drop_leaked=d.drop_leaked,
-        )
+    def _prepare(self) -> tuple[Splits, DataReport, HygieneReport, MixReport | None]:
+        """The split rows (streamed to Arrow files, trainer.rowstore) of `data.path` or of the
+        `data.mix` sources, their report, then the hygiene check."""
+        splits, report, mix = prepare_data(self.config.data, self.config.training.seed)
+        if mix is not None:
+            self.console.print(f"[bold]data mix[/]: {mix_summary(mix)}")
         splits, hygiene = self._hygiene(splits)
-        return splits, report, hygiene
+        return splits, report, hygiene, mix
 
     def _hygiene(self, splits: Splits) -> tuple[Splits, HygieneReport]:
         """Personal data counted (and masked with data.redact) and near-duplicates reported."""
@@ -257,14 +255,14 @@ class LoRARecipe:
         d = self.config.data
         examples = self.splits["train"]
         encoded = self._encode(examples)
-        fitted = fit_rows(encoded, examples, d.overlong, d.max_seq_len, d.path)
+        fitted = fit_rows(encoded, examples, d.overlong, d.max_seq_len, self.report.source)
         if not fitted.rows:
             raise DataError(
                 [
                     f"every training row is longer than data.max_seq_len={d.max_seq_len}; raise it, "
                     "or set data.overlong=truncate (the start of long prompts is cut)"
                 ],
-                d.path,
+                self.report.source,
             )
         self.report.truncated, self.report.overlong_dropped = fitted.truncated, fitted.dropped
         self.train_lengths = [r.length for r in encoded]
@@ -489,7 +487,8 @@ class LoRARecipe:
             "plan": self.plan.to_dict() if self.plan else None,
             "init_adapter": self.parent,
             "distributed": strategy.lineage(self.config, self.dist.world_size) | self.launcher,
-            "export": export_lineage(self.config.data.path),
+            "export": None if self.mix else export_lineage(self.config.data.path),
+            "data_mix": self._mix_record(),
             "libraries": library_versions(),
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
         }
@@ -507,6 +506,15 @@ class LoRARecipe:
             total_seconds=time.monotonic() - self.started,
             samples=samples[:3],
         )
+
+    def _mix_record(self) -> dict[str, Any] | None:
+        """`data.mix`: what each source gave, and the held-out metrics per source."""
+        if self.mix is None:
+            return None
+        which = self.mix.heldout["test" if len(self.splits["test"]) else "val"][: len(self.eval_rows)]
+        predictions = {k: v.predictions for k, v in self.results.items()}
+        metrics = per_source_metrics(self.eval_rows, predictions, self.mix.paths(which))
+        return {**self.mix.record(), "heldout_metrics": metrics}
 
 
 def dry_run(config: TrainConfig, console: Console | None = None) -> Plan:

@@ -205,6 +205,45 @@ class Mapped(Sequence[Example]):
         return (list, (list(self),))  # as Rows: another process gets the mapped rows as a list
 
 
+class Interleaved(Sequence[Example]):
+    """Rows of several sequences in the order `which` names: the k-th row naming part p is the
+    k-th row of `parts[p]` (`data.mix`'s splits over its sources' rows, which stay on disk).
+    Per row it holds a part number and a position (10 bytes)."""
+
+    def __init__(self, parts: Sequence[Sequence[Example]], which: Any, at: Any = None) -> None:
+        import numpy as np
+
+        self._parts = parts
+        self.which = np.asarray(which, dtype=np.int16)
+        """Per row, the part it comes from."""
+        if at is None:
+            at = np.zeros(len(self.which), dtype=np.int64)
+            for part in range(len(parts)):
+                mine = self.which == part
+                at[mine] = np.arange(int(mine.sum()))
+        self._at = at
+
+    def __len__(self) -> int:
+        return len(self.which)
+
+    @overload
+    def __getitem__(self, i: int) -> Example: ...
+    @overload
+    def __getitem__(self, i: slice) -> Interleaved: ...
+    def __getitem__(self, i: int | slice) -> Example | Interleaved:
+        if isinstance(i, slice):
+            return Interleaved(self._parts, self.which[i], self._at[i])
+        return self._parts[int(self.which[i])][int(self._at[i])]
+
+    def __iter__(self) -> Iterator[Example]:
+        # each part is read in its own order, so a part on disk reads each record batch once
+        for part, position in zip(self.which.tolist(), self._at.tolist(), strict=True):
+            yield self._parts[part][position]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (list, (list(self),))  # as Rows: another process gets the rows as a list
+
+
 def map_rows(rows: Sequence[Example], fn: Callable[[Example], Example]) -> Sequence[Example]:
     """`fn` over every row: a list stays a list, rows on disk stay on disk (mapped when read)."""
     return [fn(ex) for ex in rows] if isinstance(rows, list) else Mapped(rows, fn)
