@@ -47,7 +47,7 @@ class DataConfig:
     """JSONL file, a folder of JSONL files, `sample:<name>` for a shipped sample, or `hf:<dataset name>`."""
     mix: list[MixSource] = field(default_factory=list)
     """Several sources mixed by weight instead of `path`, e.g.
-    `data.mix=[{path: sample:support-tickets, weight: 0.8}, {path: general.jsonl, weight: 0.2}]`.
+    `data.mix=[{path: sample:support-tickets, weight: 0.8}, {path: sample:general-train, weight: 0.2}]`.
     Each is split on its own; training rows are drawn by weight (seeded by `training.seed`), held-out
     rows keep their source and the evaluation reports metrics per source."""
     mix_rows: int = 0

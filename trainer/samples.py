@@ -7,6 +7,9 @@
   line to the ticket line and whose rejected answer does not (`polite_closing` measures it).
 - `contact-json` (chat messages): a message becomes a fixed JSON object
   `{"name": ..., "city": ..., "intent": ...}`; scored per field as well as exactly.
+- `general-train` (prompt/completion): general instruction following, formatting, arithmetic and
+  reading questions with exact answers, to mix into task training (`data.mix`) against forgetting;
+  no prompt of the general-capability evaluation set (trainer/general/) is among them.
 
 Run `python -m trainer.samples` to rewrite the shipped files under trainer/samples/.
 """
@@ -231,9 +234,18 @@ def contact_json(n: int = 360, seed: int = 11) -> list[dict[str, object]]:
     return rows
 
 
+def general_train() -> list[dict[str, str]]:
+    """General rows to mix into task training (`data.mix`), disjoint from the general-capability
+    evaluation set (trainer/general/build.py)."""
+    from trainer.general.build import build_train
+
+    return build_train()
+
+
 SAMPLES: dict[str, Callable[[], list[dict[str, Any]]]] = {
     "support-tickets": support_tickets,
     "contact-json": contact_json,
+    "general-train": general_train,
 }
 PREFERENCE_SAMPLES: dict[str, Callable[[], list[dict[str, Any]]]] = {"support-prefs": support_prefs}
 """Preference pairs (`training.objective=dpo`), not SFT rows."""

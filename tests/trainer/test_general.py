@@ -30,6 +30,21 @@ def test_the_shipped_set_covers_five_skills_with_exact_answers() -> None:
     assert score(["88", "no"], load_items(3)[2:3] * 2) == {"general": 0.5, "general.arithmetic": 0.5}
 
 
+def test_the_general_training_sample_shares_no_prompt_with_the_set() -> None:
+    from trainer.data import load_examples
+    from trainer.general.build import prompt_key
+
+    rows, shape, _ = load_examples("sample:general-train")
+    assert shape == "prompt_completion" and len(rows) >= 300
+    evaluated = {prompt_key(i.prompt) for i in load_items()}
+    trained = [prompt_key(ex.messages[-1][1]) for ex in rows]
+    assert len(set(trained)) == len(trained) and not evaluated & set(trained)
+    # the same skills by the same generators, but common knowledge: all its questions are in the set
+    starts = ("Reply with only the word", "Write the date", "What is", "Read the text")
+    assert all(any(ex.messages[-1][1].startswith(s) for ex in rows) for s in starts)
+    assert not any("capital of" in ex.messages[-1][1] for ex in rows)
+
+
 @pytest.fixture(scope="module")
 def knows_the_set(tmp_path_factory: pytest.TempPathFactory, tiny_run):  # type: ignore[no-untyped-def]
     """gen@1: the tiny model taught the first general items (it answers them), serving as gen:prod;

@@ -1,6 +1,7 @@
 """Write the general-capability set (`trainer/general/general.jsonl`), seeded: rerunning gives the same bytes.
 
-`python -m trainer.general.build` rewrites it. Five categories, interleaved so that the first N
+`python -m trainer.general.build` rewrites it. `build_train` makes the general training rows
+(`sample:general-train`, written by `python -m trainer.samples`), disjoint from this set. Five categories, interleaved so that the first N
 items of the file cover them evenly: instruction following, formatting, arithmetic, reading
 comprehension and common knowledge. Every item has one exact short answer; `case_sensitive`
 marks the ones whose letter case is the point (uppercase, snake_case...).
@@ -239,6 +240,38 @@ def build(per_category: int = PER_CATEGORY, seed: int = 34) -> list[Item]:
             seen.add(item["prompt"])
             items.append({"id": f"{name}-{i:03d}", "category": name, **item})
     return items
+
+
+TRAIN_PER_CATEGORY = 100
+TRAIN_SEED = 3434
+TRAIN_TRIES = 50
+"""Draws per training item before a category gives up on a prompt not yet used (the word lists are small)."""
+
+
+def prompt_key(prompt: str) -> str:
+    """A prompt as compared for disjointness: spaces collapsed, letter case folded."""
+    return " ".join(prompt.split()).casefold()
+
+
+def build_train(per_category: int = TRAIN_PER_CATEGORY, seed: int = TRAIN_SEED) -> list[dict[str, str]]:
+    """General training rows (prompt/completion, `sample:general-train`) from the same generators
+    with another seed, disjoint from the evaluation set: every prompt of `build()` is left out
+    (normalized by `prompt_key`), so is common knowledge (all of its questions are in the set)."""
+    rng = random.Random(seed)
+    used = {prompt_key(str(item["prompt"])) for item in build()}
+    rows: list[dict[str, str]] = []
+    for i in range(per_category):
+        for name, make in CATEGORIES.items():
+            if name == "knowledge":
+                continue
+            for _ in range(TRAIN_TRIES):
+                item = make(rng, i)
+                key = prompt_key(str(item["prompt"]))
+                if key not in used:
+                    used.add(key)
+                    rows.append({"prompt": str(item["prompt"]), "completion": str(item["answer"])})
+                    break
+    return rows
 
 
 if __name__ == "__main__":
