@@ -183,6 +183,35 @@ def preference(f: dict[str, Any]) -> str:
     return head + table(["model", "version", "polite closing rate", "first-line exact match"], rows)
 
 
+def forgetting(f: dict[str, Any]) -> str:
+    """bench_forgetting.py: task exact match / ROUGE-L and general-set accuracy, unmixed vs mixed adapter."""
+
+    def ci(v: list[float] | None) -> str:
+        return "-" if v is None else f"{v[0]:+.3f} [{v[1]:+.3f}, {v[2]:+.3f}]"
+
+    t, g, v, s = f["task"], f["general"], f["verdict"], f["settings"]
+    rows = []
+    for label, m in t["models"].items():
+        gm = g["models"].get(label, {})
+        em, general = m.get("vs_unmixed_exact_match"), gm.get("general")
+        rows.append([label, m["ref"], m["exact_match"], m["rougeL"], ci(em), general, ci(gm.get("drop"))])
+    mix = ", ".join(f"`{x['path']}` {x['sampled']}" for x in f["mix"])
+    head = (
+        f"{t['rows']} held-out rows of `sample:support-tickets`, {g['items']} general-set items, greedy; "
+        f"each adapter {s['steps']} steps, seed {s['seed']}; the mixed run's training rows: {mix}; "
+        "95% paired bootstrap intervals.\n\n"
+    )
+    header = ["model", "version", "exact match", "ROUGE-L", "EM - unmixed", "general", "general drop vs base"]
+    target = "met" if v["target_met"] else "not met"
+    tail = (
+        f"\n\nGeneral-set drop, mixed / unmixed: {fmt(v['drop_ratio'])}; target (at most half, exact match "
+        f"at most 0.02 below the unmixed adapter's): {target}."
+    )
+    if not v["unmixed_forgot"]:
+        tail += " The unmixed adapter's drop is within noise (its interval includes 0)."
+    return head + table(header, rows) + tail
+
+
 def structured(f: dict[str, Any]) -> str:
     """bench_structured.py: schema-valid share with and without the constraint, and its decode-rate cost."""
     v, t = f["validity"], f["throughput"]
@@ -305,6 +334,7 @@ RENDER: dict[str, Callable[[dict[str, Any]], str]] = {
     "bench_preference": preference,
     "bench_preference_plain_dpo": preference,
     "bench_structured": structured,
+    "bench_forgetting": forgetting,
     "bench_train": train,
     "bench_dataprep": dataprep,
 }

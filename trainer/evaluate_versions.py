@@ -15,7 +15,7 @@ from typing import Any
 from trainer.baseline import MAX_AUTO_SHOTS, Baseline, Prompting, parse_baseline, prompting
 from trainer.data import Example, load_examples
 from trainer.evaluate import EvalResult, base_only, evaluate_model
-from trainer.general import Item, evaluate_general, load_items
+from trainer.general import Item, answers, load_items, score
 
 
 @dataclass(frozen=True)
@@ -136,10 +136,10 @@ def evaluate_refs(
     return results, examples
 
 
-def general_refs(
+def general_answers(
     refs: list[str], registry_root: str | None, *, max_examples: int = 0, batch_size: int = 16
-) -> tuple[dict[str, dict[str, float]], list[Item]]:
-    """Every ref's score on the shipped general set (its first `max_examples` items; 0: all).
+) -> tuple[dict[str, list[str]], list[Item]]:
+    """Every ref's answers to the shipped general set (its first `max_examples` items; 0: all).
 
     A `+system:FILE` prompting applies; few-shot shots are task rows, so `+few_shot` does not.
     """
@@ -151,7 +151,13 @@ def general_refs(
     for t in ts:
         system = t.baseline if t.baseline is not None and t.baseline.mode == "system" else None
         p = prompting(system, [], [], 0, 0) if system else None
-        out[t.ref] = models.run(
-            t, lambda p=p: evaluate_general(models.model, models.tokenizer, items, batch_size, p)
-        )
+        out[t.ref] = models.run(t, lambda p=p: answers(models.model, models.tokenizer, items, batch_size, p))
     return out, items
+
+
+def general_refs(
+    refs: list[str], registry_root: str | None, *, max_examples: int = 0, batch_size: int = 16
+) -> tuple[dict[str, dict[str, float]], list[Item]]:
+    """Every ref's score on the shipped general set, as `general_answers` answers it."""
+    said, items = general_answers(refs, registry_root, max_examples=max_examples, batch_size=batch_size)
+    return {ref: score(predictions, items) for ref, predictions in said.items()}, items
