@@ -16,7 +16,7 @@ Target: mixing halves the general-set drop (or better) while the task's exact ma
 0.02 of the unmixed adapter's.
 
 Run: `python -m loadtests.bench_forgetting` (about 20-25 minutes on 2 quiet cores by default:
-150 steps of ~2.7 s per run, about 6 minutes of generation for 4 models x ~50 held-out rows and
+120 steps of ~2.7 s per run, about 8 minutes of generation for 4 models x ~50 held-out rows and
 3 x 300 general items).
 """
 
@@ -174,7 +174,7 @@ def measure(args: argparse.Namespace, root: str, work: Path) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base-model", default="embedded/smollm2-135m-instruct-q4_1")
-    parser.add_argument("--steps", type=int, default=150, help="training.max_steps of each run (~3.5 epochs)")
+    parser.add_argument("--steps", type=int, default=120, help="training.max_steps of each run (~2.8 epochs)")
     parser.add_argument("--lr", type=float, default=0.0, help="training.lr (0: the config's, 1e-3)")
     parser.add_argument("--seed", type=int, default=42, help="training.seed of both runs (and the shots)")
     parser.add_argument("--general-share", type=float, default=0.2, help="general-train's weight in the mix")
