@@ -116,7 +116,12 @@ def evaluate_refs(
     examples = examples[taken:]
     if max_examples:
         examples = examples[:max_examples]
-    models = _Models(ts, registry_root)
+    if server and all(t.baseline is None for t in ts):
+        # the server resolves the refs: nothing to load here (the registry may be the server's only)
+        from trainer.compare import via_server
+
+        return {t.ref: via_server(server, t.model, examples, max_new_tokens) for t in ts}, examples
+    models = _Models(ts, registry_root)  # a prompting fits its shots with the base's tokenizer
     promptings = {t.ref: models.prompting(t, pool, examples, max_seq_len, max_new_tokens, seed) for t in ts}
 
     def rows(t: Target) -> list[Example]:

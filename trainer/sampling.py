@@ -76,5 +76,8 @@ class GroupedTrainer(Trainer):
     def _get_train_sampler(self, train_dataset: Any = None) -> Any:
         if self.row_lengths is None:
             return super()._get_train_sampler(train_dataset)
-        batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
-        return ShuffledLengthGroups(self.row_lengths, batch, self.args.data_seed or self.args.seed)
+        # one unit a global step: the rows every rank's micro-batches of one optimizer step take
+        # (accelerate deals consecutive per-device batches to the ranks), so a run on N processes
+        # trains on the same rows per step as one process with N times the batch
+        step = self.args.train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
+        return ShuffledLengthGroups(self.row_lengths, step, self.args.data_seed or self.args.seed)

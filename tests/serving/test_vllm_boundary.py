@@ -1,6 +1,7 @@
 """Where the project may touch vLLM (docs/vllm-cpu-patches.md): its private names only inside the CPU
-patch set (serving/engine/cpu/), and vLLM itself only there, in the engine (serving/engine/vllm.py)
-and in the resolver plugin (serving/engine/resolver.py, public names only)."""
+patch set (serving/engine/cpu/), and vLLM itself only there, in the engine (serving/engine/vllm.py
+and its tool calling, serving/engine/vllm_tools.py) and in the resolver plugin
+(serving/engine/resolver.py, public names only)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).parents[2]
 PATCH_SET = ROOT / "serving" / "engine" / "cpu"
-IMPORTERS = {ROOT / "serving" / "engine" / "vllm.py", ROOT / "serving" / "engine" / "resolver.py"}
+ENGINE = ROOT / "serving" / "engine"
+IMPORTERS = {ENGINE / "vllm.py", ENGINE / "vllm_tools.py", ENGINE / "resolver.py"}
 
 
 def vllm_imports(path: Path) -> list[tuple[int, str]]:
