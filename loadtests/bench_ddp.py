@@ -42,15 +42,22 @@ def train(
             str(processes),
         ]
         launch += ["-m", "cli.main"]
-    command = [
-        *launch,
-        "train",
+    command = [*launch, "train", "--output-dir", str(out), *run_arguments(args, batch)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT)}
+    start = time.monotonic()
+    subprocess.run(command, cwd=workdir, env=env, check=True, capture_output=True, text=True)
+    wall = time.monotonic() - start
+    figures = run_figures(out, wall)
+    return {"processes": processes, "threads_per_process": threads, "batch_per_process": batch, **figures}
+
+
+def run_arguments(args: argparse.Namespace, batch: int) -> list[str]:
+    """`platform train` arguments of every layout's run (the same run, `batch` rows per process)."""
+    return [
         "--base-model",
         args.base_model,
         "--name",
         "bench",
-        "--output-dir",
-        str(out),
         "--no-push",
         f"training.max_steps={args.steps}",
         f"training.batch_size={batch}",
@@ -62,18 +69,16 @@ def train(
         f"data.max_seq_len={args.seq_len}",
         "data.overlong=truncate",
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT)}
-    start = time.monotonic()
-    subprocess.run(command, cwd=workdir, env=env, check=True, capture_output=True, text=True)
-    wall = time.monotonic() - start
+
+
+def run_figures(out: Path, wall: float) -> dict[str, Any]:
+    """Throughput and final loss of the one run folder under `out` (rank 0's), from its lineage."""
     (run,) = out.iterdir()
     lineage = json.loads((run / "lineage.json").read_text())
     records = [json.loads(x) for x in (run / "train_log.jsonl").read_text().splitlines()]
     t = lineage["training"]
     return {
-        "processes": processes,
-        "threads_per_process": threads,
-        "batch_per_process": batch,
+        "threads_per_process": lineage["hardware"].get("torch_threads"),
         "tokens": t["tokens"],
         "train_seconds": t["wall_seconds"],
         "tokens_per_second": t["tokens_per_second"],
@@ -82,16 +87,22 @@ def train(
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def parser(description: str, cores: str) -> argparse.ArgumentParser:
+    """The command line both training-layout benchmarks take (`cores`: what --cores means)."""
+    parser = argparse.ArgumentParser(description=description.split("\n")[0])
     parser.add_argument("--base-model", default="tiny")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch", type=int, default=8, help="global batch (rows per optimizer step)")
     parser.add_argument("--seq-len", type=int, default=128)
-    parser.add_argument(
-        "--cores", type=int, default=2, help="N: threads of the one process, processes of torchrun"
-    )
-    args = parser.parse_args()
+    parser.add_argument("--cores", type=int, default=2, help=cores)
+    return parser
+
+
+NOTE = "other jobs on this machine lower the ratios: compare runs made with nothing else running"
+
+
+def main() -> None:
+    args = parser(__doc__ or "", "N: threads of the one process, processes of torchrun").parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         one = train(Path(tmp), 1, args.cores, args.batch, args)
         many = train(Path(tmp), args.cores, 1, args.batch // args.cores, args)
@@ -102,7 +113,7 @@ def main() -> None:
         "seq_len": args.seq_len,
         "runs": [one, many],
         "processes_over_threads": round(many["tokens_per_second"] / one["tokens_per_second"], 2),
-        "note": "cores shared with other work on this machine: ratios are indicative",
+        "note": NOTE,
     }
     print(json.dumps(figures, indent=2))
     print(write_result("bench_ddp", figures))

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from loadtests.bench_ddp import ROOT
+from loadtests.bench_ddp import NOTE, ROOT, parser, run_arguments, run_figures
 from loadtests.bench_ddp import train as train_processes
 from loadtests.record import write_result
 
@@ -30,50 +30,20 @@ from loadtests.record import write_result
 def train_on_ray(workdir: Path, workers: int, batch: int, args: argparse.Namespace) -> dict[str, Any]:
     """`platform train --workers N` on a local Ray; its throughput and loss (rank 0's run folder)."""
     out = workdir / f"ray-{workers}"
-    command = [sys.executable, "-m", "cli.main", "train", "--workers", str(workers), "--no-push"]
-    command += ["--base-model", args.base_model, "--name", "bench", "--output-dir", str(out)]
+    command = [sys.executable, "-m", "cli.main", "train", "--workers", str(workers)]
+    command += ["--output-dir", str(out), *run_arguments(args, batch)]
     command += ["--checkpoint-storage", str(workdir / "ray-checkpoints")]
-    command += [
-        f"training.max_steps={args.steps}",
-        f"training.batch_size={batch}",
-        "training.grad_accum=1",
-        "training.eval_every=0",
-        "eval.max_examples=1",
-        "eval.max_new_tokens=1",
-        "eval.compare_base=false",
-        f"data.max_seq_len={args.seq_len}",
-        "data.overlong=truncate",
-    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}  # Ray gives each 1-CPU worker OMP_NUM_THREADS=1
     start = time.monotonic()
     done = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-4000:]}")
     wall = time.monotonic() - start
-    (run,) = out.iterdir()
-    lineage = json.loads((run / "lineage.json").read_text())
-    records = [json.loads(x) for x in (run / "train_log.jsonl").read_text().splitlines()]
-    t = lineage["training"]
-    return {
-        "ray_workers": workers,
-        "threads_per_process": lineage["hardware"].get("torch_threads"),
-        "batch_per_process": batch,
-        "tokens": t["tokens"],
-        "train_seconds": t["wall_seconds"],
-        "tokens_per_second": t["tokens_per_second"],
-        "command_seconds": round(wall, 1),
-        "final_train_loss": [r["loss"] for r in records if "loss" in r][-1],
-    }
+    return {"ray_workers": workers, "batch_per_process": batch, **run_figures(out, wall)}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--base-model", default="tiny")
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--batch", type=int, default=8, help="global batch (rows per optimizer step)")
-    parser.add_argument("--seq-len", type=int, default=128)
-    parser.add_argument("--cores", type=int, default=2, help="N: threads of the one process, Ray workers")
-    args = parser.parse_args()
+    args = parser(__doc__ or "", "N: threads of the one process, Ray workers").parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         one = train_processes(Path(tmp), 1, args.cores, args.batch, args)
         ray = train_on_ray(Path(tmp), args.cores, args.batch // args.cores, args)
@@ -84,7 +54,7 @@ def main() -> None:
         "seq_len": args.seq_len,
         "runs": [one, ray],
         "ray_workers_over_threads": round(ray["tokens_per_second"] / one["tokens_per_second"], 2),
-        "note": "cores shared with other work on this machine: ratios are indicative",
+        "note": NOTE,
     }
     print(json.dumps(figures, indent=2))
     print(write_result("bench_ray_train", figures))
