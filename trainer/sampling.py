@@ -7,7 +7,7 @@ the same 240 support-tickets rows once, 30 steps): validation loss 0.7657 agains
 batches (+5.1%). Here the batches are formed the same way (rows of a random group, sorted by length,
 cut into batches) and then put in random order: 0.7488 (+2.7%) at the same speed. What is left is
 which rows share a batch (dividing each step's loss by the run's mean token count instead of its
-own changed nothing: these steps' gradients are clipped). It takes the lengths the recipe already
+own changed nothing, probably as gradient clipping evens the steps out). It takes the lengths the recipe already
 has instead of measuring every row again.
 """
 
