@@ -12,11 +12,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psutil
 import pytest
+
+from testkit.servers import wait_until
 
 pytest.importorskip("ray")
 
@@ -88,12 +89,14 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint_and_publishes_once(
     driver's start)."""
     proc = start_driver(tmp_path, ray_cluster, "training.max_steps=6", "training.save_every=1")
     log = tmp_path / "driver.log"
-    deadline = time.monotonic() + DRIVER_TIMEOUT_S
-    # committed: every worker reported it, so a restart resumes from it
-    while "checkpoint committed: checkpoint-1 (" not in log.read_text():
-        assert proc.poll() is None, log.read_text()[-6000:]
-        assert time.monotonic() < deadline, "no committed checkpoint in time"
-        time.sleep(0.05)
+
+    def committed() -> bool:  # every worker reported it, so a restart resumes from it
+        text = log.read_text()
+        done = "checkpoint committed: checkpoint-1 (" in text
+        assert done or proc.poll() is None, text[-6000:]  # the driver died before it
+        return done
+
+    wait_until(committed, DRIVER_TIMEOUT_S)
     workers = our_train_workers()
     assert len(workers) == 2, workers
     os.kill(workers[-1].pid, signal.SIGKILL)
