@@ -103,17 +103,10 @@ def answers(
     return generate(model, tokenizer, examples, MAX_NEW_TOKENS, batch_size)
 
 
-def evaluate_general(
-    model: Any, tokenizer: Any, items: list[Item], batch_size: int = 16, prompting: Any = None
-) -> dict[str, float]:
-    """`answers`, scored."""
-    return score(answers(model, tokenizer, items, batch_size, prompting), items)
-
-
 def general_base_and_adapter(
     model: Any, tokenizer: Any, items: list[Item], batch_size: int = 16, dist: Dist | None = None
 ) -> dict[str, dict[str, float]]:
-    """Scores of the base (adapter disabled) and the adapter of a PeftModel, as `evaluate_general`.
+    """Scores of the base (adapter disabled) and the adapter of a PeftModel (`answers`, then `score`).
     In a distributed run each rank answers its share of the items and rank 0 scores them all
     (the other ranks get `{}`), as `trainer.evaluate.evaluate_base_and_adapter` does for rows."""
     from trainer.evaluate import base_only
