@@ -81,11 +81,10 @@ def _splits(dataset: str, work: Path, rows: int) -> Any:
     return {"train": list(splits["train"])[:rows], "val": list(splits["val"])}
 
 
-def training_file(dataset: str, work: Path, rows: int) -> str:
-    """The same training rows as `_splits`, as a chat JSONL for `platform train`."""
-    path = work / f"{dataset}-train-{rows}.jsonl"
+def training_file(rows: list[Any], path: Path) -> str:
+    """Training rows (`_splits`' train) as a chat JSONL for `platform train`."""
     with path.open("w") as out:
-        for ex in _splits(dataset, work, rows)["train"]:
+        for ex in rows:
             turns = [*ex.prompt_messages, {"role": "assistant", "content": ex.completion}]
             out.write(json.dumps({"messages": turns}) + "\n")
     return str(path)
@@ -175,13 +174,14 @@ def run_ours(dataset: str, args: argparse.Namespace, out: Path) -> dict[str, Any
     from trainer.config import load_config
     from trainer.recipe import LoRARecipe
 
+    splits = _splits(dataset, out.parent, args.steps * args.batch)  # the rows the other two train on
     config = load_config(
         None,
         [
             f"base_model={args.base_model}",
             "name=bench",
             f"output_dir={out}",
-            f"data.path={training_file(dataset, out.parent, args.steps * args.batch)}",
+            f"data.path={training_file(splits['train'], out.parent / f'{dataset}-train.jsonl')}",
             "data.val_fraction=0",
             "data.test_fraction=0",
             f"data.max_seq_len={args.seq_len}",
@@ -202,8 +202,7 @@ def run_ours(dataset: str, args: argparse.Namespace, out: Path) -> dict[str, Any
     recipe = LoRARecipe(config, Console(quiet=True))
     recipe.setup()
     recipe.train()
-    val = _splits(dataset, out.parent, 0)["val"]  # the same validation rows as the other two
-    val_rows = _encoded(recipe.tokenizer, val, args.seq_len)
+    val_rows = _encoded(recipe.tokenizer, splits["val"], args.seq_len)  # the other two's rows
     return {
         "seconds": recipe.train_seconds,
         "tokens": recipe.trained["tokens"],
