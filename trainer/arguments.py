@@ -31,10 +31,11 @@ def training_arguments(
     plan: Plan,
     output_dir: Path,
     strategy: dict[str, Any] | None = None,
-    packed: bool = False,
+    padded: bool = True,
 ) -> Any:
     """`strategy`: the fsdp/fsdp_config or deepspeed keywords of `training.strategy` (trainer/strategy.py);
-    `packed`: the training items are packed blocks (no length grouping)."""
+    `padded`: the training batches are padded rows (False: packed blocks or padding-free batches,
+    which length grouping does not help)."""
     from transformers import TrainingArguments
 
     evaluating = plan.eval_every > 0
@@ -68,10 +69,11 @@ def training_arguments(
         greater_is_better=greater if evaluating else None,
         seed=t.seed,
         data_seed=t.seed,
-        train_sampling_strategy="group_by_length" if t.group_by_length and not packed else "random",
+        train_sampling_strategy="group_by_length" if t.group_by_length and padded else "random",
         report_to="none",  # trackers come as callbacks (trainer/tracking.py)
         run_name=output_dir.parent.name,
-        include_num_input_tokens_seen="non_padding",  # real tokens for tokens/s and the lineage
+        # real tokens for tokens/s and the lineage (padding-free batches have no padding, nor a mask)
+        include_num_input_tokens_seen="non_padding" if padded else "all",
         disable_tqdm=True,
         remove_unused_columns=False,
         dataloader_num_workers=0,

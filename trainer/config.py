@@ -166,11 +166,16 @@ class TrainingSettings:
     """MLflow experiment / W&B project (default: the adapter name)."""
     seed: int = 42
     """Seed for data order, LoRA init and dropout."""
-    group_by_length: bool = True
-    """Unpacked rows: batches of rows of similar length (rows of a random group of 50 batches sorted by
-    length and cut into batches; the batches then in random order, trainer/sampling.py), so little of
-    a batch is padding. Off: plain random batches. Packed blocks (`data.packing`) are full already
-    and ignore it."""
+    padding_free: bool = True
+    """Unpacked SFT rows: the rows of each batch are laid end to end in one sequence and attention stays
+    inside each row (TRL's `padding_free`; trainer/packing.py), so no compute goes to padding and a
+    batch holds the same rows as a padded one (the same loss). Off: rows padded to the batch's
+    longest. A model whose attention is not one of transformers' swappable implementations pads."""
+    group_by_length: bool = False
+    """Padded rows (`padding_free=false`): batches of rows of similar length (rows of a random group of
+    50 batches sorted by length and cut into batches; the batches then in random order,
+    trainer/sampling.py), so less of a batch is padding, at the price of less random batches.
+    Off: plain random batches. Padding-free batches and packed blocks ignore it."""
     objective: str = "sft"
     """`sft` (chat rows), `dpo` (preference pairs: prompt, chosen, rejected) or `kto` (prompt,
     completion, label), the latter two through TRL; `platform data export --pairs/--unpaired` writes them."""

@@ -19,16 +19,89 @@ of the batch predicts a completion token at, and the targets there. The loss is 
 dropped positions carried no target); the head's work shrinks to those positions. TRL and Axolotl
 reach the same saving with Liger's fused linear cross-entropy, a Triton kernel (GPU only); this
 works on every device.
+
+Padding-free batches (`training.padding_free`, TRL's setting of the same name): the rows of a batch
+are laid end to end in one sequence (`FlatCollator`), so no position is padding, and the batch is
+the same rows a padded batch holds, so the loss is the same. Attention must stay inside each row.
+On GPUs, TRL does this with FlashAttention's variable-length kernel; PyTorch's CPU attention has no
+variable-length form, and a block-diagonal mask over the whole sequence would cost attention over
+every pair of positions in the batch (for 8 rows of 100 tokens, 8 times the work). `row_attention`
+is a small attention implementation registered with transformers' `AttentionInterface`: it runs
+PyTorch's causal `scaled_dot_product_attention` on each row's slice, the rows' bounds taken from the
+`cu_seq_lens_q` the flattening collator returns, on every device; without them (generation,
+evaluation batches of other shapes) it is transformers' own sdpa.
 """
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 from trainer.template import IGNORE, Encoded
 
 ATTENTION_FOR_PACKING = ("sdpa", "eager", "flex_attention")
 """Attention implementations that turn restarting position ids into a block-diagonal mask."""
+
+ROW_ATTENTION = "platform_row_sdpa"
+"""The name `row_attention` is registered under with transformers (`register_row_attention`)."""
+
+
+def row_attention(
+    module: Any,
+    query: Any,
+    key: Any,
+    value: Any,
+    attention_mask: Any,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs: Any,
+) -> tuple[Any, None]:
+    """Causal attention within each row of one flattened sequence (`cu_seq_lens_q` bounds the rows);
+    transformers' sdpa for anything else."""
+    import torch
+    from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+
+    bounds = kwargs.get("cu_seq_lens_q")
+    if bounds is None or query.shape[0] != 1:
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
+    groups = getattr(module, "num_key_value_groups", 1)
+    if groups > 1:
+        key, value = repeat_kv(key, groups), repeat_kv(value, groups)
+    cuts = bounds.tolist()
+    rows = [
+        torch.nn.functional.scaled_dot_product_attention(
+            query[:, :, a:b],
+            key[:, :, a:b],
+            value[:, :, a:b],
+            dropout_p=dropout,
+            is_causal=True,
+            scale=scaling,
+        )
+        for a, b in itertools.pairwise(cuts)
+        if b > a
+    ]
+    return torch.cat(rows, dim=2).transpose(1, 2).contiguous(), None
+
+
+def use_row_attention(model: Any) -> bool:
+    """Switches `model` (a transformers model) to `row_attention`; False (unchanged) where its
+    attention is not one of transformers' swappable implementations."""
+    if not getattr(model, "_supports_attention_backend", False):
+        return False
+    model.set_attn_implementation(register_row_attention())
+    return True
+
+
+def register_row_attention() -> str:
+    """Registers `row_attention` (and sdpa's mask for its other uses) with transformers; returns its name."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(ROW_ATTENTION, row_attention)
+    AttentionMaskInterface.register(ROW_ATTENTION, sdpa_mask)
+    return ROW_ATTENTION
 
 
 class RowDataset:
@@ -100,6 +173,29 @@ class PackedCollator:
         return {key: torch.stack(values) for key, values in out.items()}
 
 
+class FlatCollator:
+    """Lays a batch of rows end to end in one sequence: position ids restart per row, the first label
+    of each row is ignored, and `cu_seq_lens_q/k` bound the rows for `row_attention`."""
+
+    def __init__(self) -> None:
+        from transformers import DataCollatorWithFlattening
+
+        self.flatten = DataCollatorWithFlattening(  # type: ignore[no-untyped-call]
+            return_tensors="pt", separator_id=IGNORE, return_flash_attn_kwargs=True
+        )
+
+    def __call__(self, batch: list[dict[str, list[int]]]) -> dict[str, Any]:
+        out = self.flatten(batch)
+        # the row bounds as int64 (int32 is for FlashAttention); its max lengths are not needed
+        return {
+            "input_ids": out["input_ids"],
+            "labels": out["labels"],
+            "position_ids": out["position_ids"],
+            "cu_seq_lens_q": out["cu_seq_lens_q"].long(),
+            "cu_seq_lens_k": out["cu_seq_lens_k"].long(),
+        }
+
+
 def keep_completion_logits(batch: dict[str, Any]) -> dict[str, Any]:
     """Adds `logits_to_keep` (positions some row predicts a target at) and their `shift_labels`."""
     import torch
@@ -125,16 +221,20 @@ def takes_completion_logits(model: Any) -> bool:
 
 
 class Collator:
-    """Packed blocks (training with packing) or padded rows (evaluation, training without);
+    """Packed blocks (training with packing), or rows: laid end to end (`padding_free`) or padded;
     with `completion_logits`, the batch also says which positions' logits the loss needs."""
 
-    def __init__(self, pad_id: int, completion_logits: bool = False) -> None:
+    def __init__(self, pad_id: int, completion_logits: bool = False, padding_free: bool = False) -> None:
         self.padded = PaddedCollator(pad_id)
         self.packed = PackedCollator(pad_id)
+        self.flat = FlatCollator() if padding_free else None
         self.completion_logits = completion_logits
 
     def __call__(self, batch: list[dict[str, Any]]) -> dict[str, Any]:
-        out = self.packed(batch) if "rows" in batch[0] else self.padded(batch)
+        if "rows" in batch[0]:
+            out = self.packed(batch)
+        else:
+            out = self.flat(batch) if self.flat is not None else self.padded(batch)
         return keep_completion_logits(out) if self.completion_logits else out
 
 

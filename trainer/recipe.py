@@ -53,7 +53,7 @@ from trainer.lineage import library_versions, training_record
 from trainer.mix import MixReport, per_source_metrics, prepare_data
 from trainer.mix import summary as mix_summary
 from trainer.model import apply_lora, load_base, load_tokenizer, without_kv_cache
-from trainer.packing import Collator, RowDataset, dataset, takes_completion_logits
+from trainer.packing import Collator, RowDataset, dataset, takes_completion_logits, use_row_attention
 from trainer.plan import Plan, make_plan
 from trainer.template import Encoded, encode, fit_rows, pack, prompt_ids
 from trainer.tracking import Tracking
@@ -119,6 +119,9 @@ class LoRARecipe:
         self.plan: Plan | None = None
         """Set by setup_data; recipes with their own setup (trainer/preference.py) have none."""
         self.best: dict[str, Any] | None = None
+        self.padding_free = False
+        """Whether training batches are padding-free (set by setup: `training.padding_free` where the
+        model's attention can be swapped)."""
         self.warnings: list[str] = []
         self.tracking: Tracking | None = None
         self.trained: dict[str, Any] = {}
@@ -163,6 +166,12 @@ class LoRARecipe:
         attention = "sdpa" if c.data.packing else None
         fsdp = strategy.resolved(c, self.dist.world_size) == "fsdp"
         model = load_base(self.base, c.training.dtype, c.lora.quantize, attention, fsdp=fsdp)
+        self.padding_free = (
+            c.training.padding_free
+            and c.training.objective == "sft"
+            and not c.data.packing
+            and use_row_attention(model)
+        )
         import torch
 
         torch.manual_seed(c.training.seed)
@@ -298,6 +307,7 @@ class LoRARecipe:
             self.tracking.start()
             callbacks += self.tracking.callbacks()
         callbacks += self.extra_callbacks
+        padded = not (self.config.data.packing or self.padding_free)
         trainer = GroupedTrainer(
             model=self.model,
             args=training_arguments(
@@ -305,13 +315,15 @@ class LoRARecipe:
                 plan,
                 self.run_dir / "checkpoints",
                 strategy.trainer_arguments(self.config),
-                packed=self.config.data.packing,
+                padded=padded,
             ),
             train_dataset=dataset(self.train_items, self.config.data.packing),
             eval_dataset=RowDataset(self.val_rows) if plan.eval_every else None,
-            data_collator=Collator(self.tokenizer.pad_token_id, takes_completion_logits(self.model)),
+            data_collator=Collator(
+                self.tokenizer.pad_token_id, takes_completion_logits(self.model), self.padding_free
+            ),
             callbacks=callbacks,
-            lengths=row_lengths(self.train_items, t.group_by_length, self.config.data.packing),
+            lengths=row_lengths(self.train_items, t.group_by_length, padded),
         )
         trainer.remove_callback(PrinterCallback)
         resume = self.resume_from or self.config.resume_checkpoint()

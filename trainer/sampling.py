@@ -59,10 +59,10 @@ class ShuffledLengthGroups(Sampler[int]):
             yield from batch
 
 
-def row_lengths(items: Sequence[Any], group_by_length: bool, packed: bool) -> list[int] | None:
-    """The tokens of each training item for `GroupedTrainer` (None: random batches; packed blocks
-    are full already)."""
-    return [len(item.input_ids) for item in items] if group_by_length and not packed else None
+def row_lengths(items: Sequence[Any], group_by_length: bool, padded: bool) -> list[int] | None:
+    """The tokens of each training item for `GroupedTrainer` (None: random batches; only padded
+    rows gain from grouping: packed blocks are full and padding-free batches have no padding)."""
+    return [len(item.input_ids) for item in items] if group_by_length and padded else None
 
 
 class GroupedTrainer(Trainer):

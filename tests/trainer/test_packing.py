@@ -138,7 +138,7 @@ def test_completion_only_logits_give_the_full_loss_and_gradients(
 
 @pytest.mark.parametrize("grouped", [True, False])
 def test_rows_of_similar_length_share_a_batch_so_little_is_padding(grouped: bool, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """training.group_by_length (default on): the Trainer's batches, built from the run's arguments
+    """training.group_by_length (padded rows): the Trainer's batches, built from the run's arguments
     and collator, waste under half the padding of random batches on rows of widely spread lengths."""
     import random
 
@@ -164,7 +164,7 @@ def test_rows_of_similar_length_share_a_batch_so_little_is_padding(grouped: bool
             args=training_arguments(t, plan, tmp_path / str(group_by_length)),
             train_dataset=RowDataset(rows),
             data_collator=Collator(0),
-            lengths=row_lengths(rows, t.group_by_length, packed=False),
+            lengths=row_lengths(rows, t.group_by_length, padded=True),
         )
         batches = list(trainer.get_train_dataloader())
         assert sum(len(b["input_ids"]) for b in batches) == len(rows)  # every row once
@@ -174,11 +174,54 @@ def test_rows_of_similar_length_share_a_batch_so_little_is_padding(grouped: bool
 
     if grouped:
         assert padding(True) < 0.5 * padding(False)
-    else:  # the unpacked default is grouped; packing turns it off (blocks are full already)
-        t = TrainingSettings()
-        assert t.group_by_length
-        assert training_arguments(t, plan, tmp_path, packed=True).train_sampling_strategy == "random"
-        assert row_lengths(rows, t.group_by_length, packed=True) is None
+    else:  # grouping is for padded rows only: packed blocks are full, padding-free batches have no padding
+        t = TrainingSettings(group_by_length=True)
+        assert training_arguments(t, plan, tmp_path, padded=False).train_sampling_strategy == "random"
+        assert row_lengths(rows, t.group_by_length, padded=False) is None
+        assert not TrainingSettings().group_by_length  # the default is padding-free random batches
+
+
+@pytest.mark.parametrize("completion_logits", [False, True], ids=["all-logits", "completion-logits"])
+def test_padding_free_batch_has_the_loss_and_gradients_of_the_padded_batch(
+    tiny_base: Any, tiny_rows: tuple[Any, list[Encoded]], completion_logits: bool
+) -> None:
+    """training.padding_free: the rows laid end to end in one sequence, with row_attention, give the
+    padded batch's loss and LoRA gradients (no row sees another), with no position spent on padding."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from trainer.model import load_base, without_kv_cache
+    from trainer.packing import ROW_ATTENTION, Collator, RowDataset, use_row_attention
+
+    tokenizer, rows = tiny_rows
+    items = [RowDataset(rows)[i] for i in range(len(rows))]
+    torch.manual_seed(0)
+    base = load_base(tiny_base, attn_implementation="sdpa")
+    model = get_peft_model(
+        base, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
+    )
+    padded = Collator(tokenizer.pad_token_id, completion_logits)(items)
+    flat = Collator(tokenizer.pad_token_id, completion_logits, padding_free=True)(items)
+    assert flat["input_ids"].shape == (1, sum(len(r.input_ids) for r in rows))
+    assert padded["input_ids"].numel() > flat["input_ids"].numel()  # the padded batch pads
+
+    def loss_and_grads(batch: dict[str, Any]) -> tuple[float, list[Any]]:
+        model.zero_grad()
+        with without_kv_cache(model):
+            out = model(**batch)
+        out.loss.backward()
+        return out.loss.item(), [p.grad.clone() for p in model.parameters() if p.requires_grad]
+
+    padded_loss, padded_grads = loss_and_grads(padded)
+    assert use_row_attention(base) and base.config._attn_implementation == ROW_ATTENTION
+    flat_loss, flat_grads = loss_and_grads(flat)
+    assert abs(padded_loss - flat_loss) < 1e-4
+    for a, b in zip(padded_grads, flat_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+    # generation and unflattened batches still work under row_attention (transformers' sdpa)
+    with torch.no_grad():
+        again = model(**padded).loss.item()
+    assert abs(again - padded_loss) < 1e-4
 
 
 def test_grouped_batches_come_in_random_order_not_longest_first() -> None:
