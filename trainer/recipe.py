@@ -26,7 +26,7 @@ from registry.basemodels import BaseModel, resolve_base_model
 from registry.response_format import RESPONSE_FORMAT
 from trainer import strategy
 from trainer.arguments import training_arguments
-from trainer.baseline import Prompting, parse_baseline, prompting
+from trainer.baseline import Prompting
 from trainer.baseline import record as baseline_record
 from trainer.callbacks import (
     EstimateCallback,
@@ -41,21 +41,20 @@ from trainer.config import TrainConfig
 from trainer.data import DataReport, Example
 from trainer.distributed import Dist
 from trainer.errors import DataError, TrainerError
-from trainer.evaluate import EvalResult, evaluate_base_and_adapter
+from trainer.evaluate import EvalResult
 from trainer.export import HELDOUT_FILE, export_lineage, heldout_record
-from trainer.general import METRIC as GENERAL
-from trainer.general import general_base_and_adapter, load_items
 from trainer.general import record as general_record
 from trainer.hardware import device_summary, resolve_precision
 from trainer.hygiene import HygieneReport, Splits
 from trainer.hygiene import check as hygiene_check
 from trainer.lineage import library_versions, training_record
-from trainer.mix import MixReport, per_source_metrics, prepare_data
+from trainer.mix import MixReport, prepare_data
 from trainer.mix import summary as mix_summary
 from trainer.model import apply_lora, load_base, load_tokenizer, without_kv_cache
 from trainer.packing import Collator, RowDataset, dataset, takes_completion_logits, use_row_attention
 from trainer.plan import Plan, make_plan
-from trainer.template import Encoded, encode, fit_rows, pack, prompt_ids
+from trainer.recipe_eval import RecipeEvaluation
+from trainer.template import Encoded, encode, fit_rows, pack
 from trainer.tracking import Tracking
 
 
@@ -98,7 +97,7 @@ def new_run_dir(parent: Path, stem: str, reuse: bool = False) -> Path:
     raise TrainerError(f"{parent}: too many runs named {stem}")
 
 
-class LoRARecipe:
+class LoRARecipe(RecipeEvaluation):
     """setup() loads data, tokenizer and model; train() fits; evaluate(); save() writes the run."""
 
     def __init__(
@@ -385,69 +384,6 @@ class LoRARecipe:
             fh.write(json.dumps(record) + "\n")
         return loss
 
-    # -- evaluate ------------------------------------------------------------------------
-    def evaluate(self) -> dict[str, EvalResult]:
-        """Base, prompted base (`eval.baseline`) and adapter on the held-out rows, then base and
-        adapter on the general set; each rank generates for its share of the rows and items, rank 0
-        gathers them (the other ranks get no results)."""
-        e, d = self.config.eval, self.config.data
-        held_out = self.splits["test"] or self.splits["val"]
-        rows = list(held_out[: e.max_examples] if e.max_examples else held_out)
-        self.eval_rows = rows
-        self.results = {}
-        if rows:
-            prompted = self._prompted_rows(rows) if e.compare_base else None
-            if self.dist.is_main:
-                shared = f" across {self.dist.world_size} processes" if self.dist.is_distributed else ""
-                self.console.print(
-                    f"[bold]evaluating[/] on {len(rows)} held-out rows (base and adapter){shared}"
-                )
-            self.results = evaluate_base_and_adapter(
-                self.model,
-                self.tokenizer,
-                rows,
-                max_seq_len=d.max_seq_len,
-                max_new_tokens=e.max_new_tokens,
-                batch_size=e.batch_size,
-                with_base=e.compare_base,
-                prompted=prompted,
-                dist=self.dist,
-            )
-        if e.general_max_examples and e.compare_base:
-            self._evaluate_general(e.general_max_examples, e.batch_size)
-        return self.results
-
-    def _prompted_rows(self, rows: list[Example]) -> list[Example] | None:
-        """`rows` with `eval.baseline`'s prompting (shots from the training split), or None when
-        there is none (zero_shot, or no shot fits); the same on every rank (same rows, same seed)."""
-        e, d = self.config.eval, self.config.data
-        train = self.splits["train"]
-        lengths = self.train_lengths
-        if len(lengths) != len(train):  # recipes with their own setup (trainer/preference.py)
-            lengths = [r.length for r in self._encode(train)]
-        longest = max(len(prompt_ids(self.tokenizer, ex)) for ex in rows)
-        budget = d.max_seq_len - longest - e.max_new_tokens
-        p = prompting(parse_baseline(e.baseline), train, lengths, budget, self.config.training.seed)
-        self.prompting = p
-        if p is None or (p.system is None and not p.shots):
-            return None
-        if self.dist.is_main:
-            self.console.print(
-                f"[bold]evaluating[/] {p.label} too (the base prompted: {p.note or p.setting})"
-            )
-        return [p.apply(ex) for ex in rows]
-
-    def _evaluate_general(self, limit: int, batch_size: int) -> None:
-        """The shipped general-capability set, base and adapter: what fine-tuning made it forget."""
-        items = load_items(limit)
-        self.general_items = len(items)
-        if self.dist.is_main:
-            self.console.print(f"[bold]general set[/]: {len(items)} items (base and adapter)")
-        self.general = general_base_and_adapter(self.model, self.tokenizer, items, batch_size, self.dist)
-        for side, scores in self.general.items():
-            if side in self.results:
-                self.results[side].metrics[GENERAL] = scores[GENERAL]
-
     # -- save ----------------------------------------------------------------------------
     def extra_metrics(self) -> dict[str, dict[str, float]]:
         """Metric groups beyond the generation metrics (a preference run's held-out rewards)."""
@@ -518,15 +454,6 @@ class LoRARecipe:
             total_seconds=time.monotonic() - self.started,
             samples=samples[:3],
         )
-
-    def _mix_record(self) -> dict[str, Any] | None:
-        """`data.mix`: what each source gave, and the held-out metrics per source."""
-        if self.mix is None:
-            return None
-        which = self.mix.heldout["test" if len(self.splits["test"]) else "val"][: len(self.eval_rows)]
-        predictions = {k: v.predictions for k, v in self.results.items()}
-        metrics = per_source_metrics(self.eval_rows, predictions, self.mix.paths(which))
-        return {**self.mix.record(), "heldout_metrics": metrics}
 
 
 def dry_run(config: TrainConfig, console: Console | None = None) -> Plan:
