@@ -25,7 +25,18 @@ def xyz(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     return [str(random_adapter(root / name, 4, TARGETS)) for name in "xyz"]
 
 
+RUNS: dict[tuple[str, str], dict[str, Any]] = {}
+"""Results by (mode, scenario): a stepped run is deterministic, so tests that compare with the same
+run (vLLM's scheduler on `turn`) share it instead of starting another engine."""
+
+
 def stepped(base: Any, mode: str, scenario: str, adapters: list[str]) -> dict[str, Any]:
+    if (mode, scenario) not in RUNS:
+        RUNS[mode, scenario] = run_stepped(base, mode, scenario, adapters)
+    return RUNS[mode, scenario]
+
+
+def run_stepped(base: Any, mode: str, scenario: str, adapters: list[str]) -> dict[str, Any]:
     command = [sys.executable, "-m", "tests.serving.lora_admission_engine", str(base.path), mode, scenario]
     proc = subprocess.run(
         [*command, *adapters],
