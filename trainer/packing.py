@@ -34,7 +34,6 @@ evaluation batches of other shapes) it is transformers' own sdpa.
 
 from __future__ import annotations
 
-import itertools
 from typing import Any
 
 from trainer.template import IGNORE, Encoded
@@ -59,28 +58,21 @@ def row_attention(
     """Causal attention within each row of one flattened sequence (`cu_seq_lens_q` bounds the rows);
     transformers' sdpa for anything else."""
     import torch
-    from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     bounds = kwargs.get("cu_seq_lens_q")
     if bounds is None or query.shape[0] != 1:
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
-    groups = getattr(module, "num_key_value_groups", 1)
-    if groups > 1:
-        key, value = repeat_kv(key, groups), repeat_kv(value, groups)
-    cuts = bounds.tolist()
+    lengths = (bounds[1:] - bounds[:-1]).tolist()
+    gqa = getattr(module, "num_key_value_groups", 1) > 1
+    # split, not slices: the backward of a split is one concatenation, of a slice a zero-filled copy
     rows = [
         torch.nn.functional.scaled_dot_product_attention(
-            query[:, :, a:b],
-            key[:, :, a:b],
-            value[:, :, a:b],
-            dropout_p=dropout,
-            is_causal=True,
-            scale=scaling,
+            q, k, v, dropout_p=dropout, is_causal=True, scale=scaling, enable_gqa=gqa
         )
-        for a, b in itertools.pairwise(cuts)
-        if b > a
+        for q, k, v in zip(*(t.split(lengths, dim=2) for t in (query, key, value)), strict=True)
     ]
     return torch.cat(rows, dim=2).transpose(1, 2).contiguous(), None
 
