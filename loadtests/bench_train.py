@@ -12,7 +12,11 @@ RSS is its own. Figures per dataset and trainer:
 "plain" pads each batch to its longest row (transformers' DataCollatorForSeq2Seq, the usual
 recipe). Run (a few dozen steps, minutes on 2 cores):
 
-    python -m loadtests.bench_train --steps 30
+    python -m loadtests.bench_train --steps 30 --rounds 2
+
+With `--rounds N` every trainer runs N times per dataset, the order reversed every other round
+(ours, TRL, plain, then plain, TRL, ours): tokens/s pooled over the rounds, so a host whose speed
+drifts over minutes (seen here: +-15% within ten minutes) favours no trainer.
 """
 
 from __future__ import annotations
@@ -304,6 +308,25 @@ def measure(config: str, dataset: str, args: argparse.Namespace, work: Path) -> 
     return figures
 
 
+def round_order(configs: list[str], rounds: int) -> list[str]:
+    """The trainers in `rounds` rounds, every other round reversed (ABC CBA ...): on a machine whose
+    speed drifts over minutes (a shared host), each trainer gets early and late slots alike."""
+    return [c for r in range(rounds) for c in (configs if r % 2 == 0 else configs[::-1])]
+
+
+def pooled(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One trainer's rounds as one figure: tokens/s over all its rounds (total tokens / total
+    seconds), the highest peak RSS, the first round's loss (the same every round: same rows, seeds)."""
+    tokens, seconds = sum(r["tokens"] for r in runs), sum(r["seconds"] for r in runs)
+    out = {**runs[0], "tokens": tokens, "seconds": round(seconds, 2)}
+    out["tokens_per_second"] = round(tokens / seconds, 1)
+    out["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
+    if len(runs) > 1:
+        out["rounds_tokens_per_second"] = [r["tokens_per_second"] for r in runs]
+        out["rounds_val_loss"] = [r["val_loss"] for r in runs]
+    return out
+
+
 def _passthrough(args: argparse.Namespace) -> list[str]:
     out = ["--base-model", args.base_model, "--steps", str(args.steps), "--batch", str(args.batch)]
     out += ["--seq-len", str(args.seq_len), "--lr", str(args.lr), "--rank", str(args.rank)]
@@ -385,6 +408,9 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--ours", action="append", default=[], help="extra key=value for platform train")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="runs of every trainer, in alternating order, pooled"
+    )
     parser.add_argument("--out-dir", default=str(RESULTS), help="folder of the result file")
     parser.add_argument("--one", choices=CONFIGS, help=argparse.SUPPRESS)
     parser.add_argument("--dataset", help=argparse.SUPPRESS)
@@ -401,12 +427,15 @@ def main() -> None:
     keys = ("base_model", "steps", "batch", "seq_len", "lr", "rank", "ours")
     settings = {k: getattr(args, k) for k in keys}
     settings |= {"lora_alpha": 2 * args.rank, "targets": "all-linear", "dtype": "fp32"}
+    settings["rounds"] = args.rounds
+    configs = args.configs.split(",")
     with tempfile.TemporaryDirectory(prefix="bench-train-") as work:
         for dataset in args.datasets.split(","):
-            results[dataset] = {}
-            for config in args.configs.split(","):
-                results[dataset][config] = measure(config, dataset, args, Path(work))
-                print(dataset, config, json.dumps(results[dataset][config]), flush=True)
+            runs: dict[str, list[dict[str, Any]]] = {c: [] for c in configs}
+            for config in round_order(configs, args.rounds):
+                runs[config].append(measure(config, dataset, args, Path(work)))
+                print(dataset, config, json.dumps(runs[config][-1]), flush=True)
+                results[dataset] = {c: pooled(r) for c, r in runs.items() if r}
                 ratio = {d: ratios(r) for d, r in results.items()}
                 # written after every measurement: a run cut short keeps what it measured
                 out = write_result(
