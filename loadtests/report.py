@@ -231,24 +231,44 @@ def structured(f: dict[str, Any]) -> str:
 def train(f: dict[str, Any]) -> str:
     """bench_train.py: training tokens/s, peak RSS and validation loss, ours vs TRL vs a plain loop."""
     s = f["settings"]
+    rounds = s.get("rounds", 1)
     rows = [
         [data, who, fmt(m["tokens_per_second"]), fmt(m["peak_rss_mb"]), fmt(m["val_loss"]), m["steps"]]
+        + ([", ".join(fmt(v) for v in m.get("rounds_tokens_per_second", []))] if rounds > 1 else [])
         for data, by in f["results"].items()
         for who, m in by.items()
     ]
     ratio_rows = [
-        [data, fmt(r["tokens_per_second_vs_plain"]), fmt(r["tokens_per_second_vs_trl"]), r["targets_met"]]
+        [
+            data,
+            fmt(r.get("tokens_per_second_vs_plain", "-")),
+            fmt(r.get("tokens_per_second_vs_trl", "-")),
+            f"{r['val_loss_vs_trl_pct']:+.2f}%" if "val_loss_vs_trl_pct" in r else "-",
+            r.get("targets_met", "-"),
+        ]
         for data, r in f["ratios"].items()
     ]
+    pooled = f"; {rounds} rounds in alternating order, tokens/s pooled" if rounds > 1 else ""
     head = (
         f"`{s['base_model']}`, {s['dtype']}, LoRA r{s['rank']} on {s['targets']}, sequence {s['seq_len']}, "
-        f"global batch {s['batch']}, lr {s['lr']:g}, {s['steps']} steps; ours with {s['ours'] or 'its defaults'}.\n\n"
+        f"global batch {s['batch']}, lr {s['lr']:g}, {s['steps']} steps; ours with {s['ours'] or 'its defaults'}"
+        f"{pooled}.\n\n"
     )
+    columns = ["data", "trainer", "tokens/s", "peak RSS MB", "val loss", "steps"]
     return (
         head
-        + table(["data", "trainer", "tokens/s", "peak RSS MB", "val loss", "steps"], rows)
+        + table(columns + (["tokens/s per round"] if rounds > 1 else []), rows)
         + "\n\n"
-        + table(["data", "ours / plain (>= 1.3)", "ours / TRL (>= 1.0)", "targets met"], ratio_rows)
+        + table(
+            [
+                "data",
+                "ours / plain (>= 1.3)",
+                "ours / TRL (>= 1.0)",
+                "val loss vs TRL (within 2%)",
+                "targets met",
+            ],
+            ratio_rows,
+        )
     )
 
 
@@ -336,6 +356,7 @@ RENDER: dict[str, Callable[[dict[str, Any]], str]] = {
     "bench_structured": structured,
     "bench_forgetting": forgetting,
     "bench_train": train,
+    "bench_train_rounds": train,
     "bench_dataprep": dataprep,
 }
 
