@@ -217,16 +217,12 @@ class Collator:
     with `completion_logits`, the batch also says which positions' logits the loss needs."""
 
     def __init__(self, pad_id: int, completion_logits: bool = False, padding_free: bool = False) -> None:
-        self.padded = PaddedCollator(pad_id)
+        self.rows: FlatCollator | PaddedCollator = FlatCollator() if padding_free else PaddedCollator(pad_id)
         self.packed = PackedCollator(pad_id)
-        self.flat = FlatCollator() if padding_free else None
         self.completion_logits = completion_logits
 
     def __call__(self, batch: list[dict[str, Any]]) -> dict[str, Any]:
-        if "rows" in batch[0]:
-            out = self.packed(batch)
-        else:
-            out = self.flat(batch) if self.flat is not None else self.padded(batch)
+        out = self.packed(batch) if "rows" in batch[0] else self.rows(batch)
         return keep_completion_logits(out) if self.completion_logits else out
 
 
