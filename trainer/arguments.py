@@ -55,9 +55,10 @@ def training_arguments(
         optim=t.optimizer,
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
-        bf16=plan.precision == "bf16",
+        # autocast on a GPU; a CPU's bf16 is the frozen base's matmuls only (trainer/cpu_bf16.py)
+        bf16=plan.precision == "bf16" and has_cuda(),
         fp16=plan.precision == "fp16",  # loss scaling (GradScaler) comes with it
-        use_cpu=not has_cuda(),  # transformers refuses bf16 autocast on a CPU without it
+        use_cpu=not has_cuda(),
         logging_steps=1,
         eval_strategy="steps" if evaluating else "no",
         eval_steps=plan.eval_every or None,

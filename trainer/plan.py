@@ -67,8 +67,13 @@ class Plan:
             f"validation: every {self.eval_every} steps"
             if self.eval_every
             else "validation: once, after training",
-            f"precision: {self.precision} on {self.device}",
+            f"precision: {self.precision_text()} on {self.device}",
         ]
+
+    def precision_text(self) -> str:
+        if self.precision == "bf16" and self.device.startswith("cpu"):  # trainer/cpu_bf16.py
+            return "bf16 (the frozen base's matmuls; adapters, attention and loss in fp32)"
+        return self.precision
 
 
 def token_stats(lengths: list[int]) -> dict[str, int]:

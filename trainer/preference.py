@@ -118,7 +118,7 @@ class PreferenceRecipe(LoRARecipe):
             "beta": t.beta,
             "max_length": c.data.max_seq_len,
             "gradient_checkpointing": t.gradient_checkpointing,
-            "bf16": precision == "bf16",  # autocast, as SFT's training.precision
+            "bf16": precision == "bf16" and has_cuda(),  # autocast; a CPU's bf16 is _base_matmuls
             "fp16": precision == "fp16",
             "use_cpu": not has_cuda(),
         }
@@ -161,7 +161,8 @@ class PreferenceRecipe(LoRARecipe):
         self.trl = self._trainer(train, callbacks)
         self.trl.remove_callback(PrinterCallback)
         start = time.monotonic()
-        self.trl.train()
+        with self._base_matmuls():
+            self.trl.train()
         self.train_seconds = time.monotonic() - start
         self.steps = self.trl.state.global_step
         self.trained = training_record(self.trl, self.train_seconds)

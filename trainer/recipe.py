@@ -38,13 +38,14 @@ from trainer.callbacks import (
     plot_losses,
 )
 from trainer.config import TrainConfig
+from trainer.cpu_bf16 import bf16_base_matmuls
 from trainer.data import DataReport, Example
 from trainer.distributed import Dist
 from trainer.errors import DataError, TrainerError
 from trainer.evaluate import EvalResult
 from trainer.export import HELDOUT_FILE, export_lineage, heldout_record
 from trainer.general import record as general_record
-from trainer.hardware import device_summary, resolve_precision
+from trainer.hardware import device_summary, has_cuda, resolve_precision
 from trainer.hygiene import HygieneReport, Splits
 from trainer.hygiene import check as hygiene_check
 from trainer.lineage import library_versions, training_record
@@ -327,7 +328,7 @@ class LoRARecipe(RecipeEvaluation):
         trainer.remove_callback(PrinterCallback)
         resume = self.resume_from or self.config.resume_checkpoint()
         start = time.monotonic()
-        with without_kv_cache(self.model):
+        with without_kv_cache(self.model), self._base_matmuls():
             trainer.train(resume_from_checkpoint=resume)
         self.train_seconds = time.monotonic() - start
         self.trained = training_record(trainer, self.train_seconds)
@@ -344,6 +345,12 @@ class LoRARecipe(RecipeEvaluation):
         self.final_val_loss = self._final_val_loss(trainer, log)
         self._gather_sharded_weights(trainer)
         return self.train_seconds
+
+    def _base_matmuls(self) -> contextlib.AbstractContextManager[Any]:
+        """bf16 on a CPU: the frozen base's matmuls in bf16, the rest fp32 (trainer/cpu_bf16.py)."""
+        if resolve_precision(self.config.training.precision) == "bf16" and not has_cuda():
+            return bf16_base_matmuls(self.model)
+        return contextlib.nullcontext()
 
     def _gather_sharded_weights(self, trainer: Any) -> None:
         """After fsdp/deepspeed training each rank may hold only a shard of the weights: the full

@@ -45,6 +45,7 @@ def lora_grads(tiny_base: Any, checkpointing: bool) -> tuple[Any, dict[str, Any]
             if "lora_B" in name:
                 p.normal_(0, 0.02)
     model.train()
+    torch.manual_seed(1)
     ids = torch.randint(0, 500, (2, 24))
     model(input_ids=ids, labels=ids, use_cache=False).loss.backward()
     return model, {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
@@ -91,3 +92,68 @@ def test_a_step_trains_with_gradient_checkpointing(quantize: str | None, tmp_pat
     assert recipe.steps == 1
     lora_b = [p for n, p in recipe.model.named_parameters() if "lora_B" in n]
     assert lora_b and all(torch.count_nonzero(p) > 0 for p in lora_b)  # B starts at zero: it learnt
+
+
+def test_cpu_bf16_runs_the_frozen_base_in_bf16_and_leaves_it_as_loaded(tiny_base: Any) -> None:
+    """`training.precision=bf16` on a CPU: the frozen linears multiply in bf16 inside the block, the
+    adapters' gradients stay fp32 and point the same way as fp32's, and afterwards the model computes
+    exactly what it did before (its fp32 weights untouched)."""
+    import torch
+
+    from trainer.cpu_bf16 import bf16_base_matmuls
+
+    model, fp32_grads = lora_grads(tiny_base, False)
+    ids = torch.randint(0, 500, (2, 24))
+    with torch.no_grad():
+        before = model(input_ids=ids, use_cache=False).logits
+    lora_layers = [m for m in model.modules() if hasattr(m, "lora_A") and hasattr(m, "base_layer")]
+    model.zero_grad()
+    torch.manual_seed(1)
+    ids_grads = torch.randint(0, 500, (2, 24))  # lora_grads' batch
+    with bf16_base_matmuls(model) as patched:
+        assert patched >= len(lora_layers) > 0
+        assert all(m.base_layer.weight_bf16.dtype == torch.bfloat16 for m in lora_layers)
+        out = model(input_ids=ids_grads, labels=ids_grads, use_cache=False)
+        assert out.logits.dtype == torch.float32
+        out.loss.backward()
+    bf16_grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    assert bf16_grads.keys() == fp32_grads.keys()
+    for name, grad in bf16_grads.items():
+        assert grad.dtype == torch.float32, name
+        assert not torch.equal(grad, fp32_grads[name]), f"{name}: bf16 matmuls should change the gradient"
+        cosine = torch.nn.functional.cosine_similarity(grad.flatten(), fp32_grads[name].flatten(), dim=0)
+        assert cosine > 0.99, (name, float(cosine))
+    assert not any(hasattr(m.base_layer, "weight_bf16") for m in lora_layers)
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids, use_cache=False).logits, before)
+
+
+@pytest.mark.skipif(hardware.has_cuda(), reason="the CPU's bf16")
+def test_platform_train_in_bf16_on_a_cpu_says_what_runs_in_bf16(tmp_path: Path) -> None:
+    import torch
+    from rich.console import Console
+
+    from trainer.recipe import LoRARecipe
+
+    overrides = [
+        "base_model=tiny",
+        f"output_dir={tmp_path}",
+        "training.precision=bf16",
+        "training.max_steps=2",
+        "training.batch_size=4",
+        "training.grad_accum=1",
+        "training.warmup_ratio=0",
+        "training.lr=0.01",
+    ]
+    recipe = LoRARecipe(load_config(None, overrides), Console(quiet=True))
+    recipe.setup()
+    assert recipe.plan is not None
+    assert "precision: bf16 (the frozen base's matmuls; adapters, attention and loss in fp32)" in (
+        "\n".join(recipe.plan.lines())
+    )
+    frozen = {n: p.detach().clone() for n, p in recipe.model.named_parameters() if not p.requires_grad}
+    recipe.train()
+    assert recipe.steps == 2
+    after = dict(recipe.model.named_parameters())
+    assert all(after[n].dtype == torch.float32 and torch.equal(after[n], p) for n, p in frozen.items())
+    assert all(p.dtype == torch.float32 for p in recipe.model.parameters() if p.requires_grad)
