@@ -136,8 +136,31 @@ def _lora(model: Any, args: argparse.Namespace) -> Any:
     )
 
 
+PRECISIONS = ("fp32", "bf16")
+"""A trainer's precision: `--precision` for all, or a config's own suffix (`--configs ours:bf16,plain,
+plain:bf16`). bf16 is TRL's and the plain loop's autocast (`TrainingArguments(bf16=True)`) and ours'
+`training.precision=bf16`: on a CPU, the frozen base's matmuls in bf16 and the rest in fp32
+(trainer/cpu_bf16.py), what ours' default `auto` picks on a CPU with bf16 instructions."""
+
+
+def config_parts(config: str, precision: str) -> tuple[str, str]:
+    """`trl:bf16` -> ("trl", "bf16"); a config without a suffix trains at `precision`."""
+    name, _, own = config.partition(":")
+    if name not in CONFIGS or (own and own not in PRECISIONS):
+        raise SystemExit(f"--configs: {config!r} is not one of {CONFIGS}, optionally :fp32 or :bf16")
+    return name, own or precision
+
+
+def config_label(config: str, precision: str) -> str:
+    """The results' key: the trainer's name, with `:bf16` when it trains in bf16."""
+    name, own = config_parts(config, precision)
+    return name if own == "fp32" else f"{name}:{own}"
+
+
 def _common(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     """TrainingArguments every trainer gets (ours sets the same through its config)."""
+    import torch
+
     return {
         "output_dir": str(out),
         "max_steps": args.steps,
@@ -156,7 +179,8 @@ def _common(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         "seed": 42,
         "data_seed": 42,
         "gradient_checkpointing": False,
-        "bf16": False,
+        "bf16": args.precision == "bf16",
+        "use_cpu": not torch.cuda.is_available(),  # transformers refuses bf16 on a CPU without it
         "disable_tqdm": True,
         "dataloader_num_workers": 0,
         "dataloader_pin_memory": False,
@@ -194,7 +218,7 @@ def run_ours(dataset: str, args: argparse.Namespace, out: Path) -> dict[str, Any
             f"training.max_steps={args.steps}",
             f"training.batch_size={args.batch}",
             "training.grad_accum=1",
-            "training.precision=fp32",
+            f"training.precision={args.precision}",
             "training.optimizer=adamw_torch",
             "data.overlong=truncate",  # as the other two do
             f"training.lr={args.lr}",
@@ -291,8 +315,17 @@ RUNNERS = {"ours": run_ours, "trl": run_trl, "plain": run_plain}
 # -- the driver -----------------------------------------------------------------------------
 def measure(config: str, dataset: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """One trainer on one dataset in a child process; its figures plus its peak RSS."""
-    out = work / f"{config}-{dataset}"
-    cmd = [sys.executable, "-m", "loadtests.bench_train", "--one", config, "--dataset", dataset]
+    out = work / f"{config.replace(':', '-')}-{dataset}"
+    name, precision = config_parts(config, "fp32")  # a label without a suffix is fp32 (config_label)
+    cmd = [
+        sys.executable,
+        "-m",
+        "loadtests.bench_train",
+        "--one",
+        f"{name}:{precision}",
+        "--dataset",
+        dataset,
+    ]
     cmd += [*_passthrough(args), "--work", str(out)]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
@@ -330,18 +363,29 @@ def pooled(runs: list[dict[str, Any]]) -> dict[str, Any]:
 def _passthrough(args: argparse.Namespace) -> list[str]:
     out = ["--base-model", args.base_model, "--steps", str(args.steps), "--batch", str(args.batch)]
     out += ["--seq-len", str(args.seq_len), "--lr", str(args.lr), "--rank", str(args.rank)]
+    out += ["--precision", args.precision]
     for item in args.ours:
         out += ["--ours", item]
     return out
 
 
 def ratios(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    ours, trl, plain = (results.get(c) for c in CONFIGS)
+    """Ours against the fastest run of the plain loop and of TRL (when each ran at several precisions),
+    and its validation loss against TRL's most accurate run."""
+
+    def runs(name: str) -> list[dict[str, Any]]:
+        return [m for label, m in results.items() if label.partition(":")[0] == name]
+
+    ours = next(iter(runs("ours")), None)
+    plains, trls = runs("plain"), runs("trl")
     out: dict[str, Any] = {}
-    if ours and plain:
+    if ours and plains:
+        plain = max(plains, key=lambda m: m["tokens_per_second"])
         out["tokens_per_second_vs_plain"] = round(ours["tokens_per_second"] / plain["tokens_per_second"], 3)
-    if ours and trl:
-        out["tokens_per_second_vs_trl"] = round(ours["tokens_per_second"] / trl["tokens_per_second"], 3)
+    if ours and trls:
+        fastest = max(trls, key=lambda m: m["tokens_per_second"])
+        trl = min(trls, key=lambda m: m["val_loss"])
+        out["tokens_per_second_vs_trl"] = round(ours["tokens_per_second"] / fastest["tokens_per_second"], 3)
         out["val_loss_vs_trl_pct"] = round(100 * (ours["val_loss"] - trl["val_loss"]) / trl["val_loss"], 2)
         out["targets_met"] = (
             out["tokens_per_second_vs_trl"] >= 1.0
@@ -351,11 +395,11 @@ def ratios(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def write_result(out_dir: Path, figures: dict[str, Any]) -> Path:
-    """`<out_dir>/bench_train.json` in the shared result schema (loadtests/record.py)."""
+def write_result(out_dir: Path, figures: dict[str, Any], name: str = "bench_train") -> Path:
+    """`<out_dir>/<name>.json` in the shared result schema (loadtests/record.py)."""
     from loadtests.record import write_result as write
 
-    return write("bench_train", figures, out_dir)
+    return write(name, figures, out_dir)
 
 
 def plot(record: dict[str, Any], out: Path) -> None:
@@ -407,18 +451,28 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="of configs without their own (see PRECISIONS)",
+    )
     parser.add_argument("--ours", action="append", default=[], help="extra key=value for platform train")
     parser.add_argument(
         "--rounds", type=int, default=1, help="runs of every trainer, in alternating order, pooled"
     )
     parser.add_argument("--out-dir", default=str(RESULTS), help="folder of the result file")
-    parser.add_argument("--one", choices=CONFIGS, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--result", default="bench_train", help="name of the result file (and of its benchmark field)"
+    )
+    parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--dataset", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-        figures = RUNNERS[args.one](args.dataset, args, Path(args.work))
+        name, args.precision = config_parts(args.one, args.precision)
+        figures = RUNNERS[name](args.dataset, args, Path(args.work))
         print(json.dumps(figures), flush=True)
         return
     import tempfile
@@ -427,8 +481,9 @@ def main() -> None:
     keys = ("base_model", "steps", "batch", "seq_len", "lr", "rank", "ours")
     settings = {k: getattr(args, k) for k in keys}
     settings |= {"lora_alpha": 2 * args.rank, "targets": "all-linear", "dtype": "fp32"}
+    settings["precision"] = args.precision
     settings["rounds"] = args.rounds
-    configs = args.configs.split(",")
+    configs = [config_label(c, args.precision) for c in args.configs.split(",")]
     with tempfile.TemporaryDirectory(prefix="bench-train-") as work:
         for dataset in args.datasets.split(","):
             runs: dict[str, list[dict[str, Any]]] = {c: [] for c in configs}
@@ -438,9 +493,8 @@ def main() -> None:
                 results[dataset] = {c: pooled(r) for c, r in runs.items() if r}
                 ratio = {d: ratios(r) for d, r in results.items()}
                 # written after every measurement: a run cut short keeps what it measured
-                out = write_result(
-                    Path(args.out_dir), {"settings": settings, "results": results, "ratios": ratio}
-                )
+                figures = {"settings": settings, "results": results, "ratios": ratio}
+                out = write_result(Path(args.out_dir), figures, args.result)
     plot(json.loads(out.read_text()), out.with_suffix(".png"))
     print(json.dumps(ratio, indent=2))
 

@@ -357,6 +357,7 @@ RENDER: dict[str, Callable[[dict[str, Any]], str]] = {
     "bench_forgetting": forgetting,
     "bench_train": train,
     "bench_train_rounds": train,
+    "bench_train_bf16": train,
     "bench_dataprep": dataprep,
 }
 
