@@ -432,6 +432,8 @@ class LoRARecipe(RecipeEvaluation):
                 "final_val_loss": self.final_val_loss,
                 "best_checkpoint": self.best,
                 "warnings": self.warnings,
+                # what ran in bf16: a CPU's bf16 is not trainer_arguments' (autocast) bf16
+                "precision": self.plan.precision_text() if self.plan else None,
                 **{k: self.trained.get(k) for k in ("tokens", "tokens_per_second", "wall_seconds", "epochs")},
             },
             "trainer_arguments": self.trained.get("arguments"),
