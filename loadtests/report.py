@@ -364,6 +364,7 @@ RENDER: dict[str, Callable[[dict[str, Any]], str]] = {
     "bench_train": train,
     "bench_train_rounds": train,
     "bench_train_bf16": train,
+    "bench_train_bf16_wide": train,
     "bench_dataprep": dataprep,
 }
 
