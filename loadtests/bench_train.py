@@ -370,8 +370,8 @@ def _passthrough(args: argparse.Namespace) -> list[str]:
 
 
 def ratios(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Ours against the fastest run of the plain loop and of TRL (when each ran at several precisions),
-    and its validation loss against TRL's most accurate run."""
+    """Ours (its first config in `--configs`) against the fastest run of the plain loop and of TRL
+    (when each ran at several precisions), and its validation loss against TRL's most accurate run."""
 
     def runs(name: str) -> list[dict[str, Any]]:
         return [m for label, m in results.items() if label.partition(":")[0] == name]

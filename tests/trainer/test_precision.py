@@ -116,6 +116,10 @@ def test_cpu_bf16_runs_the_frozen_base_in_bf16_and_leaves_it_as_loaded(tiny_base
         out = model(input_ids=ids_grads, labels=ids_grads, use_cache=False)
         assert out.logits.dtype == torch.float32
         out.loss.backward()
+        model.eval()  # validation inside a run: fp32, exactly as outside
+        with torch.no_grad():
+            assert torch.equal(model(input_ids=ids, use_cache=False).logits, before)
+        model.train()
     bf16_grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
     assert bf16_grads.keys() == fp32_grads.keys()
     for name, grad in bf16_grads.items():
