@@ -147,7 +147,9 @@ def config_parts(config: str, precision: str) -> tuple[str, str]:
     """`trl:bf16` -> ("trl", "bf16"); a config without a suffix trains at `precision`."""
     name, _, own = config.partition(":")
     if name not in CONFIGS or (own and own not in PRECISIONS):
-        raise SystemExit(f"--configs: {config!r} is not one of {CONFIGS}, optionally :fp32 or :bf16")
+        raise ValueError(
+            f"--configs: {config!r} is not one of {', '.join(CONFIGS)}, optionally :fp32 or :bf16"
+        )
     return name, own or precision
 
 
@@ -483,7 +485,10 @@ def main() -> None:
     settings |= {"lora_alpha": 2 * args.rank, "targets": "all-linear", "dtype": "fp32"}
     settings["precision"] = args.precision
     settings["rounds"] = args.rounds
-    configs = [config_label(c, args.precision) for c in args.configs.split(",")]
+    try:
+        configs = [config_label(c, args.precision) for c in args.configs.split(",")]
+    except ValueError as exc:
+        parser.error(str(exc))  # exit 2
     with tempfile.TemporaryDirectory(prefix="bench-train-") as work:
         for dataset in args.datasets.split(","):
             runs: dict[str, list[dict[str, Any]]] = {c: [] for c in configs}
