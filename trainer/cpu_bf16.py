@@ -36,8 +36,7 @@ def _bf16_forward(self: Any, x: Any) -> Any:
 
     if not self.training:  # validation inside the run: fp32, the same loss as after the run
         return F.linear(x, self.weight, self.bias)
-    bias = None if self.bias is None else self.bias.to(torch.bfloat16)
-    return F.linear(x.to(torch.bfloat16), self.weight_bf16, bias).to(x.dtype)
+    return F.linear(x.to(torch.bfloat16), self.weight_bf16, self.bias_bf16).to(x.dtype)
 
 
 def frozen_linears(model: Any) -> list[Any]:
@@ -61,10 +60,11 @@ def bf16_base_matmuls(model: Any) -> Iterator[int]:
     layers = frozen_linears(model)
     for layer in layers:
         layer.weight_bf16 = layer.weight.detach().to(torch.bfloat16)
+        layer.bias_bf16 = None if layer.bias is None else layer.bias.detach().to(torch.bfloat16)
         layer.forward = types.MethodType(_bf16_forward, layer)
     try:
         yield len(layers)
     finally:
         for layer in layers:
             del layer.forward  # the instance attribute: nn.Linear.forward again
-            del layer.weight_bf16
+            del layer.weight_bf16, layer.bias_bf16

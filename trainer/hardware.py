@@ -41,6 +41,12 @@ def resolve_precision(requested: str) -> str:
     return "bf16" if cpu_has_bf16() else "fp32"
 
 
+def cpu_bf16(precision: str) -> bool:
+    """Whether a resolved `precision` is a CPU's bf16 (the frozen base's matmuls, trainer/cpu_bf16.py)
+    rather than autocast (GPUs)."""
+    return precision == "bf16" and not has_cuda()
+
+
 @functools.cache
 def bitsandbytes_problem() -> str | None:
     """Why bitsandbytes' optimizers cannot run here (None: they can)."""

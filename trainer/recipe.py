@@ -45,7 +45,7 @@ from trainer.errors import DataError, TrainerError
 from trainer.evaluate import EvalResult
 from trainer.export import HELDOUT_FILE, export_lineage, heldout_record
 from trainer.general import record as general_record
-from trainer.hardware import device_summary, has_cuda, resolve_precision
+from trainer.hardware import cpu_bf16, device_summary, resolve_precision
 from trainer.hygiene import HygieneReport, Splits
 from trainer.hygiene import check as hygiene_check
 from trainer.lineage import library_versions, training_record
@@ -348,7 +348,7 @@ class LoRARecipe(RecipeEvaluation):
 
     def _base_matmuls(self) -> contextlib.AbstractContextManager[Any]:
         """bf16 on a CPU: the frozen base's matmuls in bf16, the rest fp32 (trainer/cpu_bf16.py)."""
-        if resolve_precision(self.config.training.precision) == "bf16" and not has_cuda():
+        if cpu_bf16(resolve_precision(self.config.training.precision)):
             return bf16_base_matmuls(self.model)
         return contextlib.nullcontext()
 
