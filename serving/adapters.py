@@ -143,12 +143,19 @@ class AdapterManager:
         """Drop cached resolutions when the registry's change counter moved; True when it did."""
         if changes != self._seen_changes:
             self._seen_changes = changes
-            # name@N never moves; a name or an alias whose version is loaded is in use
+            # name@N never moves; a name or an alias whose version is loaded, or being loaded for a
+            # request (a slow first load the poll overtakes), is in use
             moving = {ref: key for ref, key in self._resolved.items() if "@" not in ref}
-            self._moved.update({ref: key for ref, key in moving.items() if key in self.loaded})
+            self._moved.update(
+                {ref: key for ref, key in moving.items() if key in self.loaded or self._loading(key)}
+            )
             self._resolved.clear()
             return True
         return False
+
+    def _loading(self, key: Key) -> bool:
+        lock = self._locks.get(key)
+        return lock is not None and lock.locked()
 
     async def load_ahead(self, variants: Iterable[str] = ()) -> list[Key]:
         """Load what references in use now name, before a request asks: versions a reference in use
