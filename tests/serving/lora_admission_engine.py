@@ -1,8 +1,10 @@
 """Run by test_lora_admission.py in a subprocess: a vLLM engine (in-process engine core) on the tiny
 model with two LoRA slots, the scheduler our server sets on CPU (or vLLM's with `stock`), stepped
 one step at a time on a virtual clock (STEP_S per step: requests' arrival times and the scheduler's
-clock), so waits in seconds are the same on any machine. Prints JSON: per request, the step of its
-first token, the step it finished and its token ids.
+clock), so waits in seconds are the same on any machine. Runs the comma-separated scenarios one
+after the other on one engine (an engine start is most of a run) and prints a `RESULT <scenario>
+<json>` line for each: per request, the step of its first token, the step it finished and its
+token ids.
 
 Scenarios:
 - `drain`: adapters x and y run (x further along); then a request for z, which needs a slot,
@@ -18,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from typing import Any
 
 os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # engine core in this process, stepped by hand
 
@@ -26,43 +29,56 @@ TURN_S = 0.5
 
 
 def main() -> None:
-    from vllm import SamplingParams
     from vllm.lora.request import LoRARequest
 
     from serving.engine.cpu.lora_admission import adapter
     from serving.engine.vllm import SLOT_AWARE_SCHEDULER
     from tests.serving.bf16_engine import tiny_lora_llm
 
-    base, mode, scenario, *paths = sys.argv[1:7]
-    scheduler = None if mode == "stock" else SLOT_AWARE_SCHEDULER
+    base, mode, scenarios, *paths = sys.argv[1:7]
+    ours = mode != "stock"
     llm = tiny_lora_llm(
         base,
         max_loras=2,
         max_cpu_loras=3,
         dtype="float32",
-        scheduler_cls=scheduler,
-        additional_config={"lora_slot_turn_s": None if scenario == "drain" else TURN_S},
+        scheduler_cls=SLOT_AWARE_SCHEDULER if ours else None,
+        additional_config={"lora_slot_turn_s": TURN_S},
     )
     engine = llm.llm_engine
-    step = 0
-    if scheduler is not None:
-        engine.engine_core.engine_core.scheduler.clock = lambda: step * STEP_S
+    scheduler = engine.engine_core.engine_core.scheduler
+    clock = [0]  # steps since the engine started: one clock for every scenario, never turned back
+    if ours:
+        scheduler.clock = lambda: clock[0] * STEP_S
     x, y, z = (LoRARequest(name, i + 1, p) for i, (name, p) in enumerate(zip("xyz", paths, strict=True)))
+    for scenario in scenarios.split(","):  # one engine runs them in turn, each from an idle engine
+        if ours:
+            scheduler.turn_s = None if scenario == "drain" else TURN_S
+        print(f"RESULT {scenario} " + json.dumps(run_scenario(engine, scenario, clock, x, y, z, adapter)))
+
+
+def run_scenario(
+    engine: Any, scenario: str, clock: list[int], x: Any, y: Any, z: Any, adapter: Any
+) -> dict[str, Any]:
+    """One scenario; steps are counted from its start."""
+    from vllm import SamplingParams
+
+    start = clock[0]
     first: dict[str, int] = {}
     finished: dict[str, int] = {}
     tokens: dict[str, list[int]] = {}
 
-    def add(request_id: str, lora: LoRARequest, max_tokens: int) -> None:
+    def add(request_id: str, lora: Any, max_tokens: int) -> None:
         sp = SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=True)
         prompt = f"Request {request_id} for the support team"
-        engine.add_request(request_id, prompt, sp, arrival_time=step * STEP_S, lora_request=lora)
+        engine.add_request(request_id, prompt, sp, arrival_time=clock[0] * STEP_S, lora_request=lora)
 
     def run(steps: int) -> None:
-        nonlocal step
         for _ in range(steps):
             if not engine.has_unfinished_requests():
                 return
-            step += 1
+            clock[0] += 1
+            step = clock[0] - start
             for out in engine.step():
                 if out.outputs and out.outputs[0].token_ids:
                     first.setdefault(out.request_id, step)
@@ -91,9 +107,10 @@ def main() -> None:
         paused = [r.request_id.split("-")[0] for r in scheduler.running if adapter(r) in scheduler.paused]
         engine.abort_request(["y1"])
     run(300)
-    result = {"first": first, "finished": finished, "tokens": tokens, "paused": paused}
+    clock[0] += 10  # the next scenario starts well after this one's last step
+    result: dict[str, Any] = {"first": first, "finished": finished, "tokens": tokens, "paused": paused}
     result["unfinished"] = engine.has_unfinished_requests()
-    print("RESULT " + json.dumps(result))
+    return result
 
 
 if __name__ == "__main__":

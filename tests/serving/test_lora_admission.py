@@ -26,18 +26,26 @@ def xyz(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
 
 
 RUNS: dict[tuple[str, str], dict[str, Any]] = {}
-"""Results by (mode, scenario): a stepped run is deterministic, so tests that compare with the same
-run (vLLM's scheduler on `turn`) share it instead of starting another engine."""
+"""Results by (mode, scenario). A stepped run is deterministic: each mode's scenarios run once, one
+engine per mode, and tests that compare with the same run (vLLM's scheduler on `turn`) share it."""
+SCENARIOS = {"ours": "drain,turn,near,nearer,abort", "stock": "turn,near"}
 
 
 def stepped(base: Any, mode: str, scenario: str, adapters: list[str]) -> dict[str, Any]:
     if (mode, scenario) not in RUNS:
-        RUNS[mode, scenario] = run_stepped(base, mode, scenario, adapters)
+        RUNS.update({(mode, name): out for name, out in run_stepped(base, mode, adapters).items()})
     return RUNS[mode, scenario]
 
 
-def run_stepped(base: Any, mode: str, scenario: str, adapters: list[str]) -> dict[str, Any]:
-    command = [sys.executable, "-m", "tests.serving.lora_admission_engine", str(base.path), mode, scenario]
+def run_stepped(base: Any, mode: str, adapters: list[str]) -> dict[str, dict[str, Any]]:
+    command = [
+        sys.executable,
+        "-m",
+        "tests.serving.lora_admission_engine",
+        str(base.path),
+        mode,
+        SCENARIOS[mode],
+    ]
     proc = subprocess.run(
         [*command, *adapters],
         capture_output=True,
@@ -45,10 +53,9 @@ def run_stepped(base: Any, mode: str, scenario: str, adapters: list[str]) -> dic
         timeout=300,
         env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])},
     )
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
-    out: dict[str, Any] = json.loads(lines[-1].removeprefix("RESULT "))
-    return out
+    lines = [line.split(" ", 2) for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert proc.returncode == 0 and len(lines) == len(SCENARIOS[mode].split(",")), proc.stderr[-3000:]
+    return {name: json.loads(out) for _, name, out in lines}
 
 
 def test_a_request_waiting_for_a_slot_gets_the_first_one_that_drains(tiny_base: Any, xyz: list[str]) -> None:
