@@ -123,6 +123,8 @@ class AdapterManager:
         self.loaded: dict[tuple[str, int], Loaded] = {}
         self._next_id = 1
         self._locks: dict[tuple[str, int], asyncio.Lock] = {}
+        self._loading: set[Key] = set()
+        """Versions being loaded now (for a request or ahead)."""
         self._adding = 0
         """Versions between `_make_room` and their entry in `loaded`: they hold a slot already."""
         self._resolved: OrderedDict[str, Key] = OrderedDict()
@@ -147,15 +149,11 @@ class AdapterManager:
             # request (a slow first load the poll overtakes), is in use
             moving = {ref: key for ref, key in self._resolved.items() if "@" not in ref}
             self._moved.update(
-                {ref: key for ref, key in moving.items() if key in self.loaded or self._loading(key)}
+                {ref: key for ref, key in moving.items() if key in self.loaded or key in self._loading}
             )
             self._resolved.clear()
             return True
         return False
-
-    def _loading(self, key: Key) -> bool:
-        lock = self._locks.get(key)
-        return lock is not None and lock.locked()
 
     async def load_ahead(self, variants: Iterable[str] = ()) -> list[Key]:
         """Load what references in use now name, before a request asks: versions a reference in use
@@ -180,7 +178,7 @@ class AdapterManager:
                 self.popularity.hit(key, self.popularity[moved[ref]] if ref in moved else 1.0)
         out = []
         for key in dict.fromkeys(found.values()):
-            if key in self.loaded:
+            if key in self.loaded or key in self._loading:  # a request's load in flight: not waited for
                 continue
             try:
                 await self._ensure_loaded(*key, ahead=True)
@@ -269,18 +267,22 @@ class AdapterManager:
             if key in self.loaded:
                 return self.loaded[key]
             started = time.perf_counter()
-            with tracing.span("load", {"lora.version": f"{name}@{version}"}):
-                v = await asyncio.to_thread(self._fetch, name, version)  # sha256 of every changed file
-                await asyncio.to_thread(self._validate, v)
-                handle = AdapterHandle(self._next_id, v.ref, v.path)
-                self._next_id += 1
-                await self._make_room()
-                self._adding += 1  # concurrent loads of other versions count this slot as taken
-                try:
-                    await self._add(handle)
-                    self.loaded[key] = Loaded(handle, v)
-                finally:
-                    self._adding -= 1
+            self._loading.add(key)
+            try:
+                with tracing.span("load", {"lora.version": f"{name}@{version}"}):
+                    v = await asyncio.to_thread(self._fetch, name, version)  # sha256 of every changed file
+                    await asyncio.to_thread(self._validate, v)
+                    handle = AdapterHandle(self._next_id, v.ref, v.path)
+                    self._next_id += 1
+                    await self._make_room()
+                    self._adding += 1  # concurrent loads of other versions count this slot as taken
+                    try:
+                        await self._add(handle)
+                        self.loaded[key] = Loaded(handle, v)
+                    finally:
+                        self._adding -= 1
+            finally:
+                self._loading.discard(key)
             self.loads += 1
             if self.metrics is not None:
                 self.metrics.loaded(v.ref, "ahead" if ahead else "request", time.perf_counter() - started)

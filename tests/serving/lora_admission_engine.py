@@ -64,6 +64,7 @@ def run_scenario(
     from vllm import SamplingParams
 
     start = clock[0]
+    result: dict[str, Any] = {}
     first: dict[str, int] = {}
     finished: dict[str, int] = {}
     tokens: dict[str, list[int]] = {}
@@ -97,6 +98,8 @@ def run_scenario(
     else:
         add("x1", x, {"near": 11, "nearer": 9}.get(scenario, 40))
         run(1)
+        held = getattr(engine.engine_core.engine_core.scheduler, "held_since", {})
+        result["held_from"] = {str(a): round(t / STEP_S) - start for a, t in held.items()}
         add("y1", y, 40)
         run(2)
         add("z1", z, 4)  # both slots are taken for about 40 steps
@@ -107,9 +110,11 @@ def run_scenario(
         paused = [r.request_id.split("-")[0] for r in scheduler.running if adapter(r) in scheduler.paused]
         engine.abort_request(["y1"])
     run(300)
-    clock[0] += 10  # the next scenario starts well after this one's last step
-    result: dict[str, Any] = {"first": first, "finished": finished, "tokens": tokens, "paused": paused}
+    # every request ended: the next scenario starts from an idle engine, well after this one's last step
     result["unfinished"] = engine.has_unfinished_requests()
+    assert not result["unfinished"], f"{scenario}: requests left after 300 steps"
+    clock[0] += 10
+    result.update({"first": first, "finished": finished, "tokens": tokens, "paused": paused})
     return result
 
 

@@ -103,6 +103,9 @@ class SlotAwareScheduler(Scheduler):
 
     def schedule(self, *args: Any, **kwargs: Any) -> Any:
         now = self.clock()
+        if self.held_since:  # an adapter whose requests all ended since the last step let its slot go
+            active = self._active()
+            self.held_since = {a: since for a, since in self.held_since.items() if a in active}
         if self.lora_config is not None and self.policy == SchedulingPolicy.FCFS:
             self._take_turns(now, self.lora_config.max_loras)
         aside = self._set_aside()
