@@ -147,14 +147,22 @@ def test_a_hot_version_spills_to_the_other_replica_instead_of_piling_up(cluster:
     loaded = [set(r["loaded"]) - {PINNED} for r in cluster.replicas()]  # type: ignore[call-overload]
     hot = next(iter(loaded[0] - loaded[1] or loaded[1] - loaded[0]))  # held by one replica
     before = served_by(cluster)
-    with ThreadPoolExecutor(12) as pool:  # long answers: in flight together even when routing is slow
-        codes = list(
-            pool.map(lambda i: ask(cluster.url, hot, f"burst {i}", tokens=160).status_code, range(12))
-        )
-    assert codes == [200] * 12
-    after = served_by(cluster)
-    spread = [counts[hot] - before.get(replica, Counter())[hot] for replica, counts in after.items()]
-    assert len(spread) == 2 and min(spread) > 0, spread  # both replicas served the burst
+    # long answers, in flight together even when routing is slow; on a loaded 2-core machine a
+    # burst can still arrive one request at a time (the full suite saw [12, 0] once): up to 3 bursts
+    for burst in range(3):
+        with ThreadPoolExecutor(12) as pool:
+            codes = list(
+                pool.map(
+                    lambda i: ask(cluster.url, hot, f"burst {i}", tokens=160).status_code,
+                    range(12 * burst, 12 * burst + 12),
+                )
+            )
+        assert codes == [200] * 12
+        after = served_by(cluster)
+        spread = [counts[hot] - before.get(replica, Counter())[hot] for replica, counts in after.items()]
+        if len(spread) == 2 and min(spread) > 0:
+            break
+    assert len(spread) == 2 and min(spread) > 0, spread  # both replicas served the hot version
 
 
 def test_a_push_and_an_alias_move_are_served_within_2s(cluster: Cluster) -> None:
