@@ -21,6 +21,16 @@ ON_REQUEST = 'lora_adapter_loads_total{trigger="request"}'
 PADDING_MB = 256
 
 
+def peft_manager(reg: Registry, tiny_base: Any) -> Any:
+    """An AdapterManager on the PEFT engine and the tiny base, as a server process holds one."""
+    from serving.adapters import AdapterManager
+    from serving.engine.peft import PeftEngine
+    from serving.settings import ServeSettings
+
+    engine = PeftEngine(ServeSettings(base_model="tiny"), tiny_base)
+    return AdapterManager(reg, engine, tiny_base, EMBEDDED_TINY, 64, 4)
+
+
 def chat(server: Server, model: str) -> Any:
     return server.client().chat.completions.create(
         model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=2, temperature=0
@@ -93,10 +103,6 @@ def test_an_alias_moved_while_loading_ahead_resolves_is_still_loaded_ahead(
 ) -> None:  # type: ignore[no-untyped-def]
     """A push, then an alias move landing while the push's load-ahead run is reading the catalog
     (CI saw it: the move's run found nothing to do and the new version waited for a request)."""
-    from serving.adapters import AdapterManager
-    from serving.engine.peft import PeftEngine
-    from serving.settings import ServeSettings
-
     registry, _ = adapters
     other = Registry(registry)  # another machine: pushes and moves the alias
     src = other.get("contact@1")
@@ -104,9 +110,7 @@ def test_an_alias_moved_while_loading_ahead_resolves_is_still_loaded_ahead(
     other.set_alias(first.ref, "live")
     second = other.push("racing", src.path, src.lineage)
     reg = Registry(registry)
-    manager = AdapterManager(
-        reg, PeftEngine(ServeSettings(base_model="tiny"), tiny_base), tiny_base, EMBEDDED_TINY, 64, 4
-    )
+    manager = peft_manager(reg, tiny_base)
     resolving, moved = threading.Event(), threading.Event()
     resolve_all = manager._resolve_all
 
@@ -141,18 +145,12 @@ def test_a_name_whose_first_load_spans_a_registry_change_is_still_loaded_ahead(
     """A request resolves a new name and loads its version; the server's poll notes the registry's
     change (that very push) while the load is still running. The name is in use all the same: its
     next version is loaded ahead (CI saw a slow first load lose it: the next push waited for a request)."""
-    from serving.adapters import AdapterManager
-    from serving.engine.peft import PeftEngine
-    from serving.settings import ServeSettings
-
     registry, _ = adapters
     other = Registry(registry)  # another machine pushes
     src = other.get("contact@1")
     first = other.push("slowfirst", src.path, src.lineage)
     reg = Registry(registry)
-    manager = AdapterManager(
-        reg, PeftEngine(ServeSettings(base_model="tiny"), tiny_base), tiny_base, EMBEDDED_TINY, 64, 4
-    )
+    manager = peft_manager(reg, tiny_base)
     fetching, noted = threading.Event(), threading.Event()
     fetch = manager._fetch
 
