@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.config import TrainingSettings
-from trainer.hardware import cpu_bf16, has_cuda
+from trainer.hardware import autocast_bf16, has_cuda
 from trainer.plan import Plan
 
 BEST_METRIC_KEYS = {"val_loss": ("eval_loss", False), "exact_match": ("eval_exact_match", True)}
@@ -56,7 +56,7 @@ def training_arguments(
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
         # autocast on a GPU; a CPU's bf16 is the frozen base's matmuls only (trainer/cpu_bf16.py)
-        bf16=plan.precision == "bf16" and not cpu_bf16(plan.precision),
+        bf16=autocast_bf16(plan.precision),
         fp16=plan.precision == "fp16",  # loss scaling (GradScaler) comes with it
         use_cpu=not has_cuda(),
         logging_steps=1,

@@ -47,6 +47,11 @@ def cpu_bf16(precision: str) -> bool:
     return precision == "bf16" and not has_cuda()
 
 
+def autocast_bf16(precision: str) -> bool:
+    """Whether a resolved `precision` is bf16 autocast (`bf16=True` for transformers/TRL): a GPU's."""
+    return precision == "bf16" and has_cuda()
+
+
 @functools.cache
 def bitsandbytes_problem() -> str | None:
     """Why bitsandbytes' optimizers cannot run here (None: they can)."""

@@ -81,7 +81,7 @@ class PreferenceRecipe(LoRARecipe):
 
         from datasets import Dataset
 
-        from trainer.hardware import cpu_bf16, has_cuda, resolve_precision
+        from trainer.hardware import autocast_bf16, has_cuda, resolve_precision
         from trainer.plan import steps_per_epoch
 
         c, t = self.config, self.config.training
@@ -118,7 +118,7 @@ class PreferenceRecipe(LoRARecipe):
             "beta": t.beta,
             "max_length": c.data.max_seq_len,
             "gradient_checkpointing": t.gradient_checkpointing,
-            "bf16": precision == "bf16" and not cpu_bf16(precision),  # autocast; a CPU's: _base_matmuls
+            "bf16": autocast_bf16(precision),  # a CPU's bf16 is _base_matmuls
             "fp16": precision == "fp16",
             "use_cpu": not has_cuda(),
         }
