@@ -269,24 +269,30 @@ class AdapterManager:
             started = time.perf_counter()
             self._loading.add(key)
             try:
-                with tracing.span("load", {"lora.version": f"{name}@{version}"}):
-                    v = await asyncio.to_thread(self._fetch, name, version)  # sha256 of every changed file
-                    await asyncio.to_thread(self._validate, v)
-                    handle = AdapterHandle(self._next_id, v.ref, v.path)
-                    self._next_id += 1
-                    await self._make_room()
-                    self._adding += 1  # concurrent loads of other versions count this slot as taken
-                    try:
-                        await self._add(handle)
-                        self.loaded[key] = Loaded(handle, v)
-                    finally:
-                        self._adding -= 1
+                v = await self._load(key)
             finally:
                 self._loading.discard(key)
             self.loads += 1
             if self.metrics is not None:
                 self.metrics.loaded(v.ref, "ahead" if ahead else "request", time.perf_counter() - started)
             return self.loaded[key]
+
+    async def _load(self, key: Key) -> Version:
+        """Verify, check and hand version `key` to the engine (its lock held); it is in `loaded` after."""
+        name, version = key
+        with tracing.span("load", {"lora.version": f"{name}@{version}"}):
+            v = await asyncio.to_thread(self._fetch, name, version)  # sha256 of every changed file
+            await asyncio.to_thread(self._validate, v)
+            handle = AdapterHandle(self._next_id, v.ref, v.path)
+            self._next_id += 1
+            await self._make_room()
+            self._adding += 1  # concurrent loads of other versions count this slot as taken
+            try:
+                await self._add(handle)
+                self.loaded[key] = Loaded(handle, v)
+            finally:
+                self._adding -= 1
+        return v
 
     async def _add(self, handle: AdapterHandle) -> None:
         """Hand a checked version to the engine. Why an engine refuses it (its exception text can
