@@ -7,6 +7,7 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,6 +19,17 @@ from testkit.servers import wait_until as wait_until  # re-exported for the serv
 from tests.serving.otlp import Receiver
 
 START_TIMEOUT_S = 240
+
+
+def peft_manager(reg: Registry, tiny_base: Any, max_loaded: int = 4) -> Any:
+    """An AdapterManager on the PEFT engine (not started) and the tiny base, as a server holds one."""
+    from registry.basemodels import EMBEDDED_TINY
+    from serving.adapters import AdapterManager
+    from serving.engine.peft import PeftEngine
+    from serving.settings import ServeSettings
+
+    engine = PeftEngine(ServeSettings(base_model="tiny"), tiny_base)
+    return AdapterManager(reg, engine, tiny_base, EMBEDDED_TINY, 64, max_loaded)
 
 
 def serve_cmd(registry: Path | str, port: int, *extra: str) -> list[str]:

@@ -5,30 +5,25 @@ from __future__ import annotations
 
 import asyncio
 
-from registry.basemodels import EMBEDDED_TINY
 from registry.store import Registry
+from tests.serving.fixtures import peft_manager
 
 
 def test_a_rarely_used_version_is_evicted_before_a_busy_one(adapters, tiny_base) -> None:  # type: ignore[no-untyped-def]
-    from serving.adapters import AdapterManager
-    from serving.engine.peft import PeftEngine
-    from serving.settings import ServeSettings
-
     registry, _ = adapters
     reg = Registry(registry)
     src = reg.get("contact@1")
     busy, rare, newcomer = (
         reg.push(f"evict-{n}", src.path, src.lineage).ref for n in ("busy", "rare", "new")
     )
-    engine = PeftEngine(ServeSettings(base_model="tiny"), tiny_base)
-    manager = AdapterManager(reg, engine, tiny_base, EMBEDDED_TINY, 64, max_loaded=2)
+    manager = peft_manager(reg, tiny_base, max_loaded=2)
 
     async def ask(model: str) -> None:
         async with manager.lease(model):
             pass
 
     async def go() -> None:
-        await engine.start()
+        await manager.engine.start()
         for model in [busy, busy, busy, rare, newcomer]:  # the newcomer needs a slot
             await ask(model)
         loads = manager.loads

@@ -12,23 +12,12 @@ from typing import Any
 import httpx
 import pytest
 
-from registry.basemodels import EMBEDDED_TINY
 from registry.store import Registry
-from tests.serving.fixtures import Server, metric, wait_until
+from tests.serving.fixtures import Server, metric, peft_manager, wait_until
 
 AHEAD = 'lora_adapter_loads_total{trigger="ahead"}'
 ON_REQUEST = 'lora_adapter_loads_total{trigger="request"}'
 PADDING_MB = 256
-
-
-def peft_manager(reg: Registry, tiny_base: Any) -> Any:
-    """An AdapterManager on the PEFT engine and the tiny base, as a server process holds one."""
-    from serving.adapters import AdapterManager
-    from serving.engine.peft import PeftEngine
-    from serving.settings import ServeSettings
-
-    engine = PeftEngine(ServeSettings(base_model="tiny"), tiny_base)
-    return AdapterManager(reg, engine, tiny_base, EMBEDDED_TINY, 64, 4)
 
 
 def chat(server: Server, model: str) -> Any:
