@@ -31,7 +31,6 @@ TURN_S = 0.5
 def main() -> None:
     from vllm.lora.request import LoRARequest
 
-    from serving.engine.cpu.lora_admission import adapter
     from serving.engine.vllm import SLOT_AWARE_SCHEDULER
     from tests.serving.bf16_engine import tiny_lora_llm
 
@@ -54,14 +53,16 @@ def main() -> None:
     for scenario in scenarios.split(","):  # one engine runs them in turn, each from an idle engine
         if ours:
             scheduler.turn_s = None if scenario == "drain" else TURN_S
-        print(f"RESULT {scenario} " + json.dumps(run_scenario(engine, scenario, clock, x, y, z, adapter)))
+        print(f"RESULT {scenario} " + json.dumps(run_scenario(engine, scheduler, scenario, clock, x, y, z)))
 
 
 def run_scenario(
-    engine: Any, scenario: str, clock: list[int], x: Any, y: Any, z: Any, adapter: Any
+    engine: Any, scheduler: Any, scenario: str, clock: list[int], x: Any, y: Any, z: Any
 ) -> dict[str, Any]:
     """One scenario; steps are counted from its start."""
     from vllm import SamplingParams
+
+    from serving.engine.cpu.lora_admission import adapter
 
     start = clock[0]
     result: dict[str, Any] = {}
@@ -98,7 +99,7 @@ def run_scenario(
     else:
         add("x1", x, {"near": 11, "nearer": 9}.get(scenario, 40))
         run(1)
-        held = getattr(engine.engine_core.engine_core.scheduler, "held_since", {})
+        held = getattr(scheduler, "held_since", {})
         result["held_from"] = {str(a): round(t / STEP_S) - start for a, t in held.items()}
         add("y1", y, 40)
         run(2)
@@ -106,7 +107,6 @@ def run_scenario(
     paused: list[str] = []
     if scenario == "abort":
         run(8)  # z has taken y's slot
-        scheduler = engine.engine_core.engine_core.scheduler
         paused = [r.request_id.split("-")[0] for r in scheduler.running if adapter(r) in scheduler.paused]
         engine.abort_request(["y1"])
     run(300)
